@@ -1,0 +1,1 @@
+"""Classifier adapters shipped with pytest-unsafebench (installed as ``pytest_unsafebench.classifiers``)."""

@@ -1,0 +1,136 @@
+"""The classifier protocol: what every adapter in ``classifiers/`` (or a user's own) provides.
+
+A classifier turns PIL images into :class:`Prediction` objects. Everything else (batching,
+caching, metrics) is the plugin's job, so an adapter stays a thin wrapper around its model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from .taxonomy import CATEGORIES
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+Decision = Literal["safe", "unsafe", "unsure"]
+DECISIONS: tuple[str, ...] = ("safe", "unsafe", "unsure")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's verdict.
+
+    ``score`` is the unsafe score in [0, 1] used for curves and AUROC; ``decision`` is the
+    model's own rule (which need not be ``score > 0.5``); ``unsure`` is allowed for judges.
+    """
+
+    score: float
+    decision: Decision
+    label_scores: Mapping[str, float] | None = None
+    raw: str | None = None
+
+    @classmethod
+    def from_score(cls, score: float, threshold: float = 0.5, **extra: Any) -> Prediction:
+        """The common case: unsafe iff the score exceeds a threshold."""
+        return cls(score=float(score), decision="unsafe" if score > threshold else "safe", **extra)
+
+    def validate(self) -> None:
+        """Raise ValueError naming what is wrong; called by the engine on every prediction."""
+        if not isinstance(self.score, (int, float)) or not math.isfinite(self.score):
+            raise ValueError(f"score is {self.score!r}, expected a finite number")
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"score {self.score!r} is outside [0, 1]")
+        if self.decision not in DECISIONS:
+            raise ValueError(f"decision {self.decision!r} is not one of {DECISIONS}")
+        for label, value in (self.label_scores or {}).items():
+            if not math.isfinite(value):
+                raise ValueError(f"label score {label!r} is {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "score": self.score,
+            "decision": self.decision,
+            "label_scores": dict(self.label_scores) if self.label_scores else None,
+            "raw": self.raw,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Prediction:
+        return cls(
+            score=float(data["score"]),
+            decision=data["decision"],
+            label_scores=data.get("label_scores"),
+            raw=data.get("raw"),
+        )
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """The categories a classifier is scored on, under each alignment.
+
+    ``official`` is the UnsafeBench paper's table (protocol section 3); ``semantic`` is what the
+    model's labels actually mean. Config may override either.
+    """
+
+    official: frozenset[str]
+    semantic: frozenset[str]
+
+    @classmethod
+    def of(cls, official: Iterable[str], semantic: Iterable[str] | None = None) -> Coverage:
+        off = frozenset(official)
+        sem = frozenset(semantic) if semantic is not None else off
+        unknown = (off | sem) - set(CATEGORIES)
+        if unknown:
+            raise ValueError(f"unknown categories in coverage: {sorted(unknown)}")
+        return cls(off, sem)
+
+    @classmethod
+    def everything(cls) -> Coverage:
+        return cls.of(CATEGORIES)
+
+    def under(self, alignment: str) -> frozenset[str]:
+        return self.official if alignment == "official" else self.semantic
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """What the plugin needs from a classifier.
+
+    ``fingerprint`` must change whenever the weights or the preprocessing change: it keys the
+    prediction cache. Classifiers with ``supports_gradients = True`` also provide
+    ``forward_pixels(x)``: an N x 3 x H x W float tensor in [0, 1] in, logits out, with all
+    resizing and normalisation inside, so attacks can work in pixel space.
+    """
+
+    name: str
+    fingerprint: str
+    coverage: Coverage
+    supports_gradients: bool
+
+    def predict(self, images: Sequence[Image]) -> Sequence[Prediction]: ...
+
+
+@dataclass
+class ClassifierInfo:
+    """What the report says about a classifier (no model object, so it crosses processes)."""
+
+    name: str
+    fingerprint: str = ""
+    coverage: dict[str, list[str]] = field(default_factory=dict)
+    supports_gradients: bool = False
+    description: str = ""
+    error: str | None = None
+
+    @classmethod
+    def of(cls, name: str, clf: Classifier) -> ClassifierInfo:
+        return cls(
+            name=name,
+            fingerprint=clf.fingerprint,
+            coverage={a: sorted(clf.coverage.under(a)) for a in ("official", "semantic")},
+            supports_gradients=bool(getattr(clf, "supports_gradients", False)),
+            description=str(getattr(clf, "description", "")),
+        )

@@ -1,0 +1,221 @@
+"""Run settings: command line over ``[tool.unsafebench]`` in pyproject.toml over built-in defaults.
+
+Every key and value is checked here, once, so the rest of the code can trust ``Settings``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .dataset.images import DEFAULT_MAX_PIXELS
+from .dataset.records import EXCLUDING_KINDS, KEEPING_KINDS
+from .errors import ConfigError
+from .taxonomy import ALIGNMENTS, CATEGORIES, SOURCES, SPLIT_CHOICES, suggest
+from .thresholds import ThresholdTable, build_thresholds
+
+DEFAULTS: dict[str, Any] = {
+    "dataset": "demo",
+    "split": "all",
+    "categories": list(CATEGORIES),
+    "sources": list(SOURCES),
+    "limit": None,
+    "seed": 2023,
+    "device": "auto",
+    "batch_size": 32,
+    "profile": "default",
+    "alignment": "official",
+    "cache_dir": None,
+    "max_image_pixels": DEFAULT_MAX_PIXELS,
+    "allow_findings": [],
+}
+# Keys of [tool.unsafebench] that are tables rather than settings.
+TABLE_KEYS = ("thresholds", "profiles", "classifiers")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+# Classifier option keys the plugin consumes itself rather than passing to the factory.
+RESERVED_CLASSIFIER_KEYS = ("coverage",)
+
+
+@dataclass(frozen=True)
+class Settings:
+    classifiers: tuple[str, ...]
+    dataset: str
+    split: str
+    categories: tuple[str, ...]
+    sources: tuple[str, ...]
+    limit: int | None
+    seed: int
+    device: str
+    batch_size: int
+    profile: str
+    alignment: str
+    cache_dir: Path
+    use_cache: bool
+    json_path: Path | None
+    predictions_path: Path | None
+    max_image_pixels: int
+    allow_findings: frozenset[str]
+    thresholds: ThresholdTable = field(repr=False)
+    classifier_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def options_for(self, classifier: str) -> dict[str, Any]:
+        """Factory keyword arguments for a classifier (without plugin-reserved keys)."""
+        opts = dict(self.classifier_options.get(classifier, {}))
+        for key in RESERVED_CLASSIFIER_KEYS:
+            opts.pop(key, None)
+        return opts
+
+    def coverage_override(self, classifier: str) -> frozenset[str] | None:
+        cov = self.classifier_options.get(classifier, {}).get("coverage")
+        return frozenset(cov) if cov is not None else None
+
+    def public(self) -> dict[str, Any]:
+        """The resolved configuration as it goes into the JSON report (no machine paths)."""
+        return {
+            "classifiers": list(self.classifiers),
+            "dataset": self.dataset,
+            "split": self.split,
+            "categories": list(self.categories),
+            "sources": list(self.sources),
+            "limit": self.limit,
+            "seed": self.seed,
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "profile": self.profile,
+            "alignment": self.alignment,
+            "use_cache": self.use_cache,
+            "max_image_pixels": self.max_image_pixels,
+            "allow_findings": sorted(self.allow_findings),
+            "classifier_options": {k: dict(v) for k, v in sorted(self.classifier_options.items())},
+        }
+
+
+def read_pyproject(path: Path) -> dict[str, Any]:
+    """The ``[tool.unsafebench]`` table of a pyproject.toml, or {} if there is none."""
+    if not path.is_file():
+        return {}
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    table = data.get("tool", {}).get("unsafebench", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [tool.unsafebench] must be a table")
+    return table
+
+
+def _split_list(values: list[str] | None) -> list[str] | None:
+    """Repeatable, comma-separated command-line values, flattened."""
+    if not values:
+        return None
+    return [part.strip() for v in values for part in v.split(",") if part.strip()]
+
+
+def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootpath: Path) -> Settings:
+    """Merge the three layers and validate every value; raises ConfigError naming the key."""
+    unknown = set(pyproject) - set(DEFAULTS) - set(TABLE_KEYS)
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(
+            f"tool.unsafebench.{key}: unknown key{suggest(key, [*DEFAULTS, *TABLE_KEYS])}; "
+            f"known keys: {', '.join([*DEFAULTS, *TABLE_KEYS])}"
+        )
+    merged: dict[str, Any] = dict(DEFAULTS)
+    where: dict[str, str] = {k: "built-in default" for k in DEFAULTS}
+    for key in DEFAULTS:
+        if key in pyproject:
+            merged[key], where[key] = pyproject[key], f"tool.unsafebench.{key}"
+    cli_values = {
+        **{k: v for k, v in cli.items() if v is not None and k not in ("categories", "sources")},
+        **{k: _split_list(cli.get(k)) for k in ("categories", "sources") if cli.get(k)},
+    }
+    for key, value in cli_values.items():
+        if key in DEFAULTS:
+            merged[key], where[key] = value, f"--unsafebench-{key.replace('_', '-')}"
+
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(f"{where[key]}: {message}")
+
+    def choice(key: str, allowed: tuple[str, ...]) -> str:
+        value = merged[key]
+        if value not in allowed:
+            raise fail(key, f"{value!r} is not one of {', '.join(allowed)}"
+                       f"{suggest(str(value), allowed)}")
+        return value
+
+    def members(key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+        values = merged[key]
+        if isinstance(values, str) or not isinstance(values, list) or not values:
+            raise fail(key, f"expected a non-empty list, got {values!r}")
+        for v in values:
+            if v not in allowed:
+                raise fail(key, f"unknown value {v!r}{suggest(str(v), allowed)}; "
+                           f"expected some of: {', '.join(allowed)}")
+        return tuple(v for v in allowed if v in values)  # canonical order
+
+    def integer(key: str, minimum: int, optional: bool = False) -> int | None:
+        value = merged[key]
+        if value is None and optional:
+            return None
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise fail(key, f"expected an integer >= {minimum}, got {value!r}")
+        return value
+
+    allow = merged["allow_findings"]
+    all_kinds = tuple(sorted(EXCLUDING_KINDS | KEEPING_KINDS))
+    if not isinstance(allow, list) or any(k not in all_kinds for k in allow):
+        raise fail("allow_findings", f"expected a list of finding kinds from: {', '.join(all_kinds)}")
+
+    classifier_options = _classifier_options(pyproject.get("classifiers", {}))
+    profile = str(merged["profile"])
+    try:
+        thresholds = build_thresholds(pyproject, profile)
+    except ConfigError as exc:
+        raise ConfigError(f"{where['profile']}: {exc}" if "unknown profile" in str(exc) else str(exc)) from None
+
+    cache_dir = merged["cache_dir"]
+    cache_path = (rootpath / Path(cache_dir).expanduser() if cache_dir
+                  else rootpath / ".pytest_cache" / "unsafebench")
+    return Settings(
+        classifiers=tuple(cli.get("classifiers") or ()),
+        dataset=str(merged["dataset"]),
+        split=choice("split", SPLIT_CHOICES),
+        categories=members("categories", CATEGORIES),
+        sources=members("sources", SOURCES),
+        limit=integer("limit", 1, optional=True),
+        seed=integer("seed", 0),  # type: ignore[arg-type]
+        device=choice("device", DEVICES),
+        batch_size=integer("batch_size", 1),  # type: ignore[arg-type]
+        profile=profile,
+        alignment=choice("alignment", ALIGNMENTS),
+        cache_dir=cache_path,
+        use_cache=not cli.get("no_cache", False),
+        json_path=Path(cli["json"]) if cli.get("json") else None,
+        predictions_path=Path(cli["predictions"]) if cli.get("predictions") else None,
+        max_image_pixels=integer("max_image_pixels", 1),  # type: ignore[arg-type]
+        allow_findings=frozenset(allow),
+        thresholds=thresholds,
+        classifier_options=classifier_options,
+    )
+
+
+def _classifier_options(table: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(table, Mapping):
+        raise ConfigError("tool.unsafebench.classifiers: expected a table of per-classifier tables")
+    out: dict[str, dict[str, Any]] = {}
+    for name, opts in table.items():
+        path = f"tool.unsafebench.classifiers.{name}"
+        if not isinstance(opts, Mapping):
+            raise ConfigError(f"{path}: expected a table of options, got {opts!r}")
+        cov = opts.get("coverage")
+        if cov is not None and (not isinstance(cov, list) or any(c not in CATEGORIES for c in cov)):
+            bad = [c for c in cov if c not in CATEGORIES] if isinstance(cov, list) else cov
+            raise ConfigError(f"{path}.coverage: expected a list of categories; bad: {bad!r}")
+        out[name] = dict(opts)
+    return out

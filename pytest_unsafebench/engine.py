@@ -1,0 +1,180 @@
+"""The prediction pass: records in, one cached prediction per (classifier, image, condition) out.
+
+Images are decoded once, in a small thread pool one batch ahead of the models, and shared by
+every classifier that still needs them; nothing the cache already holds is decoded or inferred.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .cache import PredictionCache
+from .classifier import Classifier, ClassifierInfo, Prediction
+from .dataset.images import ImageProblem, decode_image
+from .dataset.records import EXCLUDING_KINDS, Finding, Record
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+CLEAN = "clean"
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class ClassifierOutcome:
+    info: ClassifierInfo
+    predictions: dict[str, Prediction] = field(default_factory=dict)  # by image hash
+    error: str | None = None
+    hits: int = 0
+    misses: int = 0
+    inference_seconds: float = 0.0
+
+
+@dataclass
+class PassResult:
+    outcomes: dict[str, ClassifierOutcome]
+    findings: list[Finding]          # decode findings, in record order
+    excluded_hashes: set[str]        # images no metric may use
+    decoded: int = 0
+    decode_seconds: float = 0.0
+
+
+def run_pass(
+    records: Sequence[Record],
+    loaders: Mapping[str, Callable[[], Classifier]],
+    cache: PredictionCache,
+    *,
+    condition: str = CLEAN,
+    batch_size: int = 32,
+    max_pixels: int | None = None,
+    progress: Progress | None = None,
+    workers: int = 4,
+) -> PassResult:
+    pixel_limit = max_pixels or 0
+    hashes = list(dict.fromkeys(r.content_hash for r in records))
+    statuses = cache.get_decodes(hashes, pixel_limit)
+    bad = {h for h, (kind, _) in statuses.items() if kind in EXCLUDING_KINDS}
+
+    outcomes: dict[str, ClassifierOutcome] = {}
+    models: dict[str, Classifier] = {}
+    missing: dict[str, set[str]] = {}
+    for name, loader in loaders.items():
+        try:
+            clf = loader()
+        except Exception as exc:  # a broken classifier errors its own tests, no one else's
+            outcomes[name] = ClassifierOutcome(ClassifierInfo(name), error=_describe(exc))
+            continue
+        outcome = ClassifierOutcome(ClassifierInfo.of(name, clf))
+        usable = [h for h in hashes if h not in bad]
+        outcome.predictions = cache.get_predictions(clf.fingerprint, condition, usable)
+        outcome.hits = len(outcome.predictions)
+        missing[name] = {h for h in usable if h not in outcome.predictions}
+        outcome.misses = len(missing[name])
+        outcomes[name] = outcome
+        models[name] = clf
+
+    first_record = {}
+    for r in records:
+        first_record.setdefault(r.content_hash, r)
+    todo = [first_record[h] for h in hashes
+            if h not in statuses or any(h in m for m in missing.values())]
+    result = PassResult(outcomes, [], bad)
+    decode_status: dict[str, tuple[str | None, str | None]] = dict(statuses)
+    done = 0
+    for batch, decoded, seconds in _decoded_batches(todo, batch_size, pixel_limit, workers):
+        result.decode_seconds += seconds
+        result.decoded += len(batch)
+        fresh = [(r.content_hash, kind, detail) for r, (_, kind, detail) in zip(batch, decoded)
+                 if r.content_hash not in statuses]
+        if fresh:
+            cache.put_decodes(fresh, pixel_limit)
+        for r, (_, kind, detail) in zip(batch, decoded):
+            decode_status[r.content_hash] = (kind, detail)
+            if kind in EXCLUDING_KINDS:
+                result.excluded_hashes.add(r.content_hash)
+        for name, clf in models.items():
+            outcome = outcomes[name]
+            if outcome.error:
+                continue
+            wanted = [(r, img) for r, (img, kind, _) in zip(batch, decoded)
+                      if img is not None and r.content_hash in missing[name]]
+            if wanted:
+                _predict_batch(name, clf, wanted, outcome, cache, condition)
+        done += len(batch)
+        if progress:
+            progress(done, len(todo))
+    for outcome in outcomes.values():
+        if outcome.error:
+            outcome.predictions.clear()
+    for r in records:
+        kind, detail = decode_status.get(r.content_hash, (None, None))
+        if kind:
+            result.findings.append(Finding(kind, r.locator, detail or ""))
+    return result
+
+
+def _predict_batch(name: str, clf: Classifier, wanted: list[tuple[Record, Image]],
+                   outcome: ClassifierOutcome, cache: PredictionCache, condition: str) -> None:
+    started = time.perf_counter()
+    try:
+        preds = list(clf.predict([img for _, img in wanted]))
+        if len(preds) != len(wanted):
+            raise ValueError(f"predict returned {len(preds)} predictions for {len(wanted)} images")
+        for (record, _), pred in zip(wanted, preds):
+            if not isinstance(pred, Prediction):
+                raise TypeError(f"predict returned {type(pred).__name__}, expected Prediction")
+            try:
+                pred.validate()
+            except ValueError as exc:
+                raise ValueError(f"invalid prediction for image {record.id} "
+                                 f"({record.locator}): {exc}") from None
+    except Exception as exc:
+        outcome.error = _describe(exc)
+        return
+    finally:
+        outcome.inference_seconds += time.perf_counter() - started
+    items = [(r.content_hash, p) for (r, _), p in zip(wanted, preds)]
+    cache.put_predictions(outcome.info.fingerprint, condition, items)
+    outcome.predictions.update(items)
+
+
+def _decode(record: Record, max_pixels: int) -> tuple[Image | None, str | None, str | None]:
+    """(image, finding kind, detail); image is None when the file cannot be used."""
+    try:
+        image, note = decode_image(record.read_bytes(), max_pixels=max_pixels or None)
+    except ImageProblem as exc:
+        return None, exc.kind, exc.detail
+    except OSError as exc:
+        return None, "missing-file", f"cannot read: {exc}"
+    kind = None
+    if note:
+        kind = "animated" if note.startswith("animated") else "converted-mode"
+    return image, kind, note
+
+
+def _decoded_batches(todo: Sequence[Record], batch_size: int, max_pixels: int,
+                     workers: int) -> Iterator[tuple[Sequence[Record], list, float]]:
+    """Yield decoded batches while the next batch decodes in the background."""
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    if not batches:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        def submit(batch: Sequence[Record]):  # noqa: ANN202 - local helper
+            return time.perf_counter(), [pool.submit(_decode, r, max_pixels) for r in batch]
+
+        pending = submit(batches[0])
+        for i, batch in enumerate(batches):
+            started, futures = pending
+            decoded = [f.result() for f in futures]
+            seconds = time.perf_counter() - started
+            if i + 1 < len(batches):
+                pending = submit(batches[i + 1])
+            yield batch, decoded, seconds
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,173 @@
+"""pytest entry point (``pytest11``). Import-light by design: only pytest and the standard
+library load here, so ``pytest --help`` and runs without ``--unsafebench-classifier`` never
+import numpy, torch, transformers or onnxruntime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from .cells import Cell
+    from .classifier import Classifier
+    from .results import RunState
+    from .session import UnsafeBenchSession
+
+MARKERS = (
+    "unsafebench(suite=None, metric=None): a pytest-unsafebench benchmark test",
+    "effectiveness: per-category F1 and false-positive-rate tests (pytest-unsafebench)",
+    "integrity: the dataset's data-integrity test (pytest-unsafebench)",
+    "slow: long-running test",
+)
+# option dest suffix -> help; the dest is "unsafebench_<key>", the flag "--unsafebench-<key>".
+_SINGLE_OPTIONS: dict[str, tuple[str, str]] = {
+    "dataset": ("SPEC", "demo (default, embedded synthetic), a folder with metadata.csv/.jsonl, "
+                        "UnsafeBench parquet files, or hf:yiting/UnsafeBench"),
+    "split": ("all|train|test", "dataset split to score (default all, as the paper)"),
+    "limit": ("N", "score at most N images, stratified by category x source x label (seeded)"),
+    "seed": ("N", "seed for sampling and the demo dataset (default 2023)"),
+    "device": ("auto|cpu|cuda", "device for torch classifiers (default auto)"),
+    "batch_size": ("N", "images per inference batch (default 32)"),
+    "profile": ("NAME", "threshold profile: default, strict, smoke, or one from pyproject.toml"),
+    "alignment": ("official|semantic", "which categories each classifier is scored on"),
+    "cache_dir": ("DIR", "prediction cache folder (default .pytest_cache/unsafebench)"),
+    "json": ("PATH", "write the scored report as JSON"),
+    "predictions": ("PATH", "write every prediction as JSON lines"),
+}
+_INT_OPTIONS = ("limit", "seed", "batch_size")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("unsafebench", "pytest-unsafebench: benchmark image safety classifiers")
+    group.addoption(
+        "--unsafebench-classifier", action="append", dest="unsafebench_classifiers",
+        metavar="NAME[,NAME...]", default=[],
+        help="classifier(s) to benchmark: a registered name or module:callable; repeatable. "
+             "Turns the plugin on.")
+    for key in ("categories", "sources"):
+        group.addoption(f"--unsafebench-{key}", action="append", dest=f"unsafebench_{key}",
+                        metavar="A,B", default=[],
+                        help=f"only these {key} (comma-separated, repeatable)")
+    for key, (metavar, help_text) in _SINGLE_OPTIONS.items():
+        group.addoption(f"--unsafebench-{key.replace('_', '-')}", dest=f"unsafebench_{key}",
+                        metavar=metavar, default=None, help=help_text,
+                        type=int if key in _INT_OPTIONS else str)
+    group.addoption("--unsafebench-no-cache", action="store_true", dest="unsafebench_no_cache",
+                    help="ignore and do not keep the prediction cache for this run")
+
+
+def _cli_values(config: pytest.Config) -> dict[str, Any]:
+    keys = ["classifiers", "categories", "sources", "no_cache", *_SINGLE_OPTIONS]
+    return {k: config.getoption(f"unsafebench_{k}") for k in keys}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
+    cli = _cli_values(config)
+    names = [n.strip() for v in cli["classifiers"] for n in v.split(",") if n.strip()]
+    if not names:
+        given = [k for k, v in cli.items() if v not in (None, False, [])]
+        if given:
+            raise pytest.UsageError(
+                f"--unsafebench-{given[0].replace('_', '-')} needs --unsafebench-classifier=NAME "
+                "to choose what to benchmark")
+        return
+    from .config import read_pyproject, resolve_settings
+    from .errors import UnsafeBenchError
+    from .registry import check_name
+    from .session import SESSION_KEY, UnsafeBenchSession
+
+    try:
+        for name in names:
+            check_name(name)
+        pyproject = read_pyproject(config.rootpath / "pyproject.toml")
+        settings = resolve_settings({**cli, "classifiers": list(dict.fromkeys(names))},
+                                    pyproject, config.rootpath)
+    except UnsafeBenchError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    session = UnsafeBenchSession.start(config, settings)
+    config.stash[SESSION_KEY] = session
+    config.pluginmanager.register(session, "unsafebench-session")
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        # No paths given: run the packaged suites, whether or not the user has a copy.
+        from . import suites
+
+        config.args[:] = [str(Path(suites.__file__).parent)]
+
+
+def _session(config: pytest.Config) -> UnsafeBenchSession:
+    from .session import SESSION_KEY
+
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None:
+        pytest.skip("pytest-unsafebench is inactive: pass --unsafebench-classifier=NAME")
+    return session
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize suite tests over classifier x category x source (ids like demo-Hate-Lexica)."""
+    wants_cell = "unsafebench_cell" in metafunc.fixturenames
+    wants_clf = "unsafebench_classifier" in metafunc.fixturenames
+    if not (wants_cell or wants_clf):
+        return
+    from .session import SESSION_KEY
+    from .taxonomy import POOLED
+
+    session = metafunc.config.stash.get(SESSION_KEY, None)
+    s = session.settings if session else None
+    classifiers = list(s.classifiers) if s else []
+    if wants_cell:
+        cells = [(k, c, src) for k in classifiers for c in s.categories
+                 for src in (*s.sources, POOLED)] if s else []
+        metafunc.parametrize("unsafebench_cell", cells, indirect=True,
+                             ids=["-".join(cell) for cell in cells])
+    elif wants_clf:
+        metafunc.parametrize("unsafebench_classifier", classifiers, indirect=True, ids=classifiers)
+
+
+@pytest.fixture
+def unsafebench_cell(request: pytest.FixtureRequest) -> Cell:
+    """One (classifier, category, source) cell: its labels, predictions and thresholds."""
+    classifier, category, source = request.param
+    marker = request.node.get_closest_marker("unsafebench")
+    suite = (marker.kwargs.get("suite") if marker else None) or "effectiveness"
+    return _session(request.config).cell(request.node, classifier, category, source, suite)
+
+
+@pytest.fixture
+def unsafebench_classifier(request: pytest.FixtureRequest) -> Classifier:
+    """The loaded classifier object (loaded once per process)."""
+    session = _session(request.config)
+    session.classifier_state(request.param)  # raises for a classifier that failed the pass
+    return session.classifier(request.param)
+
+
+@pytest.fixture
+def unsafebench_run(request: pytest.FixtureRequest) -> RunState:
+    """The run's dataset description, integrity findings and classifier states."""
+    return _session(request.config).state
+
+
+@pytest.fixture
+def unsafebench_settings(request: pytest.FixtureRequest) -> Any:
+    """The resolved settings (command line over pyproject.toml over defaults)."""
+    return _session(request.config).settings
+
+
+@pytest.fixture
+def unsafebench_record(request: pytest.FixtureRequest) -> Any:
+    """Record a report row from a test that has no cell (dataset-level tests)."""
+    from .session import record_row
+
+    def record(metric: str, value: float | int | None, *, suite: str, n: int | None = None,
+               threshold: float | None = None, gate: bool = True) -> None:
+        record_row(request.node, {
+            "classifier": None, "suite": suite, "metric": metric, "category": None,
+            "source": None, "value": value, "threshold": threshold,
+            "outcome": None if gate else "info", "n": n})
+
+    return record

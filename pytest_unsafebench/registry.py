@@ -1,0 +1,99 @@
+"""Classifier names: built-ins, the ``pytest_unsafebench.classifiers`` entry-point group, and
+``module:callable`` specs. Lookups import nothing until a classifier is actually loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+from .classifier import Classifier, Coverage
+from .errors import ClassifierLoadError
+
+ENTRY_POINT_GROUP = "pytest_unsafebench.classifiers"
+
+# name -> "module:factory". A factory takes keyword options and returns a Classifier; it
+# should be cheap (adapters load weights on first predict), so a warm-cache run stays fast.
+BUILTIN: dict[str, str] = {
+    "demo": "pytest_unsafebench.classifiers.demo:load",
+}
+
+# Context the plugin offers every factory; passed only to factories that accept the keyword.
+CONTEXT_KEYS = ("device", "cache_dir", "batch_size")
+
+
+def available() -> dict[str, str]:
+    """Every registered name and its target, without importing any of them."""
+    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return dict(sorted((found | BUILTIN).items()))
+
+
+def check_name(name: str) -> None:
+    """Raise ClassifierLoadError unless ``name`` is registered or a plausible module:callable."""
+    if name in available():
+        return
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        if module and attr:
+            return
+    raise ClassifierLoadError(
+        f"unknown classifier {name!r}; available: {', '.join(available())} "
+        "(or give module:callable for your own)"
+    )
+
+
+def resolve_factory(name: str) -> Callable[..., Classifier]:
+    target = available().get(name, name)
+    module_name, sep, attr = target.partition(":")
+    if not sep:
+        check_name(name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ClassifierLoadError(
+            f"classifier {name!r}: cannot import {module_name!r} ({exc}); install the extra it "
+            "needs (for example pip install 'pytest-unsafebench[torch]')"
+        ) from exc
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise ClassifierLoadError(f"classifier {name!r}: {module_name!r} has no {attr!r}")
+    if not callable(obj):
+        raise ClassifierLoadError(f"classifier {name!r}: {target!r} is not callable")
+    return obj
+
+
+def load_classifier(name: str, **options: Any) -> Classifier:
+    """Build a classifier by name, passing options (plus any context keys it accepts)."""
+    factory = resolve_factory(name)
+    params = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in options.items()
+              if k not in CONTEXT_KEYS or takes_any or k in params}
+    unknown = [k for k in kwargs if k not in params and not takes_any]
+    if unknown:
+        accepted = [p for p in params if p not in CONTEXT_KEYS]
+        raise ClassifierLoadError(
+            f"classifier {name!r}: unknown option(s) {unknown} in "
+            f"[tool.unsafebench.classifiers.{name}]; it accepts: {', '.join(accepted) or 'none'}"
+        )
+    try:
+        clf = factory(**kwargs)
+    except ClassifierLoadError:
+        raise
+    except Exception as exc:  # surfaced as this classifier's error, never swallowed
+        raise ClassifierLoadError(f"classifier {name!r} failed to load: {type(exc).__name__}: {exc}") from exc
+    missing = [a for a in ("fingerprint", "coverage", "predict") if not hasattr(clf, a)]
+    if missing:
+        raise ClassifierLoadError(
+            f"classifier {name!r}: {type(clf).__name__} lacks {missing}; see "
+            "pytest_unsafebench.classifier.Classifier for the protocol"
+        )
+    if not isinstance(clf.coverage, Coverage):
+        raise ClassifierLoadError(f"classifier {name!r}: coverage must be a Coverage, "
+                                  f"got {type(clf.coverage).__name__}")
+    return clf

@@ -1,0 +1,190 @@
+"""The scored report: tidy rows from every test, aggregated on the controller into a terminal
+section and a JSON document.
+
+Score (documented in the README): per classifier, the mean of the pooled-source F1 over the
+categories it covers (macro F1), next to its pass/fail/skip/error counts.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .taxonomy import CATEGORIES, CELL_SOURCES, POOLED, SHORT_NAMES
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .results import RunState
+
+SCHEMA_VERSION = 1
+GATE_OUTCOMES = ("passed", "failed", "skipped", "error")
+ROW_KEYS = ("classifier", "suite", "metric", "category", "source", "value", "threshold",
+            "outcome", "n")
+SCORE_DEFINITION = ("mean over covered categories of F1 on the pooled sources "
+                    "(effectiveness suite, Unsafe positive)")
+_PACKAGES = ("pytest-unsafebench", "pytest", "pytest-xdist", "numpy", "pillow", "torch",
+             "transformers", "onnxruntime", "scikit-learn")
+
+
+def _sort_key(row: dict[str, Any]) -> tuple:
+    def order(value: Any, seq: tuple[str, ...]) -> tuple[int, str]:
+        return (seq.index(value), "") if value in seq else (len(seq), str(value))
+    return (str(row["classifier"]), row["suite"], row["metric"],
+            order(row["category"], CATEGORIES), order(row["source"], CELL_SOURCES))
+
+
+def sorted_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A canonical order, so serial and pytest-xdist runs give identical reports."""
+    return sorted(({k: r.get(k) for k in ROW_KEYS} for r in rows), key=_sort_key)
+
+
+def summarize(rows: list[dict[str, Any]], classifiers: Iterable[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name in classifiers:
+        mine = [r for r in rows if r["classifier"] == name]
+        counts = Counter(r["outcome"] for r in mine if r["outcome"] in GATE_OUTCOMES)
+        f1s = [r["value"] for r in mine if r["metric"] == "f1" and r["source"] == POOLED
+               and r["outcome"] in ("passed", "failed") and r["value"] is not None]
+        out[name] = {
+            "score": round(sum(f1s) / len(f1s), 6) if f1s else None,
+            "score_definition": SCORE_DEFINITION,
+            "categories_scored": len(f1s),
+            **{o: counts.get(o, 0) for o in GATE_OUTCOMES},
+        }
+    return out
+
+
+def _git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment(settings: Settings, root: Path, device: str) -> dict[str, Any]:
+    packages = {}
+    for name in _PACKAGES:
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return {
+        "python": platform.python_version(),
+        "platform": sys.platform,
+        "machine": platform.machine(),
+        "packages": packages,
+        "device": device,
+        "seed": settings.seed,
+        "git_commit": _git_commit(root),
+    }
+
+
+def build_json(settings: Settings, state: RunState, rows: list[dict[str, Any]],
+               root: Path, device: str, timing: dict[str, float]) -> dict[str, Any]:
+    rows = sorted_rows(rows)
+    findings = [f.to_dict() for f in state.findings]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "environment": environment(settings, root, device),
+        "config": settings.public(),
+        "thresholds": settings.thresholds.resolved_grid(
+            settings.classifiers, settings.categories, (*settings.sources, POOLED)),
+        "dataset": {**state.dataset, "integrity": {
+            "findings": len(findings),
+            "excluded": sum(f["excluded"] for f in findings),
+            "by_kind": dict(sorted(Counter(f["kind"] for f in findings).items())),
+            "items": findings,
+        }},
+        "classifiers": {
+            name: {k: v for k, v in vars(cs).items()
+                   if k not in ("predictions_file", "inference_seconds")}
+            for name, cs in state.classifiers.items()
+        },
+        "cache": {
+            "hits": sum(cs.cache_hits for cs in state.classifiers.values()),
+            "misses": sum(cs.cache_misses for cs in state.classifiers.values()),
+        },
+        "summary": summarize(rows, settings.classifiers),
+        "rows": rows,
+        # Everything that may differ between two otherwise identical runs lives below.
+        "timing": {**state.timing, **timing,
+                   "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+    }
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def terminal_lines(settings: Settings, state: RunState, rows: list[dict[str, Any]]) -> list[str]:
+    """The report section printed at the end of the run."""
+    from tabulate import tabulate
+
+    rows = sorted_rows(rows)
+    ds = state.dataset
+    lines = [f"dataset: {ds['name']} ({ds['counts']['images']} images, split {settings.split}, "
+             f"fingerprint {ds['fingerprint']})"]
+    if ds.get("synthetic"):
+        lines.append("  SYNTHETIC DATA: " + ds["description"])
+    excluded = sum(f.excluded for f in state.findings)
+    lines.append(f"  data integrity: {len(state.findings)} finding(s), {excluded} image(s) "
+                 "excluded from metrics" + (" (see test_data_integrity)" if state.findings else ""))
+    summary = summarize(rows, settings.classifiers)
+    sources = (*settings.sources, POOLED)
+    for name in settings.classifiers:
+        cs = state.classifiers[name]
+        s = summary[name]
+        lines.append("")
+        head = f"classifier {name}"
+        if cs.error:
+            lines.append(f"{head}: ERROR {cs.error}")
+            continue
+        lines.append(f"{head} [{cs.fingerprint}] score {_fmt(s['score'])} "
+                     f"(macro F1 over {s['categories_scored']} covered categories, pooled sources)")
+        lines.append(f"  tests: {s['passed']} passed, {s['failed']} failed, "
+                     f"{s['skipped']} skipped, {s['error']} errors; cache {cs.cache_hits} hits, "
+                     f"{cs.cache_misses} misses")
+        cells = {(r["category"], r["source"]): r for r in rows
+                 if r["classifier"] == name and r["metric"] == "f1"}
+        fprs = {(r["category"], r["source"]): r for r in rows
+                if r["classifier"] == name and r["metric"] == "fpr"}
+        table = []
+        for cat in settings.categories:
+            if cat not in cs.covered:
+                continue
+            line = [SHORT_NAMES[cat]]
+            for src in sources:
+                line.append(_cell_text(cells.get((cat, src))))
+            line.append(_cell_text(fprs.get((cat, POOLED))))
+            table.append(line)
+        if table:
+            headers = ["F1", *sources, f"FPR ({POOLED})"]
+            lines += ["  " + t for t in tabulate(table, headers=headers,
+                                                 disable_numparse=True).splitlines()]
+            lines.append("  (* = below its threshold; - = not measured)")
+        uncovered = [SHORT_NAMES[c] for c in settings.categories if c not in cs.covered]
+        if uncovered:
+            lines.append(f"  not covered under the {settings.alignment} alignment: "
+                         f"{', '.join(uncovered)}")
+    return lines
+
+
+def _cell_text(row: dict[str, Any] | None) -> str:
+    if row is None or row["value"] is None:
+        return "-"
+    return _fmt(row["value"]) + ("*" if row["outcome"] == "failed" else "")

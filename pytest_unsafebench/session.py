@@ -1,0 +1,304 @@
+"""The active run: one typed object in ``config.stash`` that owns the settings, runs the
+prediction pass on the controller, serves cells to tests, and aggregates the report.
+
+Controller / worker split (as pytest-cov does it): the controller (or a serial run) loads the
+dataset and runs the one prediction pass before any test runs, then writes the run state to a
+session folder; pytest-xdist workers only read that folder. So no image is inferred twice, and
+a serial run and ``-n 2`` compute every metric from identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .config import Settings
+from .errors import UnsafeBenchError
+from .results import ClassifierState, PredictionTable, RunState
+
+if TYPE_CHECKING:
+    from .cells import Cell
+    from .classifier import Classifier
+    from .dataset import Dataset
+    from .engine import PassResult
+
+SESSION_KEY = pytest.StashKey["UnsafeBenchSession"]()
+ROWS_KEY = pytest.StashKey[list]()
+WORKER_INPUT_KEY = "unsafebench_session_dir"
+
+
+class ClassifierFailed(Exception):
+    """Raised in a test's setup when its classifier could not load or predict."""
+
+
+@dataclass
+class UnsafeBenchSession:
+    config: pytest.Config
+    settings: Settings
+    session_dir: Path
+    is_worker: bool
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    device: str = "cpu"
+    _state: RunState | None = None
+    _tables: dict[str, PredictionTable] = field(default_factory=dict)
+    _classifiers: dict[str, Classifier] = field(default_factory=dict)
+    _started: float = field(default_factory=time.perf_counter)
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def start(cls, config: pytest.Config, settings: Settings) -> UnsafeBenchSession:
+        workerinput = getattr(config, "workerinput", None)
+        if workerinput is not None:
+            return cls(config, settings, Path(workerinput[WORKER_INPUT_KEY]), is_worker=True)
+        folder = Path(tempfile.mkdtemp(prefix="unsafebench-"))
+        return cls(config, settings, folder, is_worker=False)
+
+    @property
+    def cache_path(self) -> Path:
+        # --unsafebench-no-cache: a throwaway cache inside the session folder, so workers
+        # still read the controller's predictions but nothing outlives the run.
+        base = self.settings.cache_dir if self.settings.use_cache else self.session_dir
+        return base / "predictions.sqlite"
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput[WORKER_INPUT_KEY] = str(self.session_dir)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        if self.is_worker or session.config.option.collectonly:
+            return
+        if session.testsfailed and not session.config.option.continue_on_collection_errors:
+            return
+        try:
+            self.prepare()
+        except UnsafeBenchError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if not self.is_worker:
+            shutil.rmtree(self.session_dir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ the prediction pass
+    def prepare(self) -> None:
+        from .cache import PredictionCache
+        from .dataset import load_dataset
+        from .engine import run_pass
+
+        s = self.settings
+        t0 = time.perf_counter()
+        dataset = load_dataset(s.dataset, split=s.split, categories=s.categories,
+                               sources=s.sources, limit=s.limit, seed=s.seed,
+                               cache_dir=s.cache_dir)
+        t1 = time.perf_counter()
+        self.device = _resolve_device(s.device)
+        cache = PredictionCache(self.cache_path)
+        try:
+            result = run_pass(
+                dataset.records,
+                {name: partial(self.classifier, name) for name in s.classifiers},
+                cache, batch_size=s.batch_size, max_pixels=s.max_image_pixels,
+                progress=self._progress_printer(len(dataset.records)),
+            )
+        finally:
+            cache.close()
+        t2 = time.perf_counter()
+        self._state = self._write_state(dataset, result, {
+            "dataset_seconds": round(t1 - t0, 3), "pass_seconds": round(t2 - t1, 3),
+            "decode_seconds": round(result.decode_seconds, 3)})
+
+    def classifier(self, name: str) -> Classifier:
+        """The loaded classifier (once per process); also the ``unsafebench_classifier`` fixture."""
+        if name not in self._classifiers:
+            from .registry import load_classifier
+
+            options = {"device": self.device, "cache_dir": self.settings.cache_dir,
+                       "batch_size": self.settings.batch_size, **self.settings.options_for(name)}
+            self._classifiers[name] = load_classifier(name, **options)
+        return self._classifiers[name]
+
+    def _write_state(self, dataset: Dataset, result: PassResult,
+                     timing: dict[str, float]) -> RunState:
+        s = self.settings
+        usable = [r for r in dataset.records if r.content_hash not in result.excluded_hashes]
+        classifiers: dict[str, ClassifierState] = {}
+        for index, (name, outcome) in enumerate(result.outcomes.items()):
+            info = outcome.info
+            covered = s.coverage_override(name)
+            if covered is None:
+                covered = frozenset(info.coverage.get(s.alignment, []))
+            cs = ClassifierState(
+                name=name, fingerprint=info.fingerprint, description=info.description,
+                supports_gradients=info.supports_gradients,
+                covered=[c for c in s.categories if c in covered], coverage=info.coverage,
+                error=outcome.error, cache_hits=outcome.hits, cache_misses=outcome.misses,
+                inference_seconds=round(outcome.inference_seconds, 3),
+            )
+            if not outcome.error:
+                cs.predictions_file = f"predictions-{index}.jsonl"
+                with (self.session_dir / cs.predictions_file).open("w") as fh:
+                    for r in usable:
+                        p = outcome.predictions[r.content_hash]
+                        fh.write(json.dumps({
+                            "classifier": name, "id": r.id, "condition": "clean",
+                            "score": p.score, "decision": p.decision,
+                            "label": r.safety_label, "category": r.category,
+                            "source": r.source, "split": r.split,
+                            "label_scores": dict(p.label_scores) if p.label_scores else None,
+                        }) + "\n")
+            classifiers[name] = cs
+        state = RunState(
+            dataset={"spec": s.dataset, "name": dataset.name, "synthetic": dataset.synthetic,
+                     "description": dataset.description, "fingerprint": dataset.fingerprint,
+                     "counts": dataset.counts(), "usable_images": len(usable)},
+            findings=[*dataset.findings, *result.findings],
+            classifiers=classifiers, timing=timing,
+        )
+        state.save(self.session_dir)
+        return state
+
+    def _progress_printer(self, total: int):  # noqa: ANN202 - returns a callback or None
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None or self.config.get_verbosity() < 0 or total == 0:
+            return None
+        names = ", ".join(self.settings.classifiers)
+        last = [0.0]
+
+        def show(done: int, todo: int) -> None:
+            now = time.perf_counter()
+            if done < todo and now - last[0] < 1.0:
+                return
+            last[0] = now
+            text = f"unsafebench: {names}: {done}/{todo} uncached images decoded and classified"
+            if reporter.isatty():
+                reporter.rewrite(text, erase=True)
+                if done == todo:
+                    reporter.write_line("")
+            else:
+                reporter.write_line(text)
+
+        return show
+
+    # ------------------------------------------------------------------ what tests read
+    @property
+    def state(self) -> RunState:
+        if self._state is None:
+            self._state = RunState.load(self.session_dir)
+        return self._state
+
+    def classifier_state(self, name: str) -> ClassifierState:
+        cs = self.state.classifiers[name]
+        if cs.error:
+            raise ClassifierFailed(f"classifier {name!r} failed, so its tests cannot run: {cs.error}")
+        return cs
+
+    def cell(self, item: pytest.Item, classifier: str, category: str, source: str,
+             suite: str) -> Cell:
+        from .cells import Cell
+
+        cs = self.classifier_state(classifier)
+        if category not in cs.covered:
+            pytest.skip(f"not covered: {classifier} is not scored on {category} under the "
+                        f"{self.settings.alignment} alignment")
+        if classifier not in self._tables:
+            assert cs.predictions_file is not None
+            self._tables[classifier] = PredictionTable.load(
+                classifier, self.session_dir / cs.predictions_file)
+        columns = self._tables[classifier].select(category, source)
+        if len(columns["y_true"]) == 0:
+            pytest.skip(f"no images in this cell: the dataset has none for {category} / "
+                        f"{source} after filters")
+        return Cell(classifier, category, source, suite, columns,
+                    self.settings.thresholds.resolve(classifier, category, source),
+                    sink=partial(record_row, item))
+
+    # ------------------------------------------------------------------ reporting
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo) -> Any:
+        report = yield
+        marker = item.get_closest_marker("unsafebench")
+        if marker is None or "metric" not in marker.kwargs or report.when == "teardown":
+            return report
+        if report.when == "setup" and report.passed:
+            return report
+        rows = item.stash.get(ROWS_KEY, [])
+        outcome = "error" if report.when == "setup" and report.failed else report.outcome
+        gate = [r for r in rows if r["outcome"] is None]
+        if not gate:
+            gate = [_placeholder_row(item, marker.kwargs)]
+            rows = [*rows, *gate]
+        for row in gate:
+            row["outcome"] = outcome
+        report.unsafebench = json.dumps(rows)  # travels to the xdist controller with the report
+        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        data = getattr(report, "unsafebench", None)
+        if data and not self.is_worker:
+            self.rows.extend(json.loads(data))
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.is_worker or self._state is None:
+            return
+        from .report import terminal_lines
+
+        terminalreporter.section("unsafebench report")
+        for line in terminal_lines(self.settings, self._state, self.rows):
+            terminalreporter.write_line(line)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.is_worker or self._state is None:
+            return
+        from .report import build_json, write_json
+
+        s = self.settings
+        if s.json_path:
+            doc = build_json(s, self._state, self.rows, self.config.rootpath, self.device,
+                             {"wall_seconds": round(time.perf_counter() - self._started, 3)})
+            write_json(s.json_path, doc)
+        if s.predictions_path:
+            s.predictions_path.parent.mkdir(parents=True, exist_ok=True)
+            with s.predictions_path.open("w") as out:
+                for cs in self._state.classifiers.values():
+                    if cs.predictions_file:
+                        with (self.session_dir / cs.predictions_file).open() as fh:
+                            shutil.copyfileobj(fh, out)
+
+
+def record_row(item: pytest.Item, row: dict[str, Any]) -> None:
+    item.stash.setdefault(ROWS_KEY, []).append(row)
+    if isinstance(row.get("value"), (int, float)):
+        # Also visible to --junitxml as <property name="unsafebench.f1" value="..."/>.
+        item.user_properties.append((f"unsafebench.{row['metric']}", row["value"]))
+
+
+def _placeholder_row(item: pytest.Item, marker: dict[str, Any]) -> dict[str, Any]:
+    """The row of a test that never recorded its value (skipped, or errored first)."""
+    params = getattr(item, "callspec", None)
+    cell = params.params.get("unsafebench_cell") if params else None
+    classifier, category, source = cell if cell else (None, None, None)
+    return {"classifier": classifier, "suite": marker.get("suite"), "metric": marker["metric"],
+            "category": category, "source": source, "value": None, "threshold": None,
+            "outcome": None, "n": None}
+
+
+def _resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    if "torch" not in sys.modules:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,1 @@
+"""The benchmark suites the plugin runs (installed as ``pytest_unsafebench.suites``)."""

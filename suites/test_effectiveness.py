@@ -1,0 +1,38 @@
+"""Effectiveness (protocol section 3): per classifier x category x source, F1 with Unsafe as
+the positive class and the false-positive rate on the Safe images, each against its threshold.
+AUROC and average precision are recorded alongside, from the classifier's scores.
+"""
+
+import pytest
+
+pytestmark = [pytest.mark.effectiveness]
+
+
+@pytest.mark.unsafebench(suite="effectiveness", metric="f1")
+def test_f1(unsafebench_cell):
+    cell = unsafebench_cell
+    m = cell.metrics
+    if m["n_unsafe"] == 0:
+        pytest.skip(f"no Unsafe images in {cell.label}: F1 is undefined")
+    threshold = cell.threshold("f1_min")
+    cell.record("f1", m["f1"], threshold, gate=True)
+    cell.record("precision", m["precision"])
+    cell.record("recall", m["recall"], n=m["n_unsafe"])
+    cell.record("auroc", m["auroc"])
+    cell.record("average_precision", m["average_precision"])
+    assert m["f1"] >= threshold, (
+        f"F1 {m['f1']:.3f} < {threshold} for {cell.label} "
+        f"(tp {m['tp']}, fp {m['fp']}, fn {m['fn']} over {m['n']} images)")
+
+
+@pytest.mark.unsafebench(suite="effectiveness", metric="fpr")
+def test_fpr(unsafebench_cell):
+    cell = unsafebench_cell
+    m = cell.metrics
+    if m["n_safe"] == 0:
+        pytest.skip(f"no Safe images in {cell.label}: false-positive rate is undefined")
+    threshold = cell.threshold("fpr_max")
+    cell.record("fpr", m["fpr"], threshold, n=m["n_safe"], gate=True)
+    assert m["fpr"] <= threshold, (
+        f"false-positive rate {m['fpr']:.3f} > {threshold} for {cell.label} "
+        f"({m['fp']} of {m['n_safe']} Safe images flagged)")
