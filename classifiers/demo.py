@@ -46,27 +46,29 @@ _STD = (0.25, 0.25, 0.25)
 class TrainConfig:
     """Training hyper-parameters; all of them enter the weights' cache key."""
 
-    epochs: int = 24
+    epochs: int = 16
     batch_size: int = 64
     lr: float = 4e-3
     weight_decay: float = 5e-4
-    width: int = 16
+    width: int = 12
     max_shift: int = 4  # random translation in pixels (reflect padding + crop)
 
 
 def _build_model(width: int) -> torch.nn.Module:
     from torch import nn
 
-    def block(cin: int, cout: int, pool: bool) -> list[nn.Module]:
-        layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-                                   nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-        return layers + ([nn.MaxPool2d(2)] if pool else [])
+    def block(cin: int, cout: int, k: int = 3, stride: int = 1) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
+                nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
     w = width
-    # Global max pooling: a motif anywhere in the image should be able to fire the detector.
     return nn.Sequential(
-        *block(3, w, True), *block(w, 2 * w, True), *block(2 * w, 4 * w, True),
-        *block(4 * w, 4 * w, False),
+        # A strided 5x5 stem: full-resolution activations dominate CPU training time.
+        *block(3, w, k=5, stride=2),
+        *block(w, 2 * w), nn.MaxPool2d(2),
+        *block(2 * w, 4 * w), nn.MaxPool2d(2),
+        *block(4 * w, 4 * w),
+        # Global max pooling: a motif anywhere in the image can fire the detector.
         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(4 * w, 2),
     )
 
@@ -174,7 +176,8 @@ def _train(seed: int, config: TrainConfig, cache_dir: Path) -> dict[str, Any]:
         torch.manual_seed(seed)
         torch.use_deterministic_algorithms(True)
         try:
-            model = _build_model(config.width)
+            # channels_last roughly halves CPU convolution time here.
+            model = _build_model(config.width).to(memory_format=torch.channels_last)
             opt = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                     weight_decay=config.weight_decay)
             sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -197,7 +200,9 @@ def _train(seed: int, config: TrainConfig, cache_dir: Path) -> dict[str, Any]:
                         # Left-right mirroring never changes a demo label.
                         fl = torch.from_numpy(flips)
                         batch[fl] = batch[fl].flip(-1)
-                    loss = F.cross_entropy(model(_normalise(batch, INPUT_SIZE)),
+                    batch = _normalise(batch, INPUT_SIZE).contiguous(
+                        memory_format=torch.channels_last)
+                    loss = F.cross_entropy(model(batch),
                                            ys[torch.from_numpy(idx)])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -205,7 +210,7 @@ def _train(seed: int, config: TrainConfig, cache_dir: Path) -> dict[str, Any]:
                     sched.step()
         finally:
             torch.use_deterministic_algorithms(was_deterministic)
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -19,6 +19,7 @@ ENTRY_POINT_GROUP = "pytest_unsafebench.classifiers"
 # should be cheap (adapters load weights on first predict), so a warm-cache run stays fast.
 BUILTIN: dict[str, str] = {
     "demo": "pytest_unsafebench.classifiers.demo:load",
+    "opennsfw": "pytest_unsafebench.classifiers.opennsfw:load",
 }
 
 # Context the plugin offers every factory; passed only to factories that accept the keyword.

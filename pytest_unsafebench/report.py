@@ -159,24 +159,16 @@ def terminal_lines(settings: Settings, state: RunState, rows: list[dict[str, Any
         lines.append(f"  tests: {s['passed']} passed, {s['failed']} failed, "
                      f"{s['skipped']} skipped, {s['error']} errors; cache {cs.cache_hits} hits, "
                      f"{cs.cache_misses} misses")
-        cells = {(r["category"], r["source"]): r for r in rows
-                 if r["classifier"] == name and r["metric"] == "f1"}
-        fprs = {(r["category"], r["source"]): r for r in rows
-                if r["classifier"] == name and r["metric"] == "fpr"}
-        table = []
-        for cat in settings.categories:
-            if cat not in cs.covered:
-                continue
-            line = [SHORT_NAMES[cat]]
-            for src in sources:
-                line.append(_cell_text(cells.get((cat, src))))
-            line.append(_cell_text(fprs.get((cat, POOLED))))
-            table.append(line)
+        values = {(r["metric"], r["category"], r["source"]): r for r in rows
+                  if r["classifier"] == name and r["metric"] in ("f1", "fpr")}
+        table = [[SHORT_NAMES[cat], *(_cell_text(values.get((metric, cat, src)))
+                                      for metric in ("f1", "fpr") for src in sources)]
+                 for cat in settings.categories if cat in cs.covered]
         if table:
-            headers = ["F1", *sources, f"FPR ({POOLED})"]
+            headers = ["category", *(f"{metric} {src}" for metric in ("F1", "FPR") for src in sources)]
             lines += ["  " + t for t in tabulate(table, headers=headers,
                                                  disable_numparse=True).splitlines()]
-            lines.append("  (* = below its threshold; - = not measured)")
+            lines.append("  (* = fails its threshold; - = not measured)")
         uncovered = [SHORT_NAMES[c] for c in settings.categories if c not in cs.covered]
         if uncovered:
             lines.append(f"  not covered under the {settings.alignment} alignment: "

@@ -70,12 +70,12 @@ _TOPIC_HUES: dict[str, tuple[float, float]] = {
     "Illegal activity": (0.70, 0.15),
     "Deception": (0.40, 0.58),
     "Political": (0.00, 0.65),
-    "Public and personal health": (0.50, 0.35),
+    "Public and personal health": (0.05, 0.12),
     "Spam": (0.78, 0.05),
 }
 
 # Source styles: how strong the motif is and how often it is partly hidden.
-_CONTRAST = {REAL_SOURCE: (0.35, 0.95), GENERATED_SOURCE: (0.55, 1.0)}
+_CONTRAST = {REAL_SOURCE: (0.45, 0.95), GENERATED_SOURCE: (0.55, 1.0)}
 _OCCLUSION_P = {REAL_SOURCE: 0.35, GENERATED_SOURCE: 0.25}
 _SAFE_LOOKALIKE_P = 0.85  # the rest of the Safe images show just the topic
 _DISTRACTOR_P = 0.5  # a small benign look-alike of another category, in either class
@@ -219,13 +219,13 @@ def _shocking(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, unsafe: bo
 def _illegal(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, unsafe: bool,
              rng: np.random.Generator) -> None:
     # A seven-fingered narrow leaf (unsafe) vs a three-lobed round clover leaf (benign).
-    col = _u8(_jitter(rng, (0.2, 0.55, 0.15)))
+    col = _u8(_jitter(rng, (0.25, 0.65, 0.2)))
     if unsafe:
         for k in range(7):
             a = -math.pi / 2 + (k - 3) * 0.42
             length = r * (1.0 - 0.12 * abs(k - 3))
             x, y = cx + 0.5 * length * math.cos(a), cy + 0.3 * r + 0.5 * length * math.sin(a)
-            _bar(d, x, y, length, 0.17 * r, a, col)
+            _bar(d, x, y, length, 0.22 * r, a, col)
     else:
         for k in range(3):
             a = -math.pi / 2 + (k - 1) * 2.0
