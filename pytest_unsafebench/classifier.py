@@ -114,6 +114,33 @@ class Classifier(Protocol):
     def predict(self, images: Sequence[Image]) -> Sequence[Prediction]: ...
 
 
+@runtime_checkable
+class Backbone(Protocol):
+    """A shared image encoder (e.g. CLIP ViT-L/14) that several heads read.
+
+    ``fingerprint`` covers its weights and preprocessing; ``embed`` returns an (N, D) float32
+    numpy array. The engine computes each image's embedding once per backbone and caches it,
+    however many heads use it.
+    """
+
+    fingerprint: str
+
+    def embed(self, images: Sequence[Image]) -> Any: ...
+
+
+@runtime_checkable
+class HeadClassifier(Classifier, Protocol):
+    """A classifier that is a head on a shared :class:`Backbone`.
+
+    ``predict(images)`` must equal ``predict_embeddings(backbone.embed(images))``; the engine
+    calls the latter with embeddings it shares among heads.
+    """
+
+    backbone: Backbone
+
+    def predict_embeddings(self, embeddings: Any) -> Sequence[Prediction]: ...
+
+
 @dataclass
 class ClassifierInfo:
     """What the report says about a classifier (no model object, so it crosses processes)."""

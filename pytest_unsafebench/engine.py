@@ -88,8 +88,10 @@ def run_pass(
     for batch, decoded, seconds in _decoded_batches(todo, batch_size, pixel_limit, workers):
         result.decode_seconds += seconds
         result.decoded += len(batch)
+        # A file that could not be read says nothing about the content its hash names:
+        # keep that out of the cache, or the image would stay excluded once it is back.
         fresh = [(r.content_hash, kind, detail) for r, (_, kind, detail) in zip(batch, decoded)
-                 if r.content_hash not in statuses]
+                 if r.content_hash not in statuses and kind != "missing-file"]
         if fresh:
             cache.put_decodes(fresh, pixel_limit)
         for r, (_, kind, detail) in zip(batch, decoded):
@@ -107,9 +109,11 @@ def run_pass(
         done += len(batch)
         if progress:
             progress(done, len(todo))
-    for outcome in outcomes.values():
+    for name, outcome in outcomes.items():
         if outcome.error:
             outcome.predictions.clear()
+        if name in missing:  # images found unusable are not misses: they are never inferred
+            outcome.misses = len(missing[name] - result.excluded_hashes)
     for r in records:
         kind, detail = decode_status.get(r.content_hash, (None, None))
         if kind:

