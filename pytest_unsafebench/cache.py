@@ -14,16 +14,21 @@ import time
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .classifier import Prediction
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS predictions (
     fingerprint TEXT NOT NULL, image_hash TEXT NOT NULL, condition TEXT NOT NULL,
     score REAL NOT NULL, decision TEXT NOT NULL, label_scores TEXT, raw TEXT,
     PRIMARY KEY (fingerprint, image_hash, condition)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS embeddings (
+    backbone TEXT NOT NULL, image_hash TEXT NOT NULL, condition TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (backbone, image_hash, condition)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS decodes (
     image_hash TEXT NOT NULL, max_pixels INTEGER NOT NULL, kind TEXT, detail TEXT,
     PRIMARY KEY (image_hash, max_pixels)) WITHOUT ROWID;
@@ -98,6 +103,31 @@ class PredictionCache:
         with self._transaction():
             self._conn.executemany(
                 "INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def get_embeddings(self, backbone: str, condition: str,
+                       hashes: Iterable[str]) -> dict[str, Any]:
+        """image hash -> float32 vector, for a backbone fingerprint and condition."""
+        import numpy as np
+
+        out: dict[str, Any] = {}
+        wanted = list(dict.fromkeys(hashes))
+        for i in range(0, len(wanted), _CHUNK):
+            chunk = wanted[i:i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for h, blob in self._conn.execute(
+                f"SELECT image_hash, vector FROM embeddings WHERE backbone = ? AND condition = ? "
+                f"AND image_hash IN ({marks})", (backbone, condition, *chunk)):
+                out[h] = np.frombuffer(blob, dtype="<f4")
+        return out
+
+    def put_embeddings(self, backbone: str, condition: str,
+                       items: Sequence[tuple[str, Any]]) -> None:
+        import numpy as np
+
+        with self._transaction():
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)",
+                [(backbone, h, condition, np.asarray(v, dtype="<f4").tobytes()) for h, v in items])
 
     def get_decodes(self, hashes: Iterable[str], max_pixels: int) -> dict[str, tuple[str | None, str | None]]:
         """image hash -> (finding kind or None, detail or None) for images decoded before."""

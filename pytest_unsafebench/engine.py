@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .cache import PredictionCache
-from .classifier import Classifier, ClassifierInfo, Prediction
+from .classifier import Backbone, Classifier, ClassifierInfo, HeadClassifier, Prediction
 from .dataset.images import ImageProblem, decode_image
 from .dataset.records import EXCLUDING_KINDS, Finding, Record
 
@@ -84,6 +84,7 @@ def run_pass(
             if h not in statuses or any(h in m for m in missing.values())]
     result = PassResult(outcomes, [], bad)
     decode_status: dict[str, tuple[str | None, str | None]] = dict(statuses)
+    embeddings = _SharedEmbeddings(cache, condition)
     done = 0
     for batch, decoded, seconds in _decoded_batches(todo, batch_size, pixel_limit, workers):
         result.decode_seconds += seconds
@@ -105,7 +106,8 @@ def run_pass(
             wanted = [(r, img) for r, (img, kind, _) in zip(batch, decoded)
                       if img is not None and r.content_hash in missing[name]]
             if wanted:
-                _predict_batch(name, clf, wanted, outcome, cache, condition)
+                _predict_batch(clf, wanted, outcome, cache, condition, embeddings)
+        embeddings.next_batch()
         done += len(batch)
         if progress:
             progress(done, len(todo))
@@ -121,11 +123,54 @@ def run_pass(
     return result
 
 
-def _predict_batch(name: str, clf: Classifier, wanted: list[tuple[Record, Image]],
-                   outcome: ClassifierOutcome, cache: PredictionCache, condition: str) -> None:
+class _SharedEmbeddings:
+    """Backbone embeddings for the current batch, shared by every head on that backbone and
+    cached like predictions, so N heads cost one backbone pass (or none, when cached)."""
+
+    def __init__(self, cache: PredictionCache, condition: str) -> None:
+        self.cache = cache
+        self.condition = condition
+        self.batch: dict[str, dict[str, Any]] = {}
+        self.computed = 0
+
+    def get(self, backbone: Backbone, hashes: Sequence[str], images: Sequence[Image]) -> Any:
+        import numpy as np
+
+        memo = self.batch.setdefault(backbone.fingerprint, {})
+        unknown = [h for h in hashes if h not in memo]
+        if unknown:
+            memo.update(self.cache.get_embeddings(backbone.fingerprint, self.condition, unknown))
+        todo = {h: img for h, img in zip(hashes, images) if h not in memo}
+        if todo:
+            vectors = np.asarray(backbone.embed(list(todo.values())), dtype=np.float32)
+            if vectors.shape[0] != len(todo):
+                raise ValueError(f"backbone returned {vectors.shape[0]} embeddings for "
+                                 f"{len(todo)} images")
+            fresh = list(zip(todo, vectors))
+            self.cache.put_embeddings(backbone.fingerprint, self.condition, fresh)
+            memo.update(fresh)
+            self.computed += len(fresh)
+        return np.stack([memo[h] for h in hashes])
+
+    def next_batch(self) -> None:
+        self.batch.clear()
+
+
+def _infer(clf: Classifier, wanted: list[tuple[Record, Image]],
+           embeddings: _SharedEmbeddings) -> list[Prediction]:
+    if isinstance(clf, HeadClassifier):
+        vectors = embeddings.get(clf.backbone, [r.content_hash for r, _ in wanted],
+                                 [img for _, img in wanted])
+        return list(clf.predict_embeddings(vectors))
+    return list(clf.predict([img for _, img in wanted]))
+
+
+def _predict_batch(clf: Classifier, wanted: list[tuple[Record, Image]],
+                   outcome: ClassifierOutcome, cache: PredictionCache, condition: str,
+                   embeddings: _SharedEmbeddings) -> None:
     started = time.perf_counter()
     try:
-        preds = list(clf.predict([img for _, img in wanted]))
+        preds = _infer(clf, wanted, embeddings)
         if len(preds) != len(wanted):
             raise ValueError(f"predict returned {len(preds)} predictions for {len(wanted)} images")
         for (record, _), pred in zip(wanted, preds):

@@ -378,3 +378,65 @@ def test_empty_records(cache: PredictionCache) -> None:
     result = run_pass([], {"fake": FakeClassifier}, cache)
     assert result.findings == [] and result.outcomes["fake"].predictions == {}
     assert (result.outcomes["fake"].hits, result.outcomes["fake"].misses) == (0, 0)
+
+
+# --------------------------------------------------------------------------- shared backbones
+class CountingBackbone:
+    """A stand-in encoder: (mean R, G, B) per image; counts the images it embeds."""
+
+    def __init__(self, fingerprint: str = "bb-v1") -> None:
+        self.fingerprint = fingerprint
+        self.embedded = 0
+
+    def embed(self, images: Sequence) -> np.ndarray:
+        self.embedded += len(images)
+        return np.stack([np.asarray(img, dtype=np.float32).mean(axis=(0, 1)) / 255.0
+                         for img in images])
+
+
+class Head:
+    """A head reading one channel of the shared embedding."""
+
+    supports_gradients = False
+    coverage = Coverage.everything()
+
+    def __init__(self, backbone: CountingBackbone, channel: int) -> None:
+        self.backbone = backbone
+        self.channel = channel
+        self.name = f"head{channel}"
+        self.fingerprint = f"{backbone.fingerprint}/head{channel}"
+
+    def predict_embeddings(self, emb: np.ndarray) -> list[Prediction]:
+        return [Prediction.from_score(float(v)) for v in emb[:, self.channel]]
+
+    def predict(self, images: Sequence) -> list[Prediction]:
+        return self.predict_embeddings(self.backbone.embed(images))
+
+
+def test_heads_on_one_backbone_embed_each_image_once(tmp_path: Path) -> None:
+    reads = Reads()
+    records = [_record(reads, f"img{i}", _png(i)) for i in range(10)]
+    backbone = CountingBackbone()
+    heads = {f"h{c}": (lambda c=c: Head(backbone, c)) for c in range(3)}
+    cache = PredictionCache(tmp_path / "c.sqlite")
+    result = run_pass(records, heads, cache, batch_size=4)
+    assert backbone.embedded == 10  # three heads, one backbone pass per image
+    # Shared embeddings give exactly what each head computes alone.
+    alone = Head(CountingBackbone(), 1).predict([r.load_image() for r in records])
+    assert [result.outcomes["h1"].predictions[r.content_hash].score for r in records] == \
+        pytest.approx([p.score for p in alone])
+
+
+def test_new_head_reuses_cached_embeddings(tmp_path: Path) -> None:
+    reads = Reads()
+    records = [_record(reads, f"img{i}", _png(i)) for i in range(6)]
+    cache = PredictionCache(tmp_path / "c.sqlite")
+    run_pass(records, {"h0": lambda: Head(CountingBackbone(), 0)}, cache)
+    backbone = CountingBackbone()
+    result = run_pass(records, {"h2": lambda: Head(backbone, 2)}, cache)
+    assert backbone.embedded == 0  # embeddings came from the cache
+    assert result.outcomes["h2"].misses == 6 and not result.outcomes["h2"].error
+    # A different backbone fingerprint never reuses them.
+    other = CountingBackbone("bb-v2")
+    run_pass(records, {"h2": lambda: Head(other, 2)}, cache)
+    assert other.embedded == 6
