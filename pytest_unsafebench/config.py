@@ -31,9 +31,69 @@ DEFAULTS: dict[str, Any] = {
     "cache_dir": None,
     "max_image_pixels": DEFAULT_MAX_PIXELS,
     "allow_findings": [],
+    "suites": ["effectiveness"],
 }
 # Keys of [tool.unsafebench] that are tables rather than settings.
-TABLE_KEYS = ("thresholds", "profiles", "classifiers")
+TABLE_KEYS = ("thresholds", "profiles", "classifiers", "robustness")
+# Benchmark suites a run can select; data integrity always runs.
+SUITES = ("effectiveness", "robustness", "fuzz")
+ATTACKS = ("gaussian", "fgsm", "pgd", "deepfool", "square")
+
+
+@dataclass(frozen=True)
+class RobustnessSettings:
+    """``[tool.unsafebench.robustness]``: the protocol of protocol section 6, configurable."""
+
+    pool_size: int = 500                      # K images drawn from the correctly classified pool
+    seeds: tuple[int, ...] = (2023, 2024, 2025)
+    mode: str = "pixel"                       # "paper": the reference code's units and settings
+    eps: float = 2 / 255                      # L-inf budget in [0, 1] pixel units
+    pgd_steps: int = 20
+    queries: int = 300                        # black-box query budget per image
+    attacks: tuple[str, ...] = ATTACKS
+    evasions: tuple[str, ...] | None = None   # None: every evasion edit, at severity 3
+    corruptions: tuple[str, ...] | None = None  # None: every corruption, severities 1-5
+
+    def public(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items()}
+
+
+def _robustness(table: Any) -> RobustnessSettings:
+    where = "tool.unsafebench.robustness"
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: expected a table")
+    defaults = RobustnessSettings()
+    known = list(vars(defaults))
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        path = f"{where}.{key}"
+        if key not in known:
+            raise ConfigError(f"{path}: unknown key{suggest(key, known)}; known: {', '.join(known)}")
+        if key in ("pool_size", "pgd_steps", "queries"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{path}: expected an integer >= 1, got {value!r}")
+        elif key == "eps":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ConfigError(f"{path}: expected a number in [0, 1] (pixel units), got {value!r}")
+            value = float(value)
+        elif key == "mode":
+            if value not in ("pixel", "paper"):
+                raise ConfigError(f"{path}: expected 'pixel' or 'paper', got {value!r}")
+        elif key == "seeds":
+            if not isinstance(value, list) or not value or not all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise ConfigError(f"{path}: expected a non-empty list of integers, got {value!r}")
+            value = tuple(value)
+        elif key == "attacks":
+            if not isinstance(value, list) or any(v not in ATTACKS for v in value):
+                raise ConfigError(f"{path}: expected a list from {', '.join(ATTACKS)}, got {value!r}")
+            value = tuple(value)
+        else:  # evasions / corruptions: checked against the perturbation registry when used
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{path}: expected a list of perturbation names, got {value!r}")
+            value = tuple(value)
+        values[key] = value
+    return RobustnessSettings(**{**vars(defaults), **values})
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # Classifier option keys the plugin consumes itself rather than passing to the factory.
 RESERVED_CLASSIFIER_KEYS = ("coverage",)
@@ -60,6 +120,8 @@ class Settings:
     allow_findings: frozenset[str]
     thresholds: ThresholdTable = field(repr=False)
     classifier_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    suites: tuple[str, ...] = ("effectiveness",)
+    robustness: RobustnessSettings = field(default_factory=RobustnessSettings)
 
     def options_for(self, classifier: str) -> dict[str, Any]:
         """Factory keyword arguments for a classifier (without plugin-reserved keys)."""
@@ -90,6 +152,8 @@ class Settings:
             "max_image_pixels": self.max_image_pixels,
             "allow_findings": sorted(self.allow_findings),
             "classifier_options": {k: dict(v) for k, v in sorted(self.classifier_options.items())},
+            "suites": list(self.suites),
+            "robustness": self.robustness.public(),
         }
 
 
@@ -130,8 +194,8 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
         if key in pyproject:
             merged[key], where[key] = pyproject[key], f"tool.unsafebench.{key}"
     cli_values = {
-        **{k: v for k, v in cli.items() if v is not None and k not in ("categories", "sources")},
-        **{k: _split_list(cli.get(k)) for k in ("categories", "sources") if cli.get(k)},
+        **{k: v for k, v in cli.items() if v is not None and k not in ("categories", "sources", "suites")},
+        **{k: _split_list(cli.get(k)) for k in ("categories", "sources", "suites") if cli.get(k)},
     }
     for key, value in cli_values.items():
         if key in DEFAULTS:
@@ -202,6 +266,8 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
         allow_findings=frozenset(allow),
         thresholds=thresholds,
         classifier_options=classifier_options,
+        suites=members("suites", SUITES),
+        robustness=_robustness(pyproject.get("robustness", {})),
     )
 
 

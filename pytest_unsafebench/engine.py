@@ -65,10 +65,11 @@ def run_pass(
     for name, loader in loaders.items():
         try:
             clf = loader()
+            info = ClassifierInfo.of(name, clf)
         except Exception as exc:  # a broken classifier errors its own tests, no one else's
             outcomes[name] = ClassifierOutcome(ClassifierInfo(name), error=_describe(exc))
             continue
-        outcome = ClassifierOutcome(ClassifierInfo.of(name, clf))
+        outcome = ClassifierOutcome(info)
         usable = [h for h in hashes if h not in bad]
         outcome.predictions = cache.get_predictions(clf.fingerprint, condition, usable)
         outcome.hits = len(outcome.predictions)

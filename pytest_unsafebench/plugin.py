@@ -38,6 +38,13 @@ _SINGLE_OPTIONS: dict[str, tuple[str, str]] = {
     "predictions": ("PATH", "write every prediction as JSON lines"),
 }
 _INT_OPTIONS = ("limit", "seed", "batch_size")
+# The packaged suite modules; a run without paths collects the selected ones.
+SUITE_MODULES = {
+    "integrity": "test_data_integrity.py",
+    "effectiveness": "test_effectiveness.py",
+    "robustness": "test_robustness.py",
+    "fuzz": "test_fuzz.py",
+}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,6 +58,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(f"--unsafebench-{key}", action="append", dest=f"unsafebench_{key}",
                         metavar="A,B", default=[],
                         help=f"only these {key} (comma-separated, repeatable)")
+    group.addoption("--unsafebench-suites", action="append", dest="unsafebench_suites",
+                    metavar="A,B", default=[],
+                    help="benchmark suites to run: effectiveness (default), robustness, fuzz; "
+                         "data integrity always runs")
     for key, (metavar, help_text) in _SINGLE_OPTIONS.items():
         group.addoption(f"--unsafebench-{key.replace('_', '-')}", dest=f"unsafebench_{key}",
                         metavar=metavar, default=None, help=help_text,
@@ -60,7 +71,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _cli_values(config: pytest.Config) -> dict[str, Any]:
-    keys = ["classifiers", "categories", "sources", "no_cache", *_SINGLE_OPTIONS]
+    keys = ["classifiers", "categories", "sources", "suites", "no_cache", *_SINGLE_OPTIONS]
     return {k: config.getoption(f"unsafebench_{k}") for k in keys}
 
 

@@ -82,7 +82,9 @@ def file_digest(path: Path, cache_dir: Path | None = None) -> str:
     multi-GB checkpoints are hashed once, not on every run."""
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    stamp = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    stats = [(p, p.stat()) for p in files]
+    # ctime and inode too: a same-size rewrite within one mtime tick must not hit the memo.
+    stamp = [(str(p), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for p, st in stats]
     memo_file = Path(cache_dir) / "weights" / "digests.json" if cache_dir else None
     key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()
     memo: dict[str, str] = {}
