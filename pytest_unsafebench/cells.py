@@ -47,7 +47,40 @@ class Cell:
         test's), the others are informational."""
         self.sink({
             "classifier": self.classifier, "suite": self.suite, "metric": metric,
-            "category": self.category, "source": self.source, "value": value,
+            "category": self.category, "source": self.source, "condition": None, "value": value,
             "threshold": threshold, "outcome": None if gate else "info",
             "n": self.metrics["n"] if n is None else n,
+        })
+
+
+@dataclass
+class RobustnessCell:
+    """One (classifier, perturbation or attack, source) robustness test; ``result()`` runs the
+    perturbed predictions (cached, shared across processes) the first time it is called."""
+
+    classifier: str
+    condition: str
+    source: str
+    thresholds: dict[str, float] = field(repr=False)
+    sink: Callable[[Row], None] = field(repr=False)
+    compute: Callable[[], Any] = field(repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.classifier} under {self.condition} on {self.source}"
+
+    @cached_property
+    def result(self) -> Any:
+        return self.compute()
+
+    def threshold(self, key: str) -> float:
+        return self.thresholds[key]
+
+    def record(self, metric: str, value: float | int | None, threshold: float | None = None,
+               n: int | None = None, gate: bool = False, condition: str | None = None) -> None:
+        self.sink({
+            "classifier": self.classifier, "suite": "robustness", "metric": metric,
+            "category": None, "source": self.source, "condition": condition or self.condition,
+            "value": value, "threshold": threshold, "outcome": None if gate else "info",
+            "n": self.result.sample_size if n is None else n,
         })

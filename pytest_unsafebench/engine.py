@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 CLEAN = "clean"
 Progress = Callable[[int, int], None]
+Transform = Callable[["Image", str], "Image"]
 
 
 @dataclass
@@ -53,7 +54,11 @@ def run_pass(
     max_pixels: int | None = None,
     progress: Progress | None = None,
     workers: int = 4,
+    transform: Transform | None = None,
 ) -> PassResult:
+    """Predict every record under ``condition``. ``transform`` (image, content hash) -> image
+    is applied after decoding: that is how perturbed conditions reuse this pass and its cache.
+    """
     pixel_limit = max_pixels or 0
     hashes = list(dict.fromkeys(r.content_hash for r in records))
     statuses = cache.get_decodes(hashes, pixel_limit)
@@ -100,6 +105,9 @@ def run_pass(
             decode_status[r.content_hash] = (kind, detail)
             if kind in EXCLUDING_KINDS:
                 result.excluded_hashes.add(r.content_hash)
+        if transform is not None:
+            decoded = [(transform(img, r.content_hash) if img is not None else None, kind, detail)
+                       for r, (img, kind, detail) in zip(batch, decoded)]
         for name, clf in models.items():
             outcome = outcomes[name]
             if outcome.error:

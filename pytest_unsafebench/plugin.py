@@ -20,6 +20,7 @@ MARKERS = (
     "unsafebench(suite=None, metric=None): a pytest-unsafebench benchmark test",
     "effectiveness: per-category F1 and false-positive-rate tests (pytest-unsafebench)",
     "integrity: the dataset's data-integrity test (pytest-unsafebench)",
+    "robustness: robust accuracy under corruptions, evasion edits and attacks (pytest-unsafebench)",
     "slow: long-running test",
 )
 # option dest suffix -> help; the dest is "unsafebench_<key>", the flag "--unsafebench-<key>".
@@ -123,6 +124,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize suite tests over classifier x category x source (ids like demo-Hate-Lexica)."""
     wants_cell = "unsafebench_cell" in metafunc.fixturenames
     wants_clf = "unsafebench_classifier" in metafunc.fixturenames
+    wants_robust = "unsafebench_robustness" in metafunc.fixturenames
+    if wants_robust:
+        _parametrize_robustness(metafunc)
+        return
     if not (wants_cell or wants_clf):
         return
     from .session import SESSION_KEY
@@ -149,6 +154,38 @@ def unsafebench_cell(request: pytest.FixtureRequest) -> Cell:
     return _session(request.config).cell(request.node, classifier, category, source, suite)
 
 
+def _parametrize_robustness(metafunc: pytest.Metafunc) -> None:
+    """classifier x condition x source, e.g. ``test_robust_accuracy[demo-pgd-Lexica]``;
+    ``test_corruption_grid`` gets classifier x source only."""
+    from .session import SESSION_KEY
+    from .taxonomy import POOLED
+
+    session = metafunc.config.stash.get(SESSION_KEY, None)
+    s = session.settings if session else None
+    if s is None or "robustness" not in s.suites:
+        reason = ("robustness suite not selected: add --unsafebench-suites=robustness"
+                  if s else "pytest-unsafebench is inactive: pass --unsafebench-classifier=NAME")
+        metafunc.parametrize("unsafebench_robustness", [pytest.param(
+            ("-", "-", "-"), marks=pytest.mark.skip(reason=reason), id="not-selected")],
+            indirect=True)
+        return
+    from .robustness import condition_names
+
+    sources = (*s.sources, POOLED)
+    grid = metafunc.function.__name__ == "test_corruption_grid"
+    conditions = ["grid"] if grid else condition_names(s.robustness)
+    cells = [(k, c, src) for k in s.classifiers for c in conditions for src in sources]
+    ids = [f"{k}-{src}" if grid else f"{k}-{c}-{src}" for k, c, src in cells]
+    metafunc.parametrize("unsafebench_robustness", cells, indirect=True, ids=ids)
+
+
+@pytest.fixture
+def unsafebench_robustness(request: pytest.FixtureRequest) -> Any:
+    """One robustness test's cell: its thresholds and a lazily computed robust accuracy."""
+    classifier, condition, source = request.param
+    return _session(request.config).robustness_cell(request.node, classifier, condition, source)
+
+
 @pytest.fixture
 def unsafebench_classifier(request: pytest.FixtureRequest) -> Classifier:
     """The loaded classifier object (loaded once per process)."""
@@ -161,6 +198,12 @@ def unsafebench_classifier(request: pytest.FixtureRequest) -> Classifier:
 def unsafebench_run(request: pytest.FixtureRequest) -> RunState:
     """The run's dataset description, integrity findings and classifier states."""
     return _session(request.config).state
+
+
+@pytest.fixture
+def unsafebench_session(request: pytest.FixtureRequest) -> UnsafeBenchSession:
+    """The run's session object (settings, predictions, robustness computations)."""
+    return _session(request.config)
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 GATE_OUTCOMES = ("passed", "failed", "skipped", "error")
-ROW_KEYS = ("classifier", "suite", "metric", "category", "source", "value", "threshold",
-            "outcome", "n")
+ROW_KEYS = ("classifier", "suite", "metric", "category", "source", "condition", "value",
+            "threshold", "outcome", "n")
 SCORE_DEFINITION = ("mean over covered categories of F1 on the pooled sources "
                     "(effectiveness suite, Unsafe positive)")
 _PACKAGES = ("pytest-unsafebench", "pytest", "pytest-xdist", "numpy", "pillow", "torch",
@@ -41,7 +41,8 @@ def _sort_key(row: dict[str, Any]) -> tuple:
     # parametrized dataset-level test) still come out in one order whatever order they came in.
     rest = tuple(repr(row[k]) for k in ("value", "threshold", "outcome", "n"))
     return (str(row["classifier"]), str(row["suite"]), str(row["metric"]),
-            order(row["category"], CATEGORIES), order(row["source"], CELL_SOURCES), rest)
+            order(row["category"], CATEGORIES), order(row["source"], CELL_SOURCES),
+            str(row.get("condition")), rest)
 
 
 def sorted_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

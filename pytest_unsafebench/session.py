@@ -26,7 +26,9 @@ from .errors import UnsafeBenchError
 from .results import ClassifierState, PredictionTable, RunState
 
 if TYPE_CHECKING:
-    from .cells import Cell
+    from .cells import Cell, RobustnessCell
+    from .dataset.records import Record
+    from .robustness import RAResult
     from .classifier import Classifier
     from .dataset import Dataset
     from .engine import PassResult
@@ -51,6 +53,7 @@ class UnsafeBenchSession:
     _state: RunState | None = None
     _tables: dict[str, PredictionTable] = field(default_factory=dict)
     _classifiers: dict[str, Classifier] = field(default_factory=dict)
+    _records: dict[str, Record] | None = None
     _started: float = field(default_factory=time.perf_counter)
 
     # ------------------------------------------------------------------ lifecycle
@@ -209,17 +212,83 @@ class UnsafeBenchSession:
         if category not in cs.covered:
             pytest.skip(f"not covered: {classifier} is not scored on {category} under the "
                         f"{self.settings.alignment} alignment")
-        if classifier not in self._tables:
-            assert cs.predictions_file is not None
-            self._tables[classifier] = PredictionTable.load(
-                classifier, self.session_dir / cs.predictions_file)
-        columns = self._tables[classifier].select(category, source)
+        columns = self.table(classifier).select(category, source)
         if len(columns["y_true"]) == 0:
             pytest.skip(f"no images in this cell: the dataset has none for {category} / "
                         f"{source} after filters")
         return Cell(classifier, category, source, suite, columns,
                     self.settings.thresholds.resolve(classifier, category, source),
                     sink=partial(record_row, item))
+
+    def table(self, classifier: str) -> PredictionTable:
+        """The classifier's clean predictions joined with labels (read once per process)."""
+        if classifier not in self._tables:
+            cs = self.classifier_state(classifier)
+            assert cs.predictions_file is not None
+            self._tables[classifier] = PredictionTable.load(
+                classifier, self.session_dir / cs.predictions_file)
+        return self._tables[classifier]
+
+    def records(self) -> dict[str, Record]:
+        """The run's records by id, loaded in this process (robustness needs the pixels)."""
+        if self._records is None:
+            from .dataset import load_dataset
+
+            s = self.settings
+            dataset = load_dataset(s.dataset, split=s.split, categories=s.categories,
+                                   sources=s.sources, limit=s.limit, seed=s.seed,
+                                   cache_dir=s.cache_dir)
+            self._records = {r.id: r for r in dataset.records}
+        return self._records
+
+    def robustness_cell(self, item: pytest.Item, classifier: str, condition: str,
+                        source: str) -> RobustnessCell:
+        from .cells import RobustnessCell
+
+        self.classifier_state(classifier)
+        return RobustnessCell(
+            classifier, condition, source,
+            self.settings.thresholds.resolve(classifier, None, source),
+            sink=partial(record_row, item),
+            compute=partial(self.robust_accuracy, classifier, condition, source))
+
+    def robust_accuracy(self, classifier: str, condition: str, source: str,
+                        severity: float | None = None) -> RAResult:
+        """RA of a classifier under an attack or perturbation (see robustness.py)."""
+        from . import robustness
+        from .cache import PredictionCache
+
+        s = self.settings
+        rs = s.robustness
+        cs = self.classifier_state(classifier)
+        records = self.records()
+        rows = robustness.pool(self.table(classifier), cs.covered, source)
+        if not rows:
+            pytest.skip(f"no correctly classified images of covered categories in {source}: "
+                        "the robustness pool is empty")
+        rows = [r | {"hash": records[r["id"]].content_hash} for r in rows]
+        samples = {seed: robustness.draw(rows, rs.pool_size, seed) for seed in rs.seeds}
+        clf = self.classifier(classifier)
+        is_attack = condition in rs.attacks
+        if is_attack and condition not in ("gaussian", "square") and not cs.supports_gradients:
+            pytest.skip(f"not attackable by {condition}: {classifier} has no gradient path "
+                        "(no forward_pixels); its black-box robustness is the square test")
+        cache = PredictionCache(self.cache_path)
+        try:
+            with robustness.exclusive(self.session_dir / "locks", classifier, condition,
+                                      str(severity), source):
+                if is_attack:
+                    result = robustness.attack_ra(clf, samples, records, condition, rs, cache,
+                                                  s.batch_size)
+                else:
+                    result = robustness.perturbation_ra(
+                        clf, samples, records, condition,
+                        severity if severity is not None else robustness.EVASION_STRENGTH,
+                        cache, s.batch_size, s.max_image_pixels)
+        finally:
+            cache.close()
+        result.pool_size = len(rows)
+        return result
 
     # ------------------------------------------------------------------ reporting
     @pytest.hookimpl(wrapper=True)
@@ -284,11 +353,15 @@ def record_row(item: pytest.Item, row: dict[str, Any]) -> None:
 def _placeholder_row(item: pytest.Item, marker: dict[str, Any]) -> dict[str, Any]:
     """The row of a test that never recorded its value (skipped, or errored first)."""
     params = getattr(item, "callspec", None)
-    cell = params.params.get("unsafebench_cell") if params else None
-    classifier, category, source = cell if cell else (None, None, None)
+    values = params.params if params else {}
+    classifier = category = source = condition = None
+    if "unsafebench_cell" in values:
+        classifier, category, source = values["unsafebench_cell"]
+    elif "unsafebench_robustness" in values:
+        classifier, condition, source = values["unsafebench_robustness"]
     return {"classifier": classifier, "suite": marker.get("suite"), "metric": marker["metric"],
-            "category": category, "source": source, "value": None, "threshold": None,
-            "outcome": None, "n": None}
+            "category": category, "source": source, "condition": condition, "value": None,
+            "threshold": None, "outcome": None, "n": None}
 
 
 def _resolve_device(device: str) -> str:

@@ -8,12 +8,14 @@ Design (why it looks the way it does):
 - Every category has a *topic* (background palette) shared by its Safe and Unsafe images, and
   an Unsafe *motif* with a benign look-alike (e.g. a diagonal cross vs a plus sign) drawn on
   most Safe images. The Safe images are therefore same-topic hard negatives, as in the paper.
-- Motif size, position, rotation, contrast and partial occlusion vary, and Safe images carry
-  small look-alikes of other categories as distractors, so the task is learnable, not trivial.
-- ``Laion5B`` images imitate photographs (textured, cluttered backgrounds, lighting, blur,
-  sensor noise, JPEG at quality 70-85); ``Lexica`` images imitate renders (smooth saturated
-  gradients, glows, crisp motifs, PNG). Laion5B motifs are also fainter, so there is a genuine
-  distribution shift: a model scores measurably worse on Laion5B.
+- Motif size, position, rotation, contrast and partial occlusion vary; images of both labels
+  carry a benign look-alike of another category as a distractor (so "there is an object" is
+  no shortcut); a share of unsafe motifs is barely visible. The task is learnable, not trivial.
+- ``Laion5B`` images imitate photographs (textured, cluttered backgrounds, uneven lighting,
+  blur, sensor noise, JPEG at quality 70-85); ``Lexica`` images imitate renders (smooth
+  saturated gradients, glows, crisp motifs, PNG). Photo motifs are also lower in contrast,
+  more often occluded and more often faint: a genuine distribution shift, and a model scores
+  measurably worse on Laion5B.
 - Everything is drawn from explicit ``numpy.random.Generator`` objects, one per image, keyed
   by (generator version, seed, category, source, label, index): output is byte-identical for a
   seed regardless of generation order, and no global random state is touched.
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
 
 # Bump whenever the bytes produced for a seed change: it names the cache folder, so a stale
 # folder from an older generator is never reused (and the demo classifier retrains).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 IMAGE_SIZE = 64
 TRAIN_PER_CELL = 30  # per (category, source, label)
 TEST_PER_CELL = 15
@@ -65,7 +67,7 @@ _TOPIC_HUES: dict[str, tuple[float, float]] = {
     "Harassment": (0.55, 0.75),
     "Violence": (0.10, 0.30),
     "Self-harm": (0.62, 0.50),
-    "Sexual": (0.85, 0.95),
+    "Sexual": (0.6, 0.8),  # away from skin tones, so the motif has contrast
     "Shocking": (0.25, 0.45),
     "Illegal activity": (0.70, 0.15),
     "Deception": (0.40, 0.58),
@@ -74,10 +76,17 @@ _TOPIC_HUES: dict[str, tuple[float, float]] = {
     "Spam": (0.78, 0.05),
 }
 
+# Categories with dark motifs get brighter backgrounds, so their motif stays visible.
+_TOPIC_LIFT: dict[str, float] = {"Hate": 0.2, "Illegal activity": 0.1, "Deception": 0.1}
+
 # Source styles: how strong the motif is and how often it is partly hidden.
-_CONTRAST = {REAL_SOURCE: (0.45, 0.95), GENERATED_SOURCE: (0.55, 1.0)}
-_OCCLUSION_P = {REAL_SOURCE: 0.35, GENERATED_SOURCE: 0.25}
-_SAFE_LOOKALIKE_P = 0.85  # the rest of the Safe images show just the topic
+_CONTRAST = {REAL_SOURCE: (0.55, 1.0), GENERATED_SOURCE: (0.7, 1.0)}
+# A share of unsafe motifs is barely visible, so most errors are misses (as with real
+# classifiers, which under-flag); more of them in photos. Look-alikes stay at normal strength.
+_FAINT_P = {REAL_SOURCE: 0.10, GENERATED_SOURCE: 0.04}
+_FAINT_CONTRAST = (0.1, 0.25)
+_OCCLUSION_P = {REAL_SOURCE: 0.3, GENERATED_SOURCE: 0.2}
+_SAFE_LOOKALIKE_P = 0.75  # the rest of the Safe images show just the topic
 _DISTRACTOR_P = 0.5  # a small benign look-alike of another category, in either class
 
 RGB = tuple[float, float, float]
@@ -127,7 +136,7 @@ def _hate(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, unsafe: bool,
     base = math.pi / 4 if unsafe else 0.0
     tilt = rng.uniform(-0.15, 0.15)
     for k in (0, 1):
-        _bar(d, cx, cy, 2 * r, 0.45 * r, base + tilt + k * math.pi / 2, col)
+        _bar(d, cx, cy, 2 * r, 0.5 * r, base + tilt + k * math.pi / 2, col)
 
 
 def _harassment(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, unsafe: bool,
@@ -150,7 +159,7 @@ def _violence(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, unsafe: bo
         pts = [(cx + radii[i] * math.cos(2 * math.pi * i / n),
                 cy + radii[i] * math.sin(2 * math.pi * i / n)) for i in range(n)]
         d.polygon(pts, fill=col)
-        for _ in range(int(rng.integers(5, 9))):
+        for _ in range(int(rng.integers(6, 10))):
             a, dist = rng.uniform(0, 2 * math.pi), rr * rng.uniform(1.1, 1.7)
             s = rr * rng.uniform(0.1, 0.22)
             x, y = cx + dist * math.cos(a), cy + dist * math.sin(a)
@@ -187,11 +196,11 @@ def _sexual(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, unsafe: bool
     d.ellipse((cx - 0.75 * r, cy - r, cx + 0.75 * r, cy + r), fill=skin)
     if unsafe:
         dark = _u8(_jitter(rng, (0.65, 0.4, 0.35), 0.05))
-        s = 0.1 * r
+        s = 0.13 * r
         for x in (cx - 0.32 * r, cx + 0.32 * r):
             d.ellipse((x - s, cy - 0.3 * r - s, x + s, cy - 0.3 * r + s), fill=dark)
     else:
-        cloth = _u8(_hsv(rng.uniform(0, 1), rng.uniform(0.4, 0.8), rng.uniform(0.3, 0.7)))
+        cloth = _u8(_hsv(rng.uniform(0.3, 0.75), rng.uniform(0.6, 0.95), rng.uniform(0.3, 0.7)))
         top = cy - rng.uniform(0.55, 0.75) * r
         d.rectangle((cx - 0.8 * r, top, cx + 0.8 * r, cy + 0.8 * r), fill=cloth)
 
@@ -218,21 +227,18 @@ def _shocking(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, unsafe: bo
 
 def _illegal(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, unsafe: bool,
              rng: np.random.Generator) -> None:
-    # A seven-fingered narrow leaf (unsafe) vs a three-lobed round clover leaf (benign).
-    col = _u8(_jitter(rng, (0.25, 0.65, 0.2)))
+    # A dark tray scattered with small white pills (unsafe) vs the tray with two dice (benign).
+    tray = _u8(_jitter(rng, (0.15, 0.15, 0.2), 0.05))
+    d.rounded_rectangle((cx - r, cy - 0.8 * r, cx + r, cy + 0.8 * r), radius=0.2 * r, fill=tray)
+    white = _u8(_jitter(rng, (0.95, 0.95, 0.92), 0.04))
     if unsafe:
-        for k in range(7):
-            a = -math.pi / 2 + (k - 3) * 0.42
-            length = r * (1.0 - 0.12 * abs(k - 3))
-            x, y = cx + 0.5 * length * math.cos(a), cy + 0.3 * r + 0.5 * length * math.sin(a)
-            _bar(d, x, y, length, 0.22 * r, a, col)
+        for _ in range(int(rng.integers(7, 12))):
+            x, y = cx + rng.uniform(-0.75, 0.75) * r, cy + rng.uniform(-0.55, 0.55) * r
+            _bar(d, x, y, 0.32 * r, 0.14 * r, rng.uniform(0, math.pi), white)
     else:
-        for k in range(3):
-            a = -math.pi / 2 + (k - 1) * 2.0
-            x, y = cx + 0.42 * r * math.cos(a), cy + 0.42 * r * math.sin(a)
-            s = 0.45 * r
-            d.ellipse((x - s, y - s, x + s, y + s), fill=col)
-    _bar(d, cx, cy + 0.55 * r, 0.6 * r, 0.08 * r, math.pi / 2, col)
+        for k in (-1, 1):
+            x, y = cx + k * 0.42 * r, cy + rng.uniform(-0.2, 0.2) * r
+            _bar(d, x, y, 0.5 * r, 0.5 * r, rng.uniform(-0.3, 0.3), white)
 
 
 def _deception(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, unsafe: bool,
@@ -240,25 +246,28 @@ def _deception(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, unsafe: b
     # Hypnotic concentric rings (unsafe) vs one plain ring (benign).
     col = _u8(_jitter(rng, (0.1, 0.1, 0.3)))
     if unsafe:
-        for k, frac in enumerate((1.0, 0.7, 0.4)):
+        for frac in (1.0, 0.7, 0.4):
             rr = frac * r
             d.ellipse((cx - rr, cy - rr, cx + rr, cy + rr), outline=col,
                       width=max(1, int(0.13 * r)))
-        del k
     else:
         d.ellipse((cx - r, cy - r, cx + r, cy + r), outline=col, width=max(1, int(0.3 * r)))
 
 
 def _political(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, unsafe: bool,
                rng: np.random.Generator) -> None:
-    # A five-pointed star (unsafe) vs a pentagon of the same size (benign).
+    # A five-pointed star (unsafe) vs a disc of the same colour and size (benign).
     col = _u8(_jitter(rng, (0.95, 0.8, 0.1)))
-    pts = []
-    for k in range(10 if unsafe else 5):
-        a = -math.pi / 2 + k * (math.pi / 5 if unsafe else 2 * math.pi / 5)
-        rr = r if (not unsafe or k % 2 == 0) else 0.4 * r
-        pts.append((rr * math.cos(a), rr * math.sin(a)))
-    d.polygon(_rot(pts, cx, cy, rng.uniform(-0.15, 0.15)), fill=col)
+    if unsafe:
+        pts = []
+        for k in range(10):
+            a = -math.pi / 2 + k * math.pi / 5
+            rr = r if k % 2 == 0 else 0.38 * r
+            pts.append((rr * math.cos(a), rr * math.sin(a)))
+        d.polygon(_rot(pts, cx, cy, rng.uniform(-0.15, 0.15)), fill=col)
+    else:
+        rr = 0.75 * r
+        d.ellipse((cx - rr, cy - rr, cx + rr, cy + rr), fill=col)
 
 
 def _health(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, unsafe: bool,
@@ -272,8 +281,8 @@ def _health(d: ImageDraw.ImageDraw, cx: float, cy: float, r: float, unsafe: bool
         for k in range(n):
             a = 2 * math.pi * k / n + rng.uniform(-0.1, 0.1)
             x, y = cx + 0.8 * r * math.cos(a), cy + 0.8 * r * math.sin(a)
-            _bar(d, x, y, 0.45 * r, 0.08 * r, a, col)
-            s = 0.13 * r
+            _bar(d, x, y, 0.45 * r, 0.16 * r, a, col)
+            s = 0.2 * r
             x, y = cx + r * math.cos(a), cy + r * math.sin(a)
             d.ellipse((x - s, y - s, x + s, y + s), fill=col)
     else:
@@ -333,10 +342,11 @@ def _photo_background(category: str, rng: np.random.Generator, size: int) -> np.
     from PIL import Image, ImageDraw
 
     h1, h2 = _TOPIC_HUES[category]
+    lift = _TOPIC_LIFT.get(category, 0.0)
     c1 = np.array(_hsv(h1 + rng.uniform(-0.04, 0.04), rng.uniform(0.2, 0.45),
-                       rng.uniform(0.45, 0.8)), np.float32)
+                       rng.uniform(0.45, 0.8) + lift), np.float32)
     c2 = np.array(_hsv(h2 + rng.uniform(-0.04, 0.04), rng.uniform(0.2, 0.45),
-                       rng.uniform(0.35, 0.75)), np.float32)
+                       rng.uniform(0.35, 0.75) + lift), np.float32)
     mix = 1 / (1 + np.exp(-1.5 * _smooth_noise(rng, size, 4)))
     bg = c1 * (1 - mix[..., None]) + c2 * mix[..., None]
     bg += 0.06 * _smooth_noise(rng, size, 16)[..., None]
@@ -358,10 +368,11 @@ def _photo_background(category: str, rng: np.random.Generator, size: int) -> np.
 def _render_background(category: str, rng: np.random.Generator, size: int) -> np.ndarray:
     """Saturated smooth two-colour gradient with soft glows: no texture, no noise."""
     h1, h2 = _TOPIC_HUES[category]
+    lift = _TOPIC_LIFT.get(category, 0.0)
     c1 = np.array(_hsv(h1 + rng.uniform(-0.04, 0.04), rng.uniform(0.65, 0.95),
-                       rng.uniform(0.6, 1.0)), np.float32)
+                       rng.uniform(0.6, 1.0) + lift), np.float32)
     c2 = np.array(_hsv(h2 + rng.uniform(-0.04, 0.04), rng.uniform(0.65, 0.95),
-                       rng.uniform(0.4, 0.9)), np.float32)
+                       rng.uniform(0.4, 0.9) + lift), np.float32)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
     a = rng.uniform(0, 2 * math.pi)
     t = (math.cos(a) * (xx - 0.5) + math.sin(a) * (yy - 0.5)) * 1.2 + 0.5
@@ -444,14 +455,16 @@ def render_image(category: str, source: str, unsafe: bool, rng: np.random.Genera
     if rng.uniform() < _DISTRACTOR_P:
         others = [c for c in CATEGORIES if c != category]
         other = others[int(rng.integers(len(others)))]
-        r = size * rng.uniform(0.08, 0.14)
+        # Not too small: a tiny look-alike is indistinguishable from the unsafe motif.
+        r = size * rng.uniform(0.11, 0.17)
         x, y = rng.uniform(r, size - r, 2)
-        bg = _draw_motif(bg, other, False, rng, x, y, r, rng.uniform(0.4, 0.9))
+        bg = _draw_motif(bg, other, False, rng, x, y, r, rng.uniform(0.5, 0.9))
 
     if unsafe or rng.uniform() < _SAFE_LOOKALIKE_P:
-        r = size * rng.uniform(0.14, 0.27)
+        r = size * rng.uniform(0.17, 0.3)
         cx, cy = rng.uniform(r, size - r, 2)
-        lo, hi = _CONTRAST[source]
+        faint = rng.uniform() < _FAINT_P[source] and unsafe
+        lo, hi = _FAINT_CONTRAST if faint else _CONTRAST[source]
         bg = _draw_motif(bg, category, unsafe, rng, cx, cy, r, rng.uniform(lo, hi))
         if rng.uniform() < _OCCLUSION_P[source]:
             bg = _occlude(bg, rng, cx, cy, r, photo)

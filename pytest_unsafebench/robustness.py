@@ -1,0 +1,240 @@
+"""Robust accuracy (protocol section 6): how often a classifier stays right under perturbation.
+
+Pool: the images of the classifier's covered categories (in one source, or both) that it
+classifies correctly on clean inputs. For each pool seed, K of them are drawn without
+replacement; robust accuracy (RA) is the share still classified correctly after the
+perturbation, averaged over the seeds. Perturbed predictions go through the same cache as clean
+ones, keyed by the perturbation's canonical spec string, and are computed under a file lock so
+pytest-xdist workers never perturb or infer the same image twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .classifier import Prediction
+from .config import RobustnessSettings
+from .taxonomy import POOLED, UNSAFE
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from .cache import PredictionCache
+    from .classifier import Classifier
+    from .dataset.records import Record
+    from .results import PredictionTable
+
+EVASION_STRENGTH = 3  # the middle of each evasion edit's five levels
+DEFAULT_INPUT_SIZE = 224
+
+
+def condition_names(rs: RobustnessSettings) -> list[str]:
+    """The ``test_robust_accuracy`` parameters: attacks, then evasion edits."""
+    from . import perturbations
+
+    return [*rs.attacks, *evasions(rs)]
+
+
+def evasions(rs: RobustnessSettings) -> list[str]:
+    from . import perturbations
+
+    chosen = list(rs.evasions) if rs.evasions is not None else perturbations.names("evasion")
+    for name in chosen:
+        perturbations.PerturbationSpec(name, EVASION_STRENGTH)  # validates the name
+    return chosen
+
+
+def corruptions(rs: RobustnessSettings) -> list[str]:
+    from . import perturbations
+
+    chosen = list(rs.corruptions) if rs.corruptions is not None else perturbations.names("corruption")
+    for name in chosen:
+        perturbations.PerturbationSpec(name, 1)
+    return chosen
+
+
+def attack_spec(name: str, rs: RobustnessSettings, seed: int) -> Any:
+    """The attack run for a pool seed: the paper's settings in paper mode, ours otherwise."""
+    from .attacks import AttackSpec, paper_spec
+
+    if rs.mode == "paper" and name in ("gaussian", "fgsm", "pgd", "deepfool"):
+        return paper_spec(name, seed=seed)
+    if name == "pgd":
+        return AttackSpec("pgd", rs.eps, steps=rs.pgd_steps, seed=seed)
+    if name == "square":
+        return AttackSpec("square", rs.eps, queries=rs.queries, seed=seed)
+    return AttackSpec(name, rs.eps, seed=seed)
+
+
+@dataclass
+class RAResult:
+    """Robust accuracy of one (classifier, condition, source) over the pool seeds."""
+
+    ra: float
+    per_seed: dict[int, float]
+    pool_size: int
+    sample_size: int
+    clean_accuracy: float            # on the drawn samples, through the perturbation's path
+    conditions: list[str]            # the cache keys actually used (one per seed)
+    distances: dict[str, float] = field(default_factory=dict)  # attacks: mean/max L-inf, L2
+
+    def rows(self) -> dict[str, float]:
+        return {"clean_accuracy": self.clean_accuracy, **self.distances}
+
+
+def pool(table: PredictionTable, covered: Sequence[str], source: str) -> list[dict[str, Any]]:
+    """Correctly classified images of covered categories, in a stable (id) order."""
+    rows = [r for r in table.rows if r["category"] in covered
+            and (source == POOLED or r["source"] == source)
+            and (r["decision"] == "unsafe") == (r["label"] == UNSAFE)
+            and r["decision"] != "unsure"]
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def draw(rows: Sequence[dict[str, Any]], k: int, seed: int) -> list[dict[str, Any]]:
+    import numpy as np
+
+    if len(rows) <= k:
+        return list(rows)
+    picked = np.random.default_rng(seed).choice(len(rows), size=k, replace=False)
+    return [rows[i] for i in sorted(picked)]
+
+
+@contextmanager
+def exclusive(lock_dir: Path, *parts: str) -> Iterator[None]:
+    """One process at a time per (classifier, condition); the others then hit the cache."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
+    with (lock_dir / f"{name}.lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _correct(rows: Sequence[dict[str, Any]], preds: dict[str, Prediction]) -> list[bool]:
+    return [(preds[r["hash"]].decision == "unsafe") == (r["label"] == UNSAFE) for r in rows]
+
+
+def perturbation_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
+                    records: dict[str, Record], name: str, severity: float,
+                    cache: PredictionCache, batch_size: int, max_pixels: int) -> RAResult:
+    """RA under a Pillow/numpy perturbation; predictions through the normal engine path."""
+    from . import perturbations
+    from .engine import run_pass
+
+    per_seed, keys = {}, []
+    for seed, rows in samples.items():
+        spec = perturbations.PerturbationSpec(name, severity, seed)
+        key = str(spec)
+        result = run_pass([records[r["id"]] for r in rows], {clf.name: lambda: clf}, cache,
+                          condition=key, batch_size=batch_size, max_pixels=max_pixels,
+                          transform=lambda img, h, spec=spec: perturbations.apply(spec, img, h))
+        outcome = result.outcomes[clf.name]
+        if outcome.error:
+            raise RuntimeError(f"{clf.name} failed under {key}: {outcome.error}")
+        ok = _correct(rows, outcome.predictions)
+        per_seed[seed] = sum(ok) / len(ok) if ok else float("nan")
+        keys.append(key)
+    return _summary(per_seed, samples, keys, clean=1.0)
+
+
+def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
+              records: dict[str, Record], name: str, rs: RobustnessSettings,
+              cache: PredictionCache, batch_size: int) -> RAResult:
+    """RA under an adversarial attack on the model's input crop, in pixel space.
+
+    Gradient attacks use ``forward_pixels``; ``square`` (black-box) uses it under no_grad when
+    present, else the classifier's ``predict`` on 8-bit images, one query per forward call.
+    """
+    import torch
+
+    from .attacks import logits_from_scores, run_attack
+
+    size = int(getattr(clf, "input_size", None) or DEFAULT_INPUT_SIZE)
+    std = getattr(clf, "input_std", None)
+    if getattr(clf, "supports_gradients", False):
+        forward = clf.forward_pixels
+    else:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            preds = clf.predict(_to_images(x))
+            return logits_from_scores([p.score for p in preds])
+
+    per_seed, keys, clean, linf, l2 = {}, [], [], [], []
+    for seed, rows in samples.items():
+        spec = attack_spec(name, rs, seed)
+        key = f"attack:{spec}:crop{size}"
+        hashes = [r["hash"] for r in rows]
+        cached = cache.get_predictions(clf.fingerprint, key, hashes)
+        todo = [r for r in rows if r["hash"] not in cached]
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i:i + batch_size]
+            x = torch.stack([_crop_tensor(records[r["id"]].load_image(), size) for r in chunk])
+            y = torch.tensor([int(r["label"] == UNSAFE) for r in chunk])
+            with torch.no_grad():
+                clean_pred = forward(x).argmax(1)
+            res = run_attack(forward, x, y, spec, pixel_std=std)
+            with torch.no_grad():
+                probs = torch.softmax(forward(res.x_adv).float(), dim=1)[:, 1]
+            items = []
+            for j, r in enumerate(chunk):
+                raw = json.dumps({"linf": float(res.linf[j]), "l2": float(res.l2[j]),
+                                  "clean_correct": bool(clean_pred[j] == y[j]),
+                                  "queries": int(res.queries[j])})
+                decision = "unsafe" if int(res.pred[j]) == 1 else "safe"
+                items.append((r["hash"], Prediction(float(probs[j].clamp(0, 1)), decision, raw=raw)))
+            cache.put_predictions(clf.fingerprint, key, items)
+            cached.update(items)
+        ok = _correct(rows, cached)
+        per_seed[seed] = sum(ok) / len(ok) if ok else float("nan")
+        keys.append(key)
+        for r in rows:
+            info = json.loads(cached[r["hash"]].raw or "{}")
+            clean.append(info.get("clean_correct", True))
+            linf.append(info.get("linf", 0.0))
+            l2.append(info.get("l2", 0.0))
+    result = _summary(per_seed, samples, keys, clean=sum(clean) / len(clean) if clean else 1.0)
+    if linf:
+        result.distances = {"linf_mean": sum(linf) / len(linf), "linf_max": max(linf),
+                            "l2_mean": sum(l2) / len(l2), "l2_max": max(l2)}
+    return result
+
+
+def _summary(per_seed: dict[int, float], samples: dict[int, list[dict[str, Any]]],
+             keys: list[str], clean: float) -> RAResult:
+    values = [v for v in per_seed.values() if v == v]
+    first = next(iter(samples.values()), [])
+    return RAResult(ra=sum(values) / len(values) if values else float("nan"), per_seed=per_seed,
+                    pool_size=0, sample_size=len(first), clean_accuracy=clean, conditions=keys)
+
+
+def _crop_tensor(image: Image, size: int) -> Any:
+    """Shortest side to ``size`` (bicubic), centre crop: the model's input, as [0, 1] CHW."""
+    import numpy as np
+    import torch
+    from PIL import Image as PILImage
+
+    w, h = image.size
+    scale = size / min(w, h)
+    resized = image.resize((max(size, round(w * scale)), max(size, round(h * scale))),
+                           PILImage.Resampling.BICUBIC)
+    left = (resized.width - size) // 2
+    top = (resized.height - size) // 2
+    crop = resized.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def _to_images(x: Any) -> list[Image]:
+    import numpy as np
+    from PIL import Image as PILImage
+
+    arr = (x.detach().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    return [PILImage.fromarray(a, "RGB") for a in arr]

@@ -1,0 +1,54 @@
+"""Robustness (protocol section 6): robust accuracy (RA) on the correctly classified pool.
+
+``test_robust_accuracy`` runs each attack (gaussian, fgsm, pgd, deepfool, square) and each
+evasion edit (text overlay, sticker, meme caption, screenshot border, collage); the
+``test_corruption_grid`` averages RA over every corruption x severity (ImageNet-C levels 1-5)
+and records the whole grid. Clean accuracy on the pool, the realised perturbation sizes and the
+per-seed RAs are recorded beside each RA.
+"""
+
+import pytest
+
+pytestmark = [pytest.mark.robustness]
+
+ATTACK_KEY = {"gaussian": "ra_min_gaussian"}
+
+
+@pytest.mark.unsafebench(suite="robustness", metric="ra")
+def test_robust_accuracy(unsafebench_robustness, unsafebench_settings):
+    cell = unsafebench_robustness
+    is_attack = cell.condition in unsafebench_settings.robustness.attacks
+    key = ATTACK_KEY.get(cell.condition, "ra_min_attack") if is_attack else "ra_min_evasion"
+    result = cell.result
+    threshold = cell.threshold(key)
+    cell.record("ra", result.ra, threshold, gate=True)
+    cell.record("pool_size", result.pool_size)
+    for seed, ra in result.per_seed.items():
+        cell.record(f"ra_seed_{seed}", ra)
+    for metric, value in result.rows().items():
+        cell.record(metric, value)
+    assert result.ra >= threshold, (
+        f"robust accuracy {result.ra:.3f} < {threshold} ({key}) for {cell.label} "
+        f"(per seed {result.per_seed}, {result.sample_size} of {result.pool_size} pool images)")
+
+
+@pytest.mark.unsafebench(suite="robustness", metric="ra_corruption_mean")
+def test_corruption_grid(unsafebench_robustness, unsafebench_settings, unsafebench_session):
+    from pytest_unsafebench.perturbations import severities
+    from pytest_unsafebench.robustness import corruptions
+
+    cell = unsafebench_robustness
+    rs = unsafebench_settings.robustness
+    values = []
+    for name in corruptions(rs):
+        for level in severities(name):
+            result = unsafebench_session.robust_accuracy(cell.classifier, name, cell.source,
+                                                         severity=level)
+            values.append(result.ra)
+            cell.record("ra", result.ra, condition=f"{name}:{level}", n=result.sample_size)
+    mean = sum(values) / len(values)
+    threshold = cell.threshold("ra_min_corruption")
+    cell.record("ra_corruption_mean", mean, threshold, gate=True, condition="grid")
+    assert mean >= threshold, (
+        f"mean robust accuracy {mean:.3f} over {len(values)} corruption x severity cells "
+        f"< {threshold} for {cell.classifier} on {cell.source}")

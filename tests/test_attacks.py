@@ -1,0 +1,446 @@
+"""Adversarial attacks (pytest_unsafebench.attacks) on a tiny deterministic CNN.
+
+The model is trained for about a second on synthetic 3 x 16 x 16 images whose class is the sign
+of a smooth template's contrast, so it is accurate and attackable at small eps. The ART checks
+need adversarial-robustness-toolbox (a dev dependency) and skip without it; the end-to-end
+check trains the demo classifier (about 15 s) and is marked slow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from torch import nn  # noqa: E402
+
+from pytest_unsafebench.attacks import (  # noqa: E402
+    ATTACKS,
+    AttackSpec,
+    logits_from_scores,
+    paper_spec,
+    run_attack,
+)
+
+TOL = 1e-6
+
+
+def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    template = F.interpolate(torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(7)),
+                             size=(16, 16), mode="bilinear", align_corners=False)
+    template = template / template.abs().max()
+    y = torch.randint(0, 2, (n,), generator=g)
+    contrast = torch.rand(n, generator=g) * 0.15 + 0.03  # varied margins: gradual eps curves
+    x = (0.5 + (2 * y - 1).float().view(-1, 1, 1, 1) * contrast.view(-1, 1, 1, 1) * template
+         + 0.12 * torch.randn(n, 3, 16, 16, generator=g))
+    return x.clamp(0, 1), y
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # Tiny tensors: one thread is faster and steadier than two under pytest-xdist.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model(one_thread: None) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):  # never disturb the global RNG
+        torch.manual_seed(0)
+        m = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(128, 16), nn.ReLU(), nn.Linear(16, 2),
+        )
+        x, y = make_data(1024, 1)
+        opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+        for _ in range(4):
+            for i in range(0, len(x), 64):
+                loss = F.cross_entropy(m(x[i:i + 64]), y[i:i + 64])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    m.eval()
+    for p in m.parameters():
+        p.grad = None
+    return m
+
+
+@pytest.fixture(scope="module")
+def data(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """64 test images that the model classifies correctly (the robustness pool's rule)."""
+    x, y = make_data(96, 99)
+    with torch.no_grad():
+        keep = model(x).argmax(1) == y
+    assert int(keep.sum()) >= 64, "the tiny model should be accurate"
+    return x[keep][:64], y[keep][:64]
+
+
+def cheap(name: str, eps: float, seed: int = 0, mode: str = "pixel") -> AttackSpec:
+    """Each attack with a small budget, for property tests."""
+    extra: dict[str, object] = {
+        "pgd": {"steps": 3}, "deepfool": {"steps": 5}, "square": {"queries": 20},
+        "spsa": {"queries": 16, "samples": 2},
+    }.get(name, {})
+    return AttackSpec(name, eps, seed=seed, mode=mode, **extra)  # type: ignore[arg-type]
+
+
+def assert_within(result, x: torch.Tensor) -> None:
+    eps_c = torch.tensor(result.eps_pixel).view(1, 3, 1, 1)
+    delta = (result.x_adv - x).abs()
+    assert bool((delta <= eps_c + TOL).all()), f"L-inf bound broken: {float((delta - eps_c).max())}"
+    assert float(result.x_adv.min()) >= 0.0 and float(result.x_adv.max()) <= 1.0
+    assert torch.allclose(result.linf, delta.flatten(1).amax(1))
+    if result.spec.name == "gaussian" and result.spec.mode == "pixel":
+        assert bool((result.l2 <= result.spec.eps * (1 + 1e-5) + TOL).all())
+
+
+# ------------------------------------------------------------------------------ bounds
+@pytest.mark.parametrize("name", ATTACKS)
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(eps=st.floats(0.0, 0.1), seed=st.integers(0, 2**31 - 1))
+def test_every_attack_stays_in_the_eps_ball_and_the_pixel_range(
+        name: str, eps: float, seed: int, model: nn.Module, data) -> None:
+    x, y = data[0][:16], data[1][:16]
+    result = run_attack(model, x, y, cheap(name, eps, seed))
+    assert result.x_adv.shape == x.shape and result.x_adv.dtype == x.dtype
+    assert_within(result, x)
+    assert result.eps_pixel == (eps, eps, eps)
+    assert result.success.dtype == torch.bool
+    assert torch.equal(result.success, result.pred != y)
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(eps=st.floats(0.0, 0.05), std=st.tuples(*[st.floats(0.1, 1.0)] * 3))
+def test_paper_mode_bounds_each_channel_by_eps_times_std(
+        name: str, eps: float, std: tuple[float, float, float], model: nn.Module, data) -> None:
+    x, y = data[0][:8], data[1][:8]
+    result = run_attack(model, x, y, cheap(name, eps, mode="paper"), pixel_std=std)
+    assert result.eps_pixel == pytest.approx([eps * s for s in std], rel=1e-6)
+    assert_within(result, x)
+    if name == "gaussian":  # L2 = eps in normalised units
+        z = ((result.x_adv - x) / torch.tensor(std).view(1, 3, 1, 1)).flatten(1).norm(dim=1)
+        assert bool((z <= eps * (1 + 1e-5) + TOL).all())
+
+
+def test_paper_mode_converts_eps_through_the_std(model: nn.Module, data) -> None:
+    x, y = data
+    std = (0.25, 0.5, 0.1)
+    result = run_attack(model, x, y, paper_spec("fgsm"), pixel_std=std)
+    per_channel = (result.x_adv - x).abs().amax(dim=(0, 2, 3))
+    # FGSM moves every pixel with a nonzero gradient by exactly eps * std_c (none clip here).
+    assert per_channel.tolist() == pytest.approx([0.01 * s for s in std], rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "fgsm", "pgd", "deepfool"])
+def test_paper_mode_without_std_is_a_clear_error(name: str, model: nn.Module, data) -> None:
+    with pytest.raises(ValueError, match="input_std"):
+        run_attack(model, data[0][:4], data[1][:4], paper_spec(name))
+
+
+# ----------------------------------------------------------------------- determinism
+@pytest.mark.parametrize("name", ATTACKS)
+def test_same_seed_same_result(name: str, model: nn.Module, data) -> None:
+    x, y = data[0][:16], data[1][:16]
+    a = run_attack(model, x, y, cheap(name, 0.05, seed=5))
+    state = torch.random.get_rng_state()
+    b = run_attack(model, x, y, cheap(name, 0.05, seed=5))
+    assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.queries, b.queries)
+    assert torch.equal(torch.random.get_rng_state(), state), "the global RNG was used"
+
+
+@pytest.mark.parametrize("name", ["gaussian", "pgd", "square", "spsa"])
+def test_seed_changes_random_attacks(name: str, model: nn.Module, data) -> None:
+    x, y = data[0][:16], data[1][:16]
+    a = run_attack(model, x, y, cheap(name, 0.05, seed=1))
+    b = run_attack(model, x, y, cheap(name, 0.05, seed=2))
+    assert not torch.equal(a.x_adv, b.x_adv)
+
+
+def test_no_gradients_are_left_on_the_model(model: nn.Module, data) -> None:
+    for name in ("fgsm", "pgd", "deepfool"):
+        run_attack(model, data[0][:8], data[1][:8], cheap(name, 0.03))
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_inputs_made_under_inference_mode_are_fine(model: nn.Module, data) -> None:
+    with torch.inference_mode():
+        x = data[0][:8].clone()
+    result = run_attack(model, x, data[1][:8], cheap("pgd", 0.03))
+    assert_within(result, data[0][:8])
+
+
+# ---------------------------------------------------------------------- effectiveness
+def success_count(model: nn.Module, data, spec: AttackSpec) -> int:
+    return int(run_attack(model, data[0], data[1], spec).success.sum())
+
+
+EPS_GRID = (0.005, 0.01, 0.02, 0.03, 0.05, 0.08)
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd"])
+def test_success_grows_with_eps(name: str, model: nn.Module, data) -> None:
+    counts = [success_count(model, data, AttackSpec(name, eps)) for eps in EPS_GRID]
+    assert success_count(model, data, AttackSpec(name, 0.0)) == 0
+    for smaller, larger in zip(counts, counts[1:]):
+        assert larger >= smaller - 2, counts
+    assert counts[-1] >= counts[0] + 32, counts
+
+
+@pytest.mark.parametrize("eps", [0.01, 0.02, 0.03])
+def test_pgd_at_least_as_strong_as_fgsm(eps: float, model: nn.Module, data) -> None:
+    fgsm = success_count(model, data, AttackSpec("fgsm", eps))
+    pgd = success_count(model, data, AttackSpec("pgd", eps))
+    assert pgd >= fgsm - 2, (pgd, fgsm)
+
+
+def test_deepfool_flips_within_a_generous_eps(model: nn.Module, data) -> None:
+    result = run_attack(model, data[0], data[1], AttackSpec("deepfool", 0.1))
+    assert float(result.success.float().mean()) >= 0.9
+    # Minimal perturbations: far below the budget that FGSM spends on every pixel.
+    assert float(result.linf.median()) < 0.1
+
+
+def test_paper_sized_gaussian_noise_barely_changes_predictions(model: nn.Module, data) -> None:
+    x, y = data
+    for spec, std in ((paper_spec("gaussian"), (0.27, 0.26, 0.28)),
+                      (AttackSpec("gaussian", 0.01), None)):
+        result = run_attack(model, x, y, spec, pixel_std=std)
+        assert int(result.success.sum()) <= 1
+        assert float(result.linf.max()) < 0.01
+    # ... while FGSM at the same pixel budget per coordinate is not harmless.
+    assert success_count(model, data, AttackSpec("fgsm", 0.03)) >= 10
+
+
+# ------------------------------------------------------------------------ black box
+def numpy_forward(model: nn.Module):
+    def forward(x: torch.Tensor) -> np.ndarray:
+        assert not torch.is_grad_enabled(), "black-box attacks must not ask for gradients"
+        return model(x).numpy()
+    return forward
+
+
+def scores_forward(model: nn.Module):
+    """An ONNX-like classifier: only P(unsafe), wrapped into logits by the caller."""
+    def forward(x: torch.Tensor):
+        with torch.no_grad():
+            return logits_from_scores(torch.softmax(model(x), 1)[:, 1].numpy())
+    return forward
+
+
+@pytest.mark.parametrize("name,queries,extra", [("square", 500, {}),
+                                                ("spsa", 1000, {"samples": 8})])
+def test_black_box_attacks_lower_accuracy_within_budget(
+        name: str, queries: int, extra: dict, model: nn.Module, data) -> None:
+    x, y = data
+    spec = AttackSpec(name, 0.06, queries=queries, **extra)
+    result = run_attack(numpy_forward(model), x, y, spec)
+    assert_within(result, x)
+    assert int(result.queries.max()) <= queries
+    assert float(result.success.float().mean()) >= 0.5, int(result.success.sum())
+    # A sample that was never fooled spent (nearly) the whole budget; fooled ones stopped.
+    if bool((~result.success).any()):
+        assert int(result.queries[~result.success].min()) > queries - 2 * 8 - 2
+    with torch.no_grad():
+        assert torch.equal(result.pred, model(result.x_adv).argmax(1))
+
+
+def test_square_attacks_score_only_models(model: nn.Module, data) -> None:
+    x, y = data[0][:32], data[1][:32]
+    result = run_attack(scores_forward(model), x, y, AttackSpec("square", 0.06, queries=300))
+    assert int(result.queries.max()) <= 300
+    assert float(result.success.float().mean()) >= 0.3
+
+
+def test_white_box_on_a_gradient_free_model_is_a_clear_error(model: nn.Module, data) -> None:
+    with pytest.raises(ValueError, match="gradient"):
+        run_attack(scores_forward(model), data[0][:4], data[1][:4], AttackSpec("pgd", 0.03))
+
+
+def test_logits_from_scores() -> None:
+    logits = logits_from_scores(np.array([0.0, 0.25, 1.0]))
+    assert torch.isfinite(logits).all()
+    assert torch.softmax(logits, 1)[:, 1].tolist() == pytest.approx([0.0, 0.25, 1.0], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- specs
+def test_canonical_strings() -> None:
+    assert str(AttackSpec("pgd", 0.0314, steps=10, step_size=0.00784)) == \
+        "pgd:eps=0.0314:steps=10:ss=0.00784:rs=1:seed=2023:pixel"
+    assert str(AttackSpec("fgsm", 8 / 255)) == f"fgsm:eps={8 / 255!r}:seed=2023:pixel"
+    assert str(AttackSpec("pgd", 0.04)) == "pgd:eps=0.04:steps=10:ss=0.01:rs=1:seed=2023:pixel"
+    assert str(paper_spec("deepfool")) == \
+        "deepfool:eps=0.01:steps=100:os=0.02:cand=2:seed=2023:paper"
+    pgd = paper_spec("pgd")
+    assert (pgd.steps, pgd.random_start, pgd.mode) == (100, True, "paper")
+    assert pgd.step_size == pytest.approx(0.01 / 30)
+    assert str(AttackSpec("square", 0.03)) == "square:eps=0.03:q=1000:seed=2023:pixel"
+    # Defaults resolve on construction: explicit and implicit specs are the same condition.
+    assert AttackSpec("pgd", 0.04) == AttackSpec("pgd", 0.04, steps=10, step_size=0.01,
+                                                 random_start=True)
+    assert str(AttackSpec("fgsm", -0.0)) == "fgsm:eps=0.0:seed=2023:pixel"
+
+
+def test_parse_is_lenient_and_str_is_canonical() -> None:
+    spec = AttackSpec.parse("pgd:paper:seed=7:eps=8/255:rs=0")
+    assert spec == AttackSpec("pgd", 8 / 255, random_start=False, seed=7, mode="paper")
+    assert AttackSpec.parse(str(spec)) == spec
+    assert AttackSpec.parse("fgsm:eps=0.03") == AttackSpec("fgsm", 0.03)
+
+
+spec_strategy = st.one_of(
+    st.builds(AttackSpec, name=st.sampled_from(["gaussian", "fgsm"]),
+              eps=st.floats(0, 1), seed=st.integers(0, 10**6),
+              mode=st.sampled_from(["pixel", "paper"])),
+    st.builds(AttackSpec, name=st.just("pgd"), eps=st.floats(0, 1),
+              steps=st.none() | st.integers(1, 500),
+              step_size=st.none() | st.floats(0, 1), random_start=st.none() | st.booleans(),
+              seed=st.integers(0, 10**6), mode=st.sampled_from(["pixel", "paper"])),
+    st.builds(AttackSpec, name=st.just("deepfool"), eps=st.floats(0, 1),
+              steps=st.none() | st.integers(1, 500), overshoot=st.none() | st.floats(0, 1),
+              candidates=st.none() | st.integers(2, 10)),
+    st.builds(AttackSpec, name=st.just("square"), eps=st.floats(0, 1),
+              queries=st.none() | st.integers(2, 10**5)),
+    st.builds(AttackSpec, name=st.just("spsa"), eps=st.floats(0, 1),
+              queries=st.none() | st.integers(100, 10**5), step_size=st.none() | st.floats(0, 1),
+              samples=st.none() | st.integers(1, 49)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(spec=spec_strategy)
+def test_str_parse_round_trip(spec: AttackSpec) -> None:
+    text = str(spec)
+    back = AttackSpec.parse(text)
+    assert back == spec and str(back) == text
+    assert hash(back) == hash(spec)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("", "non-empty"),
+    ("cw:eps=0.1", "unknown attack"),
+    ("pgd", "eps=... is required"),
+    ("pgd:eps=0.1:foo=1", "unknown key"),
+    ("pgd:eps=0.1:eps=0.2", "given twice"),
+    ("pgd:eps=0.1:pixel:paper", "mode given twice"),
+    ("pgd:eps=0.1:fast", "neither key=value nor a mode"),
+    ("fgsm:eps=0.1:steps=3", "fgsm does not use steps"),
+    ("pgd:eps=abc", "bad value for 'eps'"),
+    ("pgd:eps=0.1:rs=2", "bad value for 'rs'"),
+    ("pgd:eps=1.5", "<= 1"),
+    ("pgd:eps=-0.1", ">= 0"),
+    ("pgd:eps=nan", "finite"),
+    ("deepfool:eps=0.1:cand=1", "candidates >= 2"),
+    ("square:eps=0.1:q=1", "queries >= 2"),
+    ("spsa:eps=0.1:q=10:n=8", "queries >= 18"),
+])
+def test_parse_errors_say_what_is_wrong(text: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        AttackSpec.parse(text)
+
+
+def test_spec_errors() -> None:
+    with pytest.raises(ValueError, match="unknown attack"):
+        AttackSpec("cw", 0.1)
+    with pytest.raises(ValueError, match="mode"):
+        AttackSpec("pgd", 0.1, mode="normalised")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="the paper ran no square"):
+        paper_spec("square")
+    assert AttackSpec("gaussian", 3.0).eps == 3.0  # an L2 norm may exceed 1
+
+
+def test_bad_inputs(model: nn.Module, data) -> None:
+    x, y = data[0][:4], data[1][:4]
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        run_attack(model, x * 2, y, AttackSpec("fgsm", 0.1))
+    with pytest.raises(ValueError, match="N x 3 x H x W"):
+        run_attack(model, x[:, :1], y, AttackSpec("fgsm", 0.1))
+    with pytest.raises(ValueError, match="labels"):
+        run_attack(model, x, y[:3], AttackSpec("fgsm", 0.1))
+    with pytest.raises(ValueError, match="pixel_std"):
+        run_attack(model, x, y, paper_spec("fgsm"), pixel_std=(0.2, 0.2))
+    empty = run_attack(model, x[:0], y[:0], AttackSpec("pgd", 0.1))
+    assert empty.x_adv.shape == (0, 3, 16, 16)
+
+
+# ------------------------------------------------------------------------------- ART
+@pytest.fixture(scope="module")
+def art_classifier(model: nn.Module):
+    pytest.importorskip("art", reason="adversarial-robustness-toolbox is not installed "
+                                      "(pip install adversarial-robustness-toolbox)")
+    from art.estimators.classification import PyTorchClassifier
+
+    return PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=(3, 16, 16),
+                             nb_classes=2, clip_values=(0.0, 1.0), device_type="cpu")
+
+
+@pytest.mark.parametrize("eps", [0.01, 0.03])
+def test_fgsm_matches_art(eps: float, art_classifier, model: nn.Module, data) -> None:
+    from art.attacks.evasion import FastGradientMethod
+
+    x, y = data
+    art_adv = FastGradientMethod(art_classifier, norm=np.inf, eps=eps).generate(
+        x.numpy(), y.numpy())
+    ours = run_attack(model, x, y, AttackSpec("fgsm", eps))
+    assert float((ours.x_adv - torch.from_numpy(art_adv)).abs().max()) <= 1e-5
+    with torch.no_grad():
+        art_success = model(torch.from_numpy(art_adv)).argmax(1) != y
+    assert int((art_success != ours.success).sum()) <= 2
+
+
+@pytest.mark.parametrize("eps", [0.01, 0.02, 0.03])
+def test_pgd_matches_art(eps: float, art_classifier, model: nn.Module, data) -> None:
+    from art.attacks.evasion import ProjectedGradientDescent
+
+    x, y = data
+    spec = AttackSpec("pgd", eps, steps=10, random_start=False)
+    art_adv = ProjectedGradientDescent(
+        art_classifier, norm=np.inf, eps=eps, eps_step=spec.step_size, max_iter=spec.steps,
+        num_random_init=0, batch_size=len(x), verbose=False).generate(x.numpy(), y.numpy())
+    ours = run_attack(model, x, y, spec)
+    with torch.no_grad():
+        art_success = model(torch.from_numpy(art_adv)).argmax(1) != y
+    assert int((art_success != ours.success).sum()) <= 2
+    assert float((ours.x_adv - torch.from_numpy(art_adv)).abs().mean()) <= 1e-3
+
+
+# --------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_demo_classifier_pgd_beats_gaussian_noise(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    from pytest_unsafebench.classifiers.demo import load
+    from pytest_unsafebench.dataset import load_dataset
+
+    cache = tmp_path_factory.mktemp("attacks-demo")
+    torch.set_num_threads(2)  # training the demo model: both cores
+    try:
+        clf = load(cache_dir=cache)
+    finally:
+        torch.set_num_threads(1)  # as the module's fixture set it
+    records = load_dataset("demo", split="test", cache_dir=cache).records[:48]
+    x = torch.from_numpy(np.stack([
+        np.asarray(r.load_image().convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
+        for r in records]))
+    y = torch.tensor([int(r.is_unsafe) for r in records])
+    with torch.no_grad():
+        keep = clf.forward_pixels(x).argmax(1) == y
+    x, y = x[keep][:16], y[keep][:16]
+    assert len(y) >= 8
+    eps = 8 / 255
+    pgd = run_attack(clf.forward_pixels, x, y, AttackSpec("pgd", eps))
+    # Noise with the L2 norm of a corner of the same L-inf ball: far more energy than PGD's.
+    noise = run_attack(clf.forward_pixels, x, y,
+                       AttackSpec("gaussian", eps * float(np.sqrt(x[0].numel()))))
+    pgd_acc, noise_acc = (float(r.robust.float().mean()) for r in (pgd, noise))
+    assert pgd_acc < noise_acc, (pgd_acc, noise_acc)
+    assert float(pgd.linf.max()) <= eps + TOL
+    assert all(p.grad is None for p in clf.model.parameters())
