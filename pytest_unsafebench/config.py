@@ -49,7 +49,7 @@ class RobustnessSettings:
     mode: str = "pixel"                       # "paper": the reference code's units and settings
     eps: float = 2 / 255                      # L-inf budget in [0, 1] pixel units
     pgd_steps: int = 20
-    queries: int = 300                        # black-box query budget per image
+    queries: int = 200                        # black-box query budget per image
     attacks: tuple[str, ...] = ATTACKS
     evasions: tuple[str, ...] | None = None   # None: every evasion edit, at severity 3
     corruptions: tuple[str, ...] | None = None  # None: every corruption, severities 1-5

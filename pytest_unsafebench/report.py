@@ -177,7 +177,24 @@ def terminal_lines(settings: Settings, state: RunState, rows: list[dict[str, Any
         if uncovered:
             lines.append(f"  not covered under the {settings.alignment} alignment: "
                          f"{', '.join(uncovered)}")
+        lines += _robustness_lines(name, rows, sources)
     return lines
+
+
+def _robustness_lines(name: str, rows: list[dict[str, Any]], sources: tuple[str, ...]) -> list[str]:
+    """Robust accuracy per condition x source, gated values only (the grid is in the JSON)."""
+    from tabulate import tabulate
+
+    gated = {(r["condition"], r["source"]): r for r in rows
+             if r["classifier"] == name and r["suite"] == "robustness"
+             and r["outcome"] in GATE_OUTCOMES}
+    if not gated:
+        return []
+    conditions = list(dict.fromkeys(c for c, _ in gated))
+    table = [[c, *(_cell_text(gated.get((c, src))) for src in sources)] for c in conditions]
+    return ["  robust accuracy (grid = mean over corruption x severity):",
+            *("  " + t for t in tabulate(table, headers=["condition", *(f"RA {s}" for s in sources)],
+                                         disable_numparse=True).splitlines())]
 
 
 def _cell_text(row: dict[str, Any] | None) -> str:

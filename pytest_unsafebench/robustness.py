@@ -82,7 +82,7 @@ class RAResult:
     pool_size: int
     sample_size: int
     clean_accuracy: float            # on the drawn samples, through the perturbation's path
-    conditions: list[str]            # the cache keys actually used (one per seed)
+    conditions: list[str]            # the cache keys used
     distances: dict[str, float] = field(default_factory=dict)  # attacks: mean/max L-inf, L2
 
     def rows(self) -> dict[str, float]:
@@ -131,20 +131,22 @@ def perturbation_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
     from . import perturbations
     from .engine import run_pass
 
-    per_seed, keys = {}, []
+    # The pool seeds choose the images; the perturbation's own randomness uses the first seed,
+    # so an image drawn under several seeds is perturbed and classified once.
+    spec = perturbations.PerturbationSpec(name, severity, next(iter(samples)))
+    key = str(spec)
+    union = {r["id"]: records[r["id"]] for rows in samples.values() for r in rows}
+    result = run_pass(list(union.values()), {clf.name: lambda: clf}, cache, condition=key,
+                      batch_size=batch_size, max_pixels=max_pixels,
+                      transform=lambda img, h: perturbations.apply(spec, img, h))
+    outcome = result.outcomes[clf.name]
+    if outcome.error:
+        raise RuntimeError(f"{clf.name} failed under {key}: {outcome.error}")
+    per_seed = {}
     for seed, rows in samples.items():
-        spec = perturbations.PerturbationSpec(name, severity, seed)
-        key = str(spec)
-        result = run_pass([records[r["id"]] for r in rows], {clf.name: lambda: clf}, cache,
-                          condition=key, batch_size=batch_size, max_pixels=max_pixels,
-                          transform=lambda img, h, spec=spec: perturbations.apply(spec, img, h))
-        outcome = result.outcomes[clf.name]
-        if outcome.error:
-            raise RuntimeError(f"{clf.name} failed under {key}: {outcome.error}")
         ok = _correct(rows, outcome.predictions)
         per_seed[seed] = sum(ok) / len(ok) if ok else float("nan")
-        keys.append(key)
-    return _summary(per_seed, samples, keys, clean=1.0)
+    return _summary(per_seed, samples, [key], clean=1.0)
 
 
 def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
@@ -168,41 +170,40 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
             preds = clf.predict(_to_images(x))
             return logits_from_scores([p.score for p in preds])
 
-    per_seed, keys, clean, linf, l2 = {}, [], [], [], []
+    # As for perturbations: pool seeds pick images, the attack's randomness uses the first seed.
+    spec = attack_spec(name, rs, next(iter(samples)))
+    key = f"attack:{spec}:crop{size}"
+    union = list({r["hash"]: r for rows in samples.values() for r in rows}.values())
+    cached = cache.get_predictions(clf.fingerprint, key, [r["hash"] for r in union])
+    todo = [r for r in union if r["hash"] not in cached]
+    for i in range(0, len(todo), batch_size):
+        chunk = todo[i:i + batch_size]
+        x = torch.stack([_crop_tensor(records[r["id"]].load_image(), size) for r in chunk])
+        y = torch.tensor([int(r["label"] == UNSAFE) for r in chunk])
+        with torch.no_grad():
+            clean_pred = forward(x).argmax(1)
+        res = run_attack(forward, x, y, spec, pixel_std=std)
+        with torch.no_grad():
+            probs = torch.softmax(forward(res.x_adv).float(), dim=1)[:, 1]
+        items = []
+        for j, r in enumerate(chunk):
+            raw = json.dumps({"linf": float(res.linf[j]), "l2": float(res.l2[j]),
+                              "clean_correct": bool(clean_pred[j] == y[j]),
+                              "queries": int(res.queries[j])})
+            decision = "unsafe" if int(res.pred[j]) == 1 else "safe"
+            items.append((r["hash"], Prediction(float(probs[j].clamp(0, 1)), decision, raw=raw)))
+        cache.put_predictions(clf.fingerprint, key, items)
+        cached.update(items)
+    per_seed = {}
     for seed, rows in samples.items():
-        spec = attack_spec(name, rs, seed)
-        key = f"attack:{spec}:crop{size}"
-        hashes = [r["hash"] for r in rows]
-        cached = cache.get_predictions(clf.fingerprint, key, hashes)
-        todo = [r for r in rows if r["hash"] not in cached]
-        for i in range(0, len(todo), batch_size):
-            chunk = todo[i:i + batch_size]
-            x = torch.stack([_crop_tensor(records[r["id"]].load_image(), size) for r in chunk])
-            y = torch.tensor([int(r["label"] == UNSAFE) for r in chunk])
-            with torch.no_grad():
-                clean_pred = forward(x).argmax(1)
-            res = run_attack(forward, x, y, spec, pixel_std=std)
-            with torch.no_grad():
-                probs = torch.softmax(forward(res.x_adv).float(), dim=1)[:, 1]
-            items = []
-            for j, r in enumerate(chunk):
-                raw = json.dumps({"linf": float(res.linf[j]), "l2": float(res.l2[j]),
-                                  "clean_correct": bool(clean_pred[j] == y[j]),
-                                  "queries": int(res.queries[j])})
-                decision = "unsafe" if int(res.pred[j]) == 1 else "safe"
-                items.append((r["hash"], Prediction(float(probs[j].clamp(0, 1)), decision, raw=raw)))
-            cache.put_predictions(clf.fingerprint, key, items)
-            cached.update(items)
         ok = _correct(rows, cached)
         per_seed[seed] = sum(ok) / len(ok) if ok else float("nan")
-        keys.append(key)
-        for r in rows:
-            info = json.loads(cached[r["hash"]].raw or "{}")
-            clean.append(info.get("clean_correct", True))
-            linf.append(info.get("linf", 0.0))
-            l2.append(info.get("l2", 0.0))
-    result = _summary(per_seed, samples, keys, clean=sum(clean) / len(clean) if clean else 1.0)
-    if linf:
+    info = [json.loads(cached[r["hash"]].raw or "{}") for r in union]
+    clean = [i.get("clean_correct", True) for i in info]
+    result = _summary(per_seed, samples, [key], clean=sum(clean) / len(clean) if clean else 1.0)
+    if info:
+        linf = [i.get("linf", 0.0) for i in info]
+        l2 = [i.get("l2", 0.0) for i in info]
         result.distances = {"linf_mean": sum(linf) / len(linf), "linf_max": max(linf),
                             "l2_mean": sum(l2) / len(l2), "l2_max": max(l2)}
     return result

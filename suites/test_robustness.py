@@ -48,7 +48,8 @@ def test_corruption_grid(unsafebench_robustness, unsafebench_settings, unsafeben
             cell.record("ra", result.ra, condition=f"{name}:{level}", n=result.sample_size)
     mean = sum(values) / len(values)
     threshold = cell.threshold("ra_min_corruption")
-    cell.record("ra_corruption_mean", mean, threshold, gate=True, condition="grid")
+    cell.record("ra_corruption_mean", mean, threshold, gate=True, condition="grid",
+                n=len(values))
     assert mean >= threshold, (
         f"mean robust accuracy {mean:.3f} over {len(values)} corruption x severity cells "
         f"< {threshold} for {cell.classifier} on {cell.source}")
