@@ -39,10 +39,12 @@ code downloads):
   ``norm.mean``, ``norm.variance`` (768 each), ``linear_1`` (768->64), ``linear_2`` (64->512),
   ``linear_3`` (512->256), ``linear_4`` (256->1), each ``.weight``/``.bias``; computes
   ``(x - mean) / sqrt(variance)``, then Dense+ReLU x3, Dense, sigmoid. LAION's original
-  ``clip_autokeras_binary_nsfw.zip`` is a TensorFlow SavedModel: converting it needs
-  TensorFlow, which this package does not depend on, so a ``.zip`` is refused with a message
-  pointing at the port (conversion: read the Normalization layer's mean/variance and the four
-  Dense kernels, transpose each kernel into ``linear_k.weight``).
+  ``clip_autokeras_binary_nsfw.zip`` (a TensorFlow SavedModel) is accepted too: on first use
+  :mod:`.keras_savedmodel` reads its variables without TensorFlow, maps them to the port's keys
+  (kernels transposed), and caches the result as
+  ``<cache_dir>/weights/nsfw_detector/clip_autokeras_binary_nsfw.<sha16 of zip>.pth``; the
+  fingerprint is the zip's hash either way. Like the port, this drops autokeras' categorical
+  encoding of five embedding columns (its lookup tables are empty), so scores match the port.
 
 Layer sizes are read from the files (only the key names are fixed), so stand-in heads for a
 smaller backbone load too; an embedding of the wrong width is a clear error at predict time.
@@ -52,6 +54,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import threading
 from collections.abc import Sequence
@@ -205,6 +208,7 @@ class CLIPHead:
                  cache_dir: str | Path | None = None) -> None:
         self.backbone = backbone
         self.weight_files = dict(files)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         digests = {k: file_digest(p, Path(cache_dir) if cache_dir is not None else None)
                    for k, p in files.items()}
         self.fingerprint = f"{self.name}-" + _combine({
@@ -357,6 +361,36 @@ class MultiHeaded(CLIPHead):
         return label_scores.max(axis=1) > 0.5
 
 
+def keras_zip_state(path: Path, cache_dir: Path | None) -> tuple[dict[str, Any], Path]:
+    """LAION's SavedModel zip -> (port state dict of torch tensors, path to name in errors).
+
+    Converted once per zip content and cached as a plain-tensor ``.pth`` (loaded back with
+    ``weights_only=True``), keyed by the zip's sha256 so a replaced zip is reconverted. Without
+    a cache_dir the conversion (well under a second) is redone per process.
+    """
+    import torch
+
+    from .keras_savedmodel import convert_nsfw_zip
+
+    cached = None
+    if cache_dir is not None:
+        sha16 = file_digest(path, cache_dir)[:16]
+        cached = (cache_dir / "weights" / NSFW_FILE.classifier
+                  / f"{Path(NSFW_FILE.filename).stem}.{sha16}.pth")
+        if cached.is_file():
+            try:
+                return _torch_state(cached, NSFW_FILE.classifier), cached
+            except ClassifierLoadError:
+                pass  # a damaged cache entry: convert again and overwrite it
+    state = {k: torch.from_numpy(v) for k, v in convert_nsfw_zip(path).items()}
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        torch.save(state, tmp)
+        tmp.replace(cached)  # atomic: concurrent workers never see a half-written file
+    return state, path
+
+
 def _nsfw_module(state: dict[str, Any]) -> torch.nn.Module:
     """The UnsafeBench port's module layout: ``norm`` (mean, variance buffers) + linear_1..4."""
     import torch
@@ -408,7 +442,10 @@ class NSFWDetector(CLIPHead):
 
     def _build(self, device: str) -> Any:
         path = self.weight_files["weights"]
-        state = _torch_state(path, self.name)
+        if path.suffix.lower() == ".zip":
+            state, path = keras_zip_state(path, self.cache_dir)
+        else:
+            state = _torch_state(path, self.name)
         module = _nsfw_module(state)
         load_strict(module, state, path, self.name)
         module.requires_grad_(False)
@@ -461,13 +498,13 @@ def load_nsfw_detector(model: str = DEFAULT_MODEL, weights: str | None = None,
                        revision: str | None = None, device: str = "cpu",
                        cache_dir: str | Path | None = None,
                        batch_size: int = 32) -> NSFWDetector:
-    """NSFW_Detector. ``weights``: UnsafeBench's ``clip_autokeras_binary_nsfw.pth``."""
+    """NSFW_Detector. ``weights``: UnsafeBench's ``clip_autokeras_binary_nsfw.pth``, or LAION's
+    ``clip_autokeras_binary_nsfw.zip`` (converted without TensorFlow on first use)."""
     path = resolve(NSFW_FILE, weights, _cache(cache_dir))
-    if path.suffix.lower() == ".zip" or path.is_dir():
+    if path.is_dir():
         raise ClassifierLoadError(
-            f"nsfw_detector: {path} looks like LAION's Keras/TensorFlow SavedModel; converting "
-            "it needs TensorFlow, which pytest-unsafebench does not use. Give the PyTorch port "
-            "instead: weights = \"/path/to/clip_autokeras_binary_nsfw.pth\" (from "
-            "https://huggingface.co/yiting/NSFWDetector)")
+            f"nsfw_detector: {path} is a folder (an unzipped SavedModel?); give LAION's "
+            "clip_autokeras_binary_nsfw.zip itself or UnsafeBench's PyTorch port "
+            "clip_autokeras_binary_nsfw.pth (https://huggingface.co/yiting/NSFWDetector)")
     backbone = _backbone("nsfw_detector", model, revision, device, cache_dir, batch_size)
     return NSFWDetector(backbone, {"weights": path}, cache_dir)

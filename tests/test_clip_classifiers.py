@@ -311,11 +311,31 @@ def test_multiheaded_partial_file_is_a_load_error(tmp_path: Path,
         clf.predict_embeddings(np.zeros((2, DIM), np.float32))
 
 
-def test_keras_zip_needs_tensorflow(tmp_path: Path, stand_ins: dict[str, Path]) -> None:
+def test_keras_zip_without_savedmodel_is_a_load_error(tmp_path: Path,
+                                                      stand_ins: dict[str, Path]) -> None:
     fake = tmp_path / "clip_autokeras_binary_nsfw.zip"
-    fake.write_bytes(b"PK\x05\x06" + b"\0" * 18)
-    with pytest.raises(ClassifierLoadError, match="TensorFlow.*clip_autokeras_binary_nsfw.pth"):
-        ch.load_nsfw_detector(model=str(stand_ins["model"]), weights=str(fake))
+    fake.write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip
+    clf = ch.load_nsfw_detector(model=str(stand_ins["model"]), weights=str(fake))
+    with pytest.raises(ClassifierLoadError, match=r"variables\.index.*SavedModel"):
+        clf.predict_embeddings(np.zeros((1, DIM), np.float32))
+
+
+def test_keras_zip_is_converted_once_and_cached(tmp_path: Path, stand_ins: dict[str, Path],
+                                                reference_dir: Path) -> None:
+    zip_path = reference_dir / "weights" / "laion-nsfw" / "clip_autokeras_binary_nsfw.zip"
+    cache = tmp_path / "cache"
+    common = {"model": str(stand_ins["model"]), "cache_dir": cache}
+    e = np.random.default_rng(0).normal(size=(4, DIM)).astype(np.float32)
+    first = ch.load_nsfw_detector(weights=str(zip_path), **common)
+    p1 = [p.score for p in first.predict_embeddings(e)]
+    cached = list((cache / "weights" / "nsfw_detector").glob("clip_autokeras_binary_nsfw.*.pth"))
+    assert len(cached) == 1 and len(cached[0].name.split(".")[1]) == 16
+    state = torch.load(cached[0], weights_only=True)
+    assert set(state) == set(nsfw_state()) and state["linear_1.weight"].shape == (64, DIM)
+    second = ch.load_nsfw_detector(weights=str(zip_path), **common)
+    assert second.fingerprint == first.fingerprint
+    assert [p.score for p in second.predict_embeddings(e)] == p1
+    assert all(0.0 < p < 1.0 for p in p1)
 
 
 # --------------------------------------------------------------------------- end to end
