@@ -108,7 +108,9 @@ def pytest_configure(config: pytest.Config) -> None:
         # No paths given: run the packaged suites, whether or not the user has a copy.
         from . import suites
 
-        config.args[:] = [str(Path(suites.__file__).parent)]
+        folder = Path(suites.__file__).parent
+        wanted = [SUITE_MODULES["integrity"], *(SUITE_MODULES[k] for k in settings.suites)]
+        config.args[:] = [str(folder / m) for m in dict.fromkeys(wanted) if (folder / m).exists()]
 
 
 def _session(config: pytest.Config) -> UnsafeBenchSession:

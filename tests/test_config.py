@@ -9,10 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_unsafebench.config import DEFAULTS, Settings, read_pyproject, resolve_settings
+from pytest_unsafebench.config import (
+    DEFAULTS,
+    RobustnessSettings,
+    Settings,
+    read_pyproject,
+    resolve_settings,
+)
 from pytest_unsafebench.dataset.images import DEFAULT_MAX_PIXELS
 from pytest_unsafebench.errors import ConfigError
 from pytest_unsafebench.taxonomy import CATEGORIES, SOURCES
+from pytest_unsafebench.thresholds import BUILTIN_PROFILES
 
 ROOT = Path("/project/root")
 
@@ -40,7 +47,9 @@ def test_defaults() -> None:
     assert s.max_image_pixels == DEFAULT_MAX_PIXELS
     assert s.allow_findings == frozenset()
     assert s.classifier_options == {}
-    assert s.thresholds.resolve("demo", "Hate", "all") == {"f1_min": 0.5, "fpr_max": 0.3}
+    assert s.thresholds.resolve("demo", "Hate", "all") == BUILTIN_PROFILES["default"]
+    assert s.suites == ("effectiveness",)
+    assert s.robustness == RobustnessSettings()
 
 
 def test_cli_pytest_defaults_do_not_override() -> None:
@@ -64,7 +73,7 @@ def test_pyproject_over_defaults() -> None:
     assert (s.limit, s.seed, s.device, s.batch_size) == (40, 0, "cpu", 4)
     assert (s.profile, s.alignment, s.max_image_pixels) == ("strict", "semantic", 1000)
     assert s.allow_findings == frozenset({"converted-mode", "truncated"})
-    assert s.thresholds.resolve("demo", "Hate", "all") == {"f1_min": 0.75, "fpr_max": 0.1}
+    assert s.thresholds.resolve("demo", "Hate", "all") == BUILTIN_PROFILES["strict"]
 
 
 def test_cli_over_pyproject() -> None:
@@ -186,7 +195,7 @@ def test_bad_thresholds_are_reported_with_their_path() -> None:
 def test_profile_from_pyproject() -> None:
     s = resolve({"profile": "nightly"}, {"profiles": {"nightly": {"f1_min": 0.6}}})
     assert s.profile == "nightly"
-    assert s.thresholds.resolve("demo", "Spam", "Lexica") == {"f1_min": 0.6, "fpr_max": 0.3}
+    assert s.thresholds.resolve("demo", "Spam", "Lexica") == {**BUILTIN_PROFILES["default"], "f1_min": 0.6}
 
 
 # --------------------------------------------------------------------------- read_pyproject
@@ -258,3 +267,39 @@ def test_public_is_json_serialisable_and_machine_free(tmp_path: Path) -> None:
     assert doc["allow_findings"] == ["animated", "truncated"]
     assert list(doc["classifier_options"]) == ["a", "b"]
     assert doc["limit"] == 9 and doc["classifiers"] == ["demo"]
+
+
+# --------------------------------------------------------------------------- suites / robustness
+def test_suites_cli_over_pyproject_in_canonical_order() -> None:
+    assert resolve(pyproject={"suites": ["robustness"]}).suites == ("robustness",)
+    s = resolve({"suites": ["robustness,effectiveness"]}, {"suites": ["fuzz"]})
+    assert s.suites == ("effectiveness", "robustness")
+    assert s.public()["suites"] == ["effectiveness", "robustness"]
+    assert "did you mean 'robustness'" in error({"suites": ["robustnes"]})
+
+
+def test_robustness_table() -> None:
+    s = resolve(pyproject={"robustness": {"pool_size": 5, "seeds": [1, 2], "mode": "paper",
+                                          "eps": 0, "attacks": ["square"],
+                                          "evasions": ["meme_caption"]}})
+    assert s.robustness == RobustnessSettings(pool_size=5, seeds=(1, 2), mode="paper", eps=0.0,
+                                              attacks=("square",), evasions=("meme_caption",))
+    public = s.public()["robustness"]
+    assert public["seeds"] == [1, 2] and public["attacks"] == ["square"]
+    assert public["corruptions"] is None and public["queries"] == 200
+    json.dumps(s.public())
+
+
+@pytest.mark.parametrize(("table", "fragment"), [
+    ([1], "tool.unsafebench.robustness: expected a table"),
+    ({"pool_sise": 3}, "robustness.pool_sise: unknown key (did you mean 'pool_size'?)"),
+    ({"pool_size": 0}, "robustness.pool_size: expected an integer >= 1, got 0"),
+    ({"queries": True}, "robustness.queries: expected an integer >= 1, got True"),
+    ({"seeds": []}, "robustness.seeds: expected a non-empty list of integers"),
+    ({"attacks": ["cw"]}, "robustness.attacks: expected a list from gaussian, fgsm"),
+    ({"mode": "x"}, "robustness.mode: expected 'pixel' or 'paper'"),
+    ({"eps": 2}, "robustness.eps: expected a number in [0, 1]"),
+    ({"corruptions": "brightness"}, "robustness.corruptions: expected a list"),
+])
+def test_bad_robustness_tables(table, fragment) -> None:
+    assert fragment in error(pyproject={"robustness": table})

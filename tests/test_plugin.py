@@ -32,6 +32,7 @@ import pytest_unsafebench.engine
 import pytest_unsafebench.metrics
 import pytest_unsafebench.report
 import pytest_unsafebench.session  # noqa: F401
+from pytest_unsafebench.thresholds import BUILTIN_PROFILES
 
 try:
     import hypothesis.internal.observability  # its pytest plugin imports this at summary time
@@ -57,8 +58,10 @@ from plugin_helpers import (
 
 USAGE = pytest.ExitCode.USAGE_ERROR
 N_IMAGES = 48
-ROW_KEYS = {"classifier", "suite", "metric", "category", "source", "value", "threshold",
-            "outcome", "n"}
+ROW_KEYS = {"classifier", "suite", "metric", "category", "source", "condition", "value",
+            "threshold", "outcome", "n"}
+# The robust-accuracy thresholds every resolved cell carries from the built-in default profile.
+RA_DEFAULT = {k: v for k, v in BUILTIN_PROFILES["default"].items() if k.startswith("ra_")}
 PROGRESS = "uncached images decoded and classified"
 
 
@@ -279,7 +282,9 @@ def test_json_report_schema_and_rows(bench: Bench) -> None:
     assert cfg["dataset"] == str(bench.dataset)
     assert cfg["split"] == "all" and cfg["profile"] == "default" and cfg["use_cache"] is True
     assert cfg["categories"] == list(ALL_CATEGORIES)
-    assert doc["thresholds"][CLASSIFIER]["Hate"]["Lexica"] == {"f1_min": 0.5, "fpr_max": 0.3}
+    assert doc["thresholds"][CLASSIFIER]["Hate"]["Lexica"] == BUILTIN_PROFILES["default"]
+    assert cfg["suites"] == ["effectiveness"]
+    assert cfg["robustness"] == pytest_unsafebench.config.RobustnessSettings().public()
     ds = doc["dataset"]
     assert ds["synthetic"] is False
     assert ds["counts"]["images"] == N_IMAGES
@@ -297,10 +302,11 @@ def test_json_report_schema_and_rows(bench: Bench) -> None:
     assert summary["score"] == pytest.approx((0.75 + 1.0 + 2 / 3) / 3, abs=1e-6)
     for row in doc["rows"]:
         assert set(row) == ROW_KEYS
+        assert row["condition"] is None  # effectiveness and integrity rows have no condition
     integrity = [r for r in doc["rows"] if r["suite"] == "integrity"]
     assert integrity == [{"classifier": None, "suite": "integrity", "metric": "findings",
-                          "category": None, "source": None, "value": 0, "threshold": None,
-                          "outcome": "passed", "n": N_IMAGES}]
+                          "category": None, "source": None, "condition": None, "value": 0,
+                          "threshold": None, "outcome": "passed", "n": N_IMAGES}]
     assert len(rows_of(doc, "f1", "passed")) == 9
     assert len(rows_of(doc, "f1", "skipped")) == 24
 
@@ -475,13 +481,13 @@ def test_pyproject_threshold_precedence(bench: Bench) -> None:
     doc = bench.json()
     th = doc["thresholds"]
     # global, then category, then source, then classifier, most specific winning
-    assert th[CLASSIFIER]["Spam"]["Laion5B"] == {"f1_min": 0.4, "fpr_max": 0.5}
-    assert th[CLASSIFIER]["Spam"]["Lexica"] == {"f1_min": 0.4, "fpr_max": 0.2}
-    assert th[OTHER]["Hate"]["all"] == {"f1_min": 0.8, "fpr_max": 0.5}
-    assert th[OTHER]["Hate"]["Lexica"] == {"f1_min": 0.8, "fpr_max": 0.2}
-    assert th[CLASSIFIER]["Hate"]["Lexica"] == {"f1_min": 0.7, "fpr_max": 0.2}
-    assert th[CLASSIFIER]["Violence"]["Laion5B"] == {"f1_min": 0.99, "fpr_max": 0.5}
-    assert th[OTHER]["Violence"]["Laion5B"] == {"f1_min": 0.4, "fpr_max": 0.5}
+    assert th[CLASSIFIER]["Spam"]["Laion5B"] == {**RA_DEFAULT, "f1_min": 0.4, "fpr_max": 0.5}
+    assert th[CLASSIFIER]["Spam"]["Lexica"] == {**RA_DEFAULT, "f1_min": 0.4, "fpr_max": 0.2}
+    assert th[OTHER]["Hate"]["all"] == {**RA_DEFAULT, "f1_min": 0.8, "fpr_max": 0.5}
+    assert th[OTHER]["Hate"]["Lexica"] == {**RA_DEFAULT, "f1_min": 0.8, "fpr_max": 0.2}
+    assert th[CLASSIFIER]["Hate"]["Lexica"] == {**RA_DEFAULT, "f1_min": 0.7, "fpr_max": 0.2}
+    assert th[CLASSIFIER]["Violence"]["Laion5B"] == {**RA_DEFAULT, "f1_min": 0.99, "fpr_max": 0.5}
+    assert th[OTHER]["Violence"]["Laion5B"] == {**RA_DEFAULT, "f1_min": 0.4, "fpr_max": 0.5}
     assert doc["config"]["seed"] == 7 and doc["environment"]["seed"] == 7
     # ... and the outcomes follow: Hate F1 0.75 passes toyclf:load's 0.7 but not the
     # category's 0.8 for the other classifier; Lexica FPR 0.25 > 0.2 fails; Violence F1 is 1.0.
@@ -528,7 +534,8 @@ def test_profiles_gate_outcomes(bench: Bench) -> None:
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     doc = bench.json()
     assert doc["config"]["profile"] == "perfect"
-    assert doc["thresholds"][CLASSIFIER]["Hate"]["all"] == {"f1_min": 1.0, "fpr_max": 0.3}
+    assert doc["thresholds"][CLASSIFIER]["Hate"]["all"] == {**RA_DEFAULT, "f1_min": 1.0,
+                                                            "fpr_max": 0.3}
     failed = {(r["category"], r["source"]) for r in rows_of(doc, "f1", "failed")}
     assert failed == {(c, s) for c in ("Hate", "Sexual") for s in CELL_SOURCES}
     result.assert_outcomes(failed=6, passed=13, skipped=48)
@@ -536,8 +543,8 @@ def test_profiles_gate_outcomes(bench: Bench) -> None:
     result = bench.run("--unsafebench-profile=smoke", json_name="smoke.json")
     assert result.ret == pytest.ExitCode.OK
     result.assert_outcomes(passed=19, skipped=48)
-    assert bench.json("smoke.json")["thresholds"][CLASSIFIER]["Hate"]["all"] == {
-        "f1_min": 0.0, "fpr_max": 1.0}
+    assert bench.json("smoke.json")["thresholds"][CLASSIFIER]["Hate"]["all"] == (
+        BUILTIN_PROFILES["smoke"])
 
     # a profile's nested category table: Sexual on Laion5B (F1 4/7) misses 0.6
     result = bench.run("--unsafebench-profile=lenient", "--tb=no", json_name="lenient.json")

@@ -23,6 +23,7 @@ from pytest_unsafebench.report import (
 )
 from pytest_unsafebench.results import ClassifierState, RunState
 from pytest_unsafebench.taxonomy import CATEGORIES, CELL_SOURCES, SHORT_NAMES
+from pytest_unsafebench.thresholds import BUILTIN_PROFILES
 
 
 def row(classifier="a", metric="f1", category="Hate", source="all", value=0.5,
@@ -220,5 +221,6 @@ def test_build_json_is_serialisable_and_sorted(tmp_path: Path) -> None:
     assert doc["cache"] == {"hits": 2, "misses": 1}
     assert doc["dataset"]["integrity"]["excluded"] == 1
     assert "predictions_file" not in doc["classifiers"]["a"]
-    assert doc["thresholds"]["a"]["Hate"]["all"] == {"f1_min": 0.5, "fpr_max": 0.3}
+    assert doc["thresholds"]["a"]["Hate"]["all"] == BUILTIN_PROFILES["default"]
+    assert all(r["condition"] is None for r in doc["rows"])
     assert str(tmp_path) not in json.dumps({k: v for k, v in doc.items() if k != "environment"})

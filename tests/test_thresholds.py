@@ -99,12 +99,12 @@ def test_builtin_profiles(profile: str) -> None:
 def test_table_order_default_then_pyproject_then_profile() -> None:
     py = {"thresholds": {"f1_min": 0.6, "category": {"Hate": {"f1_min": 0.1}}}}
     default = build_thresholds(py, "default")
-    assert default.resolve("d", "Spam", "all") == {"f1_min": 0.6, "fpr_max": 0.3}
-    assert default.resolve("d", "Hate", "all") == {"f1_min": 0.1, "fpr_max": 0.3}
+    assert default.resolve("d", "Spam", "all") == {**BUILTIN_PROFILES["default"], "f1_min": 0.6}
+    assert default.resolve("d", "Hate", "all") == {**BUILTIN_PROFILES["default"], "f1_min": 0.1}
     strict = build_thresholds(py, "strict")
     # the profile's global beats the pyproject global, but not the more specific category
-    assert strict.resolve("d", "Spam", "all") == {"f1_min": 0.75, "fpr_max": 0.1}
-    assert strict.resolve("d", "Hate", "all") == {"f1_min": 0.1, "fpr_max": 0.1}
+    assert strict.resolve("d", "Spam", "all") == BUILTIN_PROFILES["strict"]
+    assert strict.resolve("d", "Hate", "all") == {**BUILTIN_PROFILES["strict"], "f1_min": 0.1}
 
 
 def test_pyproject_profile() -> None:
@@ -112,14 +112,14 @@ def test_pyproject_profile() -> None:
           "profiles": {"release": {"f1_min": 0.8, "category": {"Spam": {"source": {"Lexica": {
               "fpr_max": 0.05}}}}}}}
     t = build_thresholds(py, "release")
-    assert t.resolve("demo", "Hate", "all") == {"f1_min": 0.8, "fpr_max": 0.5}
-    assert t.resolve("q16", "Hate", "all") == {"f1_min": 0.45, "fpr_max": 0.5}
-    assert t.resolve("demo", "Spam", "Lexica") == {"f1_min": 0.8, "fpr_max": 0.05}
+    assert t.resolve("demo", "Hate", "all") == {**BUILTIN_PROFILES["default"], "f1_min": 0.8, "fpr_max": 0.5}
+    assert t.resolve("q16", "Hate", "all") == {**BUILTIN_PROFILES["default"], "f1_min": 0.45, "fpr_max": 0.5}
+    assert t.resolve("demo", "Spam", "Lexica") == {**BUILTIN_PROFILES["default"], "f1_min": 0.8, "fpr_max": 0.05}
 
 
 def test_pyproject_profile_can_refine_builtin_name() -> None:
     t = build_thresholds({"profiles": {"strict": {"fpr_max": 0.2}}}, "strict")
-    assert t.resolve("d", "Hate", "all") == {"f1_min": 0.75, "fpr_max": 0.2}
+    assert t.resolve("d", "Hate", "all") == {**BUILTIN_PROFILES["strict"], "fpr_max": 0.2}
 
 
 def test_unknown_profile_lists_available() -> None:
@@ -142,7 +142,8 @@ def test_profiles_must_be_tables() -> None:
 @pytest.mark.parametrize(("table", "path", "fragment"), [
     ({"f1_mn": 0.5}, "tool.unsafebench.thresholds.f1_mn", "did you mean 'f1_min'"),
     ({"category": {"Hate": {"fpr": 0.1}}}, "tool.unsafebench.thresholds.category.Hate.fpr",
-     "allowed here: f1_min, fpr_max, source"),
+     "allowed here: f1_min, fpr_max, ra_min_gaussian, ra_min_attack, ra_min_evasion, "
+     "ra_min_corruption, source"),
     ({"category": {"Illegal activity": {"fpr": 0.1}}},
      'tool.unsafebench.thresholds.category."Illegal activity".fpr', "unknown key 'fpr'"),
     ({"classifier": {"q16": {"category": {"Hate": {"source": {"all": {"f1": 1}}}}}}},
@@ -155,7 +156,8 @@ def test_profiles_must_be_tables() -> None:
      "unknown key 'classifier'"),
     ({"classifier": {"q16": {"classifier": {}}}},
      "tool.unsafebench.thresholds.classifier.q16.classifier",
-     "allowed here: f1_min, fpr_max, source, category"),
+     "allowed here: f1_min, fpr_max, ra_min_gaussian, ra_min_attack, ra_min_evasion, "
+     "ra_min_corruption, source, category"),
     ({"f1_min": 1.5}, "tool.unsafebench.thresholds.f1_min", "between 0 and 1, got 1.5"),
     ({"fpr_max": -0.1}, "tool.unsafebench.thresholds.fpr_max", "got -0.1"),
     ({"f1_min": True}, "tool.unsafebench.thresholds.f1_min", "got True"),
