@@ -158,8 +158,9 @@ def terminal_lines(settings: Settings, state: RunState, rows: list[dict[str, Any
         if cs.error:
             lines.append(f"{head}: ERROR {cs.error}")
             continue
-        lines.append(f"{head} [{cs.fingerprint}] score {_fmt(s['score'])} "
-                     f"(macro F1 over {s['categories_scored']} covered categories, pooled sources)")
+        score = (f"score {_fmt(s['score'])} (macro F1 over {s['categories_scored']} covered "
+                 "categories, pooled sources)" if "effectiveness" in settings.suites else "")
+        lines.append(f"{head} [{cs.fingerprint}] {score}".rstrip())
         lines.append(f"  tests: {s['passed']} passed, {s['failed']} failed, "
                      f"{s['skipped']} skipped, {s['error']} errors; cache {cs.cache_hits} hits, "
                      f"{cs.cache_misses} misses")
@@ -168,7 +169,7 @@ def terminal_lines(settings: Settings, state: RunState, rows: list[dict[str, Any
         table = [[SHORT_NAMES[cat], *(_cell_text(values.get((metric, cat, src)))
                                       for metric in ("f1", "fpr") for src in sources)]
                  for cat in settings.categories if cat in cs.covered]
-        if table:
+        if table and "effectiveness" in settings.suites:
             headers = ["category", *(f"{metric} {src}" for metric in ("F1", "FPR") for src in sources)]
             lines += ["  " + t for t in tabulate(table, headers=headers,
                                                  disable_numparse=True).splitlines()]
@@ -190,7 +191,10 @@ def _robustness_lines(name: str, rows: list[dict[str, Any]], sources: tuple[str,
              and r["outcome"] in GATE_OUTCOMES}
     if not gated:
         return []
-    conditions = list(dict.fromkeys(c for c, _ in gated))
+    # Attacks, then evasion edits, then the corruption grid: the order the suite runs them.
+    order = {c: i for i, c in enumerate(("gaussian", "fgsm", "pgd", "deepfool", "square"))}
+    conditions = sorted(dict.fromkeys(c for c, _ in gated),
+                        key=lambda c: (c == "grid", order.get(c, len(order)), c))
     table = [[c, *(_cell_text(gated.get((c, src))) for src in sources)] for c in conditions]
     return ["  robust accuracy (grid = mean over corruption x severity):",
             *("  " + t for t in tabulate(table, headers=["condition", *(f"RA {s}" for s in sources)],
