@@ -256,17 +256,23 @@ class CLIPHead:
     def predict(self, images: Sequence[Image]) -> list[Prediction]:
         return self.predict_embeddings(self.backbone.embed(images))
 
-    def predict_embeddings(self, embeddings: Any) -> list[Prediction]:
+    def _embedding_tensor(self, embeddings: Any) -> torch.Tensor:
+        """(N, D) float32 tensor from the engine's shared numpy embeddings."""
         import torch
 
         arr = np.asarray(embeddings, dtype=np.float32)
         if arr.ndim != 2:
             raise ValueError(f"{self.name}: expected (N, D) embeddings, got shape {arr.shape}")
-        if arr.shape[0] == 0:
+        return torch.from_numpy(np.ascontiguousarray(arr))
+
+    def predict_embeddings(self, embeddings: Any) -> list[Prediction]:
+        import torch
+
+        emb = self._embedding_tensor(embeddings)
+        if emb.shape[0] == 0:
             return []
         with torch.inference_mode():
-            logits, labels = self._outputs(
-                self._check(torch.from_numpy(np.ascontiguousarray(arr))))
+            logits, labels = self._outputs(self._check(emb))
             probs = torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy().astype(np.float64)
             logits_np = logits.float().cpu().numpy()
             labels_np = labels.float().cpu().numpy().astype(np.float64)

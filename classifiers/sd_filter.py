@@ -231,13 +231,11 @@ class SDFilter(CLIPHead):
     def predict_embeddings(self, embeddings: Any) -> list[Prediction]:
         import torch
 
-        arr = np.asarray(embeddings, dtype=np.float32)
-        if arr.ndim != 2:
-            raise ValueError(f"{self.name}: expected (N, D) embeddings, got shape {arr.shape}")
-        if arr.shape[0] == 0:
+        emb = self._embedding_tensor(embeddings)
+        if emb.shape[0] == 0:
             return []
         with torch.inference_mode():
-            result = self._rule(*self.cosines(torch.from_numpy(np.ascontiguousarray(arr))))
+            result = self._rule(*self.cosines(emb))
         scores = margin_to_score(result.margin)
         labels = np.concatenate([result.concept_scores, result.special_scores], axis=1)
         return [Prediction(score=float(s), decision="unsafe" if u else "safe",

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,17 +80,12 @@ class PredictionCache:
     def get_predictions(self, fingerprint: str, condition: str,
                         hashes: Iterable[str]) -> dict[str, Prediction]:
         out: dict[str, Prediction] = {}
-        wanted = list(dict.fromkeys(hashes))
-        for i in range(0, len(wanted), _CHUNK):
-            chunk = wanted[i:i + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for h, score, decision, labels, raw in self._conn.execute(
-                f"SELECT image_hash, score, decision, label_scores, raw FROM predictions "
-                f"WHERE fingerprint = ? AND condition = ? AND image_hash IN ({marks})",
-                (fingerprint, condition, *chunk),
-            ):
-                out[h] = Prediction(score=score, decision=decision,
-                                    label_scores=json.loads(labels) if labels else None, raw=raw)
+        for h, score, decision, labels, raw in self._rows_in(
+                "SELECT image_hash, score, decision, label_scores, raw FROM predictions "
+                "WHERE fingerprint = ? AND condition = ? AND image_hash IN ({marks})",
+                (fingerprint, condition), hashes):
+            out[h] = Prediction(score=score, decision=decision,
+                                label_scores=json.loads(labels) if labels else None, raw=raw)
         return out
 
     def put_predictions(self, fingerprint: str, condition: str,
@@ -109,16 +104,9 @@ class PredictionCache:
         """image hash -> float32 vector, for a backbone fingerprint and condition."""
         import numpy as np
 
-        out: dict[str, Any] = {}
-        wanted = list(dict.fromkeys(hashes))
-        for i in range(0, len(wanted), _CHUNK):
-            chunk = wanted[i:i + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for h, blob in self._conn.execute(
-                f"SELECT image_hash, vector FROM embeddings WHERE backbone = ? AND condition = ? "
-                f"AND image_hash IN ({marks})", (backbone, condition, *chunk)):
-                out[h] = np.frombuffer(blob, dtype="<f4")
-        return out
+        return {h: np.frombuffer(blob, dtype="<f4") for h, blob in self._rows_in(
+            "SELECT image_hash, vector FROM embeddings WHERE backbone = ? AND condition = ? "
+            "AND image_hash IN ({marks})", (backbone, condition), hashes)}
 
     def put_embeddings(self, backbone: str, condition: str,
                        items: Sequence[tuple[str, Any]]) -> None:
@@ -131,22 +119,24 @@ class PredictionCache:
 
     def get_decodes(self, hashes: Iterable[str], max_pixels: int) -> dict[str, tuple[str | None, str | None]]:
         """image hash -> (finding kind or None, detail or None) for images decoded before."""
-        out: dict[str, tuple[str | None, str | None]] = {}
-        wanted = list(dict.fromkeys(hashes))
-        for i in range(0, len(wanted), _CHUNK):
-            chunk = wanted[i:i + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for h, kind, detail in self._conn.execute(
-                f"SELECT image_hash, kind, detail FROM decodes WHERE max_pixels = ? "
-                f"AND image_hash IN ({marks})", (max_pixels, *chunk)):
-                out[h] = (kind, detail)
-        return out
+        return {h: (kind, detail) for h, kind, detail in self._rows_in(
+            "SELECT image_hash, kind, detail FROM decodes WHERE max_pixels = ? "
+            "AND image_hash IN ({marks})", (max_pixels,), hashes)}
 
     def put_decodes(self, items: Sequence[tuple[str, str | None, str | None]], max_pixels: int) -> None:
         with self._transaction():
             self._conn.executemany(
                 "INSERT OR REPLACE INTO decodes VALUES (?, ?, ?, ?)",
                 [(h, max_pixels, kind, detail) for h, kind, detail in items])
+
+    def _rows_in(self, sql: str, params: tuple[Any, ...], hashes: Iterable[str]) -> Iterator[tuple]:
+        """Run ``sql`` (ending in ``IN ({marks})``) over the hashes, in chunks below SQLite's
+        bound-parameter limit."""
+        wanted = list(dict.fromkeys(hashes))
+        for i in range(0, len(wanted), _CHUNK):
+            chunk = wanted[i:i + _CHUNK]
+            yield from self._conn.execute(sql.format(marks=",".join("?" * len(chunk))),
+                                          (*params, *chunk))
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._conn)
