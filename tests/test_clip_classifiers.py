@@ -639,3 +639,46 @@ def test_registry_builds_the_heads(stand_ins: dict[str, Path]) -> None:
                           heads_dir=str(stand_ins["heads"]), device="cpu",
                           cache_dir=stand_ins["cache"], batch_size=8)
     assert isinstance(clf, ch.MultiHeaded) and clf.backbone.batch_size in (4, 8)
+
+
+def test_three_heads_through_the_plugin(pytester: pytest.Pytester, reference_dir: Path,
+                                        tmp_path: Path) -> None:
+    """q16 + multiheaded + nsfw_detector as users run them: genuine head weights on a tiny CLIP,
+    one shared embedding per image (cached), then a warm rerun that infers nothing."""
+    import json
+
+    clip = save_tiny_clip(tmp_path / "clip")
+    weights = reference_dir / "weights"
+    pytester.makepyprojecttoml(f'''
+[tool.unsafebench.classifiers.q16]
+model = "{clip}"
+prompts = "{weights / 'q16' / 'prompts.p'}"
+[tool.unsafebench.classifiers.multiheaded]
+model = "{clip}"
+heads_dir = "{weights / 'multiheaded'}"
+[tool.unsafebench.classifiers.nsfw_detector]
+model = "{clip}"
+weights = "{weights / 'laion-nsfw' / 'clip_autokeras_binary_nsfw.zip'}"
+''')
+    args = ["--unsafebench-classifier=q16,multiheaded,nsfw_detector", "--unsafebench-limit=44",
+            "--unsafebench-profile=smoke", "--unsafebench-device=cpu",
+            f"--unsafebench-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider"]
+    first = pytester.runpytest_subprocess(*args, "--unsafebench-json=cold.json")
+    first.assert_outcomes(passed=97, skipped=102)
+    cold = json.loads((pytester.path / "cold.json").read_text())
+    assert all(c["error"] is None for c in cold["classifiers"].values())
+    assert cold["cache"] == {"hits": 0, "misses": 3 * 44}
+    embedded = sqlite_count(tmp_path / "cache" / "predictions.sqlite", "embeddings")
+    assert embedded == 44  # one backbone embedding per image, shared by the three heads
+    pytester.runpytest_subprocess(*args, "--unsafebench-json=warm.json").assert_outcomes(
+        passed=97, skipped=102)
+    warm = json.loads((pytester.path / "warm.json").read_text())
+    assert warm["cache"] == {"hits": 3 * 44, "misses": 0}
+    assert warm["rows"] == cold["rows"]
+
+
+def sqlite_count(path: Path, table: str) -> int:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
