@@ -122,6 +122,13 @@ class Settings:
     classifier_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     suites: tuple[str, ...] = ("effectiveness",)
     robustness: RobustnessSettings = field(default_factory=RobustnessSettings)
+    artifacts_dir: Path | None = None      # fuzz counterexamples; None: <cache_dir>/artifacts
+    blur_unsafe: bool = True               # blur saved Unsafe counterexample images
+    fuzz_replay: Path | None = None        # pinned fuzz counterexamples to replay
+
+    @property
+    def artifacts_path(self) -> Path:
+        return self.artifacts_dir if self.artifacts_dir is not None else self.cache_dir / "artifacts"
 
     def options_for(self, classifier: str) -> dict[str, Any]:
         """Factory keyword arguments for a classifier (without plugin-reserved keys)."""
@@ -268,7 +275,21 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
         classifier_options=classifier_options,
         suites=members("suites", SUITES),
         robustness=_robustness(pyproject.get("robustness", {})),
+        artifacts_dir=Path(cli["artifacts"]) if cli.get("artifacts") else None,
+        blur_unsafe=not cli.get("no_blur", False),
+        fuzz_replay=_replay_path(cli.get("fuzz_replay")),
     )
+
+
+def _replay_path(value: Any) -> Path | None:
+    if not value:
+        return None
+    path = Path(value)
+    if not path.exists():
+        raise ConfigError(f"--unsafebench-fuzz-replay: {path} does not exist (expected a file "
+                          "written by 'python -m pytest_unsafebench.fuzzing pin' or an "
+                          "artifacts folder)")
+    return path
 
 
 def _classifier_options(table: Any) -> dict[str, dict[str, Any]]:

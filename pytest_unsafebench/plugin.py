@@ -21,6 +21,7 @@ MARKERS = (
     "effectiveness: per-category F1 and false-positive-rate tests (pytest-unsafebench)",
     "integrity: the dataset's data-integrity test (pytest-unsafebench)",
     "robustness: robust accuracy under corruptions, evasion edits and attacks (pytest-unsafebench)",
+    "fuzz: hypothesis search for perturbation chains that flip a decision (pytest-unsafebench)",
     "slow: long-running test",
 )
 # option dest suffix -> help; the dest is "unsafebench_<key>", the flag "--unsafebench-<key>".
@@ -37,6 +38,10 @@ _SINGLE_OPTIONS: dict[str, tuple[str, str]] = {
     "cache_dir": ("DIR", "prediction cache folder (default .pytest_cache/unsafebench)"),
     "json": ("PATH", "write the scored report as JSON"),
     "predictions": ("PATH", "write every prediction as JSON lines"),
+    "artifacts": ("DIR", "where the fuzz suite saves counterexamples "
+                         "(default <cache_dir>/artifacts)"),
+    "fuzz_replay": ("PATH", "replay pinned fuzz counterexamples (a file written by "
+                            "'python -m pytest_unsafebench.fuzzing pin', or an artifacts folder)"),
 }
 _INT_OPTIONS = ("limit", "seed", "batch_size")
 # The packaged suite modules; a run without paths collects the selected ones.
@@ -69,13 +74,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                         type=int if key in _INT_OPTIONS else str)
     group.addoption("--unsafebench-no-cache", action="store_true", dest="unsafebench_no_cache",
                     help="ignore and do not keep the prediction cache for this run")
+    group.addoption("--unsafebench-no-blur", action="store_true", dest="unsafebench_no_blur",
+                    help="save Unsafe fuzz counterexamples unblurred")
 
 
 def _cli_values(config: pytest.Config) -> dict[str, Any]:
-    keys = ["classifiers", "categories", "sources", "suites", "no_cache", *_SINGLE_OPTIONS]
+    keys = ["classifiers", "categories", "sources", "suites", "no_cache", "no_blur",
+            *_SINGLE_OPTIONS]
     return {k: config.getoption(f"unsafebench_{k}") for k in keys}
 
 
+# tryfirst: the fuzz profiles must exist before hypothesis' own pytest_configure loads
+# --hypothesis-profile.
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     for line in MARKERS:
         config.addinivalue_line("markers", line)
@@ -101,6 +112,9 @@ def pytest_configure(config: pytest.Config) -> None:
                                     pyproject, config.rootpath)
     except UnsafeBenchError as exc:
         raise pytest.UsageError(str(exc)) from None
+    from .fuzzing import register_profiles
+
+    register_profiles()  # dev / ci / nightly, when hypothesis is installed
     session = UnsafeBenchSession.start(config, settings)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "unsafebench-session")
@@ -127,6 +141,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     wants_cell = "unsafebench_cell" in metafunc.fixturenames
     wants_clf = "unsafebench_classifier" in metafunc.fixturenames
     wants_robust = "unsafebench_robustness" in metafunc.fixturenames
+    if "unsafebench_fuzz" in metafunc.fixturenames:
+        _parametrize_fuzz(metafunc)
+        return
     if wants_robust:
         _parametrize_robustness(metafunc)
         return
@@ -186,6 +203,51 @@ def unsafebench_robustness(request: pytest.FixtureRequest) -> Any:
     """One robustness test's cell: its thresholds and a lazily computed robust accuracy."""
     classifier, condition, source = request.param
     return _session(request.config).robustness_cell(request.node, classifier, condition, source)
+
+
+def _parametrize_fuzz(metafunc: pytest.Metafunc) -> None:
+    """classifier x source, e.g. ``test_decision_stable_under_perturbation[demo-Lexica]``; the
+    replay test gets one parameter per pinned case (``--unsafebench-fuzz-replay``)."""
+    from .session import SESSION_KEY
+
+    session = metafunc.config.stash.get(SESSION_KEY, None)
+    s = session.settings if session else None
+    replay = metafunc.function.__name__ == "test_fuzz_regression"
+    reason = None
+    if s is None:
+        reason = "pytest-unsafebench is inactive: pass --unsafebench-classifier=NAME"
+    elif "fuzz" not in s.suites:
+        reason = "fuzz suite not selected: add --unsafebench-suites=fuzz"
+    elif replay and s.fuzz_replay is None:
+        reason = "no pinned fuzz regressions: pass --unsafebench-fuzz-replay=PATH"
+    if reason is not None:
+        metafunc.parametrize("unsafebench_fuzz", [pytest.param(
+            (None, None, None), marks=pytest.mark.skip(reason=reason), id="not-selected")],
+            indirect=True)
+        return
+    assert s is not None
+    if replay:
+        from .fuzzing import case_id, load_cases
+
+        try:
+            cases = load_cases(s.fuzz_replay)  # type: ignore[arg-type]
+        except (OSError, ValueError) as exc:
+            raise pytest.UsageError(f"--unsafebench-fuzz-replay: {exc}") from None
+        params = [(c["classifier"], c["chain"], c.get("source"), c) for c in cases]
+        metafunc.parametrize("unsafebench_fuzz", [p[:3] + (p[3],) for p in params],
+                             indirect=True, ids=[case_id(c) for c in cases])
+        return
+    cells = [(k, None, src) for k in s.classifiers for src in s.sources]
+    metafunc.parametrize("unsafebench_fuzz", cells, indirect=True,
+                         ids=[f"{k}-{src}" for k, _, src in cells])
+
+
+@pytest.fixture
+def unsafebench_fuzz(request: pytest.FixtureRequest) -> Any:
+    """One fuzz test's target (classifier, source pool, artifact folder), or a pinned case."""
+    from .fuzzing import fuzz_target
+
+    return fuzz_target(_session(request.config), request.node, *request.param)
 
 
 @pytest.fixture

@@ -359,6 +359,8 @@ def _placeholder_row(item: pytest.Item, marker: dict[str, Any]) -> dict[str, Any
         classifier, category, source = values["unsafebench_cell"]
     elif "unsafebench_robustness" in values:
         classifier, condition, source = values["unsafebench_robustness"]
+    elif "unsafebench_fuzz" in values:
+        classifier, condition, source = values["unsafebench_fuzz"][:3]
     return {"classifier": classifier, "suite": marker.get("suite"), "metric": marker["metric"],
             "category": category, "source": source, "condition": condition, "value": None,
             "threshold": None, "outcome": None, "n": None}

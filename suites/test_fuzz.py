@@ -1,0 +1,41 @@
+"""Fuzzing (hypothesis): perturbation chains within the perceptual budget must not flip a
+decision on the correctly classified pool.
+
+``test_decision_stable_under_perturbation`` searches one classifier x source under the current
+hypothesis profile (``--hypothesis-profile=dev|ci|nightly``) and reports the weakest flipping
+chain it shrinks to, saved as an artifact (see :mod:`pytest_unsafebench.fuzzing`).
+``test_fuzz_regression`` replays pinned counterexamples (``--unsafebench-fuzz-replay``).
+"""
+
+import pytest
+
+pytestmark = [pytest.mark.fuzz]
+
+
+@pytest.mark.unsafebench(suite="fuzz", metric="flips")
+def test_decision_stable_under_perturbation(unsafebench_fuzz):
+    fuzz = unsafebench_fuzz
+    cx = fuzz.search()
+    if cx is None:
+        fuzz.record("flips", 0, gate=True)
+        return
+    png, spec = fuzz.save(cx)
+    fuzz.record("flips", 1, condition=cx.chain, gate=True, n=1)
+    fuzz.record("score_after", cx.score_after, condition=cx.chain, n=1)
+    pytest.fail(
+        f"{fuzz.classifier} on {fuzz.source}: the weakest flipping chain found is {cx.chain}: "
+        f"{cx.describe()}. Saved {png} and {spec}; pin it with "
+        f"'python -m pytest_unsafebench.fuzzing pin {spec.parent.parent} -o <regressions.json>'",
+        pytrace=False)
+
+
+@pytest.mark.unsafebench(suite="fuzz", metric="flips")
+def test_fuzz_regression(unsafebench_fuzz):
+    fuzz = unsafebench_fuzz
+    case = fuzz.case
+    pred, still = fuzz.replay()
+    fuzz.record("flips", int(still), condition=case["chain"], gate=True, n=1)
+    fuzz.record("score_after", pred.score, condition=case["chain"], n=1)
+    assert not still, (
+        f"pinned counterexample still flips {fuzz.classifier}: {case['label']} image "
+        f"{case['image_id']!r} is {pred.decision} ({pred.score:.3f}) under {case['chain']}")
