@@ -18,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .taxonomy import CATEGORIES, CELL_SOURCES, POOLED, SHORT_NAMES
+from .taxonomy import CATEGORIES, CELL_SOURCES, GENERATED_SOURCE, POOLED, REAL_SOURCE, SHORT_NAMES
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -119,6 +119,7 @@ def build_json(settings: Settings, state: RunState, rows: list[dict[str, Any]],
             "misses": sum(cs.cache_misses for cs in state.classifiers.values()),
         },
         "summary": summarize(rows, settings.classifiers),
+        "robustness_gap": robustness_gaps(rows),
         "rows": rows,
         # Everything that may differ between two otherwise identical runs lives below.
         "timing": {**state.timing, **timing,
@@ -195,10 +196,32 @@ def _robustness_lines(name: str, rows: list[dict[str, Any]], sources: tuple[str,
     order = {c: i for i, c in enumerate(("gaussian", "fgsm", "pgd", "deepfool", "square"))}
     conditions = sorted(dict.fromkeys(c for c, _ in gated),
                         key=lambda c: (c == "grid", order.get(c, len(order)), c))
-    table = [[c, *(_cell_text(gated.get((c, src))) for src in sources)] for c in conditions]
+    table = [[c, *(_cell_text(gated.get((c, src))) for src in sources),
+              _fmt(_ra_gap(gated, c))] for c in conditions]
+    headers = ["condition", *(f"RA {s}" for s in sources), "gap (real - generated)"]
     return ["  robust accuracy (grid = mean over corruption x severity):",
-            *("  " + t for t in tabulate(table, headers=["condition", *(f"RA {s}" for s in sources)],
+            *("  " + t for t in tabulate(table, headers=headers,
                                          disable_numparse=True).splitlines())]
+
+
+def _ra_gap(gated: dict[tuple[str, str], dict[str, Any]], condition: str) -> float | None:
+    """RA on Laion5B (real) minus RA on Lexica (AI-generated), protocol section 7."""
+    real, generated = gated.get((condition, REAL_SOURCE)), gated.get((condition, GENERATED_SOURCE))
+    if not real or not generated or real["value"] is None or generated["value"] is None:
+        return None
+    return round(real["value"] - generated["value"], 6)
+
+
+def robustness_gaps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per classifier and condition: RA real - generated, for the JSON report."""
+    gated = {(r["classifier"], r["condition"], r["source"]): r for r in rows
+             if r["suite"] == "robustness" and r["outcome"] in GATE_OUTCOMES}
+    out = []
+    for clf, cond in dict.fromkeys((k, c) for k, c, _ in gated):
+        gap = _ra_gap({(c, s): r for (k, c, s), r in gated.items() if k == clf}, cond)
+        if gap is not None:
+            out.append({"classifier": clf, "condition": cond, "ra_real_minus_generated": gap})
+    return out
 
 
 def _cell_text(row: dict[str, Any] | None) -> str:

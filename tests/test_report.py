@@ -224,3 +224,19 @@ def test_build_json_is_serialisable_and_sorted(tmp_path: Path) -> None:
     assert doc["thresholds"]["a"]["Hate"]["all"] == BUILTIN_PROFILES["default"]
     assert all(r["condition"] is None for r in doc["rows"])
     assert str(tmp_path) not in json.dumps({k: v for k, v in doc.items() if k != "environment"})
+
+
+def test_robustness_gap_is_real_minus_generated() -> None:
+    from pytest_unsafebench.report import robustness_gaps
+
+    def row(source: str, value: float | None, outcome: str = "passed") -> dict:
+        return {"classifier": "demo", "suite": "robustness", "metric": "ra", "category": None,
+                "source": source, "condition": "pgd", "value": value, "threshold": 0.0,
+                "outcome": outcome, "n": 10}
+
+    rows = [row("Laion5B", 0.2), row("Lexica", 0.7), row("all", 0.45),
+            {**row("Laion5B", 0.9, "info"), "metric": "clean_accuracy"}]
+    assert robustness_gaps(rows) == [
+        {"classifier": "demo", "condition": "pgd", "ra_real_minus_generated": -0.5}]
+    # A source that was skipped has no value: no gap is claimed.
+    assert robustness_gaps([row("Laion5B", 0.2), row("Lexica", None, "skipped")]) == []
