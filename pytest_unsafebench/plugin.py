@@ -112,9 +112,10 @@ def pytest_configure(config: pytest.Config) -> None:
                                     pyproject, config.rootpath)
     except UnsafeBenchError as exc:
         raise pytest.UsageError(str(exc)) from None
-    from .fuzzing import register_profiles
+    if "fuzz" in settings.suites or settings.fuzz_replay:
+        from .fuzzing import register_profiles
 
-    register_profiles()  # dev / ci / nightly, when hypothesis is installed
+        register_profiles()  # dev / ci / nightly; importing hypothesis costs ~0.4 s otherwise
     session = UnsafeBenchSession.start(config, settings)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "unsafebench-session")

@@ -367,12 +367,16 @@ def _placeholder_row(item: pytest.Item, marker: dict[str, Any]) -> dict[str, Any
 
 
 def _resolve_device(device: str) -> str:
+    """``auto``: CUDA when torch sees a GPU. On a machine without an NVIDIA driver this answers
+    "cpu" without importing torch (a second of start-up that ONNX classifiers never need)."""
     if device != "auto":
         return device
     if "torch" not in sys.modules:
         import importlib.util
+        import shutil
 
-        if importlib.util.find_spec("torch") is None:
+        no_driver = not Path("/proc/driver/nvidia/version").exists() and not shutil.which("nvidia-smi")
+        if no_driver or importlib.util.find_spec("torch") is None:
             return "cpu"
     import torch
 
