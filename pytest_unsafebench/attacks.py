@@ -519,7 +519,6 @@ def _pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
 def _deepfool(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
               scale: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
     assert spec.steps is not None and spec.overshoot is not None and spec.candidates is not None
-    n = x.shape[0]
     with torch.no_grad():
         logits0 = _scores(forward, x)
     queries += 1

@@ -14,7 +14,7 @@ from . import metrics
 if TYPE_CHECKING:
     import numpy as np
 
-# What a test's metric is computed over; the report shows it as ``n``.
+# One tidy report row (see report.ROW_KEYS).
 Row = dict[str, Any]
 
 

@@ -37,8 +37,6 @@ DEFAULT_INPUT_SIZE = 224
 
 def condition_names(rs: RobustnessSettings) -> list[str]:
     """The ``test_robust_accuracy`` parameters: attacks, then evasion edits."""
-    from . import perturbations
-
     return [*rs.attacks, *evasions(rs)]
 
 
