@@ -87,3 +87,35 @@ def test_sigkill_mid_inference_then_resume(tmp_path: Path) -> None:
     assert resumed["cache"]["hits"] + resumed["cache"]["misses"] == images
     for key in ("rows", "summary", "dataset", "thresholds", "config"):
         assert resumed[key] == ref[key], key
+
+
+def test_two_runs_at_once_share_one_cache(tmp_path: Path) -> None:
+    """Two runs started together on one cache dir both finish with the same report, and the
+    cache then holds exactly one prediction per image."""
+    import sqlite3
+
+    (tmp_path / "slowclf.py").write_text(SLOWCLF.replace("time.sleep(0.1)", "time.sleep(0.01)"))
+    images = len(build_dataset(tmp_path / "data"))
+    cache = tmp_path / "cache"
+    runs = [_run(tmp_path, cache, tmp_path / f"r{i}.json", tmp_path / f"c{i}") for i in (0, 1)]
+    assert [p.wait(timeout=300) for p in runs] == [0, 0]
+    first, second = read_json(tmp_path / "r0.json"), read_json(tmp_path / "r1.json")
+    assert first["rows"] == second["rows"]
+    with sqlite3.connect(cache / "predictions.sqlite") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == images
+
+
+def test_corrupted_cache_is_moved_aside_and_rebuilt(tmp_path: Path) -> None:
+    (tmp_path / "slowclf.py").write_text(SLOWCLF.replace("time.sleep(0.1)", "time.sleep(0)"))
+    images = len(build_dataset(tmp_path / "data"))
+    cache = tmp_path / "cache"
+    assert _run(tmp_path, cache, tmp_path / "a.json", tmp_path / "c").wait(timeout=300) == 0
+    db = cache / "predictions.sqlite"
+    for extra in ("-wal", "-shm"):
+        Path(f"{db}{extra}").unlink(missing_ok=True)
+    db.write_bytes(db.read_bytes()[:1000])  # truncated mid-page
+    assert _run(tmp_path, cache, tmp_path / "b.json", tmp_path / "c").wait(timeout=300) == 0
+    a, b = read_json(tmp_path / "a.json"), read_json(tmp_path / "b.json")
+    assert a["rows"] == b["rows"]
+    assert b["cache"] == {"hits": 0, "misses": images}  # rebuilt, never trusted
+    assert list(cache.glob("predictions.sqlite.corrupt-*"))
