@@ -117,7 +117,9 @@ class UnsafeBenchSession:
         t2 = time.perf_counter()
         self._state = self._write_state(dataset, result, {
             "dataset_seconds": round(t1 - t0, 3), "pass_seconds": round(t2 - t1, 3),
-            "decode_seconds": round(result.decode_seconds, 3)})
+            "decode_seconds": round(result.decode_seconds, 3),
+            "inference_seconds": round(sum(o.inference_seconds
+                                           for o in result.outcomes.values()), 3)})
 
     def classifier(self, name: str) -> Classifier:
         """The loaded classifier (once per process); also the ``unsafebench_classifier`` fixture."""
