@@ -26,6 +26,7 @@ from pytest_unsafebench.classifier import HeadClassifier  # noqa: E402
 from pytest_unsafebench.classifiers import sd_filter as sf  # noqa: E402
 from pytest_unsafebench.errors import ClassifierLoadError  # noqa: E402
 from pytest_unsafebench.weights import WeightsNotFound  # noqa: E402
+from test_clip_classifiers import tiny_clip_config  # noqa: E402
 
 IMAGE_SIZE = 32
 DIM = 16
@@ -33,13 +34,7 @@ DIM = 16
 
 # --------------------------------------------------------------------------- stand-in
 def tiny_config() -> transformers.CLIPConfig:
-    return transformers.CLIPConfig(
-        text_config=dict(hidden_size=16, intermediate_size=24, num_hidden_layers=1,
-                         num_attention_heads=2, vocab_size=64, max_position_embeddings=8,
-                         bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=8),
-        projection_dim=DIM)
+    return tiny_clip_config(projection_dim=DIM)
 
 
 def checker_state(seed: int = 0, thresholds: float = 0.2) -> dict[str, torch.Tensor]:
