@@ -86,8 +86,11 @@ def register_profiles() -> bool:
     except ImportError:
         return False
     quiet = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    # Parent is Hypothesis's own "default", not the current one: under a CI environment variable
+    # Hypothesis loads its built-in "ci" profile at import, whose derandomize would leak into ours.
+    base = settings.get_profile("default")
     for name, values in PROFILES.items():
-        settings.register_profile(name, suppress_health_check=quiet, **values)
+        settings.register_profile(name, parent=base, suppress_health_check=quiet, **values)
     return True
 
 
