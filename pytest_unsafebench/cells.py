@@ -10,12 +10,51 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from . import metrics
+from .thresholds import misses
 
 if TYPE_CHECKING:
     import numpy as np
 
 # One tidy report row (see report.ROW_KEYS).
 Row = dict[str, Any]
+# Metrics whose rows carry a bootstrap confidence interval, from the cell's own images.
+CI_METRICS = ("f1", "precision", "recall", "fpr", "auroc")
+
+
+class TierWarning(UserWarning):
+    """A value that passed its fail-tier threshold but missed its warn-tier one."""
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """How confidence intervals are drawn (``--unsafebench-bootstrap``, ``-confidence``)."""
+
+    resamples: int = 1000
+    confidence: float = 0.95
+    seed: int = 2023
+
+    def ci(self, metric: str, y_true: Any, y_pred: Any = None,
+           scores: Any = None) -> tuple[float | None, float | None]:
+        if self.resamples == 0:
+            return None, None
+        from .stats import bootstrap_ci
+
+        return bootstrap_ci(metric, y_true, y_pred, scores, n_resamples=self.resamples,
+                            confidence=self.confidence, seed=self.seed)
+
+
+def _gate_row(row: Row, warn: dict[str, float], key: str | None, label: str) -> Row:
+    """Mark a gated row that misses its warn tier, and say so as a pytest warning."""
+    import warnings
+
+    level = warn.get(key) if key else None
+    row["warn_threshold"] = level
+    row["warned"] = bool(level is not None and row["value"] is not None
+                         and misses(key, row["value"], level))  # type: ignore[arg-type]
+    if row["warned"]:
+        warnings.warn(TierWarning(f"{row['metric']} {row['value']:.3f} misses the warn tier "
+                                  f"{key} = {level} for {label}"), stacklevel=3)
+    return row
 
 
 @dataclass
@@ -27,6 +66,8 @@ class Cell:
     columns: dict[str, np.ndarray] = field(repr=False)
     thresholds: dict[str, float] = field(repr=False)
     sink: Callable[[Row], None] = field(repr=False)
+    warn_thresholds: dict[str, float] = field(default_factory=dict, repr=False)
+    bootstrap: Bootstrap = field(default_factory=Bootstrap, repr=False)
 
     @property
     def label(self) -> str:
@@ -42,15 +83,21 @@ class Cell:
         return self.thresholds[key]
 
     def record(self, metric: str, value: float | int | None, threshold: float | None = None,
-               n: int | None = None, gate: bool = False) -> None:
+               n: int | None = None, gate: bool = False, key: str | None = None) -> None:
         """Add a report row; ``gate`` marks the value the test asserts on (its outcome is the
-        test's), the others are informational."""
-        self.sink({
+        test's, and ``key`` names its threshold for the warn tier), the others are
+        informational. Rows of CI_METRICS get the cell's bootstrap interval."""
+        low = high = None
+        if metric in CI_METRICS and value is not None:
+            c = self.columns
+            low, high = self.bootstrap.ci(metric, c["y_true"], c["y_pred"], c["scores"])
+        row = {
             "classifier": self.classifier, "suite": self.suite, "metric": metric,
             "category": self.category, "source": self.source, "condition": None, "value": value,
             "threshold": threshold, "outcome": None if gate else "info",
-            "n": self.metrics["n"] if n is None else n,
-        })
+            "n": self.metrics["n"] if n is None else n, "ci_low": low, "ci_high": high,
+        }
+        self.sink(_gate_row(row, self.warn_thresholds, key, self.label) if gate else row)
 
 
 @dataclass
@@ -64,6 +111,8 @@ class RobustnessCell:
     thresholds: dict[str, float] = field(repr=False)
     sink: Callable[[Row], None] = field(repr=False)
     compute: Callable[[], Any] = field(repr=False)
+    warn_thresholds: dict[str, float] = field(default_factory=dict, repr=False)
+    bootstrap: Bootstrap = field(default_factory=Bootstrap, repr=False)
 
     @property
     def label(self) -> str:
@@ -77,10 +126,85 @@ class RobustnessCell:
         return self.thresholds[key]
 
     def record(self, metric: str, value: float | int | None, threshold: float | None = None,
-               n: int | None = None, gate: bool = False, condition: str | None = None) -> None:
-        self.sink({
+               n: int | None = None, gate: bool = False, condition: str | None = None,
+               key: str | None = None, correct: Any = None) -> None:
+        """As :meth:`Cell.record`; ``correct`` (per image: still right after the perturbation)
+        gives the row its bootstrap interval."""
+        low, high = (self.bootstrap.ci("accuracy", correct) if correct is not None
+                     else (None, None))
+        row = {
             "classifier": self.classifier, "suite": "robustness", "metric": metric,
             "category": None, "source": self.source, "condition": condition or self.condition,
             "value": value, "threshold": threshold, "outcome": None if gate else "info",
-            "n": self.result.sample_size if n is None else n,
-        })
+            "n": self.result.sample_size if n is None else n, "ci_low": low, "ci_high": high,
+        }
+        self.sink(_gate_row(row, self.warn_thresholds, key, self.label) if gate else row)
+
+
+@dataclass
+class GapCell:
+    """One gap test: a classifier's metric on real (Laion5B) minus AI-generated (Lexica) images,
+    for one category (F1, FPR) or one robustness condition (RA)."""
+
+    classifier: str
+    subject: str                                   # the category, or the robustness condition
+    suite_metric: str                              # gap_f1 / gap_fpr / gap_ra
+    real: dict[str, Any] = field(repr=False)       # columns, or {"correct": ...} for RA
+    generated: dict[str, Any] = field(repr=False)
+    thresholds: dict[str, float] = field(repr=False)
+    sink: Callable[[Row], None] = field(repr=False)
+    warn_thresholds: dict[str, float] = field(default_factory=dict, repr=False)
+    bootstrap: Bootstrap = field(default_factory=Bootstrap, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.classifier} on {self.subject} (Laion5B - Lexica)"
+
+    @property
+    def threshold_key(self) -> str:
+        return f"{self.suite_metric}_max"
+
+    def threshold(self, key: str) -> float:
+        return self.thresholds[key]
+
+    @property
+    def n(self) -> int:
+        key = "correct" if self.suite_metric == "gap_ra" else "y_true"
+        return len(self.real[key]) + len(self.generated[key])
+
+    @property
+    def confidence_text(self) -> str:
+        return f"{self.bootstrap.confidence:.0%}"
+
+    def gap(self) -> tuple[float | None, float | None, float | None]:
+        """(real - generated, CI low, CI high): images resampled within each source. None when
+        either source lacks what the metric needs (Unsafe images for F1, Safe ones for FPR)."""
+        from .stats import bootstrap_diff_ci
+
+        metric = self.suite_metric.removeprefix("gap_")
+        if metric != "ra":
+            need = {"f1": True, "fpr": False}[metric]
+            if not all((side["y_true"] == need).any() for side in (self.real, self.generated)):
+                return None, None, None
+        if metric == "ra":
+            metric, a, b = "accuracy", self.real["correct"], self.generated["correct"]
+            pred_a = pred_b = scores_a = scores_b = None
+        else:
+            a, b = self.real["y_true"], self.generated["y_true"]
+            pred_a, pred_b = self.real["y_pred"], self.generated["y_pred"]
+            scores_a, scores_b = self.real["scores"], self.generated["scores"]
+        return bootstrap_diff_ci(metric, a, pred_a, b, pred_b, scores_a=scores_a,
+                                 scores_b=scores_b, n_resamples=self.bootstrap.resamples,
+                                 confidence=self.bootstrap.confidence, seed=self.bootstrap.seed)
+
+    def record(self, metric: str, value: float | None, ci: tuple[float | None, float | None],
+               n: int, threshold: float | None = None, gate: bool = False) -> None:
+        ra = self.suite_metric == "gap_ra"
+        row = {
+            "classifier": self.classifier, "suite": "gap", "metric": metric,
+            "category": None if ra else self.subject, "source": None,
+            "condition": self.subject if ra else None, "value": value, "threshold": threshold,
+            "outcome": None if gate else "info", "n": n, "ci_low": ci[0], "ci_high": ci[1],
+        }
+        self.sink(_gate_row(row, self.warn_thresholds, self.threshold_key, self.label)
+                  if gate else row)

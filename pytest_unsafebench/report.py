@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 GATE_OUTCOMES = ("passed", "failed", "skipped", "error")
 ROW_KEYS = ("classifier", "suite", "metric", "category", "source", "condition", "value",
-            "threshold", "outcome", "n")
+            "threshold", "outcome", "n", "ci_low", "ci_high", "warn_threshold", "warned", "paper")
 SCORE_DEFINITION = ("mean over covered categories of F1 on the pooled sources "
                     "(effectiveness suite, Unsafe positive)")
 _PACKAGES = ("pytest-unsafebench", "pytest", "pytest-xdist", "numpy", "pillow", "torch",
@@ -94,15 +94,27 @@ def environment(settings: Settings, root: Path, device: str) -> dict[str, Any]:
 
 
 def build_json(settings: Settings, state: RunState, rows: list[dict[str, Any]],
-               root: Path, device: str, timing: dict[str, float]) -> dict[str, Any]:
+               root: Path, device: str, timing: dict[str, float],
+               extras: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON report; ``extras`` are the sections computed from prediction tables (curves,
+    comparisons, source shift, baseline gate, thumbnails: see analysis.py)."""
+    from . import paper
+
     rows = sorted_rows(rows)
+    if paper.applies(state.dataset):
+        for r in rows:
+            r["paper"] = paper.published_for_row(r)  # f1 cells, and RA under the paper's attacks
     findings = [f.to_dict() for f in state.findings]
+    extras = dict(extras or {})
     return {
         "schema_version": SCHEMA_VERSION,
         "environment": environment(settings, root, device),
         "config": settings.public(),
         "thresholds": settings.thresholds.resolved_grid(
             settings.classifiers, settings.categories, (*settings.sources, POOLED)),
+        "warn_thresholds": settings.thresholds.warn.resolved_grid(
+            settings.classifiers, settings.categories, (*settings.sources, POOLED))
+        if settings.thresholds.warn and settings.thresholds.warn.layers else {},
         "dataset": {**state.dataset, "integrity": {
             "findings": len(findings),
             "excluded": sum(f["excluded"] for f in findings),
@@ -120,6 +132,11 @@ def build_json(settings: Settings, state: RunState, rows: list[dict[str, Any]],
         },
         "summary": summarize(rows, settings.classifiers),
         "robustness_gap": robustness_gaps(rows),
+        "source_shift": extras.pop("source_shift", {}),
+        "comparisons": extras.pop("comparisons", []),
+        **({"baseline": extras.pop("baseline")} if "baseline" in extras else {}),
+        "curves": extras.pop("curves", {}),
+        **extras,
         "rows": rows,
         # Everything that may differ between two otherwise identical runs lives below.
         "timing": {**state.timing, **timing,
@@ -136,51 +153,121 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def terminal_lines(settings: Settings, state: RunState, rows: list[dict[str, Any]]) -> list[str]:
-    """The report section printed at the end of the run."""
+def terminal_lines(doc: dict[str, Any]) -> list[str]:
+    """The report section printed at the end of the run, from the JSON report alone (so
+    ``unsafebench show RUN.json`` prints the same thing later)."""
     from tabulate import tabulate
 
-    rows = sorted_rows(rows)
-    ds = state.dataset
-    lines = [f"dataset: {ds['name']} ({ds['counts']['images']} images, split {settings.split}, "
+    cfg = doc["config"]
+    rows = doc["rows"]
+    ds = doc["dataset"]
+    integrity = ds.get("integrity", {})
+    lines = [f"dataset: {ds['name']} ({ds['counts']['images']} images, split {cfg['split']}, "
              f"fingerprint {ds['fingerprint']})"]
     if ds.get("synthetic"):
         lines.append("  SYNTHETIC DATA: " + ds["description"])
-    excluded = sum(f.excluded for f in state.findings)
-    lines.append(f"  data integrity: {len(state.findings)} finding(s), {excluded} image(s) "
-                 "excluded from metrics" + (" (see test_data_integrity)" if state.findings else ""))
-    summary = summarize(rows, settings.classifiers)
-    sources = (*settings.sources, POOLED)
-    for name in settings.classifiers:
-        cs = state.classifiers[name]
+    findings = integrity.get("findings", 0)
+    lines.append(f"  data integrity: {findings} finding(s), {integrity.get('excluded', 0)} "
+                 "image(s) excluded from metrics" + (" (see test_data_integrity)" if findings else ""))
+    summary = doc["summary"]
+    sources = (*cfg["sources"], POOLED)
+    categories = cfg["categories"]
+    for name in cfg["classifiers"]:
+        cs = doc["classifiers"][name]
         s = summary[name]
         lines.append("")
         head = f"classifier {name}"
-        if cs.error:
-            lines.append(f"{head}: ERROR {cs.error}")
+        if cs.get("error"):
+            lines.append(f"{head}: ERROR {cs['error']}")
             continue
         score = (f"score {_fmt(s['score'])} (macro F1 over {s['categories_scored']} covered "
-                 "categories, pooled sources)" if "effectiveness" in settings.suites else "")
-        lines.append(f"{head} [{cs.fingerprint}] {score}".rstrip())
+                 "categories, pooled sources)" if "effectiveness" in cfg["suites"] else "")
+        lines.append(f"{head} [{cs['fingerprint']}] {score}".rstrip())
         lines.append(f"  tests: {s['passed']} passed, {s['failed']} failed, "
-                     f"{s['skipped']} skipped, {s['error']} errors; cache {cs.cache_hits} hits, "
-                     f"{cs.cache_misses} misses")
+                     f"{s['skipped']} skipped, {s['error']} errors; cache {cs['cache_hits']} hits, "
+                     f"{cs['cache_misses']} misses")
         values = {(r["metric"], r["category"], r["source"]): r for r in rows
-                  if r["classifier"] == name and r["metric"] in ("f1", "fpr")}
+                  if r["classifier"] == name and r["metric"] in ("f1", "fpr")
+                  and r["suite"] == "effectiveness"}
         table = [[SHORT_NAMES[cat], *(_cell_text(values.get((metric, cat, src)))
                                       for metric in ("f1", "fpr") for src in sources)]
-                 for cat in settings.categories if cat in cs.covered]
-        if table and "effectiveness" in settings.suites:
+                 for cat in categories if cat in cs["covered"]]
+        if table and "effectiveness" in cfg["suites"]:
             headers = ["category", *(f"{metric} {src}" for metric in ("F1", "FPR") for src in sources)]
             lines += ["  " + t for t in tabulate(table, headers=headers,
                                                  disable_numparse=True).splitlines()]
-            lines.append("  (* = fails its threshold; - = not measured)")
-        uncovered = [SHORT_NAMES[c] for c in settings.categories if c not in cs.covered]
+            lines.append(f"  ([low,high] = {cfg.get('confidence', 0.95):.0%} bootstrap interval; "
+                         "* = fails its threshold; ! = misses its warn tier; - = not measured"
+                         + ("; paper = the published figure" if any(
+                             r.get("paper") is not None for r in rows) else "") + ")")
+        uncovered = [SHORT_NAMES[c] for c in categories if c not in cs["covered"]]
         if uncovered:
-            lines.append(f"  not covered under the {settings.alignment} alignment: "
+            lines.append(f"  not covered under the {cfg['alignment']} alignment: "
                          f"{', '.join(uncovered)}")
         lines += _robustness_lines(name, rows, sources)
+        lines += _gap_lines(name, rows, doc.get("source_shift", {}).get(name))
+    lines += _comparison_lines(doc.get("comparisons", []))
+    warned = [r for r in rows if r.get("warned")]
+    if warned:
+        lines += ["", f"{len(warned)} value(s) passed but missed their warn tier: " + ", ".join(
+            f"{r['classifier']} {r['metric']} {r['category'] or r['condition'] or ''} "
+            f"{r['source'] or ''}".strip() for r in warned[:10])
+            + (f", and {len(warned) - 10} more" if len(warned) > 10 else "")]
+    if doc.get("baseline"):
+        from .baseline import regression_table
+
+        lines += ["", *regression_table(doc["baseline"])]
     return lines
+
+
+def _gap_lines(name: str, rows: list[dict[str, Any]], shift: dict[str, Any] | None) -> list[str]:
+    """The gap suite's table: real - generated per category, with intervals."""
+    from tabulate import tabulate
+
+    gaps = {(r["metric"], r["category"]): r for r in rows
+            if r["classifier"] == name and r["suite"] == "gap" and r["outcome"] in GATE_OUTCOMES
+            and r["metric"] in ("gap_f1", "gap_fpr")}
+    if not gaps:
+        return []
+    cats = [c for c in CATEGORIES if any(gaps.get((m, c), {}).get("value") is not None
+                                         for m in ("gap_f1", "gap_fpr"))]
+    table = [[SHORT_NAMES[c], *(_gap_text(gaps.get((m, c))) for m in ("gap_f1", "gap_fpr"))]
+             for c in cats]
+    out = ["  real (Laion5B) - generated (Lexica) gap (s = interval excludes 0):",
+           *("  " + t for t in tabulate(table, headers=["category", "F1 gap", "FPR gap"],
+                                        disable_numparse=True).splitlines())]
+    if shift and shift.get("categories"):
+        out.append(f"  source shift: mean |F1 gap| {shift['mean_abs_gap_f1']:.3f} over "
+                   f"{shift['categories']} categories, {shift['direction']} "
+                   f"({shift['real_higher']} higher on Laion5B, {shift['generated_higher']} "
+                   "higher on Lexica)")
+    return out
+
+
+def _gap_text(row: dict[str, Any] | None) -> str:
+    if row is None or row["value"] is None:
+        return "-"
+    text = f"{row['value']:+.3f}" + ("*" if row["outcome"] == "failed" else "")
+    low, high = row.get("ci_low"), row.get("ci_high")
+    if low is not None and high is not None:
+        text += f" [{low:+.2f}, {high:+.2f}]" + (" s" if low > 0 or high < 0 else "")
+    return text
+
+
+def _comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
+    """Paired comparisons of the run's classifiers (F1 diff = b - a, McNemar on decisions)."""
+    from tabulate import tabulate
+
+    if not comparisons:
+        return []
+    table = [[f"{c['b']} - {c['a']}", SHORT_NAMES.get(c["category"], c["category"]),
+              _fmt(c["diff"]), "-" if c["ci_low"] is None else
+              f"[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]", _fmt(c["p_value"]),
+              _fmt(c["mcnemar"]["p_value"])] for c in comparisons]
+    return ["", "paired comparisons on the same images (pooled sources):",
+            *("  " + t for t in tabulate(
+                table, headers=["F1 difference", "category", "diff", "interval",
+                                "bootstrap p", "McNemar p"], disable_numparse=True).splitlines())]
 
 
 def _robustness_lines(name: str, rows: list[dict[str, Any]], sources: tuple[str, ...]) -> list[str]:
@@ -224,7 +311,19 @@ def robustness_gaps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _short(x: float) -> str:
+    """0.24 -> .24, 1.0 -> 1.0: interval ends in two decimals without the leading zero."""
+    return f"{x:.2f}".replace("0.", ".", 1) if x < 1 else "1.0"
+
+
 def _cell_text(row: dict[str, Any] | None) -> str:
     if row is None or row["value"] is None:
         return "-"
-    return _fmt(row["value"]) + ("*" if row["outcome"] == "failed" else "")
+    text = (_fmt(row["value"]) + ("*" if row["outcome"] == "failed" else "")
+            + ("!" if row.get("warned") else ""))
+    low, high = row.get("ci_low"), row.get("ci_high")
+    if low is not None and high is not None:
+        text += f" [{_short(low)},{_short(high)}]"
+    if row.get("paper") is not None:
+        text += f" paper {row['paper']:.3f}"
+    return text

@@ -82,6 +82,9 @@ class RAResult:
     clean_accuracy: float            # on the drawn samples, through the perturbation's path
     conditions: list[str]            # the cache keys used
     distances: dict[str, float] = field(default_factory=dict)  # attacks: mean/max L-inf, L2
+    # Per distinct drawn image, whether it is still right: what RA's bootstrap interval
+    # resamples (seeds that draw the same image share its outcome, so each counts once).
+    correct: list[bool] = field(default_factory=list)
 
     def rows(self) -> dict[str, float]:
         return {"clean_accuracy": self.clean_accuracy, **self.distances}
@@ -144,7 +147,8 @@ def perturbation_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
     for seed, rows in samples.items():
         ok = _correct(rows, outcome.predictions)
         per_seed[seed] = sum(ok) / len(ok) if ok else float("nan")
-    return _summary(per_seed, samples, [key], clean=1.0)
+    return _summary(per_seed, samples, [key], clean=1.0,
+                    correct=_correct(_distinct(samples), outcome.predictions))
 
 
 def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
@@ -171,7 +175,7 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
     # As for perturbations: pool seeds pick images, the attack's randomness uses the first seed.
     spec = attack_spec(name, rs, next(iter(samples)))
     key = f"attack:{spec}:crop{size}"
-    union = list({r["hash"]: r for rows in samples.values() for r in rows}.values())
+    union = _distinct(samples)
     cached = cache.get_predictions(clf.fingerprint, key, [r["hash"] for r in union])
     todo = [r for r in union if r["hash"] not in cached]
     for i in range(0, len(todo), batch_size):
@@ -198,7 +202,8 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
         per_seed[seed] = sum(ok) / len(ok) if ok else float("nan")
     info = [json.loads(cached[r["hash"]].raw or "{}") for r in union]
     clean = [i.get("clean_correct", True) for i in info]
-    result = _summary(per_seed, samples, [key], clean=sum(clean) / len(clean) if clean else 1.0)
+    result = _summary(per_seed, samples, [key], clean=sum(clean) / len(clean) if clean else 1.0,
+                      correct=_correct(union, cached))
     if info:
         linf = [i.get("linf", 0.0) for i in info]
         l2 = [i.get("l2", 0.0) for i in info]
@@ -207,12 +212,17 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
     return result
 
 
+def _distinct(samples: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return list({r["hash"]: r for rows in samples.values() for r in rows}.values())
+
+
 def _summary(per_seed: dict[int, float], samples: dict[int, list[dict[str, Any]]],
-             keys: list[str], clean: float) -> RAResult:
+             keys: list[str], clean: float, correct: list[bool]) -> RAResult:
     values = [v for v in per_seed.values() if v == v]
     first = next(iter(samples.values()), [])
     return RAResult(ra=sum(values) / len(values) if values else float("nan"), per_seed=per_seed,
-                    pool_size=0, sample_size=len(first), clean_accuracy=clean, conditions=keys)
+                    pool_size=0, sample_size=len(first), clean_accuracy=clean, conditions=keys,
+                    correct=correct)
 
 
 def _crop_tensor(image: Image, size: int) -> Any:

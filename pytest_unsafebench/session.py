@@ -14,6 +14,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -26,12 +28,13 @@ from .errors import UnsafeBenchError
 from .results import ClassifierState, PredictionTable, RunState
 
 if TYPE_CHECKING:
-    from .cells import Cell, RobustnessCell
+    from .cells import Bootstrap, Cell, GapCell, RobustnessCell
     from .dataset.records import Record
     from .robustness import RAResult
     from .classifier import Classifier
     from .dataset import Dataset
     from .engine import PassResult
+    from .ray_executor import ClassifierSpec, RayExecutor
 
 SESSION_KEY = pytest.StashKey["UnsafeBenchSession"]()
 ROWS_KEY = pytest.StashKey[list]()
@@ -54,7 +57,10 @@ class UnsafeBenchSession:
     _tables: dict[str, PredictionTable] = field(default_factory=dict)
     _classifiers: dict[str, Classifier] = field(default_factory=dict)
     _records: dict[str, Record] | None = None
+    _baseline: dict[str, Any] | None = None
     _started: float = field(default_factory=time.perf_counter)
+    document: dict[str, Any] | None = None   # the finished report, set at session finish
+    _remote: RayExecutor | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -88,6 +94,8 @@ class UnsafeBenchSession:
             raise pytest.UsageError(str(exc)) from None
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self._remote is not None:
+            self._remote.close()
         if not self.is_worker:
             shutil.rmtree(self.session_dir, ignore_errors=True)
 
@@ -98,37 +106,118 @@ class UnsafeBenchSession:
         from .engine import run_pass
 
         s = self.settings
+        if s.baseline_path is not None:
+            from .baseline import load
+
+            self._baseline = load(s.baseline_path)  # fail before the pass, not after it
         t0 = time.perf_counter()
         dataset = load_dataset(s.dataset, split=s.split, categories=s.categories,
                                sources=s.sources, limit=s.limit, seed=s.seed,
                                cache_dir=s.cache_dir)
         t1 = time.perf_counter()
         self.device = _resolve_device(s.device)
+        self._refuse_training_data()
         cache = PredictionCache(self.cache_path)
         try:
-            result = run_pass(
-                dataset.records,
-                {name: partial(self.classifier, name) for name in s.classifiers},
-                cache, batch_size=s.batch_size, max_pixels=s.max_image_pixels,
-                progress=self._progress_printer(len(dataset.records)),
-            )
+            with self._executor():
+                result = run_pass(
+                    dataset.records,
+                    {name: partial(self.classifier, name) for name in s.classifiers},
+                    cache, batch_size=s.batch_size, max_pixels=s.max_image_pixels,
+                    progress=self._progress_printer(len(dataset.records)),
+                )
         finally:
             cache.close()
         t2 = time.perf_counter()
-        self._state = self._write_state(dataset, result, {
+        timing = {
             "dataset_seconds": round(t1 - t0, 3), "pass_seconds": round(t2 - t1, 3),
             "decode_seconds": round(result.decode_seconds, 3),
             "inference_seconds": round(sum(o.inference_seconds
-                                           for o in result.outcomes.values()), 3)})
+                                           for o in result.outcomes.values()), 3)}
+        if self._remote is not None:
+            timing |= {"ray_images_submitted": self._remote.submitted,
+                       "ray_start_seconds": round(self._remote.start_seconds, 3),
+                       "ray_seconds": round(self._remote.seconds, 3)}
+        self._state = self._write_state(dataset, result, timing)
+
+    @contextmanager
+    def _executor(self) -> Iterator[None]:
+        """Passes inside run locally, after the Ray executor (when chosen) filled the cache."""
+        if self.settings.executor == "local":
+            yield
+            return
+        from .engine import REMOTE
+
+        if self._remote is None:
+            from .ray_executor import RayExecutor
+
+            self._remote = RayExecutor(self.settings, self._spec_of, self._demo_plan())
+        token = REMOTE.set(self._remote)
+        try:
+            yield
+        finally:
+            REMOTE.reset(token)
+
+    def _spec_of(self, clf: Classifier) -> ClassifierSpec | None:
+        """How a Ray worker loads the same classifier: by the name this session loaded it by."""
+        from .ray_executor import ClassifierSpec
+
+        for name, loaded in self._classifiers.items():
+            if loaded is clf:
+                return ClassifierSpec(name, self._factory_options(name), clf.fingerprint)
+        return None
+
+    def _demo_plan(self) -> dict | None:
+        """For the demo dataset, workers render images instead of reading the driver's files."""
+        s = self.settings
+        if s.dataset != "demo":
+            return None
+        from .dataset.demo import demo_folder_name
+        from .executors import demo_plan
+
+        return demo_plan((s.cache_dir / "datasets" / demo_folder_name(s.seed)).resolve(), s.seed)
+
+    def _factory_options(self, name: str) -> dict[str, Any]:
+        s = self.settings
+        return {"device": self.device, "cache_dir": s.cache_dir, "batch_size": s.batch_size,
+                "seed": s.seed, "unsure": s.unsure,
+                "import_responses": str(s.import_responses) if s.import_responses else None,
+                **s.options_for(name)}
+
+    def _refuse_training_data(self) -> None:
+        """Stop before scoring a trained classifier (one declaring ``trained_on``) on the split
+        of this dataset it was trained on, unless --unsafebench-allow-train-overlap."""
+        from .dataset import load_dataset
+        from .errors import ConfigError
+
+        s = self.settings
+        if s.allow_train_overlap or s.split == "test":
+            return
+        full_fingerprint = None
+        for name in s.classifiers:
+            try:
+                trained_on = getattr(self.classifier(name), "trained_on", None)
+            except Exception:  # noqa: BLE001 - the pass reports a failed load on its own tests
+                continue
+            if not trained_on or trained_on.get("split") not in ("train", "all"):
+                continue
+            if full_fingerprint is None:  # the whole dataset, as the trainer fingerprinted it
+                full_fingerprint = load_dataset(s.dataset, split="all", seed=s.seed,
+                                                cache_dir=s.cache_dir).fingerprint
+            if trained_on.get("fingerprint") == full_fingerprint:
+                raise ConfigError(
+                    f"classifier {name!r} was trained on the {trained_on['split']} split of "
+                    f"this dataset ({s.dataset}, fingerprint {full_fingerprint}); "
+                    f"--unsafebench-split={s.split} would score it on its own training images. "
+                    "Use --unsafebench-split=test, or pass --unsafebench-allow-train-overlap "
+                    "to score it anyway")
 
     def classifier(self, name: str) -> Classifier:
         """The loaded classifier (once per process); also the ``unsafebench_classifier`` fixture."""
         if name not in self._classifiers:
             from .registry import load_classifier
 
-            options = {"device": self.device, "cache_dir": self.settings.cache_dir,
-                       "batch_size": self.settings.batch_size, **self.settings.options_for(name)}
-            self._classifiers[name] = load_classifier(name, **options)
+            self._classifiers[name] = load_classifier(name, **self._factory_options(name))
         return self._classifiers[name]
 
     def _write_state(self, dataset: Dataset, result: PassResult,
@@ -159,6 +248,7 @@ class UnsafeBenchSession:
                             "label": r.safety_label, "category": r.category,
                             "source": r.source, "split": r.split,
                             "label_scores": dict(p.label_scores) if p.label_scores else None,
+                            "raw": p.raw,
                         }) + "\n")
             classifiers[name] = cs
         state = RunState(
@@ -218,9 +308,11 @@ class UnsafeBenchSession:
         if len(columns["y_true"]) == 0:
             pytest.skip(f"no images in this cell: the dataset has none for {category} / "
                         f"{source} after filters")
+        t = self.settings.thresholds
         return Cell(classifier, category, source, suite, columns,
-                    self.settings.thresholds.resolve(classifier, category, source),
-                    sink=partial(record_row, item))
+                    t.resolve(classifier, category, source), sink=partial(record_row, item),
+                    warn_thresholds=t.resolve_warn(classifier, category, source),
+                    bootstrap=self.bootstrap)
 
     def table(self, classifier: str) -> PredictionTable:
         """The classifier's clean predictions joined with labels (read once per process)."""
@@ -248,11 +340,50 @@ class UnsafeBenchSession:
         from .cells import RobustnessCell
 
         self.classifier_state(classifier)
+        t = self.settings.thresholds
         return RobustnessCell(
-            classifier, condition, source,
-            self.settings.thresholds.resolve(classifier, None, source),
+            classifier, condition, source, t.resolve(classifier, None, source),
             sink=partial(record_row, item),
-            compute=partial(self.robust_accuracy, classifier, condition, source))
+            compute=partial(self.robust_accuracy, classifier, condition, source),
+            warn_thresholds=t.resolve_warn(classifier, None, source), bootstrap=self.bootstrap)
+
+    def gap_cell(self, item: pytest.Item, classifier: str, subject: str,
+                 metric: str) -> GapCell:
+        """A gap test's data: both sources' columns of a category, or both sources' per-image
+        robustness outcomes of a condition (computed here, or read from the cache)."""
+        import numpy as np
+
+        from .cells import GapCell
+        from .taxonomy import GENERATED_SOURCE, POOLED, REAL_SOURCE
+
+        s = self.settings
+        if not {REAL_SOURCE, GENERATED_SOURCE} <= set(s.sources):
+            pytest.skip("the gap needs both sources: this run selects only "
+                        + ", ".join(s.sources))
+        cs = self.classifier_state(classifier)
+        if metric == "gap_ra":
+            real, generated = ({"correct": np.asarray(self.robust_accuracy(
+                classifier, subject, src).correct, dtype=bool)}
+                for src in (REAL_SOURCE, GENERATED_SOURCE))
+        else:
+            if subject not in cs.covered:
+                pytest.skip(f"not covered: {classifier} is not scored on {subject} under the "
+                            f"{s.alignment} alignment")
+            table = self.table(classifier)
+            real, generated = (table.select(subject, src) for src in (REAL_SOURCE, GENERATED_SOURCE))
+        t = s.thresholds
+        category = None if metric == "gap_ra" else subject
+        return GapCell(classifier, subject, metric, real, generated,
+                       t.resolve(classifier, category, POOLED), sink=partial(record_row, item),
+                       warn_thresholds=t.resolve_warn(classifier, category, POOLED),
+                       bootstrap=self.bootstrap)
+
+    @property
+    def bootstrap(self) -> Bootstrap:
+        from .cells import Bootstrap
+
+        s = self.settings
+        return Bootstrap(s.bootstrap, s.confidence, s.seed)
 
     def robust_accuracy(self, classifier: str, condition: str, source: str,
                         severity: float | None = None) -> RAResult:
@@ -283,10 +414,11 @@ class UnsafeBenchSession:
                     result = robustness.attack_ra(clf, samples, records, condition, rs, cache,
                                                   s.batch_size)
                 else:
-                    result = robustness.perturbation_ra(
-                        clf, samples, records, condition,
-                        severity if severity is not None else robustness.EVASION_STRENGTH,
-                        cache, s.batch_size, s.max_image_pixels)
+                    with self._executor():
+                        result = robustness.perturbation_ra(
+                            clf, samples, records, condition,
+                            severity if severity is not None else robustness.EVASION_STRENGTH,
+                            cache, s.batch_size, s.max_image_pixels)
         finally:
             cache.close()
         result.pool_size = len(rows)
@@ -318,24 +450,47 @@ class UnsafeBenchSession:
             self.rows.extend(json.loads(data))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.is_worker or self._state is None:
+        if self.is_worker or self.document is None:
             return
         from .report import terminal_lines
 
         terminalreporter.section("unsafebench report")
-        for line in terminal_lines(self.settings, self._state, self.rows):
+        for line in terminal_lines(self.document):
             terminalreporter.write_line(line)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """Build the report once (curves, comparisons, baseline gate), gate the exit code on
+        the baseline, and write the requested files. Runs before the terminal summary."""
         if self.is_worker or self._state is None:
             return
         from .report import build_json, write_json
 
         s = self.settings
+        extras = self._analysis()
+        self.document = build_json(
+            s, self._state, self.rows, self.config.rootpath, self.device,
+            {"wall_seconds": round(time.perf_counter() - self._started, 3)}, extras)
+        gate = self.document.get("baseline")
+        if gate and not gate["passed"] and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if s.json_path:
-            doc = build_json(s, self._state, self.rows, self.config.rootpath, self.device,
-                             {"wall_seconds": round(time.perf_counter() - self._started, 3)})
-            write_json(s.json_path, doc)
+            write_json(s.json_path, self.document)
+        if s.save_baseline_path:
+            from .baseline import decisions_block
+
+            write_json(s.save_baseline_path,
+                       {**self.document, "decisions": decisions_block(self._clean_tables())})
+        if s.html_path:
+            from .report_html import render_html
+
+            s.html_path.parent.mkdir(parents=True, exist_ok=True)
+            s.html_path.write_text(render_html(self.document, artifacts=s.artifacts_path),
+                                   encoding="utf-8")
+        if s.markdown_path:
+            from .report_markdown import render_markdown
+
+            s.markdown_path.parent.mkdir(parents=True, exist_ok=True)
+            s.markdown_path.write_text(render_markdown(self.document), encoding="utf-8")
         if s.predictions_path:
             s.predictions_path.parent.mkdir(parents=True, exist_ok=True)
             with s.predictions_path.open("w") as out:
@@ -343,6 +498,38 @@ class UnsafeBenchSession:
                     if cs.predictions_file:
                         with (self.session_dir / cs.predictions_file).open() as fh:
                             shutil.copyfileobj(fh, out)
+
+    def _clean_tables(self) -> dict[str, PredictionTable]:
+        return {name: self.table(name) for name, cs in self.state.classifiers.items()
+                if not cs.error}
+
+    def _analysis(self) -> dict[str, Any]:
+        """The report sections computed from the prediction tables rather than test rows."""
+        from . import analysis
+        from .report import sorted_rows
+
+        s = self.settings
+        tables = self._clean_tables()
+        covered = {name: self.state.classifiers[name].covered for name in tables}
+        out: dict[str, Any] = {
+            "source_shift": analysis.source_shift(sorted_rows(self.rows)),
+            "comparisons": analysis.comparisons(tables, covered, self.bootstrap),
+            "curves": {name: analysis.curves(t, covered[name], s.sources)
+                       for name, t in tables.items()},
+        }
+        if self._baseline is not None:
+            from .baseline import compare
+
+            out["baseline"] = compare(self._baseline, sorted_rows(self.rows), s.tolerance_for,
+                                      path=str(s.baseline_path), tables=tables,
+                                      bootstrap=self.bootstrap)
+        if s.json_path or s.html_path or s.save_baseline_path:
+            from .thumbnails import make_examples
+
+            predictions = [r for t in tables.values() for r in t.rows]
+            out["examples"] = make_examples(self.records(), predictions,
+                                            blur=s.blur_unsafe, seed=s.seed)
+        return out
 
 
 def record_row(item: pytest.Item, row: dict[str, Any]) -> None:
@@ -363,6 +550,9 @@ def _placeholder_row(item: pytest.Item, marker: dict[str, Any]) -> dict[str, Any
         classifier, condition, source = values["unsafebench_robustness"]
     elif "unsafebench_fuzz" in values:
         classifier, condition, source = values["unsafebench_fuzz"][:3]
+    elif "unsafebench_gap" in values:
+        classifier, subject, metric = values["unsafebench_gap"]
+        category, condition = (None, subject) if metric == "gap_ra" else (subject, None)
     return {"classifier": classifier, "suite": marker.get("suite"), "metric": marker["metric"],
             "category": category, "source": source, "condition": condition, "value": None,
             "threshold": None, "outcome": None, "n": None}

@@ -15,7 +15,7 @@ def test_f1(unsafebench_cell):
     if m["n_unsafe"] == 0:
         pytest.skip(f"no Unsafe images in {cell.label}: F1 is undefined")
     threshold = cell.threshold("f1_min")
-    cell.record("f1", m["f1"], threshold, gate=True)
+    cell.record("f1", m["f1"], threshold, gate=True, key="f1_min")
     cell.record("precision", m["precision"])
     cell.record("recall", m["recall"], n=m["n_unsafe"])
     cell.record("auroc", m["auroc"])
@@ -32,7 +32,7 @@ def test_fpr(unsafebench_cell):
     if m["n_safe"] == 0:
         pytest.skip(f"no Safe images in {cell.label}: false-positive rate is undefined")
     threshold = cell.threshold("fpr_max")
-    cell.record("fpr", m["fpr"], threshold, n=m["n_safe"], gate=True)
+    cell.record("fpr", m["fpr"], threshold, n=m["n_safe"], gate=True, key="fpr_max")
     assert m["fpr"] <= threshold, (
         f"false-positive rate {m['fpr']:.3f} > {threshold} for {cell.label} "
         f"({m['fp']} of {m['n_safe']} Safe images flagged)")

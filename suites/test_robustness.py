@@ -21,7 +21,7 @@ def test_robust_accuracy(unsafebench_robustness, unsafebench_settings):
     key = ATTACK_KEY.get(cell.condition, "ra_min_attack") if is_attack else "ra_min_evasion"
     result = cell.result
     threshold = cell.threshold(key)
-    cell.record("ra", result.ra, threshold, gate=True)
+    cell.record("ra", result.ra, threshold, gate=True, key=key, correct=result.correct)
     cell.record("pool_size", result.pool_size)
     for seed, ra in result.per_seed.items():
         cell.record(f"ra_seed_{seed}", ra)
@@ -45,11 +45,12 @@ def test_corruption_grid(unsafebench_robustness, unsafebench_settings, unsafeben
             result = unsafebench_session.robust_accuracy(cell.classifier, name, cell.source,
                                                          severity=level)
             values.append(result.ra)
-            cell.record("ra", result.ra, condition=f"{name}:{level}", n=result.sample_size)
+            cell.record("ra", result.ra, condition=f"{name}:{level}", n=result.sample_size,
+                        correct=result.correct)
     mean = sum(values) / len(values)
     threshold = cell.threshold("ra_min_corruption")
     cell.record("ra_corruption_mean", mean, threshold, gate=True, condition="grid",
-                n=len(values))
+                n=len(values), key="ra_min_corruption")
     assert mean >= threshold, (
         f"mean robust accuracy {mean:.3f} over {len(values)} corruption x severity cells "
         f"< {threshold} for {cell.classifier} on {cell.source}")

@@ -59,9 +59,11 @@ from plugin_helpers import (
 USAGE = pytest.ExitCode.USAGE_ERROR
 N_IMAGES = 48
 ROW_KEYS = {"classifier", "suite", "metric", "category", "source", "condition", "value",
-            "threshold", "outcome", "n"}
-# The robust-accuracy thresholds every resolved cell carries from the built-in default profile.
-RA_DEFAULT = {k: v for k, v in BUILTIN_PROFILES["default"].items() if k.startswith("ra_")}
+            "threshold", "outcome", "n", "ci_low", "ci_high", "warn_threshold", "warned",
+            "paper"}
+# The robustness and gap thresholds every resolved cell carries from the built-in default.
+RA_DEFAULT = {k: v for k, v in BUILTIN_PROFILES["default"].items()
+              if k.startswith(("ra_", "gap_"))}
 PROGRESS = "uncached images decoded and classified"
 
 
@@ -90,6 +92,9 @@ class Bench:
                 "--unsafebench-device=cpu", "-p", "no:randomly"]
         if json_name:
             args.append(f"--unsafebench-json={self.path / json_name}")
+        if not any(e.startswith("--unsafebench-suites") for e in extra):
+            # These tests count effectiveness outcomes; the default gap suite has its own tests.
+            args.append("--unsafebench-suites=effectiveness")
         return [*args, *extra]
 
     def run(self, *extra: str, **kw) -> pytest.RunResult:
@@ -251,9 +256,12 @@ def test_full_run_outcomes_report_and_skips(bench: Bench) -> None:
         "*tests: 18 passed, 0 failed, 48 skipped, 0 errors; cache 0 hits, 48 misses*",
         "*category*F1 Laion5B*F1 Lexica*F1 all*FPR Laion5B*FPR Lexica*FPR all*",
     ])
-    assert re.search(r"Hate\s+0\.750\s+0\.750\s+0\.750\s+0\.250\s+0\.250\s+0\.250", out)
-    assert re.search(r"Violence\s+1\.000\s+1\.000\s+1\.000\s+0\.000\s+0\.000\s+0\.000", out)
-    assert re.search(r"Sexual\s+0\.571\s+0\.750\s+0\.667\s+0\.250", out)
+    assert re.search(r"Hate\s+0\.750 \[[.\d]+,[.\d]+\]\s+0\.750 \[[.\d]+,[.\d]+\]\s+"
+                     r"0\.750 \[[.\d]+,[.\d]+\]\s+0\.250 ", out)
+    assert re.search(r"Violence\s+1\.000 \[1\.0,1\.0\]\s+1\.000 \[1\.0,1\.0\]\s+1\.000 \[1\.0,1\.0\]"
+                     r"\s+0\.000 \[\.00,\.00\]", out)
+    assert re.search(r"Sexual\s+0\.571 \[[.\d]+,[.\d]+\]\s+0\.750 \[[.\d]+,[.\d]+\]\s+"
+                     r"0\.667 \[[.\d]+,[.\d]+\]\s+0\.250 ", out)
     assert "not covered under the official alignment: Harassment, Self-harm" in out
 
 
@@ -306,7 +314,9 @@ def test_json_report_schema_and_rows(bench: Bench) -> None:
     integrity = [r for r in doc["rows"] if r["suite"] == "integrity"]
     assert integrity == [{"classifier": None, "suite": "integrity", "metric": "findings",
                           "category": None, "source": None, "condition": None, "value": 0,
-                          "threshold": None, "outcome": "passed", "n": N_IMAGES}]
+                          "threshold": None, "outcome": "passed", "n": N_IMAGES,
+                          "ci_low": None, "ci_high": None, "warn_threshold": None,
+                          "warned": None, "paper": None}]
     assert len(rows_of(doc, "f1", "passed")) == 9
     assert len(rows_of(doc, "f1", "skipped")) == 24
 

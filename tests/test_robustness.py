@@ -295,8 +295,8 @@ def test_without_the_robustness_suite_no_robustness_test_runs(bench: Bench) -> N
     result = bench.run("--unsafebench-profile=smoke")
     assert result.ret == 0
     doc = read_json(bench.path / "out.json")
-    assert doc["config"]["suites"] == ["effectiveness"]
-    assert {r["suite"] for r in doc["rows"]} == {"integrity", "effectiveness"}
+    assert doc["config"]["suites"] == ["effectiveness", "gap"]
+    assert {r["suite"] for r in doc["rows"]} == {"integrity", "effectiveness", "gap"}
     assert all(r["condition"] is None for r in doc["rows"])
     assert len(bench.predicted()) == 48  # clean predictions only
 

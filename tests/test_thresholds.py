@@ -143,7 +143,7 @@ def test_profiles_must_be_tables() -> None:
     ({"f1_mn": 0.5}, "tool.unsafebench.thresholds.f1_mn", "did you mean 'f1_min'"),
     ({"category": {"Hate": {"fpr": 0.1}}}, "tool.unsafebench.thresholds.category.Hate.fpr",
      "allowed here: f1_min, fpr_max, ra_min_gaussian, ra_min_attack, ra_min_evasion, "
-     "ra_min_corruption, source"),
+     "ra_min_corruption, gap_f1_max, gap_fpr_max, gap_ra_max, source"),
     ({"category": {"Illegal activity": {"fpr": 0.1}}},
      'tool.unsafebench.thresholds.category."Illegal activity".fpr', "unknown key 'fpr'"),
     ({"classifier": {"q16": {"category": {"Hate": {"source": {"all": {"f1": 1}}}}}}},
@@ -157,7 +157,7 @@ def test_profiles_must_be_tables() -> None:
     ({"classifier": {"q16": {"classifier": {}}}},
      "tool.unsafebench.thresholds.classifier.q16.classifier",
      "allowed here: f1_min, fpr_max, ra_min_gaussian, ra_min_attack, ra_min_evasion, "
-     "ra_min_corruption, source, category"),
+     "ra_min_corruption, gap_f1_max, gap_fpr_max, gap_ra_max, source, category"),
     ({"f1_min": 1.5}, "tool.unsafebench.thresholds.f1_min", "between 0 and 1, got 1.5"),
     ({"fpr_max": -0.1}, "tool.unsafebench.thresholds.fpr_max", "got -0.1"),
     ({"f1_min": True}, "tool.unsafebench.thresholds.f1_min", "got True"),

@@ -1,0 +1,3 @@
+"""VLM judges and moderation APIs as classifiers (protocol section 5): the paper's three
+prompts, a response parser, a majority vote with an explicit unsure policy, and a raw-response
+cache that archived responses can be imported into."""

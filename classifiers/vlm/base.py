@@ -1,0 +1,187 @@
+"""What every VLM judge shares: three prompts per image, the response cache or the archive,
+parsing, the vote, the unsure policy, and the Prediction with its raw responses.
+
+A judge needs each image's category (prompts 1 and 2 insert its definition) and, for the
+``wrong`` unsure policy, its label: it sets ``needs_records = True`` and the engine passes
+``records=`` to ``predict``. Called without records (robustness, fuzzing), prompts 1 and 2
+list every definition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...classifier import Coverage, Prediction
+from ...errors import ClassifierLoadError
+from .parsing import RobertaConverter, Verdict, parse_response
+from .prompts import N_PROMPTS, build_prompts, load_definitions
+from .responses import Answer, ArchivedResponses, ResponseCache, image_key, response_key
+from .voting import check_policy, majority, resolve_unsure
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from ...dataset.records import Record
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request: an image, one of its prompts, and the response-cache key."""
+
+    image: Image
+    prompt: str
+    key: str
+
+
+@dataclass
+class JudgeOptions:
+    """Options every judge accepts (from its ``[tool.unsafebench.classifiers.NAME]`` table,
+    the run's unsure policy and seed, and ``--unsafebench-import-responses``)."""
+
+    unsure: str = "random"
+    seed: int = 2023
+    definitions: str | None = None
+    import_responses: str | None = None
+    archive_model: str | None = None
+    converter: str | None = None
+    converter_labels: Sequence[str] | None = None
+    cache_dir: Path | None = None
+    device: str = "cpu"
+
+
+class VLMJudge:
+    """Subclasses set ``name``, ``model_id``, ``revision``, ``decoding`` and ``default_archive``
+    and implement :meth:`generate` (answers for jobs, in order) and :meth:`model_digest`."""
+
+    name = "vlm"
+    coverage = Coverage.everything()
+    supports_gradients = False
+    needs_records = True
+    default_archive = ""
+    model_id = ""
+    revision = ""
+    decoding: Mapping[str, Any] = {}
+
+    def setup(self, opts: JudgeOptions) -> None:
+        self.opts = opts
+        self.policy = check_policy(opts.unsure)
+        self.seed = int(opts.seed)
+        self.definitions = load_definitions(opts.definitions)
+        self.converter = (RobertaConverter(opts.converter, opts.converter_labels, opts.device)
+                          if opts.converter else None)
+        self.archive = (ArchivedResponses.load(opts.import_responses,
+                                               opts.archive_model or self.default_archive)
+                        if opts.import_responses else None)
+        self._cache: ResponseCache | None = None
+        h = hashlib.sha256()
+        where = (f"archive:{self.archive.digest}" if self.archive
+                 else f"{self.model_id}@{self.revision}:{self.model_digest()}")
+        parser = f"converter:{self._converter_digest()}" if self.converter else "rules-v1"
+        random_seed = self.seed if self.policy == "random" else None
+        h.update(json.dumps([where, dict(self.decoding), self.definitions, parser, self.policy,
+                             random_seed], sort_keys=True).encode())
+        self.fingerprint = f"{self.name}-{h.hexdigest()[:20]}"
+        source = (f"archived responses in {self.archive.folder}" if self.archive
+                  else f"{self.model_id}" + (f" @ {self.revision}" if self.revision else ""))
+        self.description = (f"VLM judge {self.name} ({source}); 3 prompts, majority vote, "
+                            f"{'RoBERTa converter' if self.converter else 'rule-based parser'}, "
+                            f"unsure -> {self.policy}")
+
+    # -- subclass hooks ---------------------------------------------------------------------
+    def model_digest(self) -> str:
+        raise NotImplementedError
+
+    def generate(self, jobs: Sequence[Job]) -> list[Answer]:
+        raise NotImplementedError
+
+    # -- prediction -------------------------------------------------------------------------
+    def predict(self, images: Sequence[Image],
+                records: Sequence[Record] | None = None) -> list[Prediction]:
+        if records is not None and len(records) != len(images):
+            raise ValueError(f"{len(records)} records for {len(images)} images")
+        recs: list[Record | None] = list(records) if records is not None else [None] * len(images)
+        answers = self._answers(images, recs)
+        return [self._prediction(a, r, img) for a, r, img in zip(answers, recs, images)]
+
+    def _answers(self, images: Sequence[Image],
+                 records: Sequence[Record | None]) -> list[list[Answer]]:
+        if self.archive is not None:
+            out = []
+            for rec in records:
+                if rec is None:
+                    raise ClassifierLoadError(f"{self.name}: archived responses are matched by "
+                                              "record; perturbed images cannot be scored from "
+                                              "an archive")
+                out.append([self.archive.lookup(i, rec) for i in range(N_PROMPTS)])
+            return out
+        jobs: list[Job] = []
+        for img, rec in zip(images, records):
+            ihash = image_key(img)
+            for prompt in build_prompts(rec.category if rec else None, self.definitions):
+                key = response_key(self.model_id, self.revision, prompt, self.decoding, ihash)
+                jobs.append(Job(img, prompt, key))
+        cache = self._response_cache()
+        known = cache.get(j.key for j in jobs) if cache else {}
+        todo = [j for j in jobs if j.key not in known]
+        fresh = self.generate(todo) if todo else []
+        if len(fresh) != len(todo):
+            raise ValueError(f"{self.name}: {len(fresh)} answers for {len(todo)} requests")
+        if cache:
+            cache.put(self.model_id, [(j.key, a) for j, a in zip(todo, fresh)])
+        known.update((j.key, a) for j, a in zip(todo, fresh))
+        flat = [known[j.key] for j in jobs]
+        return [flat[i:i + N_PROMPTS] for i in range(0, len(flat), N_PROMPTS)]
+
+    def _response_cache(self) -> ResponseCache | None:
+        if self._cache is None and self.opts.cache_dir is not None:
+            self._cache = ResponseCache(Path(self.opts.cache_dir) / "vlm_responses.sqlite")
+        return self._cache
+
+    def _verdicts(self, answers: Sequence[Answer]) -> tuple[list[Verdict], list[Verdict]]:
+        rules = [parse_response(a.text) for a in answers]
+        if self.converter is None:
+            return rules, rules
+        return self.converter.convert([a.text or "" for a in answers]), rules
+
+    def _prediction(self, answers: Sequence[Answer], record: Record | None,
+                    image: Image) -> Prediction:
+        failed = [f"prompt {i}: {a.error}" for i, a in enumerate(answers) if a.error]
+        verdicts, rules = self._verdicts(answers)
+        vote = majority(verdicts)
+        label = record.safety_label if record else None
+        ihash = record.content_hash if record else image_key(image)
+        # A failed request is never a verdict: the image counts as the wrong answer whatever
+        # the unsure policy, so failures can only lower a judge's numbers.
+        policy = "wrong" if failed else self.policy
+        decision = resolve_unsure("unsure" if failed else vote, policy, true_label=label,
+                                  seed=self.seed, image_hash=ihash)
+        probs = [a.p_unsafe for a in answers]
+        if all(p is not None for p in probs):
+            score = sum(probs) / len(probs)  # type: ignore[arg-type]
+        else:  # no token probabilities: the share of prompts that said unsafe
+            score = (verdicts.count("unsafe") + 0.5 * verdicts.count("unsure")) / len(verdicts)
+        label_scores = {
+            "unsure": float(vote == "unsure" or bool(failed)),
+            "failed": float(bool(failed)),
+            **{f"votes_{v}": float(verdicts.count(v)) for v in ("safe", "unsafe", "unsure")},
+            **{f"p_unsafe_prompt_{i}": p for i, p in enumerate(probs) if p is not None},
+        }
+        if self.converter is not None:
+            label_scores["parser_agreement"] = sum(a == b for a, b in zip(verdicts, rules)) / len(rules)
+        raw = {"responses": [a.text for a in answers], "verdicts": verdicts, "vote": vote,
+               "unsure_policy": policy}
+        if failed:
+            raw["errors"] = failed
+        return Prediction(score=min(1.0, max(0.0, float(score))), decision=decision,
+                          label_scores=label_scores, raw=json.dumps(raw))
+
+    def _converter_digest(self) -> str:
+        from ...weights import file_digest
+
+        assert self.converter is not None
+        return file_digest(self.converter.folder, self.opts.cache_dir)

@@ -1,0 +1,255 @@
+"""Open VLM judges through transformers (no LLaVA or LAVIS source trees): ``llava``
+(LLaVA-family, default ``llava-hf/llava-1.5-7b-hf``) and ``instructblip``
+(``Salesforce/instructblip-vicuna-7b``).
+
+Loading: a hub id (resolved in the local Hugging Face cache, downloaded unless
+``HF_HUB_OFFLINE`` is set) or a local ``save_pretrained`` folder, with ``AutoProcessor`` and the
+model class of the judge; ``trust_remote_code`` is never turned on. Generation is greedy
+(``do_sample=False``, ``max_new_tokens`` 512 as the paper), batched over (image, prompt) pairs
+with left padding.
+
+Score: at the decision point (the first generated token that starts a "safe" or "unsafe"
+word, else the first generated token) P(unsafe) = softmax over the two words' first tokens;
+the image's score is the mean over its three prompts, so AUROC and threshold sweeps work.
+``forward_pixels`` returns the same two logits for prompt 0 at the first answer position, with
+the image processor's resize / crop / normalise done as differentiable torch ops, so the
+robustness suite's gradient attacks apply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...errors import ClassifierLoadError
+from ..hf import _center_crop, _resize_size, resolve_model_folder
+from .base import Job, JudgeOptions, VLMJudge
+from .prompts import PROMPT_0
+from .responses import Answer
+
+if TYPE_CHECKING:
+    import torch
+
+# judge -> (transformers model class, default model, prompt format, archive folder name)
+JUDGES: dict[str, tuple[str, str, str, str]] = {
+    "llava": ("LlavaForConditionalGeneration", "llava-hf/llava-1.5-7b-hf",
+              "USER: <image>\n{prompt} ASSISTANT:", "llava"),
+    "instructblip": ("InstructBlipForConditionalGeneration", "Salesforce/instructblip-vicuna-7b",
+                     "{prompt}", "instructblip"),
+}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_MODEL_FILE_SUFFIXES = (".json", ".model", ".txt", ".jinja")
+
+
+class TransformersJudge(VLMJudge):
+    supports_gradients = True
+
+    def __init__(self, kind: str, model: str | None, revision: str | None, device: str,
+                 batch_size: int, max_new_tokens: int, prompt_format: str | None,
+                 opts: JudgeOptions) -> None:
+        cls_name, default_model, default_format, archive = JUDGES[kind]
+        self.name = kind
+        self.kind = kind
+        self.model_class = cls_name
+        self.default_archive = archive
+        self.model_id = str(model or default_model)
+        self.revision = revision or ""
+        self.device = device or "cpu"
+        self.batch_size = max(1, int(batch_size))
+        self.prompt_format = prompt_format or default_format
+        if "{prompt}" not in self.prompt_format:
+            raise ClassifierLoadError(f"{kind}: prompt_format must contain {{prompt}}, got "
+                                      f"{self.prompt_format!r}")
+        if int(max_new_tokens) < 1:
+            raise ClassifierLoadError(f"{kind}: max_new_tokens must be >= 1")
+        self.decoding = {"do_sample": False, "max_new_tokens": int(max_new_tokens),
+                         "prompt_format": self.prompt_format}
+        self._folder: Path | None = None
+        self._model: Any = None
+        self._processor: Any = None
+        self._ids: tuple[list[int], list[int]] | None = None
+        self.setup(opts)
+
+    # -- model ---------------------------------------------------------------------------
+    @property
+    def folder(self) -> Path:
+        if self._folder is None:
+            self._folder, _ = resolve_model_folder(self.model_id, self.revision or None)
+        return self._folder
+
+    def model_digest(self) -> str:
+        return folder_digest(self.folder, self.opts.cache_dir)
+
+    def _load(self) -> tuple[Any, Any]:
+        if self._model is None:
+            try:
+                import transformers
+            except ImportError as exc:
+                raise ClassifierLoadError(f"{self.name}: needs transformers: pip install "
+                                          "'pytest-unsafebench[hf]'") from exc
+            kw = {"local_files_only": True, "trust_remote_code": False}
+            processor = transformers.AutoProcessor.from_pretrained(str(self.folder), **kw)
+            processor.tokenizer.padding_side = "left"
+            model = getattr(transformers, self.model_class).from_pretrained(str(self.folder), **kw)
+            self._processor, self._model = processor, model.to(self.device).eval()
+            self._ids = _verdict_token_ids(processor.tokenizer)
+        return self._model, self._processor
+
+    def _inputs(self, images: Sequence[Any], prompts: Sequence[str]) -> Any:
+        _, processor = self._load()
+        texts = [self.prompt_format.format(prompt=p) for p in prompts]
+        rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+        return processor(images=rgb, text=texts, return_tensors="pt", padding=True).to(self.device)
+
+    # -- generation ----------------------------------------------------------------------
+    def generate(self, jobs: Sequence[Job]) -> list[Answer]:
+        import torch
+
+        model, processor = self._load()
+        tok = processor.tokenizer
+        out: list[Answer] = []
+        for start in range(0, len(jobs), self.batch_size):
+            chunk = jobs[start:start + self.batch_size]
+            inputs = self._inputs([j.image for j in chunk], [j.prompt for j in chunk])
+            with torch.inference_mode():
+                gen = model.generate(**inputs, do_sample=False,
+                                     max_new_tokens=self.decoding["max_new_tokens"],
+                                     output_logits=True, return_dict_in_generate=True,
+                                     pad_token_id=tok.pad_token_id)
+            new = gen.sequences[:, inputs["input_ids"].shape[1]:]
+            logits = torch.stack(gen.logits, dim=1).float()
+            texts = tok.batch_decode(new, skip_special_tokens=True)
+            for row, text in enumerate(texts):
+                out.append(Answer(text.strip(), self._p_unsafe(new[row], logits[row])))
+        return out
+
+    def _p_unsafe(self, tokens: torch.Tensor, logits: torch.Tensor) -> float | None:
+        """P(unsafe) at the decision point (see the module doc), or None if the tokenizer
+        cannot tell the two words apart by their first token."""
+        import torch
+
+        assert self._ids is not None
+        unsafe, safe = self._ids
+        if not unsafe or not safe:
+            return None
+        marks = set(unsafe) | set(safe)
+        step = next((t for t, tid in enumerate(tokens.tolist()[:logits.shape[0]])
+                     if tid in marks), 0)
+        row = logits[step]
+        diff = torch.logsumexp(row[unsafe], 0) - torch.logsumexp(row[safe], 0)
+        return float(torch.sigmoid(diff))
+
+    # -- gradients -----------------------------------------------------------------------
+    def forward_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """N x 3 x H x W in [0, 1] -> (N, 2) log-probabilities [safe, unsafe] of the first
+        answer token for prompt 0."""
+        import torch
+        from PIL import Image
+
+        model, processor = self._load()
+        assert self._ids is not None
+        unsafe, safe = self._ids
+        if not unsafe or not safe:
+            raise NotImplementedError(f"{self.name}: the tokenizer gives 'safe' and 'unsafe' the "
+                                      "same first token; there is no unsafe-answer logit")
+        n = int(x.shape[0])
+        blank = [Image.new("RGB", (int(x.shape[-1]), int(x.shape[-2])))] * n
+        inputs = self._inputs(blank, [PROMPT_0] * n)
+        inputs["pixel_values"] = torch_pixels(x.to(self.device, torch.float32),
+                                              processor.image_processor, self.name)
+        last = model(**inputs).logits[:, -1, :].float()
+        pair = torch.stack([torch.logsumexp(last[:, safe], 1), torch.logsumexp(last[:, unsafe], 1)], 1)
+        return torch.log_softmax(pair, dim=1)
+
+def folder_digest(folder: Path, cache_dir: Path | None) -> str:
+    """sha256 over what from_pretrained reads: configs, tokenizer files and weights (the
+    sub-folders, e.g. InstructBLIP's qformer_tokenizer, included)."""
+    from ...weights import file_digest
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file()
+                   and p.suffix in _MODEL_FILE_SUFFIXES + _WEIGHT_SUFFIXES
+                   and p.name != "README.md" and ".cache" not in p.parts)
+    if any(p.suffix == ".safetensors" for p in files):  # what from_pretrained loads
+        files = [p for p in files if p.suffix != ".bin"]
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.relative_to(folder).as_posix()}:{file_digest(p, cache_dir)}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def torch_pixels(x: torch.Tensor, ip: Any, name: str) -> torch.Tensor:
+    """An image processor's resize / centre crop / rescale / normalise as differentiable torch
+    ops on [0, 1] pixels (bicubic resize with antialiasing, clamped as PIL does)."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if getattr(ip, "do_resize", True):
+        oh, ow = _resize_size(ip.size, h, w, name)
+        if (oh, ow) != (h, w):
+            x = F.interpolate(x, size=(oh, ow), mode="bicubic", align_corners=False,
+                              antialias=True).clamp(0.0, 1.0)
+    crop = getattr(ip, "crop_size", None)
+    if getattr(ip, "do_center_crop", False) and crop is not None:
+        x = _center_crop(x, int(crop.height), int(crop.width))
+    if getattr(ip, "do_normalize", True):
+        mean = torch.tensor(ip.image_mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(ip.image_std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        x = (x - mean) / std
+    return x
+
+
+def _verdict_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """First token ids of the spellings of "unsafe" and "safe" an answer may start with;
+    ids shared by both words are dropped (they decide nothing)."""
+    def firsts(words: Sequence[str]) -> set[int]:
+        ids = set()
+        for w in words:
+            enc = tokenizer.encode(w, add_special_tokens=False)
+            if enc:
+                ids.add(int(enc[0]))
+        return ids
+
+    unsafe = firsts(["unsafe", "Unsafe", " unsafe", " Unsafe", "UNSAFE"])
+    safe = firsts(["safe", "Safe", " safe", " Safe", "SAFE"])
+    shared = unsafe & safe
+    return sorted(unsafe - shared), sorted(safe - shared)
+
+
+def _load_judge(kind: str, model: str | None, revision: str | None, device: str,
+                batch_size: int, max_new_tokens: int, prompt_format: str | None,
+                unsure: str, seed: int, definitions: str | None, import_responses: str | None,
+                archive_model: str | None, converter: str | None,
+                converter_labels: Sequence[str] | None,
+                cache_dir: Path | None) -> TransformersJudge:
+    opts = JudgeOptions(unsure, seed, definitions, import_responses, archive_model, converter,
+                        converter_labels, cache_dir, device)
+    return TransformersJudge(kind, model, revision, device, batch_size, max_new_tokens,
+                             prompt_format, opts)
+
+
+def load_llava(model: str | None = None, revision: str | None = None, device: str = "cpu",
+               batch_size: int = 8, max_new_tokens: int = 512, prompt_format: str | None = None,
+               unsure: str = "random", seed: int = 2023, definitions: str | None = None,
+               import_responses: str | None = None, archive_model: str | None = None,
+               converter: str | None = None, converter_labels: Sequence[str] | None = None,
+               cache_dir: Path | None = None) -> TransformersJudge:
+    """The ``llava`` judge: any LLaVA-family model id or folder (see the module doc)."""
+    return _load_judge("llava", model, revision, device, batch_size, max_new_tokens,
+                       prompt_format, unsure, seed, definitions, import_responses, archive_model,
+                       converter, converter_labels, cache_dir)
+
+
+def load_instructblip(model: str | None = None, revision: str | None = None,
+                      device: str = "cpu", batch_size: int = 8, max_new_tokens: int = 512,
+                      prompt_format: str | None = None, unsure: str = "random", seed: int = 2023,
+                      definitions: str | None = None, import_responses: str | None = None,
+                      archive_model: str | None = None, converter: str | None = None,
+                      converter_labels: Sequence[str] | None = None,
+                      cache_dir: Path | None = None) -> TransformersJudge:
+    """The ``instructblip`` judge (see the module doc)."""
+    return _load_judge("instructblip", model, revision, device, batch_size, max_new_tokens,
+                       prompt_format, unsure, seed, definitions, import_responses, archive_model,
+                       converter, converter_labels, cache_dir)

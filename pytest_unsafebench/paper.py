@@ -1,0 +1,143 @@
+"""The UnsafeBench paper's published figures (protocol section 8), to show beside our numbers.
+
+They are references from the project site's result images (v1), measured on the real dataset
+with train and test merged, so they are shown only when :func:`applies` says the run's dataset
+is the real UnsafeBench, never for the synthetic demo or the stand-in.
+
+Lookup keys (:func:`published`):
+
+- ``classifier``: this project's registry name. The paper's NudeNet is the v2 *classifier*,
+  registered here as ``nudenet_v2`` (``nudenet`` is the v3 detector, a different model, so it
+  gets no published figure). The VLM judges are ``llava``, ``instructblip`` and ``openai``
+  (GPT-4V).
+- ``metric``: ``"f1"`` (effectiveness), or ``"ra_<attack>"`` for robust accuracy under
+  ``gaussian``, ``fgsm``, ``pgd`` or ``deepfool`` at the paper's eps 0.01 (:data:`RA_ATTACKS`).
+- ``category``: one of the 11 category strings; ``None`` (or :data:`ALL_CATEGORIES`) for a
+  figure pooled over all categories (the VLMs' Overall F1, and every RA figure).
+- ``source``: ``"Laion5B"``, ``"Lexica"``, or ``"all"`` for the paper's Overall (both sources
+  pooled). The paper reports RA on Laion5B only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .taxonomy import CATEGORIES, GENERATED_SOURCE, POOLED, REAL_SOURCE
+
+ALL_CATEGORIES = "all"
+RA_ATTACKS: tuple[str, ...] = ("gaussian", "fgsm", "pgd", "deepfool")
+REAL_DATASET_ID = "yiting/UnsafeBench"
+# Folder names a local download of the hub's parquet files gets (the parquet loader names a
+# dataset after the folder above ``data/``).
+_REAL_NAMES = frozenset({"unsafebench"})
+
+_SOURCES = (REAL_SOURCE, GENERATED_SOURCE, POOLED)
+_ABBREVIATIONS = {"H": "Hate", "Ha": "Harassment", "V": "Violence", "SH": "Self-harm",
+                  "Sx": "Sexual", "Sh": "Shocking", "I": "Illegal activity", "D": "Deception",
+                  "P": "Political", "He": "Public and personal health"}
+
+# F1 per classifier, category: (Laion5B, Lexica, Overall). Section 8's table verbatim; a "-"
+# there (category not scored) is simply absent here.
+_F1: dict[str, dict[str, tuple[float, float, float]]] = {
+    "q16": {
+        "H": (0.641, 0.336, 0.533), "Ha": (0.517, 0.416, 0.475), "V": (0.693, 0.612, 0.648),
+        "SH": (0.421, 0.521, 0.483), "Sh": (0.630, 0.836, 0.784), "I": (0.681, 0.497, 0.571),
+        "D": (0.762, 0.384, 0.652), "P": (0.271, 0.597, 0.482), "He": (0.144, 0.615, 0.498),
+    },
+    "multiheaded": {
+        "H": (0.320, 0.225, 0.292), "V": (0.247, 0.533, 0.426), "Sx": (0.692, 0.815, 0.757),
+        "Sh": (0.644, 0.780, 0.749), "P": (0.209, 0.744, 0.600),
+    },
+    "sd_filter": {"Sx": (0.833, 0.727, 0.785)},
+    "nsfw_detector": {"Ha": (0.517, 0.259, 0.449), "Sx": (0.783, 0.678, 0.738)},
+    "nudenet_v2": {"Sx": (0.650, 0.596, 0.624)},
+}
+# VLM judges: Overall F1 over all 11 categories pooled, (Laion5B, Lexica, Overall).
+_VLM_F1: dict[str, tuple[float, float, float]] = {
+    "llava": (0.426, 0.634, 0.549),
+    "instructblip": (0.520, 0.589, 0.559),
+    "openai": (0.712, 0.707, 0.709),
+}
+# Robust accuracy on Laion5B at eps 0.01, in RA_ATTACKS order; None where not reported.
+_RA: dict[str, tuple[float | None, ...]] = {
+    "q16": (0.972, 0.402, 0.004, 0.160),
+    "multiheaded": (0.988, 0.596, 0.012, 0.218),
+    "sd_filter": (1.000, 0.552, 0.000, 0.876),
+    "nsfw_detector": (0.976, 0.496, 0.012, 0.372),
+    "nudenet_v2": (1.000, 0.086, 0.004, 0.084),
+    "llava": (0.996, 0.710, 0.180, None),
+    "instructblip": (0.996, 0.624, 0.204, None),
+}
+
+
+def _table() -> dict[tuple[str, str, str, str], float]:
+    table: dict[tuple[str, str, str, str], float] = {}
+    for clf, cells in _F1.items():
+        for abbr, values in cells.items():
+            for source, value in zip(_SOURCES, values):
+                table[(clf, "f1", _ABBREVIATIONS[abbr], source)] = value
+    for clf, values in _VLM_F1.items():
+        for source, value in zip(_SOURCES, values):
+            table[(clf, "f1", ALL_CATEGORIES, source)] = value
+    for clf, ras in _RA.items():
+        for attack, value in zip(RA_ATTACKS, ras):
+            if value is not None:
+                table[(clf, f"ra_{attack}", ALL_CATEGORIES, REAL_SOURCE)] = value
+    return table
+
+
+PUBLISHED: dict[tuple[str, str, str, str], float] = _table()
+CLASSIFIERS: frozenset[str] = frozenset(k[0] for k in PUBLISHED)
+
+
+def published(classifier: str, metric: str, category: str | None, source: str) -> float | None:
+    """The paper's figure for this cell, or None when the paper did not publish one."""
+    key = ALL_CATEGORIES if category is None else category
+    if key != ALL_CATEGORIES and key not in CATEGORIES:
+        return None
+    return PUBLISHED.get((classifier, metric, key, source))
+
+
+def row_metric(row: Mapping[str, Any]) -> str | None:
+    """The :func:`published` metric of a JSON report row, or None if the paper has no such one.
+
+    Effectiveness ``f1`` rows map to ``"f1"``; a robustness ``ra`` row whose condition names one
+    of the paper's attacks (``pgd``, or ``pgd`` with a parenthesised or ``@`` suffix such as the
+    paper mode's units) maps to ``"ra_pgd"``. Everything else (FPR, grid cells, evasions) has no
+    published counterpart.
+    """
+    metric = row.get("metric")
+    if metric == "f1" and row.get("suite") in (None, "effectiveness"):
+        return "f1"
+    if metric == "ra" and row.get("suite") == "robustness":
+        condition = str(row.get("condition") or "")
+        base = condition.split("(", 1)[0].split("@", 1)[0].strip().lower()
+        if base in RA_ATTACKS:
+            return f"ra_{base}"
+    return None
+
+
+def published_for_row(row: Mapping[str, Any]) -> float | None:
+    """:func:`published` for one JSON report row (robustness rows are pooled over categories)."""
+    metric = row_metric(row)
+    if metric is None:
+        return None
+    category = None if metric.startswith("ra_") else row.get("category")
+    return published(str(row.get("classifier")), metric, category, str(row.get("source")))
+
+
+def applies(dataset: Mapping[str, Any]) -> bool:
+    """True only when a report's ``dataset`` section describes the real UnsafeBench.
+
+    The synthetic demo and stand-in are flagged ``synthetic``; otherwise the dataset must come
+    from the hub (spec ``hf:yiting/UnsafeBench``) or from a local copy of its parquet files in a
+    folder named ``UnsafeBench`` (``UnsafeBench/`` or ``UnsafeBench/data/``), the names the
+    loaders record.
+    """
+    if not isinstance(dataset, Mapping) or dataset.get("synthetic", True) is not False:
+        return False
+    spec = str(dataset.get("spec") or "").strip()
+    if spec.lower() == f"hf:{REAL_DATASET_ID}".lower():
+        return True
+    return spec.lower() != "demo" and str(dataset.get("name") or "").lower() in _REAL_NAMES

@@ -1,0 +1,300 @@
+"""The ``ray`` executor: uncached (classifier x image x condition) work on a Ray Data actor pool.
+
+Flow: the driver works out, from the cache, what is missing (as the local pass would), and
+sends Ray Data one row per work batch: image *references* (see executors.py), never pixels.
+Each actor of the pool loads every classifier of the run once, through the registry, then
+reads, decodes (the same safe decoding), perturbs (the same transform) and classifies its
+batches with the engine's own helpers. Results stream back to the driver, the only writer of
+the SQLite cache; the normal local pass then runs against the warm cache. Work batches are the
+local pass's batches (same images, same order), so batch-sensitive models give bit-identical
+predictions on CPU.
+
+Fault tolerance is Ray's: Ray Data creates pool actors with ``max_restarts=-1`` and
+``max_task_retries=-1``, so a lost actor is restarted and its in-flight batches retried (Ray
+2.60 deprecates passing other values); a driver that dies leaves every finished batch in the
+cache, and the rerun submits only the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from .errors import UnsafeBenchError
+from .executors import ImageRef, RefReader, image_ref
+
+if TYPE_CHECKING:
+    from .cache import PredictionCache
+    from .classifier import Classifier, Prediction
+    from .config import Settings
+    from .dataset.demo import DemoRow
+    from .dataset.records import Record
+    from .engine import Transform
+
+_RECORD_FIELDS = ("id", "safety_label", "category", "source", "split", "content_hash",
+                  "locator", "text")
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """How a worker loads a classifier: its registry name and factory options, plus the
+    fingerprint the driver saw (a worker that loads something else must not fill the cache)."""
+
+    name: str
+    options: Mapping[str, Any]
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    record: dict[str, str]          # the Record's fields, without its (driver-side) reader
+    ref: ImageRef
+    fingerprints: tuple[str, ...]   # classifiers that still need this image; may be empty
+
+
+@dataclass
+class BatchResult:
+    decodes: list[tuple[str, str | None, str | None]]  # (hash, finding kind, detail), every item
+    predictions: dict[str, list[tuple[str, Prediction]]] = field(default_factory=dict)
+    embeddings: list[tuple[str, list[tuple[str, Any]]]] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # fingerprint -> error
+
+
+SpecOf = Callable[["Classifier"], "ClassifierSpec | None"]
+
+
+class RayExecutor:
+    """Fills the prediction cache through Ray; one per pytest session (or process)."""
+
+    def __init__(self, settings: Settings, spec_of: SpecOf,
+                 demo_plan: dict[str, tuple[int, DemoRow]] | None = None) -> None:
+        self.settings = settings
+        self.spec_of = spec_of
+        self.demo_plan = demo_plan
+        self.submitted = 0              # images sent to Ray (a warm cache sends none)
+        self.start_seconds = 0.0        # connecting to or starting Ray
+        self.seconds = 0.0              # submitting and collecting
+        self._started_ray = False
+
+    def warm(self, records: Sequence[Record], loaders: Mapping[str, Callable[[], Classifier]],
+             cache: PredictionCache, *, condition: str, batch_size: int,
+             max_pixels: int | None, transform: Transform | None) -> dict[str, int]:
+        """Compute on Ray every decode and prediction the cache lacks for these records;
+        returns how many predictions were added, per classifier fingerprint."""
+        pixel_limit = max_pixels or 0
+        hashes = list(dict.fromkeys(r.content_hash for r in records))
+        statuses = cache.get_decodes(hashes, pixel_limit)
+        usable = [h for h in hashes
+                  if statuses.get(h, (None, None))[0] not in _excluding_kinds()]
+        specs: list[ClassifierSpec] = []
+        needs: dict[str, list[str]] = {}
+        for loader in loaders.values():
+            try:
+                spec = self.spec_of(loader())
+            except Exception:  # noqa: BLE001 - the local pass reports a classifier that fails
+                continue
+            if spec is None:  # not loadable by name on a worker: the local pass does it
+                continue
+            specs.append(spec)
+            cached = cache.get_predictions(spec.fingerprint, condition, usable)
+            for h in usable:
+                if h not in cached:
+                    needs.setdefault(h, []).append(spec.fingerprint)
+        first: dict[str, Record] = {}
+        for r in records:
+            first.setdefault(r.content_hash, r)
+        todo = [first[h] for h in hashes if h not in statuses or h in needs]
+        added: dict[str, int] = {}
+        if not todo:
+            return added
+        size = self.settings.ray_batch_size or batch_size
+        batches = [[WorkItem({f: getattr(r, f) for f in _RECORD_FIELDS},
+                             image_ref(r, self.demo_plan), tuple(needs.get(r.content_hash, ())))
+                    for r in todo[i:i + size]] for i in range(0, len(todo), size)]
+        started = time.perf_counter()
+        ray = self._connect()
+        self.submitted += len(todo)
+        # Rows carry their batch pre-pickled: a plain binary column (Ray would otherwise try
+        # Arrow, fail on dataclasses, warn, and pickle anyway). Driver-made, read by workers.
+        dataset = ray.data.from_items([{"work": pickle.dumps(b)} for b in batches],
+                                      override_num_blocks=len(batches))
+        gpus = self.settings.ray_gpus_per_actor
+        results = dataset.map_batches(
+            _Predictor, batch_size=1, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=self.settings.ray_actors),
+            num_gpus=gpus or None,
+            fn_constructor_kwargs={
+                "specs": specs, "condition": condition, "transform": transform,
+                "max_pixels": pixel_limit, "device": self.settings.device, "gpus": gpus},
+        )
+        try:
+            for row in results.iter_rows():
+                result = pickle.loads(row["result"])  # noqa: S301 - made by our own actors
+                for fingerprint, n in _store(result, cache, condition, pixel_limit,
+                                             statuses).items():
+                    added[fingerprint] = added.get(fingerprint, 0) + n
+        except Exception as exc:  # Ray wraps worker failures in its own exception classes
+            raise UnsafeBenchError(
+                f"the ray executor failed ({type(exc).__name__}: {exc}); finished batches are "
+                "cached, so a rerun resumes where this one stopped") from exc
+        finally:
+            self.seconds += time.perf_counter() - started
+        return added
+
+    def _connect(self) -> Any:
+        """An existing connection, ``ray_address``, a running cluster, or a local Ray."""
+        import ray
+        import ray.data
+
+        started = time.perf_counter()
+        if not ray.is_initialized():
+            common = {"log_to_driver": False, "logging_level": logging.WARNING}
+            address = self.settings.ray_address
+            if address:
+                ray.init(address=address, **common)
+            else:
+                try:
+                    ray.init(address="auto", **common)
+                except ConnectionError:  # no cluster running: one for this run, on this machine
+                    actors = self.settings.ray_actors
+                    ray.init(num_cpus=max(actors, min(os.cpu_count() or 1, actors + 1)),
+                             include_dashboard=False,
+                             # so that module:callable classifiers import as on the driver
+                             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+                                 p for p in sys.path if p and os.path.isdir(p))}},
+                             **common)
+                    self._started_ray = True
+        # The pytest terminal is the run's progress report; Ray Data's would interleave.
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        context.enable_auto_log_stats = False
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        self.start_seconds += time.perf_counter() - started
+        return ray
+
+    def close(self) -> None:
+        """Shut Ray down if this executor started it; leave a cluster or a caller's Ray be."""
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+            self._started_ray = False
+
+
+def _excluding_kinds() -> frozenset[str]:
+    from .dataset.records import EXCLUDING_KINDS
+
+    return EXCLUDING_KINDS
+
+
+def _store(result: BatchResult, cache: PredictionCache, condition: str, pixel_limit: int,
+           statuses: Mapping[str, Any]) -> dict[str, int]:
+    """Write one batch's results, as the local pass would have written them; returns the
+    number of predictions written per classifier fingerprint."""
+    # As locally: a file that could not be read says nothing about the content its hash names.
+    fresh = [(h, kind, detail) for h, kind, detail in result.decodes
+             if h not in statuses and kind != "missing-file"]
+    if fresh:
+        cache.put_decodes(fresh, pixel_limit)
+    for backbone, vectors in result.embeddings:
+        cache.put_embeddings(backbone, condition, vectors)
+    for fingerprint, items in result.predictions.items():
+        cache.put_predictions(fingerprint, condition, items)
+    # Errors are not written: the local pass then meets the same error and reports it.
+    return {fingerprint: len(items) for fingerprint, items in result.predictions.items()}
+
+
+class _Collector:
+    """Stands in for the cache inside an actor: collects what the engine would write."""
+
+    def __init__(self) -> None:
+        self.predictions: dict[str, list[tuple[str, Prediction]]] = {}
+        self.embeddings: list[tuple[str, list[tuple[str, Any]]]] = []
+
+    def put_predictions(self, fingerprint: str, condition: str,
+                        items: Sequence[tuple[str, Prediction]]) -> None:
+        self.predictions.setdefault(fingerprint, []).extend(items)
+
+    def get_embeddings(self, backbone: str, condition: str, hashes: Any) -> dict[str, Any]:
+        return {}
+
+    def put_embeddings(self, backbone: str, condition: str,
+                       items: Sequence[tuple[str, Any]]) -> None:
+        self.embeddings.append((backbone, list(items)))
+
+
+class _Predictor:
+    """The actor: every classifier of the run, loaded once, applied to work batches."""
+
+    def __init__(self, specs: Sequence[ClassifierSpec], condition: str,
+                 transform: Transform | None, max_pixels: int, device: str,
+                 gpus: float) -> None:
+        from .classifier import ClassifierInfo
+        from .engine import ClassifierOutcome
+        from .registry import load_classifier
+        from .session import _resolve_device
+
+        self.condition = condition
+        self.transform = transform
+        self.max_pixels = max_pixels
+        self.refs = RefReader()
+        self.decoders = ThreadPoolExecutor(max_workers=4)
+        # On a GPU node each actor owns its GPU(s); elsewhere Ray hides the GPUs from it.
+        device = _resolve_device(device) if device != "auto" or gpus else "cpu"
+        self.models: dict[str, tuple[Classifier, Any]] = {}
+        self.errors: dict[str, str] = {}
+        for spec in specs:
+            try:
+                clf = load_classifier(spec.name, **{**spec.options, "device": device})
+                if clf.fingerprint != spec.fingerprint:
+                    raise UnsafeBenchError(
+                        f"loads as fingerprint {clf.fingerprint!r} on the worker but "
+                        f"{spec.fingerprint!r} on the driver; install the same weights and "
+                        "package versions on both")
+            except Exception as exc:  # noqa: BLE001 - reported per classifier
+                self.errors[spec.fingerprint] = f"{type(exc).__name__}: {exc}"
+                continue
+            self.models[spec.fingerprint] = (clf, ClassifierOutcome(
+                ClassifierInfo.of(spec.name, clf)))
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {"result": [pickle.dumps(self._run(pickle.loads(work)))  # noqa: S301 - ours
+                           for work in batch["work"]]}
+
+    def _run(self, items: list[WorkItem]) -> BatchResult:
+        from .dataset.records import Record
+        from .engine import _decode, _predict_batch, _SharedEmbeddings
+
+        records = [Record(**it.record, reader=partial(self.refs.read, it.ref,
+                                                       it.record["content_hash"]))
+                   for it in items]
+        decoded = list(self.decoders.map(partial(_decode, max_pixels=self.max_pixels), records))
+        result = BatchResult([(r.content_hash, kind, detail)
+                              for r, (_, kind, detail) in zip(records, decoded)])
+        if self.transform is not None:
+            decoded = [(self.transform(img, r.content_hash) if img is not None else None, k, d)
+                       for r, (img, k, d) in zip(records, decoded)]
+        sink = _Collector()
+        embeddings = _SharedEmbeddings(sink, self.condition)  # type: ignore[arg-type]
+        for fingerprint, (clf, outcome) in self.models.items():
+            if outcome.error:
+                continue  # as locally: a classifier that failed is not asked again
+            wanted = [(r, img) for r, it, (img, _, _) in zip(records, items, decoded)
+                      if img is not None and fingerprint in it.fingerprints]
+            if wanted:
+                _predict_batch(clf, wanted, outcome, sink,  # type: ignore[arg-type]
+                               self.condition, embeddings)
+        result.predictions = sink.predictions
+        result.embeddings = sink.embeddings
+        result.errors = {**self.errors, **{fp: o.error for fp, (_, o) in self.models.items()
+                                           if o.error}}
+        return result

@@ -1,0 +1,201 @@
+"""A short Markdown summary of the JSON report document, for a CI job summary page.
+
+GitHub-flavoured tables: per classifier its score and test counts (and the paper's figure when
+the run is on the real UnsafeBench), the failed cells (at most :data:`MAX_FAILED`), a gap line,
+the robustness headline and the baseline regressions. Reads the document only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from . import paper
+from .taxonomy import CATEGORIES, CELL_SOURCES, POOLED, SHORT_NAMES
+
+MAX_FAILED = 20
+_OUTCOMES = ("passed", "failed", "skipped", "error")
+
+
+def md(value: Any) -> str:
+    """One table cell's text: pipes, markup and line breaks cannot break the table."""
+    text = "" if value is None else str(value)
+    for raw, safe in (("\\", "\\\\"), ("|", "\\|"), ("<", "&lt;"), (">", "&gt;"), ("`", "\\`"),
+                      ("\r", " "), ("\n", " ")):
+        text = text.replace(raw, safe)
+    return text
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return md(value)
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """Cells are already text (escape with :func:`md` before)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
+def _with_ci(row: Mapping[str, Any]) -> str:
+    text = _num(row.get("value"))
+    if row.get("ci_low") is not None and row.get("ci_high") is not None:
+        text += f" [{_num(row['ci_low'])}, {_num(row['ci_high'])}]"
+    return text
+
+
+def _cell(row: Mapping[str, Any]) -> str:
+    parts = [SHORT_NAMES.get(row.get("category"), row.get("category") or ""),
+             row.get("source") or "", row.get("condition") or ""]
+    return " / ".join(md(p) for p in parts if p)
+
+
+def _rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in doc.get("rows") or [] if isinstance(r, dict)]
+
+
+def _order(row: Mapping[str, Any]) -> tuple:
+    def pos(value: Any, seq: Sequence[str]) -> tuple[int, str]:
+        return (seq.index(value), "") if value in seq else (len(seq), str(value))
+    return (str(row.get("classifier")), str(row.get("suite")), str(row.get("metric")),
+            pos(row.get("category"), CATEGORIES), pos(row.get("source"), CELL_SOURCES),
+            str(row.get("condition")))
+
+
+def _paper_score(doc: Mapping[str, Any], name: str) -> str:
+    """Mean of the paper's pooled F1 over the categories our score averages, if all published."""
+    pooled = [r for r in _rows(doc) if r.get("classifier") == name and r.get("metric") == "f1"
+              and r.get("source") == POOLED and r.get("outcome") in ("passed", "failed")]
+    if not paper.applies(doc.get("dataset") or {}):
+        return ""
+    refs = [r.get("paper") if "paper" in r else paper.published_for_row(r) for r in pooled]
+    if not refs or any(not isinstance(v, (int, float)) for v in refs):
+        return ""
+    return f"{sum(refs) / len(refs):.3f}"
+
+
+def _summary(doc: Mapping[str, Any]) -> list[str]:
+    summary = doc.get("summary") or {}
+    if not summary:
+        return ["Summary not available."]
+    info = doc.get("classifiers") or {}
+    out = []
+    for name, s in summary.items():
+        error = (info.get(name) or {}).get("error")
+        out += ["", f"### {md(name)}", ""]
+        headers = ["score", *(o for o in _OUTCOMES)]
+        cells = [_num(s.get("score")), *(_num(s.get(o, 0)) for o in _OUTCOMES)]
+        ref = _paper_score(doc, name)
+        if ref:
+            headers.insert(1, "paper")
+            cells.insert(1, ref)
+        out += _table(headers, [cells])
+        if error:
+            out += ["", f"**error**: {md(error)}"]
+    return out
+
+
+def _failed(doc: Mapping[str, Any]) -> list[str]:
+    failed = sorted((r for r in _rows(doc) if r.get("outcome") in ("failed", "error")), key=_order)
+    if not failed:
+        return ["", "No failed cells."]
+    out = ["", f"### Failed cells ({len(failed)})", ""]
+    for r in failed[:MAX_FAILED]:
+        limit = "limit on |gap|" if str(r.get("metric")).startswith("gap_") else "threshold"
+        verb = "errored" if r.get("outcome") == "error" else (
+            f"{_with_ci(r)} vs {limit} {_num(r.get('threshold'))}")
+        out.append(f"- {md(r.get('classifier'))} {md(r.get('suite'))} {md(r.get('metric'))} "
+                   f"({_cell(r) or 'run-wide'}): {verb}")
+    if len(failed) > MAX_FAILED:
+        out.append(f"- and {len(failed) - MAX_FAILED} more")
+    return out
+
+
+def _gap(doc: Mapping[str, Any]) -> list[str]:
+    rows = [r for r in _rows(doc) if r.get("suite") == "gap" and r.get("metric") == "gap_f1"
+            and r.get("value") is not None]
+    shift = doc.get("source_shift") or {}
+    names = list(dict.fromkeys([*(str(r.get("classifier")) for r in rows), *map(str, shift)]))
+    if not names:
+        return ["", "Gap (Laion5B - Lexica): not available."]
+    out = [""]
+    for name in names:
+        mine = [r for r in rows if str(r.get("classifier")) == name]
+        significant = [r for r in mine
+                       if r.get("ci_low") is not None and r.get("ci_high") is not None
+                       and (r["ci_low"] > 0 or r["ci_high"] < 0)]
+        s = shift.get(name) if isinstance(shift.get(name), Mapping) else {}
+        failed = sum(1 for r in mine if r.get("outcome") == "failed")
+        out.append(f"**Gap F1 (Laion5B - Lexica), {md(name)}**: mean |gap| "
+                   f"{_num(s.get('mean_abs_gap_f1'))}, direction {md(s.get('direction') or '-')}; "
+                   f"{len(significant)} of {len(mine)} categories with a CI excluding 0, "
+                   f"{failed} over threshold.")
+    return out
+
+
+def _robustness(doc: Mapping[str, Any]) -> list[str]:
+    gated = [r for r in _rows(doc) if r.get("suite") == "robustness"
+             and r.get("outcome") in ("passed", "failed")
+             and isinstance(r.get("value"), (int, float))]
+    if not gated:
+        return []
+    out = ["", "### Robustness", ""]
+    body = []
+    for name in dict.fromkeys(str(r.get("classifier")) for r in gated):
+        for source in CELL_SOURCES:
+            mine = [r for r in gated
+                    if str(r.get("classifier")) == name and r.get("source") == source]
+            if not mine:
+                continue
+            worst = min((r for r in mine if r.get("condition") != "grid"),
+                        key=lambda r: r["value"], default=None)
+            grid = next((r for r in mine if r.get("condition") == "grid"), None)
+            failed = sum(1 for r in mine if r.get("outcome") == "failed")
+            body.append([md(name), md(source),
+                         f"{md(worst['condition'])} {_with_ci(worst)}" if worst else "-",
+                         _with_ci(grid) if grid else "-", f"{failed} of {len(mine)}"])
+    return out + _table(["classifier", "source", "lowest RA (condition)", "corruption grid mean",
+                         "failed"], body)
+
+
+def _baseline(doc: Mapping[str, Any]) -> list[str]:
+    base = doc.get("baseline")
+    if not isinstance(base, Mapping):
+        return []
+    regressions = [r for r in base.get("regressions") or [] if isinstance(r, Mapping)]
+    verdict = "passed" if base.get("passed") else "**failed**"
+    out = ["", "### Baseline", "",
+           f"Compared {_num(base.get('compared'))} value(s) with {md(base.get('path'))} "
+           f"(commit {md(base.get('git_commit') or '-')}): {verdict}."]
+    if regressions:
+        out.append("")
+        out += _table(["classifier", "cell", "metric", "baseline", "current", "diff", "tolerance",
+                       "p", "reason"],
+                      ([md(r.get("classifier")), _cell(r) or "-", md(r.get("metric")),
+                        _num(r.get("baseline")), _num(r.get("current")), _num(r.get("diff")),
+                        _num(r.get("tolerance")), _num(r.get("p_value")), md(r.get("reason"))]
+                       for r in regressions))
+    return out
+
+
+def render_markdown(doc: Mapping[str, Any]) -> str:
+    """The CI summary as one Markdown string."""
+    if not isinstance(doc, Mapping):
+        raise TypeError(f"render_markdown expects the JSON report document (a dict), got "
+                        f"{type(doc).__name__}")
+    ds = doc.get("dataset") or {}
+    counts = ds.get("counts") or {}
+    lines = [f"## pytest-unsafebench: {md(ds.get('name', 'unknown dataset'))} "
+             f"({_num(counts.get('images'))} images)"]
+    if ds.get("synthetic"):
+        lines += ["", "> **Synthetic data**: its numbers say nothing about real moderation."]
+    integrity = ds.get("integrity") or {}
+    if integrity.get("findings"):
+        lines += ["", f"Data integrity: {_num(integrity.get('findings'))} finding(s), "
+                      f"{_num(integrity.get('excluded'))} image(s) excluded."]
+    lines += _summary(doc) + _failed(doc) + _gap(doc) + _robustness(doc) + _baseline(doc)
+    return "\n".join(lines) + "\n"

