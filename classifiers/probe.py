@@ -299,12 +299,14 @@ class ProbeClassifier:
 
 
 def load(path: str, device: str = "cpu", cache_dir: str | Path | None = None,
-         batch_size: int = 32, **backbone_options: Any) -> ProbeClassifier:
-    """``probe:PATH``. Options from ``[tool.unsafebench.classifiers."probe:PATH"]`` override
-    the backbone options stored in the file (e.g. ``model`` when the CLIP folder moved)."""
+         batch_size: int = 32,
+         backbone_options: Mapping[str, Any] | None = None) -> ProbeClassifier:
+    """``probe:PATH``. ``backbone_options`` (a table in
+    ``[tool.unsafebench.classifiers."probe:PATH"]``) override the backbone options stored in
+    the file, e.g. ``{model = "/new/place/of/clip"}`` when the CLIP folder moved."""
     probe = read_probe(path)
     spec = probe.backbone
-    spec = BackboneSpec(spec.name, {**spec.options, **backbone_options})
+    spec = BackboneSpec(spec.name, {**spec.options, **(backbone_options or {})})
     backbone, base = resolve_backbone(spec, device=device, cache_dir=cache_dir,
                                       batch_size=batch_size)
     trained = probe.meta["backbone"]["fingerprint"]

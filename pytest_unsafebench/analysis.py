@@ -74,7 +74,7 @@ def comparisons(tables: Mapping[str, PredictionTable], covered: Mapping[str, lis
                 "a": a, "b": b, "category": category, "source": POOLED, "metric": "f1",
                 "a_value": paired.a, "b_value": paired.b, "diff": paired.diff,
                 "ci_low": paired.ci_low, "ci_high": paired.ci_high, "p_value": paired.p_value,
-                "mcnemar": {"b": mc.b, "c": mc.c, "n": mc.n, "p_value": round(mc.p_value, 6)},
+                "mcnemar": {"b": mc.b, "c": mc.c, "n": mc.n, "p_value": mc.p_value},
             })
     return out
 

@@ -100,7 +100,7 @@ def compare(baseline: Mapping[str, Any], rows: Iterable[Mapping[str, Any]],
         metric = row["metric"]
         better = _improvement(metric, old, value)
         tol = tolerance_for(metric)
-        p = paired.get(key)
+        p = paired[key]["p_value"] if key in paired else None
         reasons = []
         if -better > tol + 1e-12:
             reasons.append(f"dropped {-better:.3f} > tolerance {tol}")
@@ -113,6 +113,7 @@ def compare(baseline: Mapping[str, Any], rows: Iterable[Mapping[str, Any]],
     env = baseline.get("environment", {})
     return {"path": path, "git_commit": env.get("git_commit") if isinstance(env, dict) else None,
             "compared": compared, "regressions": [asdict(r) for r in regressions],
+            "paired": [{**dict(zip(KEY_FIELDS, k)), **v} for k, v in paired.items()],
             "passed": not regressions}
 
 
@@ -135,15 +136,16 @@ def _improvement(metric: str, old: float, new: float) -> float:
 
 
 def _paired_f1(baseline: Mapping[str, Any], tables: Mapping[str, PredictionTable],
-               bootstrap: Bootstrap) -> dict[Key, float]:
-    """p-values of a paired bootstrap on F1 per effectiveness cell, on the images both runs
-    scored, when the baseline saved per-image decisions for that classifier."""
+               bootstrap: Bootstrap) -> dict[Key, dict[str, Any]]:
+    """Per effectiveness cell, on the images both runs scored (when the baseline saved
+    per-image decisions for that classifier): the paired bootstrap of F1 (diff = this run -
+    baseline) and the exact McNemar test on correctness."""
     import numpy as np
 
-    from .stats import paired_bootstrap
+    from .stats import mcnemar_exact, paired_bootstrap
     from .taxonomy import CELL_SOURCES, POOLED, UNSAFE
 
-    out: dict[Key, float] = {}
+    out: dict[Key, dict[str, Any]] = {}
     saved = baseline.get("decisions") or {}
     for name, table in tables.items():
         block = saved.get(name)
@@ -162,8 +164,11 @@ def _paired_f1(baseline: Mapping[str, Any], tables: Mapping[str, PredictionTable
                 now = np.array([r["decision"] == "unsafe" for r in cell], dtype=bool)
                 res = paired_bootstrap("f1", y, before, now, n_resamples=bootstrap.resamples,
                                        confidence=bootstrap.confidence, seed=bootstrap.seed)
-                if res.p_value is not None:
-                    out[(name, "effectiveness", "f1", category, source, None)] = res.p_value
+                mc = mcnemar_exact(before == y, now == y)
+                out[(name, "effectiveness", "f1", category, source, None)] = {
+                    "n": res.n, "baseline_f1": res.a, "f1": res.b, "diff": res.diff,
+                    "ci_low": res.ci_low, "ci_high": res.ci_high, "p_value": res.p_value,
+                    "mcnemar": {"b": mc.b, "c": mc.c, "p_value": mc.p_value}}
     return out
 
 

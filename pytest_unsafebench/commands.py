@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--html", type=Path, metavar="OUT.html",
                         help="self-contained HTML file (needs the [html] extra: matplotlib)")
     report.add_argument("--markdown", type=Path, metavar="OUT.md", help="short Markdown summary")
+    report.add_argument("--artifacts", type=Path, metavar="DIR",
+                        help="the run's fuzz artifacts folder, to embed counterexample images "
+                             "(default: list their chains only)")
     report.set_defaults(run=_report)
 
     compare = sub.add_parser(
@@ -56,7 +59,7 @@ def _report(args: argparse.Namespace) -> int:
         from .report_html import render_html
 
         args.html.parent.mkdir(parents=True, exist_ok=True)
-        args.html.write_text(render_html(doc), encoding="utf-8")
+        args.html.write_text(render_html(doc, artifacts=args.artifacts), encoding="utf-8")
         print(f"wrote {args.html}")
     if args.markdown:
         from .report_markdown import render_markdown

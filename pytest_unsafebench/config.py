@@ -332,7 +332,7 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
         allow_train_overlap=bool(cli.get("allow_train_overlap", False)),
         bootstrap=integer("bootstrap", 0),  # type: ignore[arg-type]
         confidence=number("confidence", 0.5, 1.0),
-        html_path=_output_path(cli.get("html")),
+        html_path=_html_path(cli.get("html")),
         markdown_path=_output_path(cli.get("markdown")),
         baseline_path=_existing_file(cli.get("baseline"), "--unsafebench-baseline",
                                      "a JSON report saved with --unsafebench-save-baseline "
@@ -359,6 +359,15 @@ def _existing_dir(value: Any, option: str) -> Path | None:
         raise ConfigError(f"{option}: {path} is not a folder (expected "
                           "<model>/prompt_<i>/<source>_<category>.json files)")
     return path
+
+
+def _html_path(value: Any) -> Path | None:
+    import importlib.util
+
+    if value and importlib.util.find_spec("matplotlib") is None:
+        raise ConfigError("--unsafebench-html needs matplotlib for its charts: "
+                          "pip install 'pytest-unsafebench[html]'")
+    return _output_path(value)
 
 
 def _output_path(value: Any) -> Path | None:

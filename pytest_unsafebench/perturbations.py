@@ -462,7 +462,8 @@ def _gaussian_kernel(sigma: float) -> np.ndarray:
     return (k / k.sum()).astype(np.float32).reshape(-1, 1)
 
 
-def gaussian_blur(img: Image.Image, severity: float, rng: np.random.Generator) -> Image.Image:
+def gaussian_blur(img: Image.Image, severity: float,
+                  rng: np.random.Generator | None) -> Image.Image:
     # A true separable Gaussian of ImageNet-C's sigma (skimage's filter), edges replicated
     # as skimage's mode 'nearest' does.
     cv2 = _cv2()
@@ -553,7 +554,7 @@ def _motion_fft(x: np.ndarray, w: np.ndarray, oy: np.ndarray, ox: np.ndarray,
     return np.clip(full[y0:y0 + h, x0:x0 + wd] + 0.5, 0, 255)
 
 
-def brightness(img: Image.Image, severity: float, rng: np.random.Generator) -> Image.Image:
+def brightness(img: Image.Image, severity: float, rng: np.random.Generator | None) -> Image.Image:
     # ImageNet-C adds c to HSV value; done exactly (to rounding) without the float HSV round
     # trip. Hue and saturation kept means every channel scales by V' / V, with V = max(r, g, b)
     # and V' = min(V + k, 255), k = 255 c: x' = x + x k / V below the clip, x * 255 / V above
@@ -561,16 +562,27 @@ def brightness(img: Image.Image, severity: float, rng: np.random.Generator) -> I
     # both in range). A black pixel (V = 0, S = 0) becomes grey V' = k.
     cv2 = _cv2()
     k = _BRIGHTNESS[int(severity) - 1] * 255
+    planes, v = _planes_and_value(img)
+    out = [cv2.min(cv2.add(x, cv2.divide(x, v, scale=k)), cv2.divide(x, v, scale=255))
+           for x in planes]  # cv2.divide gives 0 where V = 0 ...
+    if cv2.countNonZero(v) < v.size:  # ... so black pixels get k added
+        black = cv2.min(cv2.compare(v, 0, cv2.CMP_EQ), round(k))
+        out = [cv2.max(x, black) for x in out]
+    return _merge(out)
+
+
+def _planes_and_value(img: Image.Image) -> tuple[list[np.ndarray], np.ndarray]:
+    """The R, G and B planes and the HSV value plane V = max(r, g, b)."""
+    cv2 = _cv2()
     r, g, b, _ = cv2.split(_rgbx(img))
-    v = cv2.max(cv2.max(r, g), b)
-    out = cv2.merge([cv2.min(cv2.add(x, cv2.divide(x, v, scale=k)), cv2.divide(x, v, scale=255))
-                     for x in (r, g, b, b)])  # cv2.divide gives 0 where V = 0
-    if cv2.countNonZero(v) < v.size:
-        out[v == 0] = round(k)
-    return _from_rgbx(out)
+    return [r, g, b], cv2.max(cv2.max(r, g), b)
 
 
-def contrast(img: Image.Image, severity: float, rng: np.random.Generator) -> Image.Image:
+def _merge(planes: list[np.ndarray]) -> Image.Image:
+    return _from_rgbx(_cv2().merge([*planes, planes[2]]))  # the 4th plane is padding
+
+
+def contrast(img: Image.Image, severity: float, rng: np.random.Generator | None) -> Image.Image:
     # (x - mean) * c + mean with per-channel means: ImageNet-C. One affine colour transform
     # (x * c + mean * (1 - c), rounded and clipped) in OpenCV.
     cv2 = _cv2()
@@ -582,29 +594,32 @@ def contrast(img: Image.Image, severity: float, rng: np.random.Generator) -> Ima
     return _from_rgb(cv2.transform(x, m))
 
 
-def saturate(img: Image.Image, severity: float, rng: np.random.Generator) -> Image.Image:
+def saturate(img: Image.Image, severity: float, rng: np.random.Generator | None) -> Image.Image:
     # HSV saturation S -> clip(S * a + b, 0, 1) with hue and value kept (ImageNet-C's extra
     # corruption; note its table first desaturates (x0.3, x0.1) then oversaturates (x2, x5,
     # x20), so on already saturated pixels level 2 can change more than level 3).
+    # Done exactly (to rounding) without the float HSV round trip: with V = max(r, g, b) and
+    # m = min(r, g, b), S = (V - m) / V, and keeping hue and value moves each channel's
+    # distance below V, d = V - x, to d * S' / S. With S' = min(S a + b, 1) that factor is
+    # q = min(a + b t, t), t = V / (V - m): a alone when a <= 1 and b = 0.
     cv2 = _cv2()
     a, b = _SATURATE[int(severity) - 1]
+    planes, v = _planes_and_value(img)
     if b == 0 and a <= 1:
-        # Pure desaturation: with V = max(r, g, b) kept, each channel's distance below V
-        # scales by a, exactly (to rounding) and in 8 bits.
-        r, g, bl, _ = cv2.split(_rgbx(img))
-        v = cv2.max(cv2.max(r, g), bl)
-        return _from_rgbx(cv2.merge([cv2.subtract(v, cv2.convertScaleAbs(cv2.subtract(v, x),
-                                                                         alpha=a))
-                                     for x in (r, g, bl, bl)]))
-    # Otherwise S' / S depends on S itself: OpenCV's float32 HSV round trip. Grey pixels
-    # (S = 0) have hue 0 (red) there as in skimage's rgb2hsv, so b > 0 tints them red as in
-    # the reference.
-    hsv = cv2.cvtColor(_rgb(img).astype(np.float32), cv2.COLOR_RGB2HSV)
-    s = hsv[..., 1]
-    s *= a
-    s += b
-    np.minimum(s, 1, out=s)
-    return _from_rgb(cv2.convertScaleAbs(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)))
+        return _merge([cv2.subtract(v, cv2.convertScaleAbs(cv2.subtract(v, x), alpha=a))
+                       for x in planes])
+    spread = cv2.subtract(v, cv2.min(cv2.min(planes[0], planes[1]), planes[2]))  # V - m
+    t = cv2.divide(v.astype(np.float32), spread.astype(np.float32))  # 0 where grey
+    q = cv2.min(cv2.add(cv2.multiply(t, b), a), t)
+    out = [cv2.subtract(v, cv2.multiply(cv2.subtract(v, x), q, dtype=cv2.CV_8U))
+           for x in planes]
+    if b > 0 and cv2.countNonZero(spread) < spread.size:
+        # Grey pixels (S = 0) have hue 0 (red) in skimage's rgb2hsv, so S' = b tints them
+        # red as in the reference: green and blue drop to V (1 - b).
+        tint = cv2.bitwise_and(cv2.convertScaleAbs(v, alpha=b),
+                               cv2.compare(spread, 0, cv2.CMP_EQ))
+        out[1:] = [cv2.subtract(x, tint) for x in out[1:]]
+    return _merge(out)
 
 
 @lru_cache(maxsize=64)
@@ -614,7 +629,7 @@ def _box_upsample_index(n_in: int, n_out: int) -> np.ndarray:
     return np.minimum(((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.intp), n_in - 1)
 
 
-def pixelate(img: Image.Image, severity: float, rng: np.random.Generator) -> Image.Image:
+def pixelate(img: Image.Image, severity: float, rng: np.random.Generator | None) -> Image.Image:
     # BOX down then BOX up: ImageNet-C. The factor applies to the 224-px-equivalent size.
     w, h = img.size
     f = _PIXELATE[int(severity) - 1] / _scale(img)
@@ -626,7 +641,7 @@ def pixelate(img: Image.Image, severity: float, rng: np.random.Generator) -> Ima
     return _from_rgbx(big.view(np.uint8).reshape(h, w, 4))
 
 
-def resize(img: Image.Image, severity: float, rng: np.random.Generator) -> Image.Image:
+def resize(img: Image.Image, severity: float, rng: np.random.Generator | None) -> Image.Image:
     # Not in ImageNet-C: the soft loss of detail of a thumbnail scaled back up, down to 28 px
     # at 224 for severity 5. Antialiased bilinear down (Pillow, after an integer box
     # reduction: reducing_gap=1), plain bilinear up (OpenCV; Pillow's bilinear upscaling is
@@ -640,7 +655,7 @@ def resize(img: Image.Image, severity: float, rng: np.random.Generator) -> Image
 
 
 def jpeg_compression(img: Image.Image, severity: float,
-                     rng: np.random.Generator) -> Image.Image:
+                     rng: np.random.Generator | None) -> Image.Image:
     # Pillow's default 4:2:0 chroma subsampling, like the reference's PIL save.
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=_JPEG[int(severity) - 1])

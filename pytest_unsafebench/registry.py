@@ -33,6 +33,7 @@ BUILTIN: dict[str, str] = {
     "shieldgemma2": "pytest_unsafebench.classifiers.vlm.shieldgemma:load",
     "openai": "pytest_unsafebench.classifiers.vlm.api:load_openai",
     "openai-moderation": "pytest_unsafebench.classifiers.vlm.api:load_moderation",
+    "pv-llava": "pytest_unsafebench.classifiers.pv_llava:load",
 }
 # "prefix:rest" names: the factory is called with the rest as its first argument.
 PREFIXES: dict[str, str] = {

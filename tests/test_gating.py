@@ -278,3 +278,65 @@ def test_curves_only_for_graded_scores() -> None:
     binary = [r | {"score": float(r["label"] == "Unsafe")} for r in rows]
     flat = curves(PredictionTable("c", binary), ["Hate"], ["Laion5B", "Lexica"])
     assert not flat["available"] and "decisions only" in flat["reason"]
+
+
+def test_significant_paired_drop_fails_within_the_tolerance() -> None:
+    """Missing 30 of 1000 Unsafe images costs F1 only ~0.015 (inside a 0.02 tolerance), but
+    every changed decision goes the same way: the paired tests call it significant."""
+    from pytest_unsafebench.baseline import decisions_block
+    from pytest_unsafebench.cells import Bootstrap
+    from pytest_unsafebench.metrics import cell_metrics
+    from pytest_unsafebench.results import PredictionTable
+
+    def table(missed: int) -> PredictionTable:
+        rows = []
+        for i in range(2000):
+            unsafe = i < 1000
+            flagged = unsafe and i >= missed
+            rows.append({"id": f"img{i}", "label": "Unsafe" if unsafe else "Safe",
+                         "category": "Hate", "source": "Laion5B" if i % 2 else "Lexica",
+                         "decision": "unsafe" if flagged else "safe", "score": float(flagged)})
+        return PredictionTable("c", rows)
+
+    before, after = table(0), table(30)
+
+    def f1_row(t: PredictionTable) -> dict:
+        c = t.select("Hate", "all")
+        return _row("f1", cell_metrics(c["y_true"], c["y_pred"], c["scores"])["f1"])
+
+    base = {"rows": [f1_row(before)], "decisions": decisions_block({"c": before})}
+    section = compare(base, [f1_row(after)], lambda m: 0.02, tables={"c": after},
+                      bootstrap=Bootstrap(resamples=500))
+    assert not section["passed"]
+    [reg] = section["regressions"]
+    assert reg["reason"].startswith("significant paired drop") and reg["diff"] > -0.02
+    paired = {(p["category"], p["source"]): p for p in section["paired"]}
+    assert paired[("Hate", "all")]["mcnemar"] == {"b": 30, "c": 0, "p_value": pytest.approx(
+        2 * 0.5 ** 30, rel=1e-6)}
+    # without per-image decisions only the tolerance applies: the same drop passes
+    assert compare({"rows": base["rows"]}, [f1_row(after)], lambda m: 0.02)["passed"]
+
+
+def test_cli_report_renders_html_and_markdown(run: Run, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    out_json = run.path / "out.json"
+    assert run(f"--unsafebench-json={out_json}", "--unsafebench-profile=smoke").ret == 0
+    html, md = tmp_path / "r.html", tmp_path / "r.md"
+    assert cli_main(["report", str(out_json), "--html", str(html), "--markdown", str(md)]) == 0
+    page = html.read_text()
+    for section in ("summary", "effectiveness", "gap", "curves", "integrity", "environment"):
+        assert f'id="{section}"' in page
+    assert "toyclf:load" in md.read_text()
+    assert cli_main(["report", str(out_json)]) == 2
+    assert "nothing to write" in capsys.readouterr().err
+
+
+def test_html_without_matplotlib_is_a_usage_error(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    result = run(f"--unsafebench-html={run.path / 'r.html'}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--unsafebench-html needs matplotlib*[[]html[]]*"])

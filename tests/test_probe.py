@@ -57,7 +57,7 @@ class ToyEmbed:
         return [Prediction.from_score(float(e[0])) for e in self.embed(images)]
 
 
-def load(fingerprint="toyembed-v1", **context):
+def load(fingerprint="toyembed-v1", device="cpu", cache_dir=None, batch_size=32):
     return ToyEmbed(fingerprint)
 '''
 BACKBONE = "toyembed:load"
@@ -90,7 +90,11 @@ def _rewrite(src: Path, dst: Path, meta_edit=None, tensor_edit=None) -> Path:
 
 
 def test_toy_probe_loads(world: Path) -> None:
-    clf = load_classifier(f"probe:{world / 'toy.safetensors'}", cache_dir=world / "cache")
+    # With every context key the plugin offers: none of them reaches the backbone.
+    clf = load_classifier(f"probe:{world / 'toy.safetensors'}", cache_dir=world / "cache",
+                          device="cpu", batch_size=4, seed=5, unsure="safe",
+                          import_responses=None)
+    assert clf.backbone.fingerprint == "toyembed-v1"
     assert clf.base_classifier == BACKBONE and sorted(clf.coverage.official) == sorted(COVERED)
     assert clf.trained_on["dataset"] == str(world / "ds") and clf.trained_on["split"] == "train"
     assert not clf.supports_gradients  # the toy backbone has no forward_pixels
@@ -144,7 +148,8 @@ def test_not_a_probe_file(world: Path, tmp_path: Path) -> None:
 def test_backbone_fingerprint_mismatch(world: Path) -> None:
     with pytest.raises(ClassifierLoadError, match="fingerprint toyembed-v1, but backbone "
                                                   "'toyembed:load' .*toyembed-v2"):
-        load_classifier(f"probe:{world / 'toy.safetensors'}", fingerprint="toyembed-v2")
+        load_classifier(f"probe:{world / 'toy.safetensors'}",
+                        backbone_options={"fingerprint": "toyembed-v2"})
 
 
 def test_the_file_is_a_single_header_entry_with_sorted_json(world: Path) -> None:

@@ -152,7 +152,7 @@ def test_terminal_lines_table(tmp_path: Path) -> None:
         row(category="Sexual", source="all", value=0.7),
         row(category="Violence", source="all", value=None, outcome="skipped"),
     ]
-    lines = terminal_lines(s, _state({"a": cs}), rows)
+    lines = terminal_lines(build_json(s, _state({"a": cs}), rows, tmp_path, "cpu", {}))
     text = "\n".join(lines)
     assert lines[0].startswith("dataset: demo-set (48 images, split all, fingerprint abc123)")
     assert "SYNTHETIC" not in text
@@ -177,7 +177,8 @@ def test_terminal_lines_table(tmp_path: Path) -> None:
 def test_terminal_lines_other_classifiers_rows_do_not_leak(tmp_path: Path) -> None:
     s = resolve_settings({"classifiers": ["a", "b"], "categories": ["Hate"]}, {}, tmp_path)
     cs = {n: ClassifierState(n, fingerprint=f"{n}-v1", covered=["Hate"]) for n in "ab"}
-    lines = terminal_lines(s, _state(cs), [row("b", value=0.123, outcome="failed")])
+    doc = build_json(s, _state(cs), [row("b", value=0.123, outcome="failed")], tmp_path, "cpu", {})
+    lines = terminal_lines(doc)
     a_part = lines[lines.index(next(ln for ln in lines if ln.startswith("classifier a"))):
                    lines.index(next(ln for ln in lines if ln.startswith("classifier b")))]
     assert "0.123" not in "\n".join(a_part)
@@ -194,7 +195,8 @@ def test_terminal_lines_synthetic_findings_and_error(tmp_path: Path) -> None:
     }
     findings = [Finding("truncated", "metadata.csv:3 (a.png)", "cut"),
                 Finding("converted-mode", "metadata.csv:4 (b.png)", "LA")]
-    lines = terminal_lines(s, _state(states, synthetic=True, findings=findings), [])
+    state = _state(states, synthetic=True, findings=findings)
+    lines = terminal_lines(build_json(s, state, [], tmp_path, "cpu", {}))
     text = "\n".join(lines)
     assert "SYNTHETIC DATA: generated shapes, not real content" in text
     assert ("data integrity: 2 finding(s), 1 image(s) excluded from metrics "

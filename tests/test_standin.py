@@ -68,6 +68,8 @@ def test_loader_reads_it_back(standin: tuple[Path, dict]) -> None:
     assert names == ["test-00000-of-00001.parquet", "train-00000-of-00001.parquet"]
     ds = load_dataset(str(folder))
     assert ds.findings == []
+    # it says what it is, wherever it is copied: never mistaken for the real dataset
+    assert ds.synthetic and "synthetic stand-in" in ds.description
     assert len(ds.records) == summary["rows"] == sum(plan_counts(SCALE).values())
     by_split = Counter(r.split for r in ds.records)
     assert dict(by_split) == summary["splits"]

@@ -135,3 +135,15 @@ def test_bad_unsure_policy_is_a_usage_error(pytester: pytest.Pytester) -> None:
                                 f"--unsafebench-import-responses={pytester.path / 'nope'}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--unsafebench-import-responses:*is not a folder*"])
+
+
+def test_registered_names_resolve_and_the_package_ships() -> None:
+    import tomllib
+
+    from pytest_unsafebench.registry import CONTEXT_KEYS, available, resolve_factory
+
+    for name in ("llava", "instructblip", "shieldgemma2", "openai", "openai-moderation"):
+        assert name in available() and callable(resolve_factory(name))
+    assert {"seed", "unsure", "import_responses"} <= set(CONTEXT_KEYS)
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert "pytest_unsafebench.classifiers.vlm" in pyproject["tool"]["setuptools"]["packages"]

@@ -107,7 +107,7 @@ def _client(base_url: str, timeout: float, max_retries: int, backoff: float) -> 
 
 class OpenAIJudge(VLMJudge):
     """A vision chat model (``model``, default gpt-4o) answering the paper's three prompts with
-    temperature 0; ``seed`` is sent too, and is part of the decoding settings."""
+    temperature 0 (greedy, so no seed in the response key)."""
 
     name = "openai"
     default_archive = "gpt4v"
@@ -120,7 +120,7 @@ class OpenAIJudge(VLMJudge):
         self.revision = ""
         self.client = client
         self.concurrency = concurrency
-        self.decoding = {"temperature": 0, "max_tokens": max_tokens, "seed": opts.seed}
+        self.decoding = {"temperature": 0, "max_tokens": max_tokens}
         self.setup(opts)
 
     def model_digest(self) -> str:
@@ -235,8 +235,10 @@ def load_openai(model: str = "gpt-4o", base_url: str = DEFAULT_BASE_URL, timeout
                 converter_labels: Sequence[str] | None = None, device: str = "cpu",
                 cache_dir: Path | None = None) -> OpenAIJudge:
     """The ``openai`` judge (see the module doc)."""
-    opts = JudgeOptions(unsure, seed, definitions, import_responses, archive_model, converter,
-                        converter_labels, cache_dir, device)
+    opts = JudgeOptions(unsure=unsure, seed=seed, definitions=definitions,
+                        import_responses=import_responses, archive_model=archive_model,
+                        converter=converter, converter_labels=converter_labels,
+                        cache_dir=cache_dir, device=device)
     return OpenAIJudge(model, _client(base_url, timeout, max_retries, backoff), int(concurrency),
                        int(max_tokens), opts)
 

@@ -39,6 +39,9 @@ JUDGES: dict[str, tuple[str, str, str, str]] = {
     "instructblip": ("InstructBlipForConditionalGeneration", "Salesforce/instructblip-vicuna-7b",
                      "{prompt}", "instructblip"),
 }
+# float32 by default; bfloat16 / float16 halve a 7B judge's memory on a GPU (and change its
+# answers slightly, so the dtype is part of the response key).
+DTYPES = ("float32", "bfloat16", "float16")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _MODEL_FILE_SUFFIXES = (".json", ".model", ".txt", ".jinja")
 
@@ -48,7 +51,7 @@ class TransformersJudge(VLMJudge):
 
     def __init__(self, kind: str, model: str | None, revision: str | None, device: str,
                  batch_size: int, max_new_tokens: int, prompt_format: str | None,
-                 opts: JudgeOptions) -> None:
+                 dtype: str, opts: JudgeOptions) -> None:
         cls_name, default_model, default_format, archive = JUDGES[kind]
         self.name = kind
         self.kind = kind
@@ -64,8 +67,11 @@ class TransformersJudge(VLMJudge):
                                       f"{self.prompt_format!r}")
         if int(max_new_tokens) < 1:
             raise ClassifierLoadError(f"{kind}: max_new_tokens must be >= 1")
+        if dtype not in DTYPES:
+            raise ClassifierLoadError(f"{kind}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        self.dtype = dtype
         self.decoding = {"do_sample": False, "max_new_tokens": int(max_new_tokens),
-                         "prompt_format": self.prompt_format}
+                         "prompt_format": self.prompt_format, "dtype": dtype}
         self._folder: Path | None = None
         self._model: Any = None
         self._processor: Any = None
@@ -85,6 +91,7 @@ class TransformersJudge(VLMJudge):
     def _load(self) -> tuple[Any, Any]:
         if self._model is None:
             try:
+                import torch
                 import transformers
             except ImportError as exc:
                 raise ClassifierLoadError(f"{self.name}: needs transformers: pip install "
@@ -92,7 +99,8 @@ class TransformersJudge(VLMJudge):
             kw = {"local_files_only": True, "trust_remote_code": False}
             processor = transformers.AutoProcessor.from_pretrained(str(self.folder), **kw)
             processor.tokenizer.padding_side = "left"
-            model = getattr(transformers, self.model_class).from_pretrained(str(self.folder), **kw)
+            model = getattr(transformers, self.model_class).from_pretrained(
+                str(self.folder), dtype=getattr(torch, self.dtype), **kw)
             self._processor, self._model = processor, model.to(self.device).eval()
             self._ids = _verdict_token_ids(processor.tokenizer)
         return self._model, self._processor
@@ -157,8 +165,9 @@ class TransformersJudge(VLMJudge):
         n = int(x.shape[0])
         blank = [Image.new("RGB", (int(x.shape[-1]), int(x.shape[-2])))] * n
         inputs = self._inputs(blank, [PROMPT_0] * n)
-        inputs["pixel_values"] = torch_pixels(x.to(self.device, torch.float32),
-                                              processor.image_processor, self.name)
+        pixels = torch_pixels(x.to(self.device, torch.float32), processor.image_processor,
+                              self.name)
+        inputs["pixel_values"] = pixels.to(model.dtype)
         last = model(**inputs).logits[:, -1, :].float()
         pair = torch.stack([torch.logsumexp(last[:, safe], 1), torch.logsumexp(last[:, unsafe], 1)], 1)
         return torch.log_softmax(pair, dim=1)
@@ -218,38 +227,32 @@ def _verdict_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
     return sorted(unsafe - shared), sorted(safe - shared)
 
 
-def _load_judge(kind: str, model: str | None, revision: str | None, device: str,
-                batch_size: int, max_new_tokens: int, prompt_format: str | None,
-                unsure: str, seed: int, definitions: str | None, import_responses: str | None,
-                archive_model: str | None, converter: str | None,
-                converter_labels: Sequence[str] | None,
-                cache_dir: Path | None) -> TransformersJudge:
-    opts = JudgeOptions(unsure, seed, definitions, import_responses, archive_model, converter,
-                        converter_labels, cache_dir, device)
+def _load_judge(kind: str, *, model: str | None, revision: str | None, device: str,
+                batch_size: int, max_new_tokens: int, prompt_format: str | None, dtype: str,
+                cache_dir: Path | None, **judge_options: Any) -> TransformersJudge:
+    opts = JudgeOptions(device=device, cache_dir=cache_dir, **judge_options)
     return TransformersJudge(kind, model, revision, device, batch_size, max_new_tokens,
-                             prompt_format, opts)
+                             prompt_format, dtype, opts)
 
 
 def load_llava(model: str | None = None, revision: str | None = None, device: str = "cpu",
                batch_size: int = 8, max_new_tokens: int = 512, prompt_format: str | None = None,
-               unsure: str = "random", seed: int = 2023, definitions: str | None = None,
-               import_responses: str | None = None, archive_model: str | None = None,
-               converter: str | None = None, converter_labels: Sequence[str] | None = None,
+               dtype: str = "float32", unsure: str = "random", seed: int = 2023,
+               definitions: str | None = None, import_responses: str | None = None,
+               archive_model: str | None = None, converter: str | None = None,
+               converter_labels: Sequence[str] | None = None,
                cache_dir: Path | None = None) -> TransformersJudge:
     """The ``llava`` judge: any LLaVA-family model id or folder (see the module doc)."""
-    return _load_judge("llava", model, revision, device, batch_size, max_new_tokens,
-                       prompt_format, unsure, seed, definitions, import_responses, archive_model,
-                       converter, converter_labels, cache_dir)
+    return _load_judge("llava", **locals())
 
 
 def load_instructblip(model: str | None = None, revision: str | None = None,
                       device: str = "cpu", batch_size: int = 8, max_new_tokens: int = 512,
-                      prompt_format: str | None = None, unsure: str = "random", seed: int = 2023,
+                      prompt_format: str | None = None, dtype: str = "float32",
+                      unsure: str = "random", seed: int = 2023,
                       definitions: str | None = None, import_responses: str | None = None,
                       archive_model: str | None = None, converter: str | None = None,
                       converter_labels: Sequence[str] | None = None,
                       cache_dir: Path | None = None) -> TransformersJudge:
     """The ``instructblip`` judge (see the module doc)."""
-    return _load_judge("instructblip", model, revision, device, batch_size, max_new_tokens,
-                       prompt_format, unsure, seed, definitions, import_responses, archive_model,
-                       converter, converter_labels, cache_dir)
+    return _load_judge("instructblip", **locals())

@@ -27,6 +27,8 @@ from .folder import check_row
 from .records import Dataset, Finding, Record, assign_ids, content_hash
 
 REQUIRED_COLUMNS = ("image", "safety_label", "category", "source")
+# Schema metadata key of files that declare themselves synthetic (the stand-in, standin.py).
+SYNTHETIC_KEY = "unsafebench_synthetic"
 LAYOUT = (
     "expected the layout of the hub dataset yiting/UnsafeBench: columns image "
     "(struct {bytes: binary, path: string}), safety_label (Safe/Unsafe), category (one of the "
@@ -225,6 +227,7 @@ def load_parquet(path: Path, spec: str) -> Dataset:
     findings: list[Finding] = []
     pending: list[PendingRow] = []
     columns: list[list[str]] = []
+    synthetic: list[str] = []  # notes of files that declare themselves synthetic (standin.py)
     lazy = _RowGroupReader(files, columns)  # ``columns`` is filled in below, file by file
     for file_index, file in enumerate(files):
         name = file.relative_to(root).as_posix()
@@ -240,6 +243,9 @@ def load_parquet(path: Path, spec: str) -> Dataset:
                     raise DatasetError(
                         f"{file}: column 'image' has type {schema.field('image').type}; {LAYOUT}")
                 columns.append(image_columns)
+                note = (schema.metadata or {}).get(SYNTHETIC_KEY.encode())
+                if note:
+                    synthetic.append(note.decode("utf-8", "replace"))
                 has_split = "split" in schema.names
                 file_split = _split_of(file)
                 if not has_split and file_split is None:
@@ -272,6 +278,8 @@ def load_parquet(path: Path, spec: str) -> Dataset:
         except (pa.ArrowException, OSError) as exc:
             raise DatasetError(f"{file}: cannot be read as parquet ({exc}); {LAYOUT}") from None
     label = path.parent.name if path.is_dir() and path.name == "data" else path.name
+    description = f"UnsafeBench parquet files under {path} ({len(files)} file(s))"
+    if synthetic:
+        description = f"{synthetic[0]}; {len(synthetic)} of {len(files)} file(s) under {path}"
     return Dataset(name=label or str(path), spec=spec, records=build_records(pending),
-                   findings=findings,
-                   description=f"UnsafeBench parquet files under {path} ({len(files)} file(s))")
+                   findings=findings, synthetic=bool(synthetic), description=description)

@@ -52,6 +52,7 @@ import numpy as np
 
 from ..taxonomy import CATEGORIES, GENERATED_SOURCE, REAL_SOURCE, SAFE, SOURCES, UNSAFE
 from .demo import GENERATOR_VERSION, encode_image, render_image
+from .parquet import SYNTHETIC_KEY
 
 STANDIN_VERSION = 1
 BASE_SIZE = 128  # render size before the resize
@@ -187,6 +188,10 @@ def _render_chunk(args: tuple[list[StandinRow], int, int]) -> list[dict[str, Any
     return [render_row(r, seed, max_side) for r in rows]
 
 
+SYNTHETIC_NOTE = ("full-size synthetic stand-in for yiting/UnsafeBench (pytest_unsafebench."
+                  "dataset.standin); rendered shapes, not real images")
+
+
 def _schema() -> Any:
     import pyarrow as pa
 
@@ -195,7 +200,10 @@ def _schema() -> Any:
         **{c: {"dtype": "string", "_type": "Value"}
            for c in ("safety_label", "category", "source", "text")},
     }
-    meta = {"huggingface": json.dumps({"info": {"features": features}}, sort_keys=True)}
+    meta = {"huggingface": json.dumps({"info": {"features": features}}, sort_keys=True),
+            # Read back by the parquet loader: a stand-in must never pass for the real
+            # dataset (no paper figures beside it, "SYNTHETIC DATA" in every report).
+            SYNTHETIC_KEY: SYNTHETIC_NOTE}
     return pa.schema([
         ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
         ("safety_label", pa.string()), ("category", pa.string()),

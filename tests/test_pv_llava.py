@@ -1,0 +1,158 @@
+"""``pv-llava`` (classifiers/pv_llava.py), offline: a tiny random LLaVA written with
+save_pretrained and a tiny LoRA made with peft stand in for LLaVA-1.5-7B and the released
+PerspectiveVision adapter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+from pytest_unsafebench.classifiers import pv_llava  # noqa: E402
+from pytest_unsafebench.classifiers.vlm.prompts import CRITERIA_INTRO, DEFAULT_DEFINITIONS  # noqa: E402
+from pytest_unsafebench.dataset.records import Record  # noqa: E402
+from pytest_unsafebench.errors import ClassifierLoadError  # noqa: E402
+from pytest_unsafebench.registry import load_classifier  # noqa: E402
+from pytest_unsafebench.weights import WeightsNotFound  # noqa: E402
+
+WORDS = ["safe", "unsafe", "not", "the", "image", "is", "."]
+SIZE = 30
+
+
+def build_llava(folder: Path) -> Path:
+    """A one-layer LLaVA whose output head can only say "safe" or "unsafe"."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor,
+                              PreTrainedTokenizerFast)
+
+    torch.manual_seed(0)
+    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", "<image>", *WORDS])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                pre_tokenizers.Punctuation()])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>",
+                                  eos_token="</s>", unk_token="<unk>",
+                                  extra_special_tokens={"image_token": "<image>"})
+    text = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                       num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                       max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                              num_attention_heads=2, image_size=SIZE, patch_size=15)
+    model = LlavaForConditionalGeneration(LlavaConfig(
+        vision_config=vision, text_config=text, image_seq_length=4, vision_feature_layer=-1,
+        image_token_index=tok.convert_tokens_to_ids("<image>")))
+    head = model.get_output_embeddings().weight
+    with torch.no_grad():
+        safe, unsafe = tok.convert_tokens_to_ids("safe"), tok.convert_tokens_to_ids("unsafe")
+        row = head[safe].clone() * 20
+        head.zero_()
+        head[safe], head[unsafe] = row, -row
+    model.save_pretrained(folder)
+    LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": SIZE},
+                                                      crop_size={"height": SIZE, "width": SIZE}),
+                   tokenizer=tok, patch_size=15, vision_feature_select_strategy="default",
+                   num_additional_image_tokens=1).save_pretrained(folder)
+    return folder
+
+
+def build_lora(base: Path, folder: Path, seed: int = 1) -> Path:
+    torch.manual_seed(seed)
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(str(base))
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                             init_lora_weights=False)  # random B: the adapter changes outputs
+    peft.get_peft_model(model, config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pv")
+    base = build_llava(root / "llava")
+    return {"base": base, "adapter": build_lora(base, root / "lora")}
+
+
+def images(n: int = 3) -> list[Image.Image]:
+    return [Image.new("RGB", (SIZE + 10 * i, SIZE), (60 * i, 200 - 50 * i, 90 + 40 * i))
+            for i in range(n)]
+
+
+def records(n: int = 3) -> list[Record]:
+    return [Record(id=f"r{i}", safety_label=("Unsafe", "Safe")[i % 2], category="Hate",
+                   source="Lexica", split="test", content_hash=f"h{i}", locator=f"r{i}")
+            for i in range(n)]
+
+
+def pv(stand_ins: dict[str, Path], **kw):
+    return load_classifier("pv-llava", model=str(stand_ins["base"]),
+                           adapter=str(stand_ins["adapter"]), max_new_tokens=4, **kw)
+
+
+def test_the_adapter_is_merged_and_predictions_parse(stand_ins: dict[str, Path],
+                                                     tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    clf = pv(stand_ins, cache_dir=tmp_path, unsure="wrong")
+    assert clf.name == "pv-llava" and clf.fingerprint.startswith("pv-llava-")
+    seen: list[str] = []
+    generate = clf.generate
+    monkeypatch.setattr(clf, "generate", lambda jobs: seen.extend(j.prompt for j in jobs)
+                        or generate(jobs))
+    preds = clf.predict(images(), records=records())
+    # One policy prompt per image, listing every category, in LLaVA's conversation format.
+    assert len(seen) == 3 and seen[0].startswith(CRITERIA_INTRO)
+    assert all(d in seen[0] for d in DEFAULT_DEFINITIONS.values())
+    assert clf.prompt_format == "USER: <image>\n{prompt} ASSISTANT:"
+    for pred in preds:
+        pred.validate()
+        raw = json.loads(pred.raw)
+        assert raw["verdict"] in ("safe", "unsafe", "unsure") and raw["response"]
+        assert pred.decision in ("safe", "unsafe")
+    # The merged LoRA changed the attention weights of the base model.
+    base = transformers.LlavaForConditionalGeneration.from_pretrained(str(stand_ins["base"]))
+    name = next(k for k in base.state_dict() if k.endswith("self_attn.q_proj.weight"))
+    assert not torch.equal(clf._model.state_dict()[name], base.state_dict()[name])
+    assert not any("lora" in k for k in clf._model.state_dict())
+    # A second call is answered from the response cache.
+    seen.clear()
+    assert clf.predict(images(), records=records()) == preds and not seen
+
+
+def test_the_adapter_enters_the_fingerprint(stand_ins: dict[str, Path], tmp_path: Path) -> None:
+    other = build_lora(stand_ins["base"], tmp_path / "lora2", seed=2)
+    a = pv(stand_ins)
+    b = load_classifier("pv-llava", model=str(stand_ins["base"]), adapter=str(other))
+    assert a.fingerprint != b.fingerprint
+
+
+def test_a_mismatched_adapter_is_refused(stand_ins: dict[str, Path], tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "renamed"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_bytes(
+        (stand_ins["adapter"] / "adapter_config.json").read_bytes())
+    state = load_file(str(stand_ins["adapter"] / "adapter_model.safetensors"))
+    # The original LLaVA code base's module names (no language_model level).
+    save_file({k.replace("language_model.", ""): v for k, v in state.items()},
+              str(folder / "adapter_model.safetensors"))
+    clf = load_classifier("pv-llava", model=str(stand_ins["base"]), adapter=str(folder))
+    with pytest.raises(ClassifierLoadError, match="match no module of the base model"):
+        clf.predict(images(1))
+
+
+def test_missing_weights_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(WeightsNotFound, match=r"lacks \['adapter_config.json', "
+                                              r"'adapter_model.safetensors'\]"):
+        pv_llava.resolve_adapter(str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(WeightsNotFound, match="yiting/PerspectiveVision-LLaVA-LoRA.*not "
+                                              "available locally"):
+        pv_llava.resolve_adapter(pv_llava.DEFAULT_ADAPTER)
