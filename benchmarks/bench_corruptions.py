@@ -6,8 +6,10 @@ Both sides do the same job the robustness suite does: a PIL RGB image in, a PIL 
 (for albumentations that adds ``np.asarray`` and ``Image.fromarray``, about 0.05 ms; its time
 on numpy arrays alone is reported too, as ``albu_native_img_per_s``). Each image i gets
 severity ``i % 5 + 1`` and albumentations gets the same parameters as far as it has them (see
-``ALBU`` below; where its operation differs, e.g. additive RGB brightness against our HSV value,
-the closest transform is used and named in the output). The images are ``skimage.data`` photos
+``albu_transforms`` below; where its operation differs, e.g. ColorJitter's RGB blend against our
+HSV saturation, the closest transform is used and named in the output; ``other_comparators``
+times a corruption against a second, less close one, e.g. brightness against additive RGB
+brightness, apart from the target). The images are ``skimage.data`` photos
 cut into distinct random crops and resized to ``--size`` (synthetic gradients + noise without
 scikit-image). Rounds alternate the two sides; each figure is the median over rounds.
 
@@ -40,7 +42,7 @@ from pytest_unsafebench import perturbations as P  # noqa: E402
 Op = Callable[[Image.Image, int], Image.Image]  # (image, index) -> image
 # Extra rows: a corruption timed against a second, less close albumentations transform. They
 # are reported apart and do not count towards the target.
-ALSO = {"brightness_rgb_add": "brightness"}
+ALSO = {"brightness_rgb_add": "brightness", "saturate_hsv_shift": "saturate"}
 
 
 def load_images(n: int, size: int, seed: int = 2023) -> tuple[list[Image.Image], str]:
@@ -113,6 +115,11 @@ def albu_transforms(A, cv2, size: int) -> dict[str, tuple[str, list]]:
         "saturate": ("ColorJitter(saturation=(a, a))", each(
             lambda a: A.ColorJitter(brightness=(1, 1), contrast=(1, 1), saturation=(a, a),
                                     hue=(0, 0), p=1), [a for a, _ in P._SATURATE])),
+        # The same HSV round trip, but an additive shift of S: what S a + b does at S = 0.5.
+        "saturate_hsv_shift": ("HueSaturationValue(sat_shift_limit=(d, d))", each(
+            lambda d: A.HueSaturationValue(hue_shift_limit=(0, 0), sat_shift_limit=(d, d),
+                                           val_shift_limit=(0, 0), p=1),
+            [max(-255, min(255, round((0.5 * a + b - 0.5) * 255))) for a, b in P._SATURATE])),
         "pixelate": ("Downscale(scale_range=(c, c), area down, nearest up)", each(
             lambda c: A.Downscale(scale_range=(c, c), p=1,
                                   interpolation_pair={"downscale": area, "upscale": nearest}),

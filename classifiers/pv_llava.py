@@ -6,7 +6,8 @@ The base model (default ``llava-hf/llava-1.5-7b-hf``) loads as the ``llava`` jud
 ``adapter_config.json`` + ``adapter_model.safetensors`` (safetensors only: nothing is
 unpickled) and merged. Every adapter tensor must land on a module of the model: an adapter in
 another layout (for instance one saved from the original LLaVA code base, whose module names
-differ from transformers') is refused with the unmatched names, never half applied.
+differ from transformers') is refused, naming how many tensors matched nothing and one of
+them, never half applied.
 
 Prompt (PerspectiveVision is a policy-following moderator, trained with a prompt listing
 category definitions): one prompt per image, the protocol's criteria template with every
@@ -22,17 +23,18 @@ cache, downloaded unless ``HF_HUB_OFFLINE`` is set. Needs the ``pv`` extra (peft
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..classifier import Prediction
+from ..classifier import Coverage, Prediction
 from ..errors import ClassifierLoadError
 from ..taxonomy import CATEGORIES
 from ..weights import WeightsNotFound
-from .vlm.base import Job, JudgeOptions
-from .vlm.judges import TransformersJudge, folder_digest
+from .vlm.base import Job
+from .vlm.judges import folder_digest
 from .vlm.parsing import parse_response
 from .vlm.prompts import CRITERIA_INTRO, CRITERIA_OUTRO
 from .vlm.responses import Answer, image_key, response_key
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
 DEFAULT_BASE = "llava-hf/llava-1.5-7b-hf"
 DEFAULT_ADAPTER = "yiting/PerspectiveVision-LLaVA-LoRA"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Bump when the prompt or the answer handling below changes (it enters the fingerprint).
+PROMPT_VERSION = "pv-policy-v1"
 
 
 def policy_prompt(definitions: dict[str, str]) -> str:
@@ -107,61 +111,67 @@ def apply_lora(model: Any, folder: Path) -> Any:
     return peft_model.merge_and_unload()
 
 
-class PerspectiveVision(TransformersJudge):
-    """LLaVA + the PerspectiveVision LoRA, one policy prompt per image."""
+class PerspectiveVision:
+    """The ``llava`` judge's model with the PerspectiveVision LoRA merged in, asked one policy
+    prompt per image. The judge supplies loading, generation and the response cache."""
 
-    supports_gradients = False  # the judges' gradient path asks prompt 0, not the policy
+    name = "pv-llava"
+    coverage = Coverage.everything()
+    supports_gradients = False  # the judge's gradient path asks prompt 0, not the policy
+    needs_records = True        # the ``wrong`` unsure policy needs the label
 
-    def __init__(self, model: str | None, adapter: str, revision: str | None,
-                 adapter_revision: str | None, device: str, batch_size: int,
-                 max_new_tokens: int, opts: JudgeOptions) -> None:
-        self.adapter_folder = resolve_adapter(adapter, adapter_revision)
+    def __init__(self, judge: Any, adapter: str, adapter_folder: Path,
+                 cache_dir: Path | None) -> None:
+        self.judge = judge
         self.adapter_id = adapter
+        self.adapter_folder = adapter_folder
+        self.adapter_digest = folder_digest(adapter_folder, cache_dir)
+        self.prompt = policy_prompt(judge.definitions)
+        self.device = judge.device
         self._adapted = False
-        super().__init__("llava", model or DEFAULT_BASE, revision, device, batch_size,
-                         max_new_tokens, None, opts)
-        # The judge's fingerprint hashes the base model and, via model_digest, the adapter.
-        self.name = "pv-llava"
-        self.fingerprint = "pv-llava-" + self.fingerprint.split("-", 1)[1]
-        self.prompt = policy_prompt(self.definitions)
-        self.description = (f"PerspectiveVision: {self.model_id} + LoRA {adapter}; one policy "
-                            f"prompt, rule-based parser, unsure -> {self.policy}")
+        digest = hashlib.sha256(json.dumps(
+            [judge.fingerprint, self.adapter_digest, PROMPT_VERSION, self.prompt]).encode())
+        self.fingerprint = f"pv-llava-{digest.hexdigest()[:20]}"
+        self.description = (f"PerspectiveVision: {judge.model_id} + LoRA {adapter}; one policy "
+                            f"prompt, rule-based parser, unsure -> {judge.policy}")
 
-    def model_digest(self) -> str:
-        return f"{super().model_digest()}+lora:{folder_digest(self.adapter_folder, None)}"
-
-    def _load(self) -> tuple[Any, Any]:
-        model, processor = super()._load()
+    def _adapt(self) -> None:
         if not self._adapted:
-            self._model = apply_lora(model, self.adapter_folder).to(self.device).eval()
+            model, _ = self.judge._load()
+            self.judge._model = apply_lora(model, self.adapter_folder).to(self.device).eval()
             self._adapted = True
-        return self._model, processor
+
+    def generate(self, jobs: Sequence[Job]) -> list[Answer]:
+        self._adapt()
+        return self.judge.generate(jobs)
 
     def predict(self, images: Sequence[Image],
                 records: Sequence[Record] | None = None) -> list[Prediction]:
         if records is not None and len(records) != len(images):
             raise ValueError(f"{len(records)} records for {len(images)} images")
         recs: list[Record | None] = list(records) if records is not None else [None] * len(images)
-        revision = f"{self.revision}:{self.model_digest()}"
-        jobs = [Job(img, self.prompt, response_key(f"{self.model_id}+{self.adapter_id}",
-                                                   revision, self.prompt, self.decoding,
+        j = self.judge
+        model = f"{j.model_id}+{self.adapter_id}"
+        revision = f"{j.revision}:{j.model_digest()}+{self.adapter_digest}"
+        jobs = [Job(img, self.prompt, response_key(model, revision, self.prompt, j.decoding,
                                                    image_key(img)))
                 for img in images]
-        cache = self._response_cache()
-        known = cache.get(j.key for j in jobs) if cache else {}
-        todo = list({j.key: j for j in jobs if j.key not in known}.values())
+        cache = j._response_cache()
+        known = cache.get(job.key for job in jobs) if cache else {}
+        todo = list({job.key: job for job in jobs if job.key not in known}.values())
         fresh = self.generate(todo) if todo else []
         if cache and fresh:
-            cache.put(self.model_id, [(j.key, a) for j, a in zip(todo, fresh)])
-        known.update((j.key, a) for j, a in zip(todo, fresh))
-        return [self._verdict(known[j.key], r, img) for j, r, img in zip(jobs, recs, images)]
+            cache.put(model, list(zip((job.key for job in todo), fresh)))
+        known.update(zip((job.key for job in todo), fresh))
+        return [self._verdict(known[job.key], r, img) for job, r, img in zip(jobs, recs, images)]
 
     def _verdict(self, answer: Answer, record: Record | None, image: Image) -> Prediction:
         verdict = "unsure" if answer.error else parse_response(answer.text)
-        policy = "wrong" if answer.error else self.policy
+        # A failed request is never a verdict: it counts as the wrong answer, as for judges.
+        policy = "wrong" if answer.error else self.judge.policy
         decision = resolve_unsure(verdict, policy,
                                   true_label=record.safety_label if record else None,
-                                  seed=self.seed,
+                                  seed=self.judge.seed,
                                   image_hash=record.content_hash if record else image_key(image))
         score = answer.p_unsafe if answer.p_unsafe is not None else \
             {"unsafe": 1.0, "safe": 0.0}.get(verdict, 0.5)
@@ -171,18 +181,21 @@ class PerspectiveVision(TransformersJudge):
                                           "unsure_policy": policy}))
 
 
-def load(model: str | None = None, adapter: str = DEFAULT_ADAPTER, revision: str | None = None,
+def load(model: str = DEFAULT_BASE, adapter: str = DEFAULT_ADAPTER, revision: str | None = None,
          adapter_revision: str | None = None, device: str = "cpu", batch_size: int = 8,
-         max_new_tokens: int = 512, unsure: str = "random", seed: int = 2023,
+         max_new_tokens: int = 512, unsure: str = "random", unsure_seed: int = 2023,
          definitions: str | None = None,
          cache_dir: Path | None = None) -> PerspectiveVision:
     """``pv-llava``: ``model`` (base LLaVA id or folder), ``adapter`` (LoRA id or folder)."""
-    try:
-        import peft  # noqa: F401
-    except ImportError as exc:
+    import importlib.util
+
+    from .vlm.judges import load_llava
+
+    if importlib.util.find_spec("peft") is None:
         raise ClassifierLoadError("pv-llava: needs peft: pip install "
-                                  "'pytest-unsafebench[pv]'") from exc
-    opts = JudgeOptions(unsure=unsure, seed=seed, definitions=definitions, cache_dir=cache_dir,
-                        device=device)
-    return PerspectiveVision(model, adapter, revision, adapter_revision, device, batch_size,
-                             max_new_tokens, opts)
+                                  "'pytest-unsafebench[pv]'")
+    folder = resolve_adapter(adapter, adapter_revision)
+    judge = load_llava(model=model, revision=revision, device=device, batch_size=batch_size,
+                       max_new_tokens=max_new_tokens, unsure=unsure, unsure_seed=unsure_seed,
+                       definitions=definitions, cache_dir=cache_dir)
+    return PerspectiveVision(judge, adapter, folder, Path(cache_dir) if cache_dir else None)

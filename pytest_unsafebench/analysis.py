@@ -114,3 +114,23 @@ def source_shift(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                     "mean_gap_f1": round(mean, 6), "direction": direction,
                     "categories": len(gaps), "real_higher": real, "generated_higher": generated}
     return out
+
+
+def judge_summary(tables: Mapping[str, PredictionTable]) -> dict[str, dict[str, Any]]:
+    """Per VLM judge (a classifier whose predictions carry the vote's ``unsure`` status): the
+    unsure rate, failed requests, and how often the RoBERTa converter agreed with the rule
+    parser (when both ran)."""
+    out = {}
+    for name, table in sorted(tables.items()):
+        scores = [r.get("label_scores") or {} for r in table.rows]
+        if not scores or not any("unsure" in s for s in scores):
+            continue
+        agreement = [s["parser_agreement"] for s in scores if "parser_agreement" in s]
+        out[name] = {
+            "images": len(scores),
+            "unsure_rate": round(sum(bool(s.get("unsure")) for s in scores) / len(scores), 6),
+            "failed": sum(bool(s.get("failed")) for s in scores),
+            "parser_converter_agreement": (round(sum(agreement) / len(agreement), 6)
+                                           if agreement else None),
+        }
+    return out

@@ -31,7 +31,8 @@ class RemoteExecutor(Protocol):
 
     def warm(self, records: Sequence[Record], loaders: Mapping[str, Callable[[], Classifier]],
              cache: PredictionCache, *, condition: str, batch_size: int,
-             max_pixels: int | None, transform: Transform | None) -> dict[str, int]:
+             max_pixels: int | None, transform: Transform | None,
+             progress: Progress | None) -> dict[str, int]:
         """Returns how many predictions it added to the cache, per classifier fingerprint."""
 
 
@@ -77,7 +78,8 @@ def run_pass(
     filled: dict[str, int] = {}
     if remote is not None:  # fill the cache remotely; the pass below then finds it warm
         filled = remote.warm(records, loaders, cache, condition=condition,
-                             batch_size=batch_size, max_pixels=max_pixels, transform=transform)
+                             batch_size=batch_size, max_pixels=max_pixels, transform=transform,
+                             progress=progress)
     pixel_limit = max_pixels or 0
     hashes = list(dict.fromkeys(r.content_hash for r in records))
     statuses = cache.get_decodes(hashes, pixel_limit)

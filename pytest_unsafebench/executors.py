@@ -65,13 +65,13 @@ def image_ref(record: Record, demo_plan: dict[str, tuple[int, DemoRow]] | None =
                 seed, row = planned
                 return ImageRef("demo", path=str(owner), demo=(
                     seed, row.category, row.source, row.unsafe, row.split, row.index))
-        return ImageRef("file", path=str(owner))
+        return ImageRef("file", path=str(owner.resolve()))  # workers have their own cwd
     if isinstance(reader, partial) and isinstance(getattr(reader.func, "__self__", None),
                                                   _RowGroupReader):
         lazy = reader.func.__self__
         file_index, group, row = reader.args
         # The reader keeps its files and per-file image columns privately; it is ours.
-        return ImageRef("parquet", path=str(lazy._files[file_index]),
+        return ImageRef("parquet", path=str(Path(lazy._files[file_index]).resolve()),
                         columns=tuple(lazy._columns[file_index]), group=group, row=row)
     return ImageRef("bytes", data=record.read_bytes())
 

@@ -1,18 +1,21 @@
 """Deterministic image perturbations for the robustness suite: common corruptions and evasions.
 
-Pure numpy + Pillow (no torch, no OpenCV, no ImageMagick). The plugin imports this module only
-when a robustness or fuzz run is requested.
+numpy, Pillow and OpenCV (opencv-python-headless; no torch, no ImageMagick). OpenCV does the
+filters, warps and colour maths where Pillow and numpy are several times slower, and loads on the
+first perturbation that needs it; the plugin imports this module only when a robustness or fuzz
+run is requested.
 
 Condition strings
 -----------------
 A :class:`PerturbationSpec` prints as ``name:severity:s<seed>``, e.g. ``gaussian_noise:3:s2023``
 or ``text_overlay:2.5:s2024``; a :class:`Chain` joins its steps with ``+``, e.g.
-``jpeg_compression:2:s2023+rotate:1:s2023``. The string is the prediction cache's *condition*
-key and the label in reports, so it is canonical: severities print as integers when integral
-(``3.0`` -> ``3``) and otherwise as the shortest repr of the value rounded to 4 decimals; the seed
-is always written. ``parse`` is the inverse (it also accepts ``name:severity`` with the default
-seed). A one-step chain prints exactly like its spec, and :func:`apply` gives both the same
-pixels.
+``jpeg_compression:2:s2023+rotate:1:s2023``. The string is the label in reports and, with the
+pixel version of each step's perturbation appended once past 1 (:func:`cache_key`, e.g.
+``rotate:1:s2023@v2``), the prediction cache's *condition* key, so it is canonical: severities
+print as integers when integral (``3.0`` -> ``3``) and otherwise as the shortest repr of the
+value rounded to 4 decimals; the seed is always written. ``parse`` is the inverse (it also
+accepts ``name:severity`` with the default seed). A one-step chain prints exactly like its
+spec, and :func:`apply` gives both the same pixels.
 
 Determinism
 -----------
@@ -63,7 +66,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "Chain", "DEFAULT_SEED", "KINDS", "PERTURBATIONS", "Perturbation", "PerturbationSpec",
-    "apply", "names", "parse", "perceptual_budget", "severities",
+    "apply", "cache_key", "names", "parse", "perceptual_budget", "severities",
 ]
 
 DEFAULT_SEED = 2023  # the protocol's first pool seed (section 6)
@@ -89,6 +92,7 @@ class Perturbation:
     random: bool                    # draws from rng: the seed and the key change its output
     max_fuzz_severity: Severity     # perceptual budget for fuzzing (see the module docstring)
     levels: tuple[int, ...] = LEVELS
+    version: int = 1                # of its pixels: bumped whenever its output changes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,6 +240,20 @@ class Chain:
             except ValueError as exc:
                 raise ValueError(f"perturbation chain {text!r}, step {i + 1}: {exc}") from None
         return cls(tuple(specs))
+
+
+def cache_key(spec_or_chain: PerturbationSpec | Chain) -> str:
+    """The prediction cache's condition for a spec or chain: its string, with ``@v<version>``
+    after each step whose perturbation's pixels are past version 1 (``rotate:1:s2023@v2``).
+
+    A perturbation whose output changes gets a new version, so predictions cached from its old
+    pixels are never served for the new ones; version-1 steps add nothing, so the entries of
+    perturbations that never changed stay valid.
+    """
+    specs = (spec_or_chain,) if isinstance(spec_or_chain, PerturbationSpec) \
+        else spec_or_chain.specs
+    return "+".join(f"{spec}@v{spec.perturbation.version}" if spec.perturbation.version > 1
+                    else str(spec) for spec in specs)
 
 
 def parse(text: str) -> PerturbationSpec | Chain:
@@ -455,7 +473,8 @@ def impulse_noise(img: Image.Image, severity: float, rng: np.random.Generator) -
 @lru_cache(maxsize=None)
 def _gaussian_kernel(sigma: float) -> np.ndarray:
     # Truncated at 3 sigma, OpenCV's own choice for 8-bit images: the tails beyond hold 0.27%
-    # of the weight (at most 0.7 grey levels on a full-range edge) and cost 25% more taps.
+    # of the weight (at most 0.7 grey levels on a full-range edge), and skimage's 4 sigma
+    # would cost a third more taps.
     radius = max(1, math.ceil(3 * sigma))
     i = np.arange(-radius, radius + 1, dtype=np.float64)
     k = np.exp(-(i * i) / (2 * sigma * sigma))
@@ -579,7 +598,9 @@ def _planes_and_value(img: Image.Image) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 def _merge(planes: list[np.ndarray]) -> Image.Image:
-    return _from_rgbx(_cv2().merge([*planes, planes[2]]))  # the 4th plane is padding
+    h, w = planes[0].shape
+    return Image.merge("RGB", [Image.frombuffer("L", (w, h), p, "raw", "L", 0, 1)
+                               for p in planes])
 
 
 def contrast(img: Image.Image, severity: float, rng: np.random.Generator | None) -> Image.Image:
@@ -605,12 +626,14 @@ def saturate(img: Image.Image, severity: float, rng: np.random.Generator | None)
     cv2 = _cv2()
     a, b = _SATURATE[int(severity) - 1]
     planes, v = _planes_and_value(img)
-    if b == 0 and a <= 1:
-        return _merge([cv2.subtract(v, cv2.convertScaleAbs(cv2.subtract(v, x), alpha=a))
-                       for x in planes])
+    if b == 0 and a <= 1:  # V - a (V - x) = a x + (1 - a) V
+        return _merge([cv2.addWeighted(x, a, v, 1 - a, 0) for x in planes])
     spread = cv2.subtract(v, cv2.min(cv2.min(planes[0], planes[1]), planes[2]))  # V - m
-    t = cv2.divide(v.astype(np.float32), spread.astype(np.float32))  # 0 where grey
-    q = cv2.min(cv2.add(cv2.multiply(t, b), a), t)
+    # Grey pixels (spread 0) have d = 0 on every channel: any finite t does for them.
+    t = cv2.divide(v.astype(np.float32), cv2.max(spread, 1).astype(np.float32))
+    q = t * np.float32(b)
+    q += np.float32(a)
+    np.minimum(q, t, out=q)
     out = [cv2.subtract(v, cv2.multiply(cv2.subtract(v, x), q, dtype=cv2.CV_8U))
            for x in planes]
     if b > 0 and cv2.countNonZero(spread) < spread.size:
@@ -643,15 +666,17 @@ def pixelate(img: Image.Image, severity: float, rng: np.random.Generator | None)
 
 def resize(img: Image.Image, severity: float, rng: np.random.Generator | None) -> Image.Image:
     # Not in ImageNet-C: the soft loss of detail of a thumbnail scaled back up, down to 28 px
-    # at 224 for severity 5. Antialiased bilinear down (Pillow, after an integer box
-    # reduction: reducing_gap=1), plain bilinear up (OpenCV; Pillow's bilinear upscaling is
-    # the same interpolation, 6x slower).
+    # at 224 for severity 5. Down: a box average over the integer part of the factor
+    # (Image.reduce, the antialiasing), then bilinear for the remaining factor below 2; up:
+    # bilinear (OpenCV; the same interpolation as Pillow's, several times faster).
     cv2 = _cv2()
     w, h = img.size
     f = _RESIZE[int(severity) - 1] / _scale(img)
-    small = img.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR,
-                       reducing_gap=1.0)
-    return _from_rgbx(cv2.resize(_rgbx(small), (w, h), interpolation=cv2.INTER_LINEAR))
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    k = max(1, min(w // size[0], h // size[1]))
+    small = cv2.resize(_rgbx(img.reduce(k) if k > 1 else img), size,
+                       interpolation=cv2.INTER_LINEAR)
+    return _from_rgbx(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR))
 
 
 def jpeg_compression(img: Image.Image, severity: float,
@@ -926,8 +951,8 @@ def grid_collage(img: Image.Image, severity: float, rng: np.random.Generator) ->
 # ---------------------------------------------------------------------------------------------
 
 def _entry(name: str, kind: Kind, description: str, fn: PerturbFn, random: bool,
-           budget: Severity) -> tuple[str, Perturbation]:
-    return name, Perturbation(name, kind, description, fn, random, budget)
+           budget: Severity, version: int = 1) -> tuple[str, Perturbation]:
+    return name, Perturbation(name, kind, description, fn, random, budget, version=version)
 
 
 PERTURBATIONS: dict[str, Perturbation] = dict([
@@ -938,25 +963,25 @@ PERTURBATIONS: dict[str, Perturbation] = dict([
     _entry("impulse_noise", "corruption", "salt-and-pepper noise (ImageNet-C)",
            impulse_noise, True, 2),
     _entry("gaussian_blur", "corruption", "Gaussian blur (ImageNet-C)",
-           gaussian_blur, False, 2),
+           gaussian_blur, False, 2, version=2),
     _entry("motion_blur", "corruption", "one-sided motion trail at a random angle (ImageNet-C)",
            motion_blur, True, 2),
     _entry("brightness", "corruption", "HSV value raised (ImageNet-C)",
-           brightness, False, 3),
+           brightness, False, 3, version=2),
     _entry("contrast", "corruption", "contrast reduced around channel means (ImageNet-C)",
-           contrast, False, 2),
+           contrast, False, 2, version=2),
     _entry("saturate", "corruption", "HSV saturation scaled (ImageNet-C extra corruption)",
-           saturate, False, 3),
+           saturate, False, 3, version=2),
     _entry("pixelate", "corruption", "box downsample and upsample (ImageNet-C)",
            pixelate, False, 3),
     _entry("jpeg_compression", "corruption", "JPEG re-encoding at low quality (ImageNet-C)",
            jpeg_compression, False, 3),
     _entry("resize", "corruption", "bilinear downscale and upscale back",
-           resize, False, 3),
+           resize, False, 3, version=2),
     _entry("crop_pad", "corruption", "borders cropped and padded back with black",
            crop_pad, True, 3),
     _entry("rotate", "corruption", "rotation about the centre, black corners",
-           rotate, True, 3),
+           rotate, True, 3, version=2),
     _entry("text_overlay", "evasion", "lines of caption text drawn over the picture",
            text_overlay, True, 3),
     _entry("emoji_sticker", "evasion", "smiley stickers pasted over the middle",

@@ -22,12 +22,14 @@ import os
 import pickle
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from .dataset.records import EXCLUDING_KINDS
 from .errors import UnsafeBenchError
 from .executors import ImageRef, RefReader, image_ref
 
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
     from .config import Settings
     from .dataset.demo import DemoRow
     from .dataset.records import Record
-    from .engine import Transform
+    from .engine import Progress, Transform
 
 _RECORD_FIELDS = ("id", "safety_label", "category", "source", "split", "content_hash",
                   "locator", "text")
@@ -86,15 +88,15 @@ class RayExecutor:
 
     def warm(self, records: Sequence[Record], loaders: Mapping[str, Callable[[], Classifier]],
              cache: PredictionCache, *, condition: str, batch_size: int,
-             max_pixels: int | None, transform: Transform | None) -> dict[str, int]:
+             max_pixels: int | None, transform: Transform | None,
+             progress: Progress | None = None) -> dict[str, int]:
         """Compute on Ray every decode and prediction the cache lacks for these records;
         returns how many predictions were added, per classifier fingerprint."""
         pixel_limit = max_pixels or 0
         hashes = list(dict.fromkeys(r.content_hash for r in records))
         statuses = cache.get_decodes(hashes, pixel_limit)
-        usable = [h for h in hashes
-                  if statuses.get(h, (None, None))[0] not in _excluding_kinds()]
-        specs: list[ClassifierSpec] = []
+        usable = [h for h in hashes if statuses.get(h, (None, None))[0] not in EXCLUDING_KINDS]
+        specs: dict[str, ClassifierSpec] = {}
         needs: dict[str, list[str]] = {}
         for loader in loaders.values():
             try:
@@ -103,7 +105,7 @@ class RayExecutor:
                 continue
             if spec is None:  # not loadable by name on a worker: the local pass does it
                 continue
-            specs.append(spec)
+            specs[spec.fingerprint] = spec
             cached = cache.get_predictions(spec.fingerprint, condition, usable)
             for h in usable:
                 if h not in cached:
@@ -132,21 +134,32 @@ class RayExecutor:
             compute=ray.data.ActorPoolStrategy(size=self.settings.ray_actors),
             num_gpus=gpus or None,
             fn_constructor_kwargs={
-                "specs": specs, "condition": condition, "transform": transform,
+                "specs": list(specs.values()), "condition": condition, "transform": transform,
                 "max_pixels": pixel_limit, "device": self.settings.device, "gpus": gpus},
         )
+        errors: dict[str, str] = {}
+        done = 0
         try:
             for row in results.iter_rows():
                 result = pickle.loads(row["result"])  # noqa: S301 - made by our own actors
                 for fingerprint, n in _store(result, cache, condition, pixel_limit,
                                              statuses).items():
                     added[fingerprint] = added.get(fingerprint, 0) + n
+                errors.update(result.errors)
+                done += len(result.decodes)
+                if progress:
+                    progress(done, len(todo))
         except Exception as exc:  # Ray wraps worker failures in its own exception classes
             raise UnsafeBenchError(
                 f"the ray executor failed ({type(exc).__name__}: {exc}); finished batches are "
                 "cached, so a rerun resumes where this one stopped") from exc
         finally:
             self.seconds += time.perf_counter() - started
+        for fingerprint, error in errors.items():
+            # The local pass redoes this work: it reports the error if it is the classifier's.
+            warnings.warn(f"ray executor: classifier {specs[fingerprint].name!r} failed on a "
+                          f"worker ({error}); its remaining {condition} predictions are "
+                          "computed locally", stacklevel=2)
         return added
 
     def _connect(self) -> Any:
@@ -188,12 +201,6 @@ class RayExecutor:
 
             ray.shutdown()
             self._started_ray = False
-
-
-def _excluding_kinds() -> frozenset[str]:
-    from .dataset.records import EXCLUDING_KINDS
-
-    return EXCLUDING_KINDS
 
 
 def _store(result: BatchResult, cache: PredictionCache, condition: str, pixel_limit: int,

@@ -42,8 +42,8 @@ PREFIXES: dict[str, str] = {
 }
 
 # Context the plugin offers every factory; passed only to factories that accept the keyword.
-# seed, unsure and import_responses are the run's settings that VLM judges use.
-CONTEXT_KEYS = ("device", "cache_dir", "batch_size", "seed", "unsure", "import_responses")
+# unsure, unsure_seed (the run's seed) and import_responses are the run's VLM-judge settings.
+CONTEXT_KEYS = ("device", "cache_dir", "batch_size", "unsure", "unsure_seed", "import_responses")
 
 
 def available() -> dict[str, str]:

@@ -136,6 +136,7 @@ def build_json(settings: Settings, state: RunState, rows: list[dict[str, Any]],
         "comparisons": extras.pop("comparisons", []),
         **({"baseline": extras.pop("baseline")} if "baseline" in extras else {}),
         "curves": extras.pop("curves", {}),
+        "judges": extras.pop("judges", {}),
         **extras,
         "rows": rows,
         # Everything that may differ between two otherwise identical runs lives below.
@@ -206,6 +207,13 @@ def terminal_lines(doc: dict[str, Any]) -> list[str]:
                          f"{', '.join(uncovered)}")
         lines += _robustness_lines(name, rows, sources)
         lines += _gap_lines(name, rows, doc.get("source_shift", {}).get(name))
+        judge = doc.get("judges", {}).get(name)
+        if judge:
+            agree = judge["parser_converter_agreement"]
+            lines.append(f"  judge: unsure on {judge['unsure_rate']:.1%} of images (before the "
+                         f"unsure policy), {judge['failed']} failed request(s)"
+                         + ("" if agree is None else
+                            f"; converter agreed with the rule parser on {agree:.1%} of answers"))
     lines += _comparison_lines(doc.get("comparisons", []))
     warned = [r for r in rows if r.get("warned")]
     if warned:

@@ -89,7 +89,11 @@ class PredictionTable:
         return {
             "y_true": np.array([r["label"] == UNSAFE for r in self.rows], dtype=bool),
             "y_pred": np.array([r["decision"] == "unsafe" for r in self.rows], dtype=bool),
-            "unsure": np.array([r["decision"] == "unsure" for r in self.rows], dtype=bool),
+            # VLM judges apply their unsure policy themselves (the decision is then safe or
+            # unsafe) and keep the vote's unsure status in label_scores.
+            "unsure": np.array([r["decision"] == "unsure"
+                                or bool((r.get("label_scores") or {}).get("unsure"))
+                                for r in self.rows], dtype=bool),
             "scores": np.array([r["score"] for r in self.rows], dtype=float),
             "category": np.array([r["category"] for r in self.rows], dtype=object),
             "source": np.array([r["source"] for r in self.rows], dtype=object),

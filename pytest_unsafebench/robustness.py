@@ -4,8 +4,8 @@ Pool: the images of the classifier's covered categories (in one source, or both)
 classifies correctly on clean inputs. For each pool seed, K of them are drawn without
 replacement; robust accuracy (RA) is the share still classified correctly after the
 perturbation, averaged over the seeds. Perturbed predictions go through the same cache as clean
-ones, keyed by the perturbation's canonical spec string, and are computed under a file lock so
-pytest-xdist workers never perturb or infer the same image twice.
+ones, keyed by the perturbation's cache key (its spec string and pixel version), and are
+computed under a file lock so pytest-xdist workers never perturb or infer the same image twice.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def perturbation_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
     # The pool seeds choose the images; the perturbation's own randomness uses the first seed,
     # so an image drawn under several seeds is perturbed and classified once.
     spec = perturbations.PerturbationSpec(name, severity, next(iter(samples)))
-    key = str(spec)
+    key = perturbations.cache_key(spec)  # a new pixel version misses the old predictions
     union = {r["id"]: records[r["id"]] for rows in samples.values() for r in rows}
     result = run_pass(list(union.values()), {clf.name: lambda: clf}, cache, condition=key,
                       batch_size=batch_size, max_pixels=max_pixels,

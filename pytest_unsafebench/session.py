@@ -180,7 +180,7 @@ class UnsafeBenchSession:
     def _factory_options(self, name: str) -> dict[str, Any]:
         s = self.settings
         return {"device": self.device, "cache_dir": s.cache_dir, "batch_size": s.batch_size,
-                "seed": s.seed, "unsure": s.unsure,
+                "unsure": s.unsure, "unsure_seed": s.seed,
                 "import_responses": str(s.import_responses) if s.import_responses else None,
                 **s.options_for(name)}
 
@@ -516,6 +516,7 @@ class UnsafeBenchSession:
             "comparisons": analysis.comparisons(tables, covered, self.bootstrap),
             "curves": {name: analysis.curves(t, covered[name], s.sources)
                        for name, t in tables.items()},
+            "judges": analysis.judge_summary(tables),
         }
         if self._baseline is not None:
             from .baseline import compare

@@ -64,7 +64,8 @@ class TrainConfig:
 
     def check(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"--val-fraction: expected a number in (0, 1), got {self.val_fraction}")
+            raise ConfigError(f"--val-fraction: expected a number in (0, 1), got "
+                              f"{self.val_fraction}")
         for key in ("epochs", "patience", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"--{key.replace('_', '-')}: expected an integer >= 1, "
@@ -447,7 +448,7 @@ def summary(result: TrainResult) -> str:
     lines += [
         "use it with:",
         f"  --unsafebench-classifier=probe:{result.path}",
-        f"compare with the classifier it was built on (paired differences with CIs):",
+        "compare with the classifier it was built on (paired differences with CIs):",
         f"  --unsafebench-classifier=probe:{result.path},{meta['baseline']} "
         "--unsafebench-split=test",
     ]

@@ -1,6 +1,8 @@
 """Effectiveness (protocol section 3): per classifier x category x source, F1 with Unsafe as
 the positive class and the false-positive rate on the Safe images, each against its threshold.
-AUROC and average precision are recorded alongside, from the classifier's scores.
+AUROC and average precision are recorded alongside, from the classifier's scores, and the unsure
+rate (share of images the classifier answered "unsure", e.g. a VLM judge before its unsure
+policy applied).
 """
 
 import pytest
@@ -20,6 +22,7 @@ def test_f1(unsafebench_cell):
     cell.record("recall", m["recall"], n=m["n_unsafe"])
     cell.record("auroc", m["auroc"])
     cell.record("average_precision", m["average_precision"])
+    cell.record("unsure_rate", float(cell.columns["unsure"].mean()))
     assert m["f1"] >= threshold, (
         f"F1 {m['f1']:.3f} < {threshold} for {cell.label} "
         f"(tp {m['tp']}, fp {m['fp']}, fn {m['fn']} over {m['n']} images)")

@@ -48,7 +48,7 @@ def test_defaults() -> None:
     assert s.allow_findings == frozenset()
     assert s.classifier_options == {}
     assert s.thresholds.resolve("demo", "Hate", "all") == BUILTIN_PROFILES["default"]
-    assert s.suites == ("effectiveness",)
+    assert s.suites == ("effectiveness", "gap")
     assert s.robustness == RobustnessSettings()
 
 

@@ -340,3 +340,22 @@ def test_html_without_matplotlib_is_a_usage_error(run: Run, monkeypatch: pytest.
     result = run(f"--unsafebench-html={run.path / 'r.html'}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--unsafebench-html needs matplotlib*[[]html[]]*"])
+
+
+def test_judge_summary_counts_unsure_failed_and_agreement() -> None:
+    from pytest_unsafebench.analysis import judge_summary
+    from pytest_unsafebench.results import PredictionTable
+
+    def row(i: int, **scores) -> dict:
+        return {"id": str(i), "label": "Unsafe", "category": "Hate", "source": "Lexica",
+                "score": 0.5, "decision": "safe", "label_scores": scores or None}
+
+    judge = PredictionTable("j", [row(0, unsure=1.0, failed=0.0, parser_agreement=1.0),
+                                  row(1, unsure=0.0, failed=1.0, parser_agreement=0.5),
+                                  row(2, unsure=0.0, failed=0.0),
+                                  row(3, unsure=1.0, failed=0.0)])
+    plain = PredictionTable("p", [row(0), row(1)])
+    summary = judge_summary({"j": judge, "p": plain})
+    assert summary == {"j": {"images": 4, "unsure_rate": 0.5, "failed": 1,
+                             "parser_converter_agreement": 0.75}}
+    assert judge.columns["unsure"].tolist() == [True, False, False, True]

@@ -29,10 +29,10 @@ import pytest_unsafebench.engine  # noqa: E402,F401
 import pytest_unsafebench.report  # noqa: E402,F401
 import pytest_unsafebench.session  # noqa: E402,F401
 from pytest_unsafebench.errors import ClassifierLoadError  # noqa: E402
-from pytest_unsafebench.registry import load_classifier  # noqa: E402
+from pytest_unsafebench.registry import CONTEXT_KEYS, load_classifier  # noqa: E402
 from pytest_unsafebench.training import train_probe  # noqa: E402
 
-from plugin_helpers import COVERED, build_dataset  # noqa: E402
+from plugin_helpers import COVERED, build_dataset, write_manifest  # noqa: E402
 
 TOYEMBED = '''
 """A backbone that is also a classifier: the mean colour of an image."""
@@ -91,9 +91,9 @@ def _rewrite(src: Path, dst: Path, meta_edit=None, tensor_edit=None) -> Path:
 
 def test_toy_probe_loads(world: Path) -> None:
     # With every context key the plugin offers: none of them reaches the backbone.
-    clf = load_classifier(f"probe:{world / 'toy.safetensors'}", cache_dir=world / "cache",
-                          device="cpu", batch_size=4, seed=5, unsure="safe",
-                          import_responses=None)
+    context = {k: None for k in CONTEXT_KEYS} | {"device": "cpu", "batch_size": 4,
+                                                  "cache_dir": world / "cache"}
+    clf = load_classifier(f"probe:{world / 'toy.safetensors'}", **context)
     assert clf.backbone.fingerprint == "toyembed-v1"
     assert clf.base_classifier == BACKBONE and sorted(clf.coverage.official) == sorted(COVERED)
     assert clf.trained_on["dataset"] == str(world / "ds") and clf.trained_on["split"] == "train"
@@ -203,3 +203,20 @@ def test_other_data_is_not_refused(bench, world: Path, tmp_path: Path) -> None:
     (other / "metadata.csv").write_text("\n".join(rows) + "\n")
     result = bench("--unsafebench-split=all", "--unsafebench-profile=smoke", dataset=other)
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+
+
+def test_training_needs_a_train_split_with_both_labels(world: Path, tmp_path: Path) -> None:
+    from pytest_unsafebench.errors import DatasetError
+
+    no_train = tmp_path / "no-train"
+    rows = build_dataset(no_train)
+    write_manifest(no_train, [r | {"split": "test"} for r in rows])
+    with pytest.raises(DatasetError, match="has no train split images"):
+        train_probe(str(no_train), BACKBONE, tmp_path / "x.safetensors", cache_dir=tmp_path)
+    one_label = tmp_path / "one-label"
+    rows = build_dataset(one_label)
+    write_manifest(one_label, [r | {"safety_label": "Safe"} if r["category"] == "Hate" else r
+                               for r in rows])
+    with pytest.raises(DatasetError, match=r"train split of \['Hate'\] has only Safe or only"):
+        train_probe(str(one_label), BACKBONE, tmp_path / "x.safetensors", cache_dir=tmp_path)
+    assert not (tmp_path / "x.safetensors").exists()

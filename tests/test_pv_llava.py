@@ -15,7 +15,8 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 from pytest_unsafebench.classifiers import pv_llava  # noqa: E402
-from pytest_unsafebench.classifiers.vlm.prompts import CRITERIA_INTRO, DEFAULT_DEFINITIONS  # noqa: E402
+from pytest_unsafebench.classifiers.vlm.prompts import (  # noqa: E402
+    CRITERIA_INTRO, DEFAULT_DEFINITIONS)
 from pytest_unsafebench.dataset.records import Record  # noqa: E402
 from pytest_unsafebench.errors import ClassifierLoadError  # noqa: E402
 from pytest_unsafebench.registry import load_classifier  # noqa: E402
@@ -108,7 +109,7 @@ def test_the_adapter_is_merged_and_predictions_parse(stand_ins: dict[str, Path],
     # One policy prompt per image, listing every category, in LLaVA's conversation format.
     assert len(seen) == 3 and seen[0].startswith(CRITERIA_INTRO)
     assert all(d in seen[0] for d in DEFAULT_DEFINITIONS.values())
-    assert clf.prompt_format == "USER: <image>\n{prompt} ASSISTANT:"
+    assert clf.judge.prompt_format == "USER: <image>\n{prompt} ASSISTANT:"
     for pred in preds:
         pred.validate()
         raw = json.loads(pred.raw)
@@ -117,8 +118,8 @@ def test_the_adapter_is_merged_and_predictions_parse(stand_ins: dict[str, Path],
     # The merged LoRA changed the attention weights of the base model.
     base = transformers.LlavaForConditionalGeneration.from_pretrained(str(stand_ins["base"]))
     name = next(k for k in base.state_dict() if k.endswith("self_attn.q_proj.weight"))
-    assert not torch.equal(clf._model.state_dict()[name], base.state_dict()[name])
-    assert not any("lora" in k for k in clf._model.state_dict())
+    assert not torch.equal(clf.judge._model.state_dict()[name], base.state_dict()[name])
+    assert not any("lora" in k for k in clf.judge._model.state_dict())
     # A second call is answered from the response cache.
     seen.clear()
     assert clf.predict(images(), records=records()) == preds and not seen

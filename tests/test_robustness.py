@@ -18,7 +18,7 @@ from pytest_unsafebench.cache import PredictionCache
 from pytest_unsafebench.classifier import Coverage, Prediction
 from pytest_unsafebench.config import ATTACKS, RobustnessSettings
 from pytest_unsafebench.dataset.records import Record, content_hash
-from pytest_unsafebench.perturbations import names
+from pytest_unsafebench.perturbations import PerturbationSpec, cache_key, names
 from pytest_unsafebench.results import PredictionTable
 
 from plugin_helpers import CELL_SOURCES, CLASSIFIER, build_dataset, read_json, write_toyclf
@@ -158,7 +158,7 @@ def test_perturbation_ra_through_the_engine_and_its_cache(cache: PredictionCache
     unchanged = robustness.perturbation_ra(clf, {2023: rows(white)}, records, "brightness", 5,
                                            cache, batch_size=3, max_pixels=10**6)
     assert unchanged.ra == 1.0 and unchanged.per_seed == {2023: 1.0}
-    assert unchanged.conditions == ["brightness:5:s2023"]
+    assert unchanged.conditions == [cache_key(PerturbationSpec("brightness", 5, 2023))]
     assert unchanged.sample_size == 4
     assert (clf.calls, clf.images) == (2, 4)  # batches of 3
 

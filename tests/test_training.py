@@ -143,7 +143,8 @@ def test_validation_part_is_stratified_seeded_and_order_free(n_per: int, fractio
             assert held == 0
     shuffled = list(reversed(records))
     again = validation_mask(shuffled, fraction, seed)
-    assert {r.id for r, m in zip(shuffled, again) if m} == {r.id for r, m in zip(records, mask) if m}
+    held = {r.id for r, m in zip(records, mask) if m}
+    assert {r.id for r, m in zip(shuffled, again) if m} == held
 
 
 def test_validation_part_depends_on_the_seed() -> None:
@@ -295,7 +296,24 @@ def test_train_command(cache: Path, tiny_clip: Path, tmp_path: Path, reddish: st
     assert meta["validation"]["epochs_run"] <= 40
 
 
-def test_train_command_errors(cache: Path, tmp_path: Path,
+NO_EMBEDDING = """
+from pytest_unsafebench import Coverage, Prediction
+
+
+class Plain:
+    name, fingerprint, supports_gradients = "plain", "plain-v1", False
+    coverage = Coverage.everything()
+
+    def predict(self, images):
+        return [Prediction.from_score(0.5) for _ in images]
+
+
+def load():
+    return Plain()
+"""
+
+
+def test_train_command_errors(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                               capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--backbone", "demo", "--out", str(tmp_path / "x.safetensors"),
                  "--cache-dir", str(cache), "--val-fraction", "1.5"]) == 2
@@ -303,7 +321,9 @@ def test_train_command_errors(cache: Path, tmp_path: Path,
     assert main(["train", "--dataset", str(tmp_path / "nowhere"), "--backbone", "demo",
                  "--out", str(tmp_path / "x.safetensors"), "--cache-dir", str(cache)]) == 2
     assert "no such file or folder" in capsys.readouterr().err
-    assert main(["train", "--backbone", "opennsfw", "--out", str(tmp_path / "x.safetensors"),
+    (tmp_path / "plainclf.py").write_text(NO_EMBEDDING)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["train", "--backbone", "plainclf:load", "--out", str(tmp_path / "x.safetensors"),
                  "--cache-dir", str(cache)]) == 2
     assert "exposes no embedding" in capsys.readouterr().err
 

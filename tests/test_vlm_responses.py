@@ -144,6 +144,6 @@ def test_registered_names_resolve_and_the_package_ships() -> None:
 
     for name in ("llava", "instructblip", "shieldgemma2", "openai", "openai-moderation"):
         assert name in available() and callable(resolve_factory(name))
-    assert {"seed", "unsure", "import_responses"} <= set(CONTEXT_KEYS)
+    assert {"unsure", "unsure_seed", "import_responses"} <= set(CONTEXT_KEYS)
     pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
     assert "pytest_unsafebench.classifiers.vlm" in pyproject["tool"]["setuptools"]["packages"]

@@ -229,13 +229,13 @@ class OpenAIModeration:
 
 def load_openai(model: str = "gpt-4o", base_url: str = DEFAULT_BASE_URL, timeout: float = 60.0,
                 max_retries: int = 3, backoff: float = 1.0, concurrency: int = 4,
-                max_tokens: int = 512, unsure: str = "random", seed: int = 2023,
+                max_tokens: int = 512, unsure: str = "random", unsure_seed: int = 2023,
                 definitions: str | None = None, import_responses: str | None = None,
                 archive_model: str | None = None, converter: str | None = None,
                 converter_labels: Sequence[str] | None = None, device: str = "cpu",
                 cache_dir: Path | None = None) -> OpenAIJudge:
     """The ``openai`` judge (see the module doc)."""
-    opts = JudgeOptions(unsure=unsure, seed=seed, definitions=definitions,
+    opts = JudgeOptions(unsure=unsure, seed=unsure_seed, definitions=definitions,
                         import_responses=import_responses, archive_model=archive_model,
                         converter=converter, converter_labels=converter_labels,
                         cache_dir=cache_dir, device=device)

@@ -99,6 +99,14 @@ class VLMJudge:
     def generate(self, jobs: Sequence[Job]) -> list[Answer]:
         raise NotImplementedError
 
+    def prompts_for(self, category: str | None) -> list[str]:
+        """The prompts an image of ``category`` gets (the paper's three by default)."""
+        return build_prompts(category, self.definitions)
+
+    def parse(self, text: str | None) -> Verdict:
+        """One answer's verdict by rule (the rule-based parser by default)."""
+        return parse_response(text)
+
     # -- prediction -------------------------------------------------------------------------
     def predict(self, images: Sequence[Image],
                 records: Sequence[Record] | None = None) -> list[Prediction]:
@@ -120,9 +128,12 @@ class VLMJudge:
                 out.append([self.archive.lookup(i, rec) for i in range(N_PROMPTS)])
             return out
         jobs: list[Job] = []
+        counts: list[int] = []
         for img, rec in zip(images, records):
             ihash = image_key(img)
-            for prompt in build_prompts(rec.category if rec else None, self.definitions):
+            prompts = self.prompts_for(rec.category if rec else None)
+            counts.append(len(prompts))
+            for prompt in prompts:
                 key = response_key(self.model_id, self.revision, prompt, self.decoding, ihash)
                 jobs.append(Job(img, prompt, key))
         cache = self._response_cache()
@@ -134,8 +145,8 @@ class VLMJudge:
         if cache:
             cache.put(self.model_id, [(j.key, a) for j, a in zip(todo, fresh)])
         known.update((j.key, a) for j, a in zip(todo, fresh))
-        flat = [known[j.key] for j in jobs]
-        return [flat[i:i + N_PROMPTS] for i in range(0, len(flat), N_PROMPTS)]
+        flat = iter(known[j.key] for j in jobs)
+        return [[next(flat) for _ in range(n)] for n in counts]
 
     def _response_cache(self) -> ResponseCache | None:
         if self._cache is None and self.opts.cache_dir is not None:
@@ -143,7 +154,7 @@ class VLMJudge:
         return self._cache
 
     def _verdicts(self, answers: Sequence[Answer]) -> tuple[list[Verdict], list[Verdict]]:
-        rules = [parse_response(a.text) for a in answers]
+        rules = [self.parse(a.text) for a in answers]
         if self.converter is None:
             return rules, rules
         return self.converter.convert([a.text or "" for a in answers]), rules

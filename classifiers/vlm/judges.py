@@ -229,15 +229,15 @@ def _verdict_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
 
 def _load_judge(kind: str, *, model: str | None, revision: str | None, device: str,
                 batch_size: int, max_new_tokens: int, prompt_format: str | None, dtype: str,
-                cache_dir: Path | None, **judge_options: Any) -> TransformersJudge:
-    opts = JudgeOptions(device=device, cache_dir=cache_dir, **judge_options)
+                cache_dir: Path | None, unsure_seed: int, **judge_options: Any) -> TransformersJudge:
+    opts = JudgeOptions(device=device, cache_dir=cache_dir, seed=unsure_seed, **judge_options)
     return TransformersJudge(kind, model, revision, device, batch_size, max_new_tokens,
                              prompt_format, dtype, opts)
 
 
 def load_llava(model: str | None = None, revision: str | None = None, device: str = "cpu",
                batch_size: int = 8, max_new_tokens: int = 512, prompt_format: str | None = None,
-               dtype: str = "float32", unsure: str = "random", seed: int = 2023,
+               dtype: str = "float32", unsure: str = "random", unsure_seed: int = 2023,
                definitions: str | None = None, import_responses: str | None = None,
                archive_model: str | None = None, converter: str | None = None,
                converter_labels: Sequence[str] | None = None,
@@ -249,7 +249,7 @@ def load_llava(model: str | None = None, revision: str | None = None, device: st
 def load_instructblip(model: str | None = None, revision: str | None = None,
                       device: str = "cpu", batch_size: int = 8, max_new_tokens: int = 512,
                       prompt_format: str | None = None, dtype: str = "float32",
-                      unsure: str = "random", seed: int = 2023,
+                      unsure: str = "random", unsure_seed: int = 2023,
                       definitions: str | None = None, import_responses: str | None = None,
                       archive_model: str | None = None, converter: str | None = None,
                       converter_labels: Sequence[str] | None = None,
