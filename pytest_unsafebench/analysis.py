@@ -50,13 +50,19 @@ def curves(table: PredictionTable, covered: Iterable[str], sources: Iterable[str
 
 
 def comparisons(tables: Mapping[str, PredictionTable], covered: Mapping[str, list[str]],
-                bootstrap: Bootstrap) -> list[dict[str, Any]]:
+                bootstrap: Bootstrap, bases: Mapping[str, str | None] | None = None
+                ) -> list[dict[str, Any]]:
     """Every pair of the run's classifiers on the categories both cover (pooled sources):
-    paired bootstrap of F1 (diff = b - a) and the exact McNemar test on correctness."""
+    paired bootstrap of F1 (diff = b - a) and the exact McNemar test on correctness. A trained
+    classifier and the one it was built on (``bases``) pair as (base, trained), so the
+    difference reads as the improvement."""
     from . import stats
 
+    bases = bases or {}
     out = []
     for a, b in combinations(sorted(tables), 2):
+        if bases.get(a) == b:
+            a, b = b, a
         ta, tb = tables[a], tables[b]
         order = _aligned(ta, tb)
         if order is None:

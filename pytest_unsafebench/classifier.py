@@ -151,6 +151,7 @@ class ClassifierInfo:
     supports_gradients: bool = False
     description: str = ""
     error: str | None = None
+    base: str | None = None   # the classifier a trained one was built on (probe:PATH)
 
     @classmethod
     def of(cls, name: str, clf: Classifier) -> ClassifierInfo:
@@ -160,4 +161,5 @@ class ClassifierInfo:
             coverage={a: sorted(clf.coverage.under(a)) for a in ("official", "semantic")},
             supports_gradients=bool(getattr(clf, "supports_gradients", False)),
             description=str(getattr(clf, "description", "")),
+            base=getattr(clf, "base_classifier", None) or None,
         )

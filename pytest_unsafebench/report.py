@@ -184,6 +184,13 @@ def terminal_lines(doc: dict[str, Any]) -> list[str]:
         score = (f"score {_fmt(s['score'])} (macro F1 over {s['categories_scored']} covered "
                  "categories, pooled sources)" if "effectiveness" in cfg["suites"] else "")
         lines.append(f"{head} [{cs['fingerprint']}] {score}".rstrip())
+        base = cs.get("base")
+        if base:
+            lines.append(f"  built on {base}: " + (
+                "see the paired comparisons below for its per-category improvement"
+                if base in cfg["classifiers"] else
+                f"add --unsafebench-classifier={base} to see its per-category improvement "
+                "with intervals"))
         lines.append(f"  tests: {s['passed']} passed, {s['failed']} failed, "
                      f"{s['skipped']} skipped, {s['error']} errors; cache {cs['cache_hits']} hits, "
                      f"{cs['cache_misses']} misses")

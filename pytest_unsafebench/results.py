@@ -34,6 +34,7 @@ class ClassifierState:
     cache_misses: int = 0
     inference_seconds: float = 0.0
     predictions_file: str | None = None
+    base: str | None = None           # the classifier a trained one was built on
 
 
 @dataclass

@@ -235,7 +235,7 @@ class UnsafeBenchSession:
                 supports_gradients=info.supports_gradients,
                 covered=[c for c in s.categories if c in covered], coverage=info.coverage,
                 error=outcome.error, cache_hits=outcome.hits, cache_misses=outcome.misses,
-                inference_seconds=round(outcome.inference_seconds, 3),
+                inference_seconds=round(outcome.inference_seconds, 3), base=info.base,
             )
             if not outcome.error:
                 cs.predictions_file = f"predictions-{index}.jsonl"
@@ -513,7 +513,9 @@ class UnsafeBenchSession:
         covered = {name: self.state.classifiers[name].covered for name in tables}
         out: dict[str, Any] = {
             "source_shift": analysis.source_shift(sorted_rows(self.rows)),
-            "comparisons": analysis.comparisons(tables, covered, self.bootstrap),
+            "comparisons": analysis.comparisons(
+                tables, covered, self.bootstrap,
+                bases={n: self.state.classifiers[n].base for n in tables}),
             "curves": {name: analysis.curves(t, covered[name], s.sources)
                        for name, t in tables.items()},
             "judges": analysis.judge_summary(tables),

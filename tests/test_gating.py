@@ -359,3 +359,26 @@ def test_judge_summary_counts_unsure_failed_and_agreement() -> None:
     assert summary == {"j": {"images": 4, "unsure_rate": 0.5, "failed": 1,
                              "parser_converter_agreement": 0.75}}
     assert judge.columns["unsure"].tolist() == [True, False, False, True]
+
+
+def test_a_trained_classifier_pairs_against_its_base() -> None:
+    from pytest_unsafebench.analysis import comparisons
+    from pytest_unsafebench.cells import Bootstrap
+    from pytest_unsafebench.results import PredictionTable
+
+    def table(flag_all: bool) -> PredictionTable:
+        return PredictionTable("x", [
+            {"id": str(i), "label": "Unsafe" if i < 10 else "Safe", "category": "Hate",
+             "source": "Lexica", "score": 0.5,
+             "decision": "unsafe" if (i < 10 and (flag_all or i < 5)) else "safe"}
+            for i in range(20)])
+
+    tables = {"a-probe": table(True), "z-base": table(False)}
+    covered = {"a-probe": ["Hate"], "z-base": ["Hate"]}
+    [plain] = comparisons(tables, covered, Bootstrap(resamples=100))
+    assert (plain["a"], plain["b"]) == ("a-probe", "z-base") and plain["diff"] < 0
+    [paired] = comparisons(tables, covered, Bootstrap(resamples=100),
+                           bases={"a-probe": "z-base", "z-base": None})
+    assert (paired["a"], paired["b"]) == ("z-base", "a-probe")
+    assert paired["diff"] == pytest.approx(1.0 - 2 * 5 / 15, abs=1e-6)   # 1.0 - F1 of 5/10
+    assert paired["mcnemar"]["c"] == 5 and paired["mcnemar"]["b"] == 0
