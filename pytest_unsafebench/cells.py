@@ -43,31 +43,46 @@ class Bootstrap:
                             confidence=self.confidence, seed=self.seed)
 
 
-def _gate_row(row: Row, warn: dict[str, float], key: str | None, label: str) -> Row:
-    """Mark a gated row that misses its warn tier, and say so as a pytest warning."""
-    import warnings
+@dataclass(kw_only=True)
+class _Gated:
+    """What every suite cell shares: its thresholds (fail and warn tier), the bootstrap
+    settings, and the sink its report rows go to."""
 
-    level = warn.get(key) if key else None
-    row["warn_threshold"] = level
-    row["warned"] = bool(level is not None and row["value"] is not None
-                         and misses(key, row["value"], level))  # type: ignore[arg-type]
-    if row["warned"]:
-        warnings.warn(TierWarning(f"{row['metric']} {row['value']:.3f} misses the warn tier "
-                                  f"{key} = {level} for {label}"), stacklevel=3)
-    return row
+    thresholds: dict[str, float] = field(repr=False)
+    sink: Callable[[Row], None] = field(repr=False)
+    warn_thresholds: dict[str, float] = field(default_factory=dict, repr=False)
+    bootstrap: Bootstrap = field(default_factory=Bootstrap, repr=False)
+
+    @property
+    def label(self) -> str:
+        raise NotImplementedError
+
+    def threshold(self, key: str) -> float:
+        return self.thresholds[key]
+
+    def _emit(self, row: Row, gate: bool, key: str | None) -> None:
+        """Send a row; a gated one is checked against its warn tier (``key`` names its
+        threshold), and a miss is marked and raised as a pytest warning."""
+        if gate:
+            import warnings
+
+            level = self.warn_thresholds.get(key) if key else None
+            row["warn_threshold"] = level
+            row["warned"] = bool(level is not None and row["value"] is not None
+                                 and misses(key, row["value"], level))  # type: ignore[arg-type]
+            if row["warned"]:
+                warnings.warn(TierWarning(f"{row['metric']} {row['value']:.3f} misses the warn "
+                                          f"tier {key} = {level} for {self.label}"), stacklevel=3)
+        self.sink(row)
 
 
 @dataclass
-class Cell:
+class Cell(_Gated):
     classifier: str
     category: str
     source: str
     suite: str
     columns: dict[str, np.ndarray] = field(repr=False)
-    thresholds: dict[str, float] = field(repr=False)
-    sink: Callable[[Row], None] = field(repr=False)
-    warn_thresholds: dict[str, float] = field(default_factory=dict, repr=False)
-    bootstrap: Bootstrap = field(default_factory=Bootstrap, repr=False)
 
     @property
     def label(self) -> str:
@@ -79,9 +94,6 @@ class Cell:
         # zero_division=0.0: a cell that flags nothing scores 0, never an undefined value.
         return metrics.cell_metrics(c["y_true"], c["y_pred"], c["scores"], zero_division=0.0)
 
-    def threshold(self, key: str) -> float:
-        return self.thresholds[key]
-
     def record(self, metric: str, value: float | int | None, threshold: float | None = None,
                n: int | None = None, gate: bool = False, key: str | None = None) -> None:
         """Add a report row; ``gate`` marks the value the test asserts on (its outcome is the
@@ -91,28 +103,23 @@ class Cell:
         if metric in CI_METRICS and value is not None:
             c = self.columns
             low, high = self.bootstrap.ci(metric, c["y_true"], c["y_pred"], c["scores"])
-        row = {
+        self._emit({
             "classifier": self.classifier, "suite": self.suite, "metric": metric,
             "category": self.category, "source": self.source, "condition": None, "value": value,
             "threshold": threshold, "outcome": None if gate else "info",
             "n": self.metrics["n"] if n is None else n, "ci_low": low, "ci_high": high,
-        }
-        self.sink(_gate_row(row, self.warn_thresholds, key, self.label) if gate else row)
+        }, gate, key)
 
 
 @dataclass
-class RobustnessCell:
+class RobustnessCell(_Gated):
     """One (classifier, perturbation or attack, source) robustness test; ``result()`` runs the
     perturbed predictions (cached, shared across processes) the first time it is called."""
 
     classifier: str
     condition: str
     source: str
-    thresholds: dict[str, float] = field(repr=False)
-    sink: Callable[[Row], None] = field(repr=False)
     compute: Callable[[], Any] = field(repr=False)
-    warn_thresholds: dict[str, float] = field(default_factory=dict, repr=False)
-    bootstrap: Bootstrap = field(default_factory=Bootstrap, repr=False)
 
     @property
     def label(self) -> str:
@@ -122,9 +129,6 @@ class RobustnessCell:
     def result(self) -> Any:
         return self.compute()
 
-    def threshold(self, key: str) -> float:
-        return self.thresholds[key]
-
     def record(self, metric: str, value: float | int | None, threshold: float | None = None,
                n: int | None = None, gate: bool = False, condition: str | None = None,
                key: str | None = None, correct: Any = None) -> None:
@@ -132,17 +136,16 @@ class RobustnessCell:
         gives the row its bootstrap interval."""
         low, high = (self.bootstrap.ci("accuracy", correct) if correct is not None
                      else (None, None))
-        row = {
+        self._emit({
             "classifier": self.classifier, "suite": "robustness", "metric": metric,
             "category": None, "source": self.source, "condition": condition or self.condition,
             "value": value, "threshold": threshold, "outcome": None if gate else "info",
             "n": self.result.sample_size if n is None else n, "ci_low": low, "ci_high": high,
-        }
-        self.sink(_gate_row(row, self.warn_thresholds, key, self.label) if gate else row)
+        }, gate, key)
 
 
 @dataclass
-class GapCell:
+class GapCell(_Gated):
     """One gap test: a classifier's metric on real (Laion5B) minus AI-generated (Lexica) images,
     for one category (F1, FPR) or one robustness condition (RA)."""
 
@@ -151,10 +154,6 @@ class GapCell:
     suite_metric: str                              # gap_f1 / gap_fpr / gap_ra
     real: dict[str, Any] = field(repr=False)       # columns, or {"correct": ...} for RA
     generated: dict[str, Any] = field(repr=False)
-    thresholds: dict[str, float] = field(repr=False)
-    sink: Callable[[Row], None] = field(repr=False)
-    warn_thresholds: dict[str, float] = field(default_factory=dict, repr=False)
-    bootstrap: Bootstrap = field(default_factory=Bootstrap, repr=False)
 
     @property
     def label(self) -> str:
@@ -163,9 +162,6 @@ class GapCell:
     @property
     def threshold_key(self) -> str:
         return f"{self.suite_metric}_max"
-
-    def threshold(self, key: str) -> float:
-        return self.thresholds[key]
 
     @property
     def n(self) -> int:
@@ -182,14 +178,13 @@ class GapCell:
         from .stats import bootstrap_diff_ci
 
         metric = self.suite_metric.removeprefix("gap_")
-        if metric != "ra":
-            need = {"f1": True, "fpr": False}[metric]
-            if not all((side["y_true"] == need).any() for side in (self.real, self.generated)):
-                return None, None, None
         if metric == "ra":
             metric, a, b = "accuracy", self.real["correct"], self.generated["correct"]
             pred_a = pred_b = scores_a = scores_b = None
         else:
+            need = {"f1": True, "fpr": False}[metric]
+            if not all((side["y_true"] == need).any() for side in (self.real, self.generated)):
+                return None, None, None
             a, b = self.real["y_true"], self.generated["y_true"]
             pred_a, pred_b = self.real["y_pred"], self.generated["y_pred"]
             scores_a, scores_b = self.real["scores"], self.generated["scores"]
@@ -200,11 +195,9 @@ class GapCell:
     def record(self, metric: str, value: float | None, ci: tuple[float | None, float | None],
                n: int, threshold: float | None = None, gate: bool = False) -> None:
         ra = self.suite_metric == "gap_ra"
-        row = {
+        self._emit({
             "classifier": self.classifier, "suite": "gap", "metric": metric,
             "category": None if ra else self.subject, "source": None,
             "condition": self.subject if ra else None, "value": value, "threshold": threshold,
             "outcome": None if gate else "info", "n": n, "ci_low": ci[0], "ci_high": ci[1],
-        }
-        self.sink(_gate_row(row, self.warn_thresholds, self.threshold_key, self.label)
-                  if gate else row)
+        }, gate, self.threshold_key)

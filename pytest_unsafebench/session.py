@@ -309,8 +309,9 @@ class UnsafeBenchSession:
             pytest.skip(f"no images in this cell: the dataset has none for {category} / "
                         f"{source} after filters")
         t = self.settings.thresholds
-        return Cell(classifier, category, source, suite, columns,
-                    t.resolve(classifier, category, source), sink=partial(record_row, item),
+        return Cell(classifier=classifier, category=category, source=source, suite=suite,
+                    columns=columns, thresholds=t.resolve(classifier, category, source),
+                    sink=partial(record_row, item),
                     warn_thresholds=t.resolve_warn(classifier, category, source),
                     bootstrap=self.bootstrap)
 
@@ -342,8 +343,8 @@ class UnsafeBenchSession:
         self.classifier_state(classifier)
         t = self.settings.thresholds
         return RobustnessCell(
-            classifier, condition, source, t.resolve(classifier, None, source),
-            sink=partial(record_row, item),
+            classifier=classifier, condition=condition, source=source,
+            thresholds=t.resolve(classifier, None, source), sink=partial(record_row, item),
             compute=partial(self.robust_accuracy, classifier, condition, source),
             warn_thresholds=t.resolve_warn(classifier, None, source), bootstrap=self.bootstrap)
 
@@ -373,8 +374,9 @@ class UnsafeBenchSession:
             real, generated = (table.select(subject, src) for src in (REAL_SOURCE, GENERATED_SOURCE))
         t = s.thresholds
         category = None if metric == "gap_ra" else subject
-        return GapCell(classifier, subject, metric, real, generated,
-                       t.resolve(classifier, category, POOLED), sink=partial(record_row, item),
+        return GapCell(classifier=classifier, subject=subject, suite_metric=metric, real=real,
+                       generated=generated, thresholds=t.resolve(classifier, category, POOLED),
+                       sink=partial(record_row, item),
                        warn_thresholds=t.resolve_warn(classifier, category, POOLED),
                        bootstrap=self.bootstrap)
 

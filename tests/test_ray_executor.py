@@ -8,6 +8,7 @@ Test-only classifier modules live in a folder on the workers' PYTHONPATH.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import io
 import json
@@ -170,8 +171,8 @@ def ray_instance(modules: Path):  # noqa: ANN201 - yields the ray module
 
     # Imported before pytester snapshots sys.modules: a module first imported inside an
     # in-process run leaves sys.modules after it, and Ray would then pickle it by value.
-    import pytest_unsafebench.perturbations  # noqa: F401
-    import pytest_unsafebench.robustness  # noqa: F401
+    for name in ("pytest_unsafebench.perturbations", "pytest_unsafebench.robustness"):
+        importlib.import_module(name)
 
     sys.path.insert(0, str(modules))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
