@@ -16,8 +16,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -29,6 +27,7 @@ import numpy as np
 from ..classifier import Coverage, Prediction
 from ..dataset import default_cache_dir, load_dataset
 from ..dataset.demo import GENERATOR_VERSION
+from ..weights import write_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -231,18 +230,6 @@ def _train(seed: int, config: TrainConfig, cache_dir: Path) -> dict[str, Any]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @contextlib.contextmanager
 def _exclusive(lock_path: Path) -> Iterator[None]:
     """An advisory inter-process lock (POSIX flock; a no-op where unavailable).
@@ -305,7 +292,7 @@ def load(device: str = "cpu", cache_dir: Path | str | None = None, seed: int = 2
                 # file, so this keeps the bytes (and the fingerprint) free of temp names.
                 torch.save(state, buf)
                 data = buf.getvalue()
-                _write_atomic(path, data)
+                write_atomic(path, data)
                 cached = data, torch.load(io.BytesIO(data), weights_only=True)
     data, state = cached
     # Built on the meta device: no random init, so the caller's global torch RNG is untouched.

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -362,15 +360,9 @@ def write_probe(path: Path, tensors: Mapping[str, np.ndarray], meta: Mapping[str
 
     data = save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()},
                 metadata={key: json.dumps(meta, sort_keys=True)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .weights import write_atomic
+
+    write_atomic(path, data)
 
 
 # --------------------------------------------------------------------------- the command

@@ -109,3 +109,19 @@ def file_digest(path: Path, cache_dir: Path | None = None) -> str:
         tmp.write_text(json.dumps(memo))
         tmp.replace(memo_file)
     return digest
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a weights file so that a concurrent reader sees the old file or the whole new one,
+    never half of it (pytest-xdist workers and parallel runs share the cache folder)."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
