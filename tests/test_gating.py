@@ -382,3 +382,15 @@ def test_a_trained_classifier_pairs_against_its_base() -> None:
     assert (paired["a"], paired["b"]) == ("z-base", "a-probe")
     assert paired["diff"] == pytest.approx(1.0 - 2 * 5 / 15, abs=1e-6)   # 1.0 - F1 of 5/10
     assert paired["mcnemar"]["c"] == 5 and paired["mcnemar"]["b"] == 0
+
+
+def test_report_thumbnails_are_blurred_unless_the_option_says_otherwise(run: Run) -> None:
+    out = run.path / "out.json"
+    assert run(f"--unsafebench-json={out}", "--unsafebench-profile=smoke").ret == 0
+    examples = read_json(out)["examples"]
+    unsafe = [e for e in examples if e["label"] == "Unsafe"]
+    assert unsafe and all(e["blurred"] for e in unsafe)
+    assert all(e["image"].startswith("data:image/") for e in examples)
+    assert run(f"--unsafebench-json={out}", "--unsafebench-profile=smoke",
+               "--unsafebench-no-blur").ret == 0
+    assert not any(e["blurred"] for e in read_json(out)["examples"])

@@ -66,6 +66,8 @@ class VLMJudge:
     model_id = ""
     revision = ""
     decoding: Mapping[str, Any] = {}
+    # Names the rule that turns an answer into a verdict; it enters the fingerprint.
+    parser_version = "rules-v1"
 
     def setup(self, opts: JudgeOptions) -> None:
         self.opts = opts
@@ -81,7 +83,7 @@ class VLMJudge:
         h = hashlib.sha256()
         where = (f"archive:{self.archive.digest}" if self.archive
                  else f"{self.model_id}@{self.revision}:{self.model_digest()}")
-        parser = f"converter:{self._converter_digest()}" if self.converter else "rules-v1"
+        parser = f"converter:{self._converter_digest()}" if self.converter else self.parser_version
         random_seed = self.seed if self.policy == "random" else None
         h.update(json.dumps([where, dict(self.decoding), self.definitions, parser, self.policy,
                              random_seed], sort_keys=True).encode())
