@@ -31,6 +31,7 @@ BUILTIN: dict[str, str] = {
     "llava": "pytest_unsafebench.classifiers.vlm.judges:load_llava",
     "instructblip": "pytest_unsafebench.classifiers.vlm.judges:load_instructblip",
     "shieldgemma2": "pytest_unsafebench.classifiers.vlm.shieldgemma:load",
+    "llavaguard": "pytest_unsafebench.classifiers.vlm.llavaguard:load",
     "openai": "pytest_unsafebench.classifiers.vlm.api:load_openai",
     "openai-moderation": "pytest_unsafebench.classifiers.vlm.api:load_moderation",
     "pv-llava": "pytest_unsafebench.classifiers.pv_llava:load",
