@@ -58,7 +58,7 @@ _SINGLE_OPTIONS: dict[str, tuple[str, str]] = {
     "ray_address": ("ADDRESS", "Ray cluster to use (default: a running one, else a local Ray "
                                "started for the run)"),
     "ray_actors": ("N", "Ray actors in the pool; each loads every classifier once (default 1)"),
-    "ray_gpus_per_actor": ("N", "GPUs per Ray actor (default 0; 1 on GPU nodes)"),
+    "ray_gpus_per_actor": ("N", "GPUs per Ray actor (default 0; set 1 on GPU nodes)"),
     "ray_batch_size": ("N", "images per Ray work batch (default --unsafebench-batch-size)"),
     "unsure": ("unsafe|safe|wrong|random", "what a VLM judge's unsure vote counts as (default "
                                          "random, seeded by --unsafebench-seed)"),

@@ -24,7 +24,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     from .dataset.records import Record
     from .engine import Progress, Transform
 
+# Work batches per actor call: enough to overlap decoding with inference, few enough that
+# results stream back (and reach the cache) often.
+_PER_CALL = 4
 _RECORD_FIELDS = ("id", "safety_label", "category", "source", "split", "content_hash",
                   "locator", "text")
 
@@ -127,10 +130,10 @@ class RayExecutor:
         # Rows carry their batch pre-pickled: a plain binary column (Ray would otherwise try
         # Arrow, fail on dataclasses, warn, and pickle anyway). Driver-made, read by workers.
         dataset = ray.data.from_items([{"work": pickle.dumps(b)} for b in batches],
-                                      override_num_blocks=len(batches))
+                                      override_num_blocks=-(-len(batches) // _PER_CALL))
         gpus = self.settings.ray_gpus_per_actor
         results = dataset.map_batches(
-            _Predictor, batch_size=1, batch_format="numpy",
+            _Predictor, batch_size=_PER_CALL, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=self.settings.ray_actors),
             num_gpus=gpus or None,
             fn_constructor_kwargs={
@@ -232,7 +235,7 @@ class _Collector:
         self.predictions.setdefault(fingerprint, []).extend(items)
 
     def get_embeddings(self, backbone: str, condition: str, hashes: Any) -> dict[str, Any]:
-        return {}
+        return {}  # workers never read the driver's cache: a cached embedding is recomputed
 
     def put_embeddings(self, backbone: str, condition: str,
                        items: Sequence[tuple[str, Any]]) -> None:
@@ -274,17 +277,33 @@ class _Predictor:
                 ClassifierInfo.of(spec.name, clf)))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {"result": [pickle.dumps(self._run(pickle.loads(work)))  # noqa: S301 - ours
-                           for work in batch["work"]]}
+        """Several work batches per call, so that, as in the local pass, the next batch
+        decodes in the background while this one is classified."""
+        works: list[list[WorkItem]] = [pickle.loads(w) for w in batch["work"]]  # noqa: S301
+        results = []
+        pending = self._decode(works[0]) if works else None
+        for i, items in enumerate(works):
+            assert pending is not None
+            records, futures = pending
+            decoded = [f.result() for f in futures]
+            if i + 1 < len(works):
+                pending = self._decode(works[i + 1])
+            results.append(pickle.dumps(self._classify(items, records, decoded)))
+        return {"result": results}
 
-    def _run(self, items: list[WorkItem]) -> BatchResult:
+    def _decode(self, items: list[WorkItem]) -> tuple[list[Record], list[Future]]:
         from .dataset.records import Record
-        from .engine import _decode, _predict_batch, _SharedEmbeddings
+        from .engine import _decode
 
         records = [Record(**it.record, reader=partial(self.refs.read, it.ref,
                                                        it.record["content_hash"]))
                    for it in items]
-        decoded = list(self.decoders.map(partial(_decode, max_pixels=self.max_pixels), records))
+        return records, [self.decoders.submit(_decode, r, self.max_pixels) for r in records]
+
+    def _classify(self, items: list[WorkItem], records: list[Record],
+                  decoded: list[tuple[Any, str | None, str | None]]) -> BatchResult:
+        from .engine import _predict_batch, _SharedEmbeddings
+
         result = BatchResult([(r.content_hash, kind, detail)
                               for r, (_, kind, detail) in zip(records, decoded)])
         if self.transform is not None:

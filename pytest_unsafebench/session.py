@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .classifier import Classifier
     from .dataset import Dataset
     from .engine import PassResult
+    from .dataset.demo import DemoRow
     from .ray_executor import ClassifierSpec, RayExecutor
 
 SESSION_KEY = pytest.StashKey["UnsafeBenchSession"]()
@@ -167,7 +168,7 @@ class UnsafeBenchSession:
                 return ClassifierSpec(name, self._factory_options(name), clf.fingerprint)
         return None
 
-    def _demo_plan(self) -> dict | None:
+    def _demo_plan(self) -> dict[str, tuple[int, DemoRow]] | None:
         """For the demo dataset, workers render images instead of reading the driver's files."""
         s = self.settings
         if s.dataset != "demo":

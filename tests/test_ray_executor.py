@@ -175,7 +175,8 @@ def ray_instance(modules: Path):  # noqa: ANN201 - yields the ray module
         importlib.import_module(name)
 
     sys.path.insert(0, str(modules))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    # "local": a Ray of this module's own, even beside another (an xdist worker's).
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(modules)}})
     yield ray
     ray.shutdown()
@@ -248,6 +249,21 @@ def test_ray_equals_local_submits_only_uncached_work(
     assert again["cache"] == {"hits": 48, "misses": 0}
     assert [r for r in again["rows"] if r["classifier"] != BROKEN] == \
         [r for r in local["rows"] if r["classifier"] != BROKEN]
+
+
+@pytest.mark.slow
+@needs_ray
+def test_a_partly_cached_run_submits_only_the_rest(ray_instance, modules: Path,
+                                                    pytester: pytest.Pytester) -> None:
+    """What an interrupted run leaves: the cached part is not sent to Ray again."""
+    build_dataset(pytester.path / "data")
+    cache = pytester.path / "cache"
+    args = (f"--unsafebench-classifier={CLASSIFIER}", "--unsafebench-dataset=data")
+    _run(pytester, cache, *args, "--unsafebench-categories=Hate")  # 16 of the 48 images
+    _predicted(modules)
+    remote, _ = _run(pytester, cache, *args, executor="ray")
+    assert remote["timing"]["ray_images_submitted"] == 32 and len(_predicted(modules)) == 32
+    assert remote["cache"] == {"hits": 16, "misses": 32}
 
 
 @pytest.mark.slow
