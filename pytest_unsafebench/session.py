@@ -549,15 +549,22 @@ def _placeholder_row(item: pytest.Item, marker: dict[str, Any]) -> dict[str, Any
     """The row of a test that never recorded its value (skipped, or errored first)."""
     params = getattr(item, "callspec", None)
     values = params.params if params else {}
+
+    def fields(key: str) -> tuple[Any, Any, Any]:
+        # An empty parameter set (e.g. no robustness conditions configured) gives pytest's
+        # NOTSET marker here instead of a tuple.
+        value = values.get(key)
+        return tuple(value[:3]) if isinstance(value, tuple) else (None, None, None)
+
     classifier = category = source = condition = None
     if "unsafebench_cell" in values:
-        classifier, category, source = values["unsafebench_cell"]
+        classifier, category, source = fields("unsafebench_cell")
     elif "unsafebench_robustness" in values:
-        classifier, condition, source = values["unsafebench_robustness"]
+        classifier, condition, source = fields("unsafebench_robustness")
     elif "unsafebench_fuzz" in values:
-        classifier, condition, source = values["unsafebench_fuzz"][:3]
+        classifier, condition, source = fields("unsafebench_fuzz")
     elif "unsafebench_gap" in values:
-        classifier, subject, metric = values["unsafebench_gap"]
+        classifier, subject, metric = fields("unsafebench_gap")
         category, condition = (None, subject) if metric == "gap_ra" else (subject, None)
     return {"classifier": classifier, "suite": marker.get("suite"), "metric": marker["metric"],
             "category": category, "source": source, "condition": condition, "value": None,

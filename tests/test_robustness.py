@@ -305,3 +305,13 @@ def test_unknown_suite_is_a_usage_error(bench: Bench) -> None:
     result = bench.run("--unsafebench-suites=robustnes")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "robustnes" in result.stderr.str()
+
+
+def test_no_attacks_and_no_evasions_leaves_the_grid(bench: Bench) -> None:
+    """An empty condition list is a configuration, not a crash: test_robust_accuracy is
+    skipped (empty parameter set) and the corruption grid still runs."""
+    bench.pytester.makepyprojecttoml(ROBUSTNESS_TOML + "attacks = []\nevasions = []\n")
+    result = bench.run("--unsafebench-suites=robustness", "--unsafebench-profile=smoke")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    assert "INTERNALERROR" not in result.stdout.str()
+    result.assert_outcomes(passed=1 + 3, skipped=1)
