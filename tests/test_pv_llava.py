@@ -21,48 +21,7 @@ from pytest_unsafebench.dataset.records import Record  # noqa: E402
 from pytest_unsafebench.errors import ClassifierLoadError  # noqa: E402
 from pytest_unsafebench.registry import load_classifier  # noqa: E402
 from pytest_unsafebench.weights import WeightsNotFound  # noqa: E402
-
-WORDS = ["safe", "unsafe", "not", "the", "image", "is", "."]
-SIZE = 30
-
-
-def build_llava(folder: Path) -> Path:
-    """A one-layer LLaVA whose output head can only say "safe" or "unsafe"."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor,
-                              PreTrainedTokenizerFast)
-
-    torch.manual_seed(0)
-    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", "<image>", *WORDS])}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
-                                                pre_tokenizers.Punctuation()])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>",
-                                  eos_token="</s>", unk_token="<unk>",
-                                  extra_special_tokens={"image_token": "<image>"})
-    text = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
-                       num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                       max_position_embeddings=512, pad_token_id=tok.pad_token_id,
-                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                              num_attention_heads=2, image_size=SIZE, patch_size=15)
-    model = LlavaForConditionalGeneration(LlavaConfig(
-        vision_config=vision, text_config=text, image_seq_length=4, vision_feature_layer=-1,
-        image_token_index=tok.convert_tokens_to_ids("<image>")))
-    head = model.get_output_embeddings().weight
-    with torch.no_grad():
-        safe, unsafe = tok.convert_tokens_to_ids("safe"), tok.convert_tokens_to_ids("unsafe")
-        row = head[safe].clone() * 20
-        head.zero_()
-        head[safe], head[unsafe] = row, -row
-    model.save_pretrained(folder)
-    LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": SIZE},
-                                                      crop_size={"height": SIZE, "width": SIZE}),
-                   tokenizer=tok, patch_size=15, vision_feature_select_strategy="default",
-                   num_additional_image_tokens=1).save_pretrained(folder)
-    return folder
-
+from vlm_helpers import SIZE, build_llava  # noqa: E402
 
 def build_lora(base: Path, folder: Path, seed: int = 1) -> Path:
     torch.manual_seed(seed)
