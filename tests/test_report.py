@@ -242,3 +242,20 @@ def test_robustness_gap_is_real_minus_generated() -> None:
         {"classifier": "demo", "condition": "pgd", "ra_real_minus_generated": -0.5}]
     # A source that was skipped has no value: no gap is claimed.
     assert robustness_gaps([row("Laion5B", 0.2), row("Lexica", None, "skipped")]) == []
+
+
+def test_terminal_tables_show_the_papers_figure_only_on_the_real_dataset(tmp_path: Path) -> None:
+    s = resolve_settings({"classifiers": ["q16"], "categories": ["Hate"]}, {}, tmp_path)
+    cs = {"q16": ClassifierState("q16", fingerprint="q", covered=["Hate"])}
+    rows = [row("q16", category="Hate", source=src, value=0.5) for src in ("Laion5B", "all")]
+    real = _state(cs)
+    real.dataset = {**real.dataset, "spec": "hf:yiting/UnsafeBench", "name": "UnsafeBench"}
+    doc = build_json(s, real, rows, tmp_path, "cpu", {})
+    hate = _table_line(terminal_lines(doc), "Hate")
+    assert "paper" in hate and "0.641" in hate and "0.533" in hate   # protocol section 8
+    assert {r["source"]: r["paper"] for r in doc["rows"]} == {"Laion5B": 0.641, "all": 0.533}
+    synthetic = _state(cs, synthetic=True)
+    synthetic.dataset = {**real.dataset, "synthetic": True}
+    doc = build_json(s, synthetic, rows, tmp_path, "cpu", {})
+    assert "paper" not in " ".join(_table_line(terminal_lines(doc), "Hate"))
+    assert all(r["paper"] is None for r in doc["rows"])
