@@ -625,24 +625,52 @@ def saturate(img: Image.Image, severity: float, rng: np.random.Generator | None)
     # q = min(a + b t, t), t = V / (V - m): a alone when a <= 1 and b = 0.
     cv2 = _cv2()
     a, b = _SATURATE[int(severity) - 1]
-    planes, v = _planes_and_value(img)
+    planes = _rgb_planes(img)
+    r, g, bl = planes
+    v = np.maximum(np.maximum(r, g), bl)  # numpy beats OpenCV on these small uint8 steps
     if b == 0 and a <= 1:  # V - a (V - x) = a x + (1 - a) V
-        return _merge([cv2.addWeighted(x, a, v, 1 - a, 0) for x in planes])
-    spread = cv2.subtract(v, cv2.min(cv2.min(planes[0], planes[1]), planes[2]))  # V - m
-    # Grey pixels (spread 0) have d = 0 on every channel: any finite t does for them.
-    t = cv2.divide(v.astype(np.float32), cv2.max(spread, 1).astype(np.float32))
-    q = t * np.float32(b)
-    q += np.float32(a)
-    np.minimum(q, t, out=q)
-    out = [cv2.subtract(v, cv2.multiply(cv2.subtract(v, x), q, dtype=cv2.CV_8U))
-           for x in planes]
-    if b > 0 and cv2.countNonZero(spread) < spread.size:
-        # Grey pixels (S = 0) have hue 0 (red) in skimage's rgb2hsv, so S' = b tints them
-        # red as in the reference: green and blue drop to V (1 - b).
-        tint = cv2.bitwise_and(cv2.convertScaleAbs(v, alpha=b),
-                               cv2.compare(spread, 0, cv2.CMP_EQ))
-        out[1:] = [cv2.subtract(x, tint) for x in out[1:]]
-    return _merge(out)
+        return _from_planes([cv2.addWeighted(x, a, v, 1 - a, 0) for x in planes])
+    spread = v - np.minimum(np.minimum(r, g), bl)  # V - m
+    # Grey pixels (spread 0) have d = 0 on every channel, so only b moves them: their hue is 0
+    # (red) in skimage's rgb2hsv, so S' = b tints them red as in the reference, green and blue
+    # dropping to V (1 - b). vt is V with that drop, the base for the green and blue outputs.
+    vt, nonzero = v, spread
+    greys = spread.size - cv2.countNonZero(spread)
+    if greys:
+        grey = cv2.threshold(spread, 0, 1, cv2.THRESH_BINARY_INV)[1]  # 1 on grey pixels
+        nonzero = spread + grey  # any finite t does for grey pixels
+        if b > 0:
+            vt = v - grey * cv2.convertScaleAbs(v, alpha=b)
+        if greys == spread.size:  # a grey picture: nothing else to compute
+            return img.copy() if b == 0 else _from_planes([v, vt, vt])
+    if b == 0:  # q = min(a, t) = min(a (V - m), V) / (V - m), an integer over an integer
+        q = cv2.divide(np.minimum(cv2.convertScaleAbs(spread, alpha=a), v), nonzero,
+                       dtype=cv2.CV_32F)
+    else:
+        t = cv2.divide(v, nonzero, dtype=cv2.CV_32F)
+        q = t * np.float32(b)
+        q += np.float32(a)
+        np.minimum(q, t, out=q)
+    return _from_planes([cv2.subtract(base, cv2.multiply(v - x, q, dtype=cv2.CV_8U))
+                         for base, x in zip((v, vt, vt), planes)])
+
+
+def _rgb_planes(img: Image.Image) -> list[np.ndarray]:
+    """The R, G and B planes, each (h, w) uint8 and read-only."""
+    # Packing one band at a time beats tobytes("raw", "RGBX") + cv2.split by a third.
+    w, h = img.size
+    return [np.frombuffer(img.tobytes("raw", band), np.uint8).reshape(h, w) for band in "RGB"]
+
+
+def _from_planes(planes: list[np.ndarray]) -> Image.Image:
+    """An RGB image from its R, G and B planes: a quarter faster than ``_merge``."""
+    cv2 = _cv2()
+    h, w = planes[0].shape
+    # Into numpy's aligned buffers cv2.merge writes past the cache (streaming stores): Pillow
+    # then copies the result 3x slower. One byte off alignment keeps it in the cache.
+    rgbx = np.empty(h * w * 4 + 1, np.uint8)[1:].reshape(h, w, 4)
+    cv2.merge([*planes, planes[0]], dst=rgbx)  # the 4th byte is padding
+    return Image.frombytes("RGB", (w, h), rgbx, "raw", "RGBX")
 
 
 @lru_cache(maxsize=64)

@@ -336,6 +336,33 @@ def test_colour_corruptions_match_skimage_hsv() -> None:
         assert np.abs(arr(P.saturate(img, s, rng)) - ref).max() <= 0.5 + 1e-6
 
 
+@pytest.mark.parametrize("picture", ["grey", "no_grey_pixel", "every_v_and_m"])
+def test_saturate_matches_skimage_hsv_on_grey_and_colour_pictures(picture: str) -> None:
+    # saturate takes shortcuts for a wholly grey picture and for one without grey pixels; the
+    # last holds every (V, m) pair once, its middle channel at random, channels shuffled.
+    color = pytest.importorskip("skimage.color")
+    rng = np.random.default_rng(3)
+    if picture == "grey":
+        x = np.repeat(rng.integers(0, 256, (30, 40, 1), np.uint8), 3, axis=2)
+    elif picture == "no_grey_pixel":
+        x = rng.integers(0, 256, (30, 40, 3), np.uint8)
+        x[..., 0] = np.maximum(x[..., 1:].max(axis=2), 1)  # red highest ...
+        x[..., 2] = np.minimum(x[..., 2], x[..., 0] - 1)   # ... blue below it
+    else:
+        v, m = np.nonzero(np.tril(np.ones((256, 256), bool)))  # m <= v
+        mid = m + (rng.random(v.size) * (v - m + 1)).astype(int)
+        x = rng.permuted(np.stack([v, mid, m], 1), axis=1).reshape(128, 257, 3)
+    img = Image.fromarray(x.astype(np.uint8))
+    x = arr(img) / 255
+    for s, (a, b) in enumerate(P._SATURATE, 1):
+        hsv = color.rgb2hsv(x)
+        hsv[..., 1] = np.clip(hsv[..., 1] * a + b, 0, 1)
+        ref = np.clip(color.hsv2rgb(hsv), 0, 1) * 255
+        out = P.saturate(img, s, None)
+        assert out.mode == "RGB" and out.size == img.size and out is not img
+        assert np.abs(arr(out) - ref).max() <= 0.5 + 1e-6, s
+
+
 def test_contrast_is_imagenet_c_around_channel_means() -> None:
     img = natural(40, 30, 2)
     x = arr(img)
