@@ -60,11 +60,9 @@ def main() -> None:
     ap.add_argument("--actors", type=int, default=1, help="Ray actors in the pool")
     ap.add_argument("--repeats", type=int, default=2, help="local/ray pairs, order alternating")
     args = ap.parse_args()
-    if not (args.standin / "data").is_dir():
-        from pytest_unsafebench.dataset.standin import write_standin
+    from pytest_unsafebench.dataset.standin import ensure_standin
 
-        print(json.dumps(write_standin(args.standin), indent=1), file=sys.stderr)
-    data = args.standin / "data"
+    data = ensure_standin(args.standin)
     work = Path(tempfile.mkdtemp(prefix="ub-ray-"))
     clf = args.classifier
     extra = [f"--unsafebench-limit={args.limit}"] if args.limit else []

@@ -45,11 +45,9 @@ def main() -> None:
     ap.add_argument("--standin", type=Path, default=Path(tempfile.gettempdir()) / "ub-standin")
     ap.add_argument("--classifier", default="opennsfw")
     args = ap.parse_args()
-    if not (args.standin / "data").is_dir():
-        from pytest_unsafebench.dataset.standin import write_standin
+    from pytest_unsafebench.dataset.standin import ensure_standin
 
-        print(json.dumps(write_standin(args.standin), indent=1), file=sys.stderr)
-    data = args.standin / "data"
+    data = ensure_standin(args.standin)
     work = Path(tempfile.mkdtemp(prefix="ub-scale-"))
     clf = args.classifier
 

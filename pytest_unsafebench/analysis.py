@@ -134,7 +134,7 @@ def judge_summary(tables: Mapping[str, PredictionTable]) -> dict[str, dict[str, 
         agreement = [s["parser_agreement"] for s in scores if "parser_agreement" in s]
         out[name] = {
             "images": len(scores),
-            "unsure_rate": round(sum(bool(s.get("unsure")) for s in scores) / len(scores), 6),
+            "unsure_rate": round(float(table.columns["unsure"].mean()), 6),
             "failed": sum(bool(s.get("failed")) for s in scores),
             "parser_converter_agreement": (round(sum(agreement) / len(agreement), 6)
                                            if agreement else None),

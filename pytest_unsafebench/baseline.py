@@ -143,7 +143,7 @@ def _paired_f1(baseline: Mapping[str, Any], tables: Mapping[str, PredictionTable
     import numpy as np
 
     from .stats import mcnemar_exact, paired_bootstrap
-    from .taxonomy import CELL_SOURCES, POOLED, UNSAFE
+    from .taxonomy import CELL_SOURCES, POOLED
 
     out: dict[Key, dict[str, Any]] = {}
     saved = baseline.get("decisions") or {}
@@ -152,16 +152,18 @@ def _paired_f1(baseline: Mapping[str, Any], tables: Mapping[str, PredictionTable
         if not isinstance(block, dict) or len(block.get("ids", [])) != len(block.get("decisions", "")):
             continue
         old = dict(zip(block["ids"], block["decisions"]))
-        rows = [r for r in table.rows if old.get(r["id"]) in ("u", "s", "?")]
-        for category in sorted({r["category"] for r in rows}):
+        codes = np.array([old.get(r["id"], "") for r in table.rows])
+        cols = table.columns   # the same label and decision columns the effectiveness cells use
+        scored = codes != ""
+        for category in sorted(set(cols["category"][scored])):
             for source in CELL_SOURCES:
-                cell = [r for r in rows if r["category"] == category
-                        and (source == POOLED or r["source"] == source)]
-                y = np.array([r["label"] == UNSAFE for r in cell], dtype=bool)
+                mask = scored & (cols["category"] == category)
+                if source != POOLED:
+                    mask &= cols["source"] == source
+                y = cols["y_true"][mask]
                 if not y.any():
                     continue
-                before = np.array([old[r["id"]] == "u" for r in cell], dtype=bool)
-                now = np.array([r["decision"] == "unsafe" for r in cell], dtype=bool)
+                before, now = codes[mask] == DECISION_CODES["unsafe"], cols["y_pred"][mask]
                 res = paired_bootstrap("f1", y, before, now, n_resamples=bootstrap.resamples,
                                        confidence=bootstrap.confidence, seed=bootstrap.seed)
                 mc = mcnemar_exact(before == y, now == y)

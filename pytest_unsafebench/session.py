@@ -46,7 +46,9 @@ class ClassifierFailed(Exception):
     """Raised in a test's setup when its classifier could not load or predict."""
 
 
-@dataclass
+# eq=False keeps identity hashing: pluggy puts registered plugins in sets (a user's conftest.py
+# that does not cover the packaged suites makes pytest build such a set).
+@dataclass(eq=False)
 class UnsafeBenchSession:
     config: pytest.Config
     settings: Settings
@@ -103,7 +105,6 @@ class UnsafeBenchSession:
     # ------------------------------------------------------------------ the prediction pass
     def prepare(self) -> None:
         from .cache import PredictionCache
-        from .dataset import load_dataset
         from .engine import run_pass
 
         s = self.settings
@@ -112,9 +113,10 @@ class UnsafeBenchSession:
 
             self._baseline = load(s.baseline_path)  # fail before the pass, not after it
         t0 = time.perf_counter()
-        dataset = load_dataset(s.dataset, split=s.split, categories=s.categories,
-                               sources=s.sources, limit=s.limit, seed=s.seed,
-                               cache_dir=s.cache_dir)
+        dataset = self._load_dataset()
+        # Kept for the report's thumbnails and for robustness in this process: loading again
+        # would re-read and re-hash every image file.
+        self._records = {r.id: r for r in dataset.records}
         t1 = time.perf_counter()
         self.device = _resolve_device(s.device)
         self._refuse_training_data()
@@ -328,14 +330,15 @@ class UnsafeBenchSession:
     def records(self) -> dict[str, Record]:
         """The run's records by id, loaded in this process (robustness needs the pixels)."""
         if self._records is None:
-            from .dataset import load_dataset
-
-            s = self.settings
-            dataset = load_dataset(s.dataset, split=s.split, categories=s.categories,
-                                   sources=s.sources, limit=s.limit, seed=s.seed,
-                                   cache_dir=s.cache_dir)
-            self._records = {r.id: r for r in dataset.records}
+            self._records = {r.id: r for r in self._load_dataset().records}
         return self._records
+
+    def _load_dataset(self) -> Dataset:
+        from .dataset import load_dataset
+
+        s = self.settings
+        return load_dataset(s.dataset, split=s.split, categories=s.categories, sources=s.sources,
+                            limit=s.limit, seed=s.seed, cache_dir=s.cache_dir)
 
     def robustness_cell(self, item: pytest.Item, classifier: str, condition: str,
                         source: str) -> RobustnessCell:
@@ -519,8 +522,6 @@ class UnsafeBenchSession:
             "comparisons": analysis.comparisons(
                 tables, covered, self.bootstrap,
                 bases={n: self.state.classifiers[n].base for n in tables}),
-            "curves": {name: analysis.curves(t, covered[name], s.sources)
-                       for name, t in tables.items()},
             "judges": analysis.judge_summary(tables),
         }
         if self._baseline is not None:
@@ -530,6 +531,9 @@ class UnsafeBenchSession:
                                       path=str(s.baseline_path), tables=tables,
                                       bootstrap=self.bootstrap)
         if s.json_path or s.html_path or s.save_baseline_path:
+            # Curves and thumbnails only go into files; the terminal never shows them.
+            out["curves"] = {name: analysis.curves(t, covered[name], s.sources)
+                             for name, t in tables.items()}
             from .thumbnails import make_examples
 
             predictions = [r for t in tables.values() for r in t.rows]

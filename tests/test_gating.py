@@ -394,3 +394,13 @@ def test_report_thumbnails_are_blurred_unless_the_option_says_otherwise(run: Run
     assert run(f"--unsafebench-json={out}", "--unsafebench-profile=smoke",
                "--unsafebench-no-blur").ret == 0
     assert not any(e["blurred"] for e in read_json(out)["examples"])
+
+
+def test_a_users_conftest_outside_the_packaged_suites_is_fine(run: Run) -> None:
+    """pytest asks pluggy for hooks without the conftest.py files that do not cover a path
+    (here: the packaged suites, outside the user's folder), which hashes every plugin."""
+    run.pytester.makeconftest(
+        "def pytest_runtest_setup(item):\n    item.user_properties.append(('seen', 1))\n")
+    result = run("--unsafebench-suites=effectiveness", "--unsafebench-profile=smoke")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    assert "INTERNALERROR" not in result.stdout.str()

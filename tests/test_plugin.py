@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy
 import pytest
 from PIL import Image
+# scikit-learn pulls in scipy and numpy.fft, whose C extensions must load once per process.
+from sklearn.metrics import confusion_matrix, f1_score
 
 import pytest_unsafebench.cache
 import pytest_unsafebench.config
@@ -327,8 +329,6 @@ def test_json_report_schema_and_rows(bench: Bench) -> None:
     for p in lines:
         assert {"score", "decision", "label", "category", "source", "split"} <= set(p)
     # F1 and FPR in the rows, recomputed independently with scikit-learn.
-    from sklearn.metrics import confusion_matrix, f1_score
-
     checked = 0
     for row in rows_of(doc, "f1", "passed") + rows_of(doc, "fpr", "passed"):
         cell = [p for p in lines if p["category"] == row["category"]

@@ -121,3 +121,12 @@ def test_large_lexica_is_jpeg(tmp_path: Path) -> None:
     img = Image.open(io.BytesIO(row["image"]["bytes"]))
     assert img.format == ("JPEG" if max(img.size) > 512 else "PNG")
     assert row["image"]["path"].endswith(".jpg" if img.format == "JPEG" else ".png")
+
+
+def test_ensure_standin_reuses_an_existing_one(standin: tuple[Path, dict]) -> None:
+    from pytest_unsafebench.dataset.standin import ensure_standin
+
+    folder, _ = standin
+    before = {p.name: p.stat().st_mtime_ns for p in (folder / "data").iterdir()}
+    assert ensure_standin(folder) == folder / "data"
+    assert {p.name: p.stat().st_mtime_ns for p in (folder / "data").iterdir()} == before

@@ -276,3 +276,14 @@ def write_standin(folder: Path, scale: float = 1.0, seed: int = 2023, max_side: 
         summary["labels"][label] = summary["labels"].get(label, 0) + n
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return summary
+
+
+def ensure_standin(folder: Path) -> Path:
+    """The stand-in's ``data/`` folder under ``folder``, written first (full size, default
+    seed; the summary goes to stderr) when it is not there yet: what the benchmarks share."""
+    import sys
+
+    data = Path(folder) / "data"
+    if not data.is_dir():
+        print(json.dumps(write_standin(folder), indent=1), file=sys.stderr)
+    return data
