@@ -151,6 +151,7 @@ class CLIPBackbone:
     weights_folder = WEIGHTS_FOLDER
     crop_rounding = "round"
     preprocess_version = PREPROCESS_VERSION
+    input_std = CLIP_STD  # what tensor_to_model_input divides by (paper-mode attack units)
 
     def __init__(self, model: str | Path = DEFAULT_MODEL, device: str = "cpu",
                  cache_dir: str | Path | None = None, revision: str | None = None,

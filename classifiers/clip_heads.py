@@ -234,6 +234,11 @@ class CLIPHead:
     def input_dim(self) -> int:
         raise NotImplementedError
 
+    @property
+    def input_std(self) -> tuple[float, float, float]:
+        """The backbone's normalisation std: forward_pixels normalises through it."""
+        return self.backbone.input_std
+
     def _build(self, device: str) -> Any:
         raise NotImplementedError
 

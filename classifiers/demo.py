@@ -106,6 +106,7 @@ class DemoClassifier:
     coverage = Coverage.everything()
     supports_gradients = True
     input_size = INPUT_SIZE
+    input_std = _STD  # what _normalise divides by: paper-mode attacks convert eps with it
 
     def __init__(self, model: torch.nn.Module, weights_path: Path, weights_sha256: str,
                  device: str, seed: int, from_cache: bool, train_seconds: float | None,

@@ -337,6 +337,15 @@ class HFImageClassifier:
         return out
 
     # -- gradients -----------------------------------------------------------------------
+    @property
+    def input_std(self) -> tuple[float, float, float] | None:
+        """The processor's ``image_std`` in [0, 1] pixel units (as preprocess_pixels divides
+        by it), or None when it does not normalise. Loads the model like forward_pixels."""
+        _, processor = self._load()
+        if not getattr(processor, "do_normalize", False):
+            return None
+        return channel_std(processor.image_std, _pixel_scale(processor), self.name)
+
     def preprocess_pixels(self, x: torch.Tensor) -> torch.Tensor:
         """The image processor's pipeline as differentiable torch ops on [0, 1] pixels."""
         import torch
@@ -361,9 +370,7 @@ class HFImageClassifier:
                         x = x.clamp(0.0, 1.0)
         if getattr(processor, "do_center_crop", False) and processor.crop_size is not None:
             x = _center_crop(x, int(processor.crop_size.height), int(processor.crop_size.width))
-        scale = 255.0 * (float(processor.rescale_factor) if getattr(processor, "do_rescale", False)
-                         else 1.0)
-        x = x * scale
+        x = x * _pixel_scale(processor)
         if getattr(processor, "do_normalize", False):
             mean = torch.tensor(processor.image_mean, dtype=x.dtype, device=x.device)
             std = torch.tensor(processor.image_std, dtype=x.dtype, device=x.device)
@@ -385,6 +392,25 @@ class HFImageClassifier:
         log_unsafe = torch.logsumexp(logits[:, self._unsafe_idx], dim=1) - norm
         log_safe = torch.logsumexp(logits[:, self._safe_idx], dim=1) - norm
         return torch.stack([log_safe, log_unsafe], dim=1)
+
+
+def _pixel_scale(processor: Any) -> float:
+    """What [0, 1] pixels are multiplied by before normalising (1.0 for the usual 1/255)."""
+    return 255.0 * (float(processor.rescale_factor) if getattr(processor, "do_rescale", False)
+                    else 1.0)
+
+
+def channel_std(std: Any, scale: float, name: str) -> tuple[float, float, float]:
+    """An image processor's ``image_std`` (one value or one per RGB channel), applied to pixels
+    multiplied by ``scale``, as the per-channel std in [0, 1] pixel units."""
+    values = [std] if isinstance(std, (int, float)) else list(std)
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3:
+        raise ClassifierLoadError(f"{name}: the image processor's image_std {std!r} has neither "
+                                  "one value nor one per RGB channel")
+    r, g, b = (float(v) / scale for v in values)
+    return r, g, b
 
 
 # PIL resample codes -> torch interpolate modes (LANCZOS, BOX, HAMMING: nearest smooth kind).

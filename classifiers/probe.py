@@ -92,6 +92,7 @@ class DemoFeatures:
         self.fingerprint = f"{self.kind}-{FEATURES_VERSION}-{clf.fingerprint}"
         self.dim = int(clf.model[-1].in_features)
         self.description = f"penultimate features of {clf.description}"
+        self.input_std = clf.input_std  # forward_pixels normalises as the demo model does
 
     def forward_pixels(self, x: torch.Tensor) -> torch.Tensor:
         """N x 3 x H x W floats in [0, 1] -> (N, D) features, differentiably."""
@@ -265,6 +266,11 @@ class ProbeClassifier:
             f"{self.trained_on.get('dataset')!r} split {self.trained_on.get('split')!r} "
             f"(fingerprint {self.trained_on.get('fingerprint')}); compare with "
             f"{self.base_classifier!r}")
+
+    @property
+    def input_std(self) -> tuple[float, float, float] | None:
+        """The backbone's normalisation std: paper-mode attacks convert eps with it."""
+        return getattr(self.backbone, "input_std", None)
 
     def _logits(self, embeddings: Any) -> np.ndarray:
         """(N, D) embeddings -> (N, K) threshold-shifted logits."""

@@ -135,6 +135,11 @@ class PerspectiveVision:
         self.description = (f"PerspectiveVision: {judge.model_id} + LoRA {adapter}; one policy "
                             f"prompt, rule-based parser, unsure -> {judge.policy}")
 
+    @property
+    def input_std(self) -> tuple[float, float, float] | None:
+        """The base model's image normalisation std (paper-mode gaussian noise needs it)."""
+        return self.judge.input_std
+
     def _adapt(self) -> None:
         if not self._adapted:
             model, _ = self.judge._load()

@@ -262,7 +262,10 @@ def _parse_value(field: str, raw: str) -> Any:
     if field in _INT_FIELDS:
         return int(raw)
     if "/" in raw:  # 8/255: exact rational, then one rounding to float
-        return float(Fraction(raw))
+        try:
+            return float(Fraction(raw))
+        except ZeroDivisionError:
+            raise ValueError(f"{field} = {raw!r} divides by zero") from None
     return float(raw)
 
 

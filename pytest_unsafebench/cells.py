@@ -131,9 +131,10 @@ class RobustnessCell(_Gated):
 
     def record(self, metric: str, value: float | int | None, threshold: float | None = None,
                n: int | None = None, gate: bool = False, condition: str | None = None,
-               key: str | None = None, correct: Any = None) -> None:
+               key: str | None = None, correct: Any = None, spec: str | None = None) -> None:
         """As :meth:`Cell.record`; ``correct`` (per image: still right after the perturbation)
-        gives the row its bootstrap interval."""
+        gives the row its bootstrap interval; ``spec`` the full perturbation or attack spec behind
+        the value (mode, eps, steps, seed)."""
         low, high = (self.bootstrap.ci("accuracy", correct) if correct is not None
                      else (None, None))
         self._emit({
@@ -141,6 +142,7 @@ class RobustnessCell(_Gated):
             "category": None, "source": self.source, "condition": condition or self.condition,
             "value": value, "threshold": threshold, "outcome": None if gate else "info",
             "n": self.result.sample_size if n is None else n, "ci_low": low, "ci_high": high,
+            **({} if spec is None else {"spec": spec}),
         }, gate, key)
 
 

@@ -104,6 +104,13 @@ class Classifier(Protocol):
     prediction cache. Classifiers with ``supports_gradients = True`` also provide
     ``forward_pixels(x)``: an N x 3 x H x W float tensor in [0, 1] in, logits out, with all
     resizing and normalisation inside, so attacks can work in pixel space.
+
+    Optional attributes read by the robustness suite: ``input_size`` (the side of the square
+    crop attacks work on) and ``input_std``, a 3-tuple of floats: the per-channel std that
+    ``forward_pixels`` divides the [0, 1] pixels by (CLIP's ``(0.2686, 0.2613, 0.2758)``, an
+    image processor's ``image_std``). Paper-mode attacks state eps in those normalised-input
+    units and need it to convert eps to pixels. It is ``None`` (or absent) when the model has
+    no such normalisation; paper mode then skips the attack cells with a reason saying so.
     """
 
     name: str

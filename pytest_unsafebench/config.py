@@ -47,7 +47,8 @@ DEFAULTS: dict[str, Any] = {
 TABLE_KEYS = ("thresholds", "profiles", "classifiers", "robustness", "tolerances")
 # Benchmark suites a run can select; data integrity always runs.
 SUITES = ("effectiveness", "robustness", "fuzz", "gap")
-ATTACKS = ("gaussian", "fgsm", "pgd", "deepfool", "square")
+ATTACKS = ("gaussian", "fgsm", "pgd", "deepfool", "square", "spsa")  # = attacks.ATTACKS
+DEFAULT_ATTACKS = ATTACKS[:5]  # the paper's four and one black-box attack; spsa on request
 UNSURE_POLICIES = ("unsafe", "safe", "wrong", "random")  # = classifiers.vlm.voting's
 
 
@@ -60,8 +61,10 @@ class RobustnessSettings:
     mode: str = "pixel"                       # "paper": the reference code's units and settings
     eps: float = 2 / 255                      # L-inf budget in [0, 1] pixel units
     pgd_steps: int = 20
+    pgd_step_size: float | None = None        # None: 2.5 eps / steps (attacks.AttackSpec)
+    pgd_random_start: bool = True
     queries: int = 200                        # black-box query budget per image
-    attacks: tuple[str, ...] = ATTACKS
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS
     evasions: tuple[str, ...] | None = None   # None: every evasion edit, at severity 3
     corruptions: tuple[str, ...] | None = None  # None: every corruption, severities 1-5
 
@@ -87,6 +90,14 @@ def _robustness(table: Any) -> RobustnessSettings:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ConfigError(f"{path}: expected a number in [0, 1] (pixel units), got {value!r}")
             value = float(value)
+        elif key == "pgd_step_size":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise ConfigError(f"{path}: expected a number in (0, 1] (pixel units per step), "
+                                  f"got {value!r}")
+            value = float(value)
+        elif key == "pgd_random_start":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{path}: expected true or false, got {value!r}")
         elif key == "mode":
             if value not in ("pixel", "paper"):
                 raise ConfigError(f"{path}: expected 'pixel' or 'paper', got {value!r}")
@@ -99,7 +110,8 @@ def _robustness(table: Any) -> RobustnessSettings:
             if not isinstance(value, list) or any(v not in ATTACKS for v in value):
                 raise ConfigError(f"{path}: expected a list from {', '.join(ATTACKS)}, got {value!r}")
             value = tuple(value)
-        else:  # evasions / corruptions: checked against the perturbation registry when used
+        else:  # evasions / corruptions: checked against the perturbation registry at collection
+            # (robustness.evasions / corruptions), which would import numpy and Pillow here
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{path}: expected a list of perturbation names, got {value!r}")
             value = tuple(value)

@@ -26,7 +26,10 @@ Each flip is saved under ``--unsafebench-artifacts`` (default ``<cache_dir>/arti
 label is Unsafe unless ``--unsafebench-no-blur`` is given, beside a ``.json`` spec (classifier,
 image id, content hash, label, chain, scores and decisions before and after) from which
 ``perturbations.apply(chain, image, key=content_hash)`` reproduces the unblurred pixels. The
-test's report row (metric ``flips``) names the chain in its ``condition``.
+test's report rows (metrics ``flips`` and ``score_after``) name the chain in their
+``condition``, the image in ``image_id`` (the dataset record's id), and the saved files in
+``artifact_image`` / ``artifact_spec``, relative to the artifacts folder (replayed cases save
+nothing: both are null).
 
 Pinning regressions
 -------------------
@@ -42,7 +45,10 @@ and replay them with the fuzz suite::
 
 Each pinned case becomes ``test_fuzz_regression[<classifier>-<id>-<sha8>]``; it fails while the
 chain still flips the decision, and passes once the classifier is fixed. ``--unsafebench-fuzz-
-replay`` also accepts an artifacts folder directly (every ``*.json`` below it).
+replay`` also accepts an artifacts folder directly (every ``*.json`` below it). A malformed
+file (not JSON, not a spec or list of specs, a missing key, a label other than ``Safe`` /
+``Unsafe``, a chain the perturbation parser rejects) is an error naming the file and entry:
+one line from ``pin``, a usage error from the plugin.
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .taxonomy import UNSAFE
+from .taxonomy import CATEGORIES, LABELS, SOURCES, UNSAFE
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -299,13 +305,24 @@ class FuzzTarget:
         return pred, flipped(pred, self.case["label"])
 
     def record(self, metric: str, value: float | int | None, *, condition: str | None = None,
-               gate: bool = False, n: int | None = None) -> None:
-        if self.sink is not None:
-            self.sink({"classifier": self.classifier, "suite": "fuzz", "metric": metric,
-                       "category": None, "source": self.source, "condition": condition,
-                       "value": value, "threshold": 0 if gate else None,
-                       "outcome": None if gate else "info",
-                       "n": len(self.pool) if n is None else n})
+               gate: bool = False, n: int | None = None, image_id: str | None = None,
+               files: tuple[Path, Path] | None = None) -> None:
+        """One report row; a counterexample's rows (``image_id`` given) also name its image
+        and, when saved, its PNG and spec relative to the artifacts folder."""
+        if self.sink is None:
+            return
+        row = {"classifier": self.classifier, "suite": "fuzz", "metric": metric,
+               "category": None, "source": self.source, "condition": condition,
+               "value": value, "threshold": 0 if gate else None,
+               "outcome": None if gate else "info", "n": len(self.pool) if n is None else n}
+        if image_id is not None:
+            png, spec = (self.relative(p) for p in files) if files else (None, None)
+            row.update(image_id=image_id, artifact_image=png, artifact_spec=spec)
+        self.sink(row)
+
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the artifacts folder: reports name no machine paths."""
+        return Path(path).relative_to(self.artifacts_dir).as_posix()
 
 
 def fuzz_target(session: Any, item: Any, classifier: str, condition: str | None,
@@ -354,26 +371,81 @@ def _parse(chain: str) -> Chain:
 
 
 # ---------------------------------------------------------------------------------- replay / pin
+CASE_KEYS = ("classifier", "image_id", "label", "chain")   # required in every spec
+SPEC_HINT = ("expected a fuzz counterexample spec: a JSON object with classifier, image_id, "
+             "label and chain, as saved under --unsafebench-artifacts or written by "
+             "'python -m pytest_unsafebench.fuzzing pin'")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting
+        raise ValueError(f"{path}: not valid JSON ({exc}); {SPEC_HINT}") from None
+
+
+def _entries(path: Path) -> list[tuple[str, Any]]:
+    """``(where, entry)`` for each spec of one file: a list of specs, or a single spec."""
+    data = _read_json(path)
+    if isinstance(data, list):
+        return [(f"{path}: entry {i + 1}", entry) for i, entry in enumerate(data)]
+    if isinstance(data, dict):
+        return [(str(path), data)]
+    raise ValueError(f"{path}: expected a JSON list of counterexample specs or one spec "
+                     f"(an object), got {_kind(data)}")
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"{type(value).__name__} {value!r}"[:80]
+
+
+def validate_case(where: str, case: Any) -> dict[str, Any]:
+    """One spec checked (``where`` names its file and entry in every error); its fields as
+    kept for replay (the artifact's own ``image`` and ``blurred`` dropped)."""
+    if not isinstance(case, dict):
+        raise ValueError(f"{where}: {SPEC_HINT}; got {_kind(case)}")
+    missing = [k for k in CASE_KEYS if k not in case]
+    if missing:
+        raise ValueError(f"{where}: missing {', '.join(missing)}; {SPEC_HINT}")
+    for key in ("classifier", "image_id", "chain"):
+        if not isinstance(case[key], str) or not case[key].strip():
+            raise ValueError(f"{where}: {key} must be a non-empty string, got "
+                             f"{_kind(case[key])}")
+    if case["label"] not in LABELS:
+        raise ValueError(f"{where}: label must be exactly {' or '.join(map(repr, LABELS))}, "
+                         f"got {_kind(case['label'])}")
+    for key, allowed in (("source", SOURCES), ("category", CATEGORIES)):
+        if case.get(key) is not None and case[key] not in allowed:
+            raise ValueError(f"{where}: {key} must be null or one of "
+                             f"{', '.join(map(repr, allowed))}, got {_kind(case[key])}")
+    if case.get("content_hash") is not None and not isinstance(case["content_hash"], str):
+        raise ValueError(f"{where}: content_hash must be a string or null, got "
+                         f"{_kind(case['content_hash'])}")
+    try:
+        _parse(case["chain"])
+    except ValueError as exc:
+        raise ValueError(f"{where}: bad chain: {exc}") from None
+    return {k: v for k, v in case.items() if k not in ("image", "blurred")}
+
+
 def load_cases(path: Path) -> list[dict[str, Any]]:
     """Counterexample specs from a pinned regressions file (a JSON list) or an artifacts folder
-    (every ``*.json`` below it), de-duplicated by (classifier, image id, chain), sorted."""
+    (every ``*.json`` below it), de-duplicated by (classifier, image id, chain), sorted.
+
+    Every malformed file or entry raises ValueError naming the file, the entry and what is
+    expected (the plugin turns it into a usage error, ``pin`` into a one-line error)."""
     path = Path(path)
     if path.is_dir():
-        found = [json.loads(p.read_text()) for p in sorted(path.rglob("*.json"))]
+        files = [p for p in sorted(path.rglob("*.json")) if p.is_file()]
     elif path.is_file():
-        data = json.loads(path.read_text())
-        found = data if isinstance(data, list) else [data]
+        files = [path]
     else:
         raise FileNotFoundError(f"no fuzz regressions at {path}")
     cases: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for i, case in enumerate(found):
-        missing = [k for k in ("classifier", "image_id", "label", "chain") if k not in case]
-        if not isinstance(case, dict) or missing:
-            raise ValueError(f"{path}: entry {i + 1} is not a fuzz counterexample spec "
-                             f"(missing {', '.join(missing) or 'everything'})")
-        _parse(case["chain"])  # validates
-        keep = {k: v for k, v in case.items() if k not in ("image", "blurred")}
-        cases[(case["classifier"], case["image_id"], case["chain"])] = keep
+    for file in files:
+        for where, entry in _entries(file):
+            case = validate_case(where, entry)
+            cases[(case["classifier"], case["image_id"], case["chain"])] = case
     return [cases[k] for k in sorted(cases)]
 
 
@@ -411,7 +483,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cases = pin(args.sources, args.output)
     except (OSError, ValueError) as exc:
-        parser.error(str(exc))
+        # One line, no usage text: the problem is a file's content, not the command line.
+        print(f"{parser.prog} pin: error: {exc}", file=sys.stderr)
+        return 2
     if args.output is not None:
         print(f"pinned {len(cases)} fuzz regression case(s) in {args.output}", file=sys.stderr)
     return 0

@@ -102,19 +102,18 @@ def published(classifier: str, metric: str, category: str | None, source: str) -
 def row_metric(row: Mapping[str, Any]) -> str | None:
     """The :func:`published` metric of a JSON report row, or None if the paper has no such one.
 
-    Effectiveness ``f1`` rows map to ``"f1"``; a robustness ``ra`` row whose condition names one
-    of the paper's attacks (``pgd``, or ``pgd`` with a parenthesised or ``@`` suffix such as the
-    paper mode's units) maps to ``"ra_pgd"``. Everything else (FPR, grid cells, evasions) has no
-    published counterpart.
+    Effectiveness ``f1`` rows map to ``"f1"``; a robustness ``ra`` row of one of the paper's
+    attacks maps to ``"ra_<attack>"`` only when its ``spec`` says it ran in paper mode (the
+    paper's eps and units: RA at our pixel-space eps is a different measurement). Everything
+    else (FPR, grid cells, evasions) has no published counterpart.
     """
     metric = row.get("metric")
     if metric == "f1" and row.get("suite") in (None, "effectiveness"):
         return "f1"
     if metric == "ra" and row.get("suite") == "robustness":
-        condition = str(row.get("condition") or "")
-        base = condition.split("(", 1)[0].split("@", 1)[0].strip().lower()
-        if base in RA_ATTACKS:
-            return f"ra_{base}"
+        parts = str(row.get("spec") or "").split(":")
+        if parts[0] == row.get("condition") in RA_ATTACKS and parts[-1] == "paper":
+            return f"ra_{parts[0]}"
     return None
 
 

@@ -113,6 +113,10 @@ def _cli_values(config: pytest.Config) -> dict[str, Any]:
     return {k: config.getoption(f"unsafebench_{k}") for k in keys}
 
 
+# The pinned fuzz cases of --unsafebench-fuzz-replay, checked at configure time.
+REPLAY_CASES_KEY = pytest.StashKey[list]()
+
+
 # tryfirst: the fuzz profiles must exist before hypothesis' own pytest_configure loads
 # --hypothesis-profile.
 @pytest.hookimpl(tryfirst=True)
@@ -143,12 +147,24 @@ def pytest_configure(config: pytest.Config) -> None:
             from .executors import require_ray
 
             require_ray()
+        if "robustness" in settings.suites:  # a misspelt perturbation fails here, not mid-run
+            from .robustness import condition_names, corruptions
+
+            condition_names(settings.robustness)
+            corruptions(settings.robustness)
     except UnsafeBenchError as exc:
         raise pytest.UsageError(str(exc)) from None
     if "fuzz" in settings.suites or settings.fuzz_replay:
         from .fuzzing import register_profiles
 
         register_profiles()  # dev / ci / nightly; importing hypothesis costs ~0.4 s otherwise
+    if settings.fuzz_replay is not None and "fuzz" in settings.suites:
+        from .fuzzing import load_cases
+
+        try:  # here, not at collection, so that a malformed file is a usage error (exit 4)
+            config.stash[REPLAY_CASES_KEY] = load_cases(settings.fuzz_replay)
+        except (OSError, ValueError) as exc:
+            raise pytest.UsageError(f"--unsafebench-fuzz-replay: {exc}") from None
     session = UnsafeBenchSession.start(config, settings)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "unsafebench-session")
@@ -303,12 +319,9 @@ def _parametrize_fuzz(metafunc: pytest.Metafunc) -> None:
         return
     assert s is not None
     if replay:
-        from .fuzzing import case_id, load_cases
+        from .fuzzing import case_id
 
-        try:
-            cases = load_cases(s.fuzz_replay)  # type: ignore[arg-type]
-        except (OSError, ValueError) as exc:
-            raise pytest.UsageError(f"--unsafebench-fuzz-replay: {exc}") from None
+        cases = metafunc.config.stash[REPLAY_CASES_KEY]  # loaded by pytest_configure
         params = [(c["classifier"], c["chain"], c.get("source"), c) for c in cases]
         metafunc.parametrize("unsafebench_fuzz", [p[:3] + (p[3],) for p in params],
                              indirect=True, ids=[case_id(c) for c in cases])

@@ -28,6 +28,10 @@ SCHEMA_VERSION = 1
 GATE_OUTCOMES = ("passed", "failed", "skipped", "error")
 ROW_KEYS = ("classifier", "suite", "metric", "category", "source", "condition", "value",
             "threshold", "outcome", "n", "ci_low", "ci_high", "warn_threshold", "warned", "paper")
+# Kept only on the rows that carry them: a robustness value's full perturbation or attack spec,
+# why a skipped test did not run, a fuzz counterexample's image and saved files (paths relative
+# to the artifacts folder).
+OPTIONAL_ROW_KEYS = ("spec", "reason", "image_id", "artifact_image", "artifact_spec")
 SCORE_DEFINITION = ("mean over covered categories of F1 on the pooled sources "
                     "(effectiveness suite, Unsafe positive)")
 _PACKAGES = ("pytest-unsafebench", "pytest", "pytest-xdist", "numpy", "pillow", "torch",
@@ -39,7 +43,7 @@ def _sort_key(row: dict[str, Any]) -> tuple:
         return (seq.index(value), "") if value in seq else (len(seq), str(value))
     # None-safe throughout, and every field takes part, so that rows tying on their cell (a
     # parametrized dataset-level test) still come out in one order whatever order they came in.
-    rest = tuple(repr(row[k]) for k in ("value", "threshold", "outcome", "n"))
+    rest = tuple(repr(row.get(k)) for k in ("value", "threshold", "outcome", "n", "image_id"))
     return (str(row["classifier"]), str(row["suite"]), str(row["metric"]),
             order(row["category"], CATEGORIES), order(row["source"], CELL_SOURCES),
             str(row.get("condition")), rest)
@@ -47,7 +51,9 @@ def _sort_key(row: dict[str, Any]) -> tuple:
 
 def sorted_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """A canonical order, so serial and pytest-xdist runs give identical reports."""
-    return sorted(({k: r.get(k) for k in ROW_KEYS} for r in rows), key=_sort_key)
+    return sorted(({**{k: r.get(k) for k in ROW_KEYS},
+                    **{k: r[k] for k in OPTIONAL_ROW_KEYS if k in r}} for r in rows),
+                  key=_sort_key)
 
 
 def summarize(rows: list[dict[str, Any]], classifiers: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -212,7 +218,7 @@ def terminal_lines(doc: dict[str, Any]) -> list[str]:
         if uncovered:
             lines.append(f"  not covered under the {cfg['alignment']} alignment: "
                          f"{', '.join(uncovered)}")
-        lines += _robustness_lines(name, rows, sources)
+        lines += _robustness_lines(name, rows, sources, cfg.get("robustness") or {})
         lines += _gap_lines(name, rows, doc.get("source_shift", {}).get(name))
         judge = doc.get("judges", {}).get(name)
         if judge:
@@ -285,25 +291,57 @@ def _comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
                                 "bootstrap p", "McNemar p"], disable_numparse=True).splitlines())]
 
 
-def _robustness_lines(name: str, rows: list[dict[str, Any]], sources: tuple[str, ...]) -> list[str]:
-    """Robust accuracy per condition x source, gated values only (the grid is in the JSON)."""
+def _robustness_lines(name: str, rows: list[dict[str, Any]], sources: tuple[str, ...],
+                      rcfg: dict[str, Any]) -> list[str]:
+    """Robust accuracy per condition x source, gated values only (the grid is in the JSON),
+    with the attack units, the clean accuracy the pool comes from, and why cells did not run."""
     from tabulate import tabulate
 
-    gated = {(r["condition"], r["source"]): r for r in rows
-             if r["classifier"] == name and r["suite"] == "robustness"
-             and r["outcome"] in GATE_OUTCOMES}
+    mine = [r for r in rows if r["classifier"] == name and r["suite"] == "robustness"]
+    gated = {(r["condition"], r["source"]): r for r in mine if r["outcome"] in GATE_OUTCOMES}
     if not gated:
         return []
     # Attacks, then evasion edits, then the corruption grid: the order the suite runs them.
-    order = {c: i for i, c in enumerate(("gaussian", "fgsm", "pgd", "deepfool", "square"))}
+    order = {c: i for i, c in enumerate(("gaussian", "fgsm", "pgd", "deepfool", "square", "spsa"))}
     conditions = sorted(dict.fromkeys(c for c, _ in gated),
                         key=lambda c: (c == "grid", order.get(c, len(order)), c))
     table = [[c, *(_cell_text(gated.get((c, src))) for src in sources),
               _fmt(_ra_gap(gated, c))] for c in conditions]
     headers = ["condition", *(f"RA {s}" for s in sources), "gap (real - generated)"]
-    return ["  robust accuracy (grid = mean over corruption x severity):",
-            *("  " + t for t in tabulate(table, headers=headers,
-                                         disable_numparse=True).splitlines())]
+    out = [f"  robust accuracy ({attack_units(rcfg)}; grid = mean over corruption x severity):",
+           *("  " + t for t in tabulate(table, headers=headers,
+                                        disable_numparse=True).splitlines())]
+    clean = {r["source"]: r["value"] for r in mine if r["metric"] == "clean_accuracy"}
+    if clean:
+        out.append("  clean accuracy the pool is drawn from: " + ", ".join(
+            f"{src} {_fmt(clean[src])}" for src in sources if src in clean))
+    out += [f"  not run ({conditions}): {reason}" for conditions, reason in not_run(gated.values())]
+    return out
+
+
+def attack_units(rcfg: dict[str, Any]) -> str:
+    """How the run's attacks measure eps (``[tool.unsafebench.robustness]`` mode and eps)."""
+    if rcfg.get("mode") == "paper":
+        return ("attacks in paper mode: the reference settings, eps 0.01 in each model's "
+                "normalised input units")
+    return f"attacks at eps {_eps_text(rcfg.get('eps'))} in [0, 1] pixel units"
+
+
+def not_run(rows: Iterable[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(conditions, reason) for skipped robustness cells, conditions sharing a reason joined."""
+    by_reason: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("outcome") == "skipped" and r.get("reason"):
+            by_reason.setdefault(r["reason"], []).append(str(r.get("condition")))
+    return [(", ".join(dict.fromkeys(conds)), reason) for reason, conds in by_reason.items()]
+
+
+def _eps_text(eps: float | None) -> str:
+    """2/255 rather than 0.008 when eps is a whole number of 8-bit levels."""
+    if eps is None:
+        return "-"
+    levels = eps * 255
+    return f"{round(levels)}/255" if abs(levels - round(levels)) < 1e-6 else f"{eps:g}"
 
 
 def _ra_gap(gated: dict[tuple[str, str], dict[str, Any]], condition: str) -> float | None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import paper
 from .errors import UnsafeBenchError
+from .report import attack_units, not_run
 from .taxonomy import CATEGORIES, CELL_SOURCES, POOLED, SHORT_NAMES
 
 if TYPE_CHECKING:
@@ -513,8 +514,11 @@ def _robustness(doc: Mapping[str, Any]) -> str:
             body = [[f"<td>{_e(c)}</td>", *(_value_cell(gated.get((c, s)), doc) for s in sources)]
                     for c in conditions]
             out.append(_table(["condition", *(f"RA {s}" for s in sources)], body, raw=True))
-            out.append("<p>grid = mean RA over every corruption x severity; * fails its "
-                       "threshold.</p>")
+            units = attack_units(doc.get("config", {}).get("robustness") or {})
+            out.append(f"<p>{_e(units)}; grid = mean RA over every corruption x severity; * "
+                       "fails its threshold.</p>")
+            out += [f"<p>not run ({_e(conds)}): {_e(reason)}</p>"
+                    for conds, reason in not_run(gated.values())]
         grid: dict[str, dict[str, list[tuple[int, float]]]] = {}
         for r in mine:
             cell = _grid_condition(r.get("condition"))

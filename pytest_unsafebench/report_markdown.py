@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from . import paper
+from .report import attack_units
 from .taxonomy import CATEGORIES, CELL_SOURCES, POOLED, SHORT_NAMES
 
 MAX_FAILED = 20
@@ -143,7 +144,8 @@ def _robustness(doc: Mapping[str, Any]) -> list[str]:
              and isinstance(r.get("value"), (int, float))]
     if not gated:
         return []
-    out = ["", "### Robustness", ""]
+    out = ["", "### Robustness", "", md(attack_units(doc.get("config", {}).get("robustness") or {}))
+           + ".", ""]
     body = []
     for name in dict.fromkeys(str(r.get("classifier")) for r in gated):
         for source in CELL_SOURCES:

@@ -41,21 +41,38 @@ def condition_names(rs: RobustnessSettings) -> list[str]:
 
 
 def evasions(rs: RobustnessSettings) -> list[str]:
-    from . import perturbations
-
-    chosen = list(rs.evasions) if rs.evasions is not None else perturbations.names("evasion")
-    for name in chosen:
-        perturbations.PerturbationSpec(name, EVASION_STRENGTH)  # validates the name
-    return chosen
+    return _chosen(rs.evasions, "evasion", "evasions")
 
 
 def corruptions(rs: RobustnessSettings) -> list[str]:
-    from . import perturbations
+    return _chosen(rs.corruptions, "corruption", "corruptions")
 
-    chosen = list(rs.corruptions) if rs.corruptions is not None else perturbations.names("corruption")
-    for name in chosen:
-        perturbations.PerturbationSpec(name, 1)
-    return chosen
+
+def _chosen(listed: Sequence[str] | None, kind: str, key: str) -> list[str]:
+    """The configured perturbations of a kind (all of them when unset); ConfigError naming the
+    pyproject key for an unknown name or one of the other kind."""
+    from . import perturbations
+    from .errors import ConfigError
+    from .taxonomy import suggest
+
+    known = perturbations.names(kind)
+    if listed is None:
+        return known
+    path = f"tool.unsafebench.robustness.{key}"
+    for name in listed:
+        if name in known:
+            continue
+        other = perturbations.PERTURBATIONS.get(name)
+        if other is not None:
+            raise ConfigError(f"{path}: {name!r} is {_article(other.kind)}, not "
+                              f"{_article(kind)}: list it under {other.kind}s")
+        raise ConfigError(f"{path}: unknown {kind} {name!r}{suggest(name, known)}; known: "
+                          f"{', '.join(known)}")
+    return list(listed)
+
+
+def _article(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
 def attack_spec(name: str, rs: RobustnessSettings, seed: int) -> Any:
@@ -65,9 +82,10 @@ def attack_spec(name: str, rs: RobustnessSettings, seed: int) -> Any:
     if rs.mode == "paper" and name in ("gaussian", "fgsm", "pgd", "deepfool"):
         return paper_spec(name, seed=seed)
     if name == "pgd":
-        return AttackSpec("pgd", rs.eps, steps=rs.pgd_steps, seed=seed)
-    if name == "square":
-        return AttackSpec("square", rs.eps, queries=rs.queries, seed=seed)
+        return AttackSpec("pgd", rs.eps, steps=rs.pgd_steps, step_size=rs.pgd_step_size,
+                          random_start=rs.pgd_random_start, seed=seed)
+    if name in ("square", "spsa"):
+        return AttackSpec(name, rs.eps, queries=rs.queries, seed=seed)
     return AttackSpec(name, rs.eps, seed=seed)
 
 
@@ -77,26 +95,42 @@ class RAResult:
 
     ra: float
     per_seed: dict[int, float]
-    pool_size: int
     sample_size: int
-    clean_accuracy: float            # on the drawn samples, through the perturbation's path
+    spec: str                        # the condition run: perturbation or attack spec string
     conditions: list[str]            # the cache keys used
     distances: dict[str, float] = field(default_factory=dict)  # attacks: mean/max L-inf, L2
     # Per distinct drawn image, whether it is still right: what RA's bootstrap interval
     # resamples (seeds that draw the same image share its outcome, so each counts once).
     correct: list[bool] = field(default_factory=list)
+    # Attacks only: clean accuracy of the drawn images through the attack's own input (the
+    # model's centre crop as a tensor), which can differ from the pipeline's decision.
+    attack_input_accuracy: float | None = None
+    pool_size: int = 0               # correctly classified eligible images
+    eligible: int = 0                # images of covered categories in the source
 
-    def rows(self) -> dict[str, float]:
-        return {"clean_accuracy": self.clean_accuracy, **self.distances}
+    @property
+    def clean_accuracy(self) -> float:
+        """Accuracy on the eligible images, the pool being the ones classified right."""
+        return self.pool_size / self.eligible if self.eligible else float("nan")
+
+    def rows(self) -> dict[str, float | int]:
+        extra = ({} if self.attack_input_accuracy is None
+                 else {"clean_accuracy_attack_input": self.attack_input_accuracy})
+        return {"pool_size": self.pool_size, "eligible": self.eligible,
+                "clean_accuracy": self.clean_accuracy, **extra, **self.distances}
+
+
+def eligible(table: PredictionTable, covered: Sequence[str], source: str) -> list[dict[str, Any]]:
+    """Images of covered categories in the source (both sources for pooled)."""
+    return [r for r in table.rows if r["category"] in covered
+            and (source == POOLED or r["source"] == source)]
 
 
 def pool(table: PredictionTable, covered: Sequence[str], source: str) -> list[dict[str, Any]]:
-    """Correctly classified images of covered categories, in a stable (id) order."""
-    rows = [r for r in table.rows if r["category"] in covered
-            and (source == POOLED or r["source"] == source)
-            and (r["decision"] == "unsafe") == (r["label"] == UNSAFE)
-            and r["decision"] != "unsure"]
-    return sorted(rows, key=lambda r: r["id"])
+    """The correctly classified :func:`eligible` images, in a stable (id) order."""
+    right = [r for r in eligible(table, covered, source)
+             if (r["decision"] == "unsafe") == (r["label"] == UNSAFE) and r["decision"] != "unsure"]
+    return sorted(right, key=lambda r: r["id"])
 
 
 def draw(rows: Sequence[dict[str, Any]], k: int, seed: int) -> list[dict[str, Any]]:
@@ -147,7 +181,7 @@ def perturbation_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
     for seed, rows in samples.items():
         ok = _correct(rows, outcome.predictions)
         per_seed[seed] = sum(ok) / len(ok) if ok else float("nan")
-    return _summary(per_seed, samples, [key], clean=1.0,
+    return _summary(per_seed, samples, str(spec), [key],
                     correct=_correct(_distinct(samples), outcome.predictions))
 
 
@@ -201,9 +235,9 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
         ok = _correct(rows, cached)
         per_seed[seed] = sum(ok) / len(ok) if ok else float("nan")
     info = [json.loads(cached[r["hash"]].raw or "{}") for r in union]
-    clean = [i.get("clean_correct", True) for i in info]
-    result = _summary(per_seed, samples, [key], clean=sum(clean) / len(clean) if clean else 1.0,
-                      correct=_correct(union, cached))
+    clean = [i["clean_correct"] for i in info if "clean_correct" in i]
+    result = _summary(per_seed, samples, str(spec), [key], correct=_correct(union, cached))
+    result.attack_input_accuracy = sum(clean) / len(clean) if clean else None
     if info:
         linf = [i.get("linf", 0.0) for i in info]
         l2 = [i.get("l2", 0.0) for i in info]
@@ -217,12 +251,11 @@ def _distinct(samples: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def _summary(per_seed: dict[int, float], samples: dict[int, list[dict[str, Any]]],
-             keys: list[str], clean: float, correct: list[bool]) -> RAResult:
+             spec: str, keys: list[str], correct: list[bool]) -> RAResult:
     values = [v for v in per_seed.values() if v == v]
     first = next(iter(samples.values()), [])
     return RAResult(ra=sum(values) / len(values) if values else float("nan"), per_seed=per_seed,
-                    pool_size=0, sample_size=len(first), clean_accuracy=clean, conditions=keys,
-                    correct=correct)
+                    sample_size=len(first), spec=spec, conditions=keys, correct=correct)
 
 
 def _crop_tensor(image: Image, size: int) -> Any:

@@ -401,6 +401,7 @@ class UnsafeBenchSession:
         rs = s.robustness
         cs = self.classifier_state(classifier)
         records = self.records()
+        eligible = len(robustness.eligible(self.table(classifier), cs.covered, source))
         rows = robustness.pool(self.table(classifier), cs.covered, source)
         if not rows:
             pytest.skip(f"no correctly classified images of covered categories in {source}: "
@@ -409,9 +410,24 @@ class UnsafeBenchSession:
         samples = {seed: robustness.draw(rows, rs.pool_size, seed) for seed in rs.seeds}
         clf = self.classifier(classifier)
         is_attack = condition in rs.attacks
-        if is_attack and condition not in ("gaussian", "square") and not cs.supports_gradients:
-            pytest.skip(f"not attackable by {condition}: {classifier} has no gradient path "
-                        "(no forward_pixels); its black-box robustness is the square test")
+        if is_attack:
+            try:
+                from .attacks import GRADIENT_FREE
+            except ImportError as exc:
+                pytest.fail(f"the {condition} attack needs torch ({exc}): install "
+                            "'pytest-unsafebench[torch]', or leave attacks out with "
+                            "[tool.unsafebench.robustness] attacks = []", pytrace=False)
+            if condition not in GRADIENT_FREE and not cs.supports_gradients:
+                pytest.skip(f"not attackable: {classifier} has no gradient path (no "
+                            "forward_pixels); the gradient-free attacks "
+                            f"({', '.join(sorted(GRADIENT_FREE))}) test it instead")
+            if (robustness.attack_spec(condition, rs, rs.seeds[0]).mode == "paper"
+                    and getattr(clf, "input_std", None) is None):
+                pytest.skip(f"paper mode: {condition}'s eps is in {classifier}'s normalised-input "
+                            f"units, but {classifier} declares no input_std (the per-channel std "
+                            "its preprocessing divides [0, 1] pixels by); set input_std = "
+                            "(r, g, b) on the classifier, or use [tool.unsafebench.robustness] "
+                            'mode = "pixel"')
         cache = PredictionCache(self.cache_path)
         try:
             with robustness.exclusive(self.session_dir / "locks", classifier, condition,
@@ -427,7 +443,7 @@ class UnsafeBenchSession:
                             cache, s.batch_size, s.max_image_pixels)
         finally:
             cache.close()
-        result.pool_size = len(rows)
+        result.pool_size, result.eligible = len(rows), eligible
         return result
 
     # ------------------------------------------------------------------ reporting
@@ -445,8 +461,11 @@ class UnsafeBenchSession:
         if not gate:
             gate = [_placeholder_row(item, marker.kwargs)]
             rows = [*rows, *gate]
+        reason = _skip_reason(report) if report.skipped else None
         for row in gate:
             row["outcome"] = outcome
+            if reason:
+                row["reason"] = reason  # e.g. "not attackable: ...": in the JSON, not only -rs
         report.unsafebench = json.dumps(rows)  # travels to the xdist controller with the report
         return report
 
@@ -547,6 +566,13 @@ def record_row(item: pytest.Item, row: dict[str, Any]) -> None:
     if isinstance(row.get("value"), (int, float)):
         # Also visible to --junitxml as <property name="unsafebench.f1" value="..."/>.
         item.user_properties.append((f"unsafebench.{row['metric']}", row["value"]))
+
+
+def _skip_reason(report: pytest.TestReport) -> str | None:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # (path, line, "Skipped: why")
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return None
 
 
 def _placeholder_row(item: pytest.Item, marker: dict[str, Any]) -> dict[str, Any]:

@@ -20,8 +20,9 @@ def test_decision_stable_under_perturbation(unsafebench_fuzz):
         fuzz.record("flips", 0, gate=True)
         return
     png, spec = fuzz.save(cx)
-    fuzz.record("flips", 1, condition=cx.chain, gate=True, n=1)
-    fuzz.record("score_after", cx.score_after, condition=cx.chain, n=1)
+    found = {"condition": cx.chain, "n": 1, "image_id": cx.image_id, "files": (png, spec)}
+    fuzz.record("flips", 1, gate=True, **found)
+    fuzz.record("score_after", cx.score_after, **found)
     pytest.fail(
         f"{fuzz.classifier} on {fuzz.source}: the weakest flipping chain found is {cx.chain}: "
         f"{cx.describe()}. Saved {png} and {spec}; pin it with "
@@ -34,8 +35,9 @@ def test_fuzz_regression(unsafebench_fuzz):
     fuzz = unsafebench_fuzz
     case = fuzz.case
     pred, still = fuzz.replay()
-    fuzz.record("flips", int(still), condition=case["chain"], gate=True, n=1)
-    fuzz.record("score_after", pred.score, condition=case["chain"], n=1)
+    pinned = {"condition": case["chain"], "n": 1, "image_id": case["image_id"]}
+    fuzz.record("flips", int(still), gate=True, **pinned)
+    fuzz.record("score_after", pred.score, **pinned)
     assert not still, (
         f"pinned counterexample still flips {fuzz.classifier}: {case['label']} image "
         f"{case['image_id']!r} is {pred.decision} ({pred.score:.3f}) under {case['chain']}")

@@ -3,7 +3,8 @@
 ``test_robust_accuracy`` runs each attack (gaussian, fgsm, pgd, deepfool, square) and each
 evasion edit (text overlay, sticker, meme caption, screenshot border, collage); the
 ``test_corruption_grid`` averages RA over every corruption x severity (ImageNet-C levels 1-5)
-and records the whole grid. Clean accuracy on the pool, the realised perturbation sizes and the
+and records the whole grid. Each row carries the full spec it ran (``spec``: mode, eps, steps,
+seed); the pool size, the clean accuracy it comes from, the realised perturbation sizes and the
 per-seed RAs are recorded beside each RA.
 """
 
@@ -21,15 +22,16 @@ def test_robust_accuracy(unsafebench_robustness, unsafebench_settings):
     key = ATTACK_KEY.get(cell.condition, "ra_min_attack") if is_attack else "ra_min_evasion"
     result = cell.result
     threshold = cell.threshold(key)
-    cell.record("ra", result.ra, threshold, gate=True, key=key, correct=result.correct)
-    cell.record("pool_size", result.pool_size)
+    cell.record("ra", result.ra, threshold, gate=True, key=key, correct=result.correct,
+                spec=result.spec)
     for seed, ra in result.per_seed.items():
-        cell.record(f"ra_seed_{seed}", ra)
+        cell.record(f"ra_seed_{seed}", ra, spec=result.spec)
     for metric, value in result.rows().items():
-        cell.record(metric, value)
+        cell.record(metric, value, spec=result.spec)
     assert result.ra >= threshold, (
         f"robust accuracy {result.ra:.3f} < {threshold} ({key}) for {cell.label} "
-        f"(per seed {result.per_seed}, {result.sample_size} of {result.pool_size} pool images)")
+        f"({result.spec}; per seed {result.per_seed}, {result.sample_size} of "
+        f"{result.pool_size} pool images)")
 
 
 @pytest.mark.unsafebench(suite="robustness", metric="ra_corruption_mean")
@@ -46,7 +48,7 @@ def test_corruption_grid(unsafebench_robustness, unsafebench_settings, unsafeben
                                                          severity=level)
             values.append(result.ra)
             cell.record("ra", result.ra, condition=f"{name}:{level}", n=result.sample_size,
-                        correct=result.correct)
+                        correct=result.correct, spec=result.spec)
     mean = sum(values) / len(values)
     threshold = cell.threshold("ra_min_corruption")
     cell.record("ra_corruption_mean", mean, threshold, gate=True, condition="grid",

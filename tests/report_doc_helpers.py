@@ -59,6 +59,10 @@ def augment(doc: dict[str, Any], examples: list[dict[str, Any]]) -> dict[str, An
             doc["rows"].append({**ra, "metric": "ra", "source": source, "condition": condition,
                                 "value": v, "threshold": 0.0, "outcome": outcome,
                                 "ci_low": max(0.0, v - 0.05), "ci_high": min(1.0, v + 0.05)})
+        doc["rows"].append({**ra, "metric": "ra", "source": source, "condition": "fgsm",
+                            "value": None, "threshold": None, "outcome": "skipped",
+                            "ci_low": None, "ci_high": None,
+                            "reason": f"not attackable: {name} has no gradient path"})
         for corruption, slope in (("fog", 0.1), ("jpeg_compression", 0.05)):
             for level in range(1, 6):
                 doc["rows"].append({**ra, "metric": "ra", "source": source,

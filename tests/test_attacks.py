@@ -444,3 +444,94 @@ def test_demo_classifier_pgd_beats_gaussian_noise(
     assert pgd_acc < noise_acc, (pgd_acc, noise_acc)
     assert float(pgd.linf.max()) <= eps + TOL
     assert all(p.grad is None for p in clf.model.parameters())
+
+
+def test_fractions_dividing_by_zero_are_value_errors() -> None:
+    with pytest.raises(ValueError, match=r"bad value for 'eps': eps = '1/0' divides by zero"):
+        AttackSpec.parse("pgd:eps=1/0")
+    with pytest.raises(ValueError, match=r"bad value for 'ss': step_size = '3/0' divides by zero"):
+        AttackSpec.parse("pgd:eps=0.1:ss=3/0")
+
+
+# --------------------------------------------------------------------- paper mode, end to end
+PAPER_TOML = """
+[tool.unsafebench]
+categories = ["Hate", "Violence"]
+sources = ["Lexica"]
+split = "test"
+suites = ["robustness"]
+profile = "smoke"
+
+[tool.unsafebench.robustness]
+mode = "paper"
+pool_size = 4
+seeds = [2023]
+attacks = ["fgsm", "pgd"]
+evasions = []
+
+[tool.unsafebench.classifiers.demo]
+epochs = 1
+"""
+
+# A differentiable classifier without input_std: it always answers safe.
+NOSTD = '''
+import torch
+
+from pytest_unsafebench import Coverage, Prediction
+
+
+class NoStd:
+    name = "nostd"
+    fingerprint = "nostd-v1"
+    coverage = Coverage.everything()
+    supports_gradients = True
+
+    def forward_pixels(self, x):
+        return torch.stack([1.0 + 0 * x.mean((1, 2, 3)), 0 * x.mean((1, 2, 3))], dim=1)
+
+    def predict(self, images):
+        return [Prediction.from_score(0.1) for _ in images]
+
+
+def load():
+    return NoStd()
+'''
+
+
+@pytest.mark.slow
+def test_paper_mode_attacks_the_demo_classifier_through_the_plugin(
+        pytester: pytest.Pytester) -> None:
+    """Paper mode on the bundled demo model runs (its input_std converts eps 0.01 to pixels);
+    a gradient classifier without input_std gets a skip that says why, not a traceback."""
+    import json
+
+    pytester.makepyprojecttoml(PAPER_TOML)
+    pytester.makepyfile(nostd=NOSTD)
+    pytester.syspathinsert()
+    out = pytester.path / "out.json"
+    result = pytester.runpytest(
+        "--unsafebench-classifier=demo,nostd:load", f"--unsafebench-cache-dir={pytester.path}",
+        "--unsafebench-device=cpu", f"--unsafebench-json={out}", "-k", "test_robust_accuracy",
+        "-p", "no:randomly", "-rs")
+    cells = [f"{a}-{s}" for a in ("fgsm", "pgd") for s in ("Lexica", "all")]
+    result.assert_outcomes(passed=len(cells), skipped=len(cells))
+    result.stdout.fnmatch_lines(["*paper mode: fgsm's eps is in nostd:load's normalised-input "
+                                 "units, but nostd:load declares no input_std*"])
+
+    doc = json.loads(out.read_text())
+    assert doc["config"]["robustness"]["mode"] == "paper"
+    rows = [r for r in doc["rows"] if r["suite"] == "robustness"]
+    gated = {(r["classifier"], f"{r['condition']}-{r['source']}"): r for r in rows
+             if r["metric"] == "ra" and r["outcome"] != "info"}
+    assert set(gated) == {(c, cell) for c in ("demo", "nostd:load") for cell in cells}
+    for cell in cells:
+        assert gated["demo", cell]["outcome"] == "passed"
+        assert 0.0 <= gated["demo", cell]["value"] <= 1.0
+        skipped = gated["nostd:load", cell]
+        assert skipped["outcome"] == "skipped" and "input_std" in skipped["reason"]
+    # eps 0.01 in normalised units is 0.01 * std = 0.0025 in pixels for the demo model
+    # (std 0.25); FGSM's sign step reaches it exactly.
+    linf = {r["condition"]: r["value"] for r in rows
+            if r["classifier"] == "demo" and r["metric"] == "linf_max" and r["source"] == "all"}
+    assert linf["fgsm"] == pytest.approx(0.01 * 0.25, abs=1e-6)
+    assert 0.0 < linf["pgd"] <= 0.01 * 0.25 + 1e-6

@@ -518,6 +518,18 @@ def test_preprocessing_matches_a_plain_pil_reference() -> None:
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_input_std_is_clips_normalisation(heads: tuple) -> None:
+    """Paper-mode attacks convert eps with input_std: every head declares its backbone's, and
+    that is what the differentiable preprocessing divides [0, 1] pixels by."""
+    for clf in heads:
+        assert clf.input_std == clf.backbone.input_std == cb.CLIP_STD
+    x = torch.full((1, 3, IMAGE_SIZE, IMAGE_SIZE), 0.4)
+    delta = (cb.tensor_to_model_input(x + 0.1, IMAGE_SIZE)
+             - cb.tensor_to_model_input(x, IMAGE_SIZE))
+    want = (0.1 / torch.tensor(heads[0].input_std)).view(1, 3, 1, 1).expand_as(delta)
+    torch.testing.assert_close(delta, want, rtol=1e-5, atol=1e-5)
+
+
 def test_embedding_width_mismatch_is_clear(heads: tuple) -> None:
     with pytest.raises(ValueError, match="768-d embeddings but got shape"):
         heads[0].predict_embeddings(np.zeros((2, 16), np.float32))

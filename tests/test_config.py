@@ -278,6 +278,23 @@ def test_suites_cli_over_pyproject_in_canonical_order() -> None:
     assert "did you mean 'robustness'" in error({"suites": ["robustnes"]})
 
 
+def test_pgd_settings_and_spsa_reach_the_attack_spec() -> None:
+    from pytest_unsafebench.attacks import AttackSpec
+    from pytest_unsafebench.robustness import attack_spec
+
+    s = resolve(pyproject={"robustness": {"pgd_steps": 7, "pgd_step_size": 0.001,
+                                          "pgd_random_start": False, "queries": 40,
+                                          "attacks": ["pgd", "spsa"]}})
+    rs = s.robustness
+    assert rs.attacks == ("pgd", "spsa")
+    assert attack_spec("pgd", rs, 5) == AttackSpec("pgd", 2 / 255, steps=7, step_size=0.001,
+                                                   random_start=False, seed=5)
+    assert attack_spec("spsa", rs, 5) == AttackSpec("spsa", 2 / 255, queries=40, seed=5)
+    # unset: the attack's own defaults (random start on, 2.5 eps / steps)
+    default = attack_spec("pgd", resolve().robustness, 5)
+    assert default.random_start is True and default.step_size == pytest.approx(2.5 * (2 / 255) / 20)
+
+
 def test_robustness_table() -> None:
     s = resolve(pyproject={"robustness": {"pool_size": 5, "seeds": [1, 2], "mode": "paper",
                                           "eps": 0, "attacks": ["square"],
@@ -300,6 +317,8 @@ def test_robustness_table() -> None:
     ({"mode": "x"}, "robustness.mode: expected 'pixel' or 'paper'"),
     ({"eps": 2}, "robustness.eps: expected a number in [0, 1]"),
     ({"corruptions": "brightness"}, "robustness.corruptions: expected a list"),
+    ({"pgd_step_size": 0}, "robustness.pgd_step_size: expected a number in (0, 1]"),
+    ({"pgd_random_start": 1}, "robustness.pgd_random_start: expected true or false, got 1"),
 ])
 def test_bad_robustness_tables(table, fragment) -> None:
     assert fragment in error(pyproject={"robustness": table})

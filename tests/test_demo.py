@@ -267,6 +267,20 @@ def test_forward_pixels_is_differentiable(clf: Any) -> None:
     assert x.grad.abs().sum() > 0
 
 
+def test_input_std_is_what_forward_pixels_divides_by(demo_clf_module: Any) -> None:
+    """Paper-mode attacks convert eps with input_std: it must be the normalisation's std
+    (a step d in every pixel moves the network's input by d / std), read off the class."""
+    import torch
+
+    std = demo_clf_module.DemoClassifier.input_std
+    assert isinstance(std, tuple) and len(std) == 3 and std == demo_clf_module._STD
+    size = demo_clf_module.INPUT_SIZE
+    x = torch.full((1, 3, size, size), 0.4)
+    delta = demo_clf_module._normalise(x + 0.1, size) - demo_clf_module._normalise(x, size)
+    want = (0.1 / torch.tensor(std)).view(1, 3, 1, 1).expand_as(delta)
+    torch.testing.assert_close(delta, want, rtol=1e-5, atol=1e-5)
+
+
 def test_predict_agrees_with_forward_pixels(clf: Any, cache: Path) -> None:
     import torch
 

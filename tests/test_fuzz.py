@@ -31,8 +31,18 @@ from pytest_unsafebench.perturbations import (
     apply,
     perceptual_budget,
 )
+from pytest_unsafebench.report import ROW_KEYS, sorted_rows
+from pytest_unsafebench.report_html import render_html
+from pytest_unsafebench.report_markdown import render_markdown
 
-from plugin_helpers import CLASSIFIER, SOURCES, build_dataset, read_json, write_toyclf
+from plugin_helpers import (
+    CLASSIFIER,
+    SOURCES,
+    build_dataset,
+    read_json,
+    read_jsonl,
+    write_toyclf,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
 
@@ -161,9 +171,141 @@ def test_pin_merges_and_deduplicates(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert json.loads(capsys.readouterr().out) == cases
     assert fuzzing.case_id(cases[0]) == f"toyclf:load-img/7-{fuzzing.chain_digest(cases[0]['chain'])}"
 
-    (tmp_path / "bad.json").write_text(json.dumps([{"chain": "brightness:1"}]))
-    with pytest.raises(ValueError, match="not a fuzz counterexample spec"):
-        fuzzing.load_cases(tmp_path / "bad.json")
+
+def test_report_keeps_counterexample_keys_and_orders_ties_by_image() -> None:
+    base = {"classifier": "k", "suite": "fuzz", "metric": "flips", "category": None,
+            "source": "Lexica", "condition": "brightness:1:s2023", "value": 1, "threshold": 0,
+            "outcome": "failed", "n": 1}
+    rows = [{**base, "image_id": i, "artifact_image": f"k/{i}.png",
+             "artifact_spec": f"k/{i}.json"} for i in ("b", "a")]
+    out = sorted_rows(rows)
+    assert out == sorted_rows(rows[::-1])  # pinned cases sharing a chain: one order
+    assert [(r["image_id"], r["artifact_spec"]) for r in out] == [("a", "k/a.json"),
+                                                                   ("b", "k/b.json")]
+    # rows without a counterexample keep exactly the usual keys
+    assert list(sorted_rows([{**base, "value": 0}])[0]) == list(ROW_KEYS)
+
+
+# --------------------------------------------------------------------------- malformed pins
+GOOD = {"classifier": "toyclf:load", "image_id": "img/7", "label": "Unsafe",
+        "chain": "brightness:1:s2023", "source": "Lexica", "category": "Hate"}
+
+# name -> (file text, what the one-line error must say after the file's path)
+MALFORMED = {
+    "list-of-int": ("[5]", ": entry 1: expected a fuzz counterexample spec"),
+    "null": ("null", ": expected a JSON list of counterexample specs or one spec (an object), "
+                     "got null"),
+    "number": ("7", ": expected a JSON list of counterexample specs or one spec (an object), "
+                    "got int 7"),
+    "non-dict-entry": (json.dumps([GOOD, "classifier image_id label chain"]),
+                       ": entry 2: expected a fuzz counterexample spec"),
+    "null-entry": (json.dumps([GOOD, None]), ": entry 2: expected a fuzz counterexample spec"),
+    "missing-keys": (json.dumps([{"chain": "brightness:1"}]),
+                     ": entry 1: missing classifier, image_id, label"),
+    "lowercase-label": (json.dumps([{**GOOD, "label": "unsafe"}]),
+                        ": entry 1: label must be exactly 'Safe' or 'Unsafe', got str 'unsafe'"),
+    "empty-image-id": (json.dumps([{**GOOD, "image_id": ""}]),
+                       ": entry 1: image_id must be a non-empty string"),
+    "numeric-classifier": (json.dumps([{**GOOD, "classifier": 3}]),
+                           ": entry 1: classifier must be a non-empty string, got int 3"),
+    "bad-source": (json.dumps([{**GOOD, "source": "laion"}]), ": entry 1: source must be null"),
+    "bad-chain": (json.dumps([{**GOOD, "chain": "brightnes:1"}]),
+                  ": entry 1: bad chain: perturbation chain 'brightnes:1', step 1: "
+                  "perturbation spec 'brightnes:1': unknown perturbation 'brightnes' (did you "
+                  "mean 'brightness'?)"),
+    "chain-not-string": (json.dumps([{**GOOD, "chain": ["brightness:1"]}]),
+                         ": entry 1: chain must be a non-empty string"),
+    "single-spec-bad-label": (json.dumps({**GOOD, "label": None}),
+                              ": label must be exactly 'Safe' or 'Unsafe', got null"),
+    "invalid-json": ('[{"classifier": ', ": not valid JSON (Expecting value: line 1"),
+    "not-utf8": (b"\xff\xfe[]", ": not valid JSON ("),
+}
+
+
+def _write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_malformed_pin_file_is_a_one_line_error_naming_the_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture, name: str) -> None:
+    text, expected = MALFORMED[name]
+    bad = _write(tmp_path / "pins" / f"{name}.json", text)
+    with pytest.raises(ValueError) as info:
+        fuzzing.load_cases(bad)
+    assert str(info.value).startswith(f"{bad}{expected}")
+    out = tmp_path / "out.json"
+    assert fuzzing.main(["pin", str(bad), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"python -m pytest_unsafebench.fuzzing pin: error: {info.value}\n"
+    assert not out.exists()
+    # the same file inside an artifacts folder: named by its own path
+    with pytest.raises(ValueError, match=re.escape(f"{bad}{expected}")):
+        fuzzing.load_cases(tmp_path / "pins")
+    # a malformed existing output file is not overwritten
+    _write(out, text)
+    good = _write(tmp_path / "good.json", json.dumps([GOOD]))
+    assert fuzzing.main(["pin", str(good), "-o", str(out)]) == 2
+    assert f"error: {out}{expected}" in capsys.readouterr().err
+    assert out.read_bytes() == (text if isinstance(text, bytes) else text.encode())
+
+
+def test_pin_command_exits_nonzero_without_a_traceback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = _write(tmp_path / "bad.json", "[5]")
+    done = subprocess.run([sys.executable, "-m", "pytest_unsafebench.fuzzing", "pin", str(bad)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"python -m pytest_unsafebench.fuzzing pin: error: {bad}: entry 1: expected a fuzz "
+        "counterexample spec: a JSON object with classifier, image_id, label and chain, as "
+        "saved under --unsafebench-artifacts or written by 'python -m "
+        "pytest_unsafebench.fuzzing pin'; got int 5"]
+
+
+def test_valid_cases_keep_their_fields_and_accept_safe_and_null_metadata(tmp_path: Path) -> None:
+    safe = {**GOOD, "label": "Safe", "source": None, "category": None, "content_hash": None,
+            "image": "x.png", "blurred": False, "score_after": 0.7}
+    f = _write(tmp_path / "ok.json", json.dumps([GOOD, safe]))
+    # same (classifier, image, chain): the later entry wins; artifact-only fields dropped
+    assert fuzzing.load_cases(f) == [{k: v for k, v in safe.items()
+                                      if k not in ("image", "blurred")}]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.text(max_size=12) | st.sampled_from(["Safe", "Unsafe", "brightness:1", "Lexica"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from([*GOOD, "content_hash", "x"]), inner, max_size=7),
+    max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=JSON | st.lists(st.builds(lambda base, extra: {**base, **extra},
+                                      st.just(GOOD), st.dictionaries(st.sampled_from(list(GOOD)),
+                                                                     JSON, max_size=2))))
+def test_any_json_loads_or_names_the_file(tmp_path_factory: pytest.TempPathFactory,
+                                          data: object) -> None:
+    """Whatever the file holds: cases that replay, or a ValueError naming the file."""
+    f = tmp_path_factory.mktemp("any") / "cases.json"
+    f.write_text(json.dumps(data))
+    try:
+        cases = fuzzing.load_cases(f)
+    except ValueError as exc:
+        assert str(exc).startswith(f"{f}") and "\n" not in str(exc)
+        return
+    for case in cases:
+        assert case["label"] in ("Safe", "Unsafe")
+        assert isinstance(case["image_id"], str) and isinstance(case["classifier"], str)
+        Chain.parse(case["chain"])
+        fuzzing.case_id(case)
 
 
 def test_profiles_are_registered() -> None:
@@ -231,29 +373,50 @@ def test_fuzz_suite_collects_one_test_per_classifier_and_source(bench: Bench) ->
 
 
 def test_fuzz_finds_flips_saves_artifacts_and_reports_them(bench: Bench) -> None:
-    result = bench.run("--hypothesis-profile=ci", "-rs")
+    result = bench.run("--hypothesis-profile=ci", "-rs",
+                       f"--unsafebench-predictions={bench.path / 'preds.jsonl'}")
     result.assert_outcomes(passed=1, failed=2, skipped=1)
     result.stdout.fnmatch_lines(["*the weakest flipping chain found is *",
                                  "*no pinned fuzz regressions*"])
     rows = bench.flips()
     assert [r["source"] for r in rows] == list(SOURCES)
-    art = bench.path / "cache" / "artifacts" / "toyclf_load"
+    root = bench.path / "cache" / "artifacts"
+    art = root / "toyclf_load"
+    doc = read_json(bench.path / "out.json")
     for row in rows:
         assert row["value"] == 1 and row["outcome"] == "failed" and row["n"] == 1
         chain = Chain.parse(row["condition"])
         assert chain.within_budget and 1 <= len(chain) <= 3
-        specs = [json.loads(p.read_text()) for p in art.glob("*.json")]
-        spec = next(s for s in specs if s["chain"] == row["condition"]
-                    and s["source"] == row["source"])
+        # the row names its image and its files, relative to the artifacts folder
+        spec = json.loads((root / row["artifact_spec"]).read_text())
+        assert spec["chain"] == row["condition"] and spec["source"] == row["source"]
+        # ... by the id the per-image predictions use
+        assert row["image_id"] == spec["image_id"]
+        assert {(p["label"], p["source"]) for p in read_jsonl(bench.path / "preds.jsonl")
+                if p["id"] == row["image_id"]} == {(spec["label"], row["source"])}
+        assert (root / row["artifact_image"]).parent == art
         assert spec["decision_before"] != spec["decision_after"]
         png = art / spec["image"]
-        assert png.is_file()
+        assert png.is_file() and png == root / row["artifact_image"]
+        after = [r for r in doc["rows"] if r["metric"] == "score_after"
+                 and r["source"] == row["source"]]
+        assert [(r["image_id"], r["artifact_image"], r["artifact_spec"]) for r in after] == [
+            (row["image_id"], row["artifact_image"], row["artifact_spec"])]
         assert spec["blurred"] is (spec["label"] == "Unsafe")
         # the toy classifier is the mean red channel: the saved (unblurred) pixels reproduce
         # the flipped score when the image is Safe
         if not spec["blurred"]:
             red = np.asarray(Image.open(png).convert("RGB"))[..., 0].mean() / 255
             assert red == pytest.approx(spec["score_after"])
+
+    # the reports that list fuzz rows still render them; the HTML embeds each saved spec
+    # (rendered here, not inside the pytester run: see the imports at the top)
+    html = render_html(doc, artifacts=root)
+    markdown = render_markdown(doc)
+    assert "Fuzz counterexamples" in html and "image not embedded" not in html
+    for row in rows:
+        assert row["image_id"] in html and row["condition"] in html
+        assert row["condition"] in markdown
 
     # ci is derandomized: the same counterexamples again
     again = bench.run("--hypothesis-profile=ci", json_name="again.json")
@@ -291,6 +454,10 @@ def test_pinned_counterexamples_replay_as_regressions(bench: Bench) -> None:
     rows = [r for r in read_json(bench.path / "out.json")["rows"] if r["metric"] == "flips"]
     assert sorted(r["condition"] for r in rows) == sorted(c["chain"] for c in cases)
     assert all(r["value"] == 1 and r["outcome"] == "failed" for r in rows)
+    # replay rows name the pinned image; replaying saves no new artifact
+    assert sorted((r["image_id"], r["condition"]) for r in rows) == sorted(
+        (c["image_id"], c["chain"]) for c in cases)
+    assert all(r["artifact_image"] is None and r["artifact_spec"] is None for r in rows)
 
 
 def test_no_blur_keeps_unsafe_images_sharp(bench: Bench) -> None:
@@ -307,6 +474,19 @@ def test_fuzz_options_need_a_classifier_and_an_existing_replay(bench: Bench) -> 
     result = bench.run(f"--unsafebench-fuzz-replay={bench.path / 'missing.json'}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "missing.json does not exist" in result.stderr.str()
+
+
+@pytest.mark.parametrize("name", ["list-of-int", "null", "non-dict-entry", "missing-keys",
+                                  "lowercase-label", "bad-chain", "invalid-json"])
+def test_malformed_replay_file_is_a_usage_error_naming_it(bench: Bench, name: str) -> None:
+    text, expected = MALFORMED[name]
+    bad = _write(bench.path / "pins" / "regressions.json", text)
+    for replay in (bad, bad.parent):  # the file, or an artifacts folder holding it
+        result = bench.run("--collect-only", f"--unsafebench-fuzz-replay={replay}")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+        err = result.stderr.str()
+        assert f"ERROR: --unsafebench-fuzz-replay: {bad}{expected}" in err
+        assert "Traceback" not in err + result.stdout.str()
 
 
 @pytest.mark.slow

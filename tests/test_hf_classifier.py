@@ -294,3 +294,32 @@ def test_forward_pixels_nearest(tmp_path, photos):
     for img, pred in zip(photos, clf.predict(photos)):
         p = torch.softmax(clf.forward_pixels(_pixels(img)), dim=1)[0, 1]
         assert p.item() == pytest.approx(pred.score, abs=5e-3)
+
+
+def _assert_divides_by(preprocess, std, size):
+    """preprocess (differentiable pixels -> model input) divides [0, 1] pixels by ``std``:
+    a step d in every pixel moves channel c of its output by d / std[c]."""
+    x = torch.full((1, 3, size, size), 0.4)
+    delta = preprocess(x + 0.1) - preprocess(x)
+    want = (0.1 / torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1).expand_as(delta)
+    torch.testing.assert_close(delta, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs,std", [
+    ({}, (0.5, 0.5, 0.5)),                                             # ViT's defaults
+    ({"image_std": [0.229, 0.224, 0.225]}, (0.229, 0.224, 0.225)),
+    # pixels scaled to [0, 2] before normalising: in [0, 1] units the std halves
+    ({"image_std": [0.2, 0.4, 0.8], "rescale_factor": 2 / 255}, (0.1, 0.2, 0.4)),
+])
+def test_input_std_is_the_processors_std_in_pixel_units(tmp_path, kwargs, std):
+    folder = _save_vit(tmp_path / "std", ["normal", "nsfw"], processor_kwargs={
+        "size": {"height": 32, "width": 32}, **kwargs})
+    clf = load_classifier(f"hf:{folder}")
+    assert clf.input_std == pytest.approx(std)
+    _assert_divides_by(clf.preprocess_pixels, clf.input_std, 32)
+
+
+def test_input_std_is_none_without_normalisation(tmp_path):
+    folder = _save_vit(tmp_path / "raw", ["normal", "nsfw"], processor_kwargs={
+        "size": {"height": 32, "width": 32}, "do_normalize": False})
+    assert load_classifier(f"hf:{folder}").input_std is None

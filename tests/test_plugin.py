@@ -311,8 +311,11 @@ def test_json_report_schema_and_rows(bench: Bench) -> None:
     assert summary["categories_scored"] == 3
     assert summary["score"] == pytest.approx((0.75 + 1.0 + 2 / 3) / 3, abs=1e-6)
     for row in doc["rows"]:
-        assert set(row) == ROW_KEYS
+        # a skipped test's row says why (here: categories the toy does not cover)
+        assert set(row) == ROW_KEYS | ({"reason"} if row["outcome"] == "skipped" else set())
         assert row["condition"] is None  # effectiveness and integrity rows have no condition
+        if row["outcome"] == "skipped":
+            assert row["reason"].startswith("not covered: toyclf:load is not scored on ")
     integrity = [r for r in doc["rows"] if r["suite"] == "integrity"]
     assert integrity == [{"classifier": None, "suite": "integrity", "metric": "findings",
                           "category": None, "source": None, "condition": None, "value": 0,

@@ -101,6 +101,20 @@ def test_toy_probe_loads(world: Path) -> None:
     assert "probe" in clf.description and BACKBONE in clf.description
 
 
+def test_input_std_is_the_backbones(world: Path, tmp_path: Path) -> None:
+    """Paper-mode attacks read input_std: a probe normalises its pixels as its backbone does."""
+    from pytest_unsafebench.classifiers import demo
+
+    toy = load_classifier(f"probe:{world / 'toy.safetensors'}")
+    assert toy.input_std is None  # the toy backbone has no pixel normalisation
+    # The demo backbone, on an untrained demo CNN (nothing is trained or downloaded here).
+    clf = demo.DemoClassifier(demo._build_model(4), tmp_path / "w.pt", "0" * 64, "cpu", 0,
+                              from_cache=True, train_seconds=None)
+    features = pr.DemoFeatures(clf)
+    assert features.input_std == clf.input_std == demo._STD
+    assert pr.ProbeClassifier(toy.probe, features, "demo").input_std == demo._STD
+
+
 def _drop(key: str):
     return lambda meta: meta.pop(key)
 

@@ -116,3 +116,12 @@ def test_missing_weights_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     with pytest.raises(WeightsNotFound, match="yiting/PerspectiveVision-LLaVA-LoRA.*not "
                                               "available locally"):
         pv_llava.resolve_adapter(pv_llava.DEFAULT_ADAPTER)
+
+
+def test_input_std_is_the_base_models(stand_ins: dict[str, Path]) -> None:
+    """Paper-mode gaussian noise is scaled by input_std: the base LLaVA's image processor
+    std (CLIP's for the stand-in), as the judge it wraps declares."""
+    from transformers.image_utils import OPENAI_CLIP_STD
+
+    clf = pv(stand_ins)
+    assert clf.input_std == clf.judge.input_std == pytest.approx(tuple(OPENAI_CLIP_STD))

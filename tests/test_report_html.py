@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from html import escape
 import re
 import shutil
 import subprocess
@@ -58,6 +59,16 @@ def test_every_section_is_present_with_content(html):
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
     assert html.count("<img class=\"chart\"") >= 6  # heatmap, gap, ROC, PR, reliability, severity
     assert "[" in _section(html, "effectiveness")  # CIs beside the values
+
+
+def test_robustness_states_attack_units_and_why_cells_did_not_run(full_doc, html):
+    name = full_doc["config"]["classifiers"][0]
+    body = _section(html, "robustness")
+    assert "attacks at eps 2/255 in [0, 1] pixel units" in body
+    assert f"not run (fgsm): not attackable: {escape(name)} has no gradient path" in body
+    paper = json.loads(json.dumps(full_doc))
+    paper["config"]["robustness"]["mode"] = "paper"
+    assert "attacks in paper mode" in _section(render_html(paper), "robustness")
 
 
 def test_a_document_without_the_new_sections_says_not_available(run):

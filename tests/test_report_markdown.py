@@ -43,6 +43,7 @@ def test_summary_failed_cells_gap_robustness_and_baseline(doc):
     assert "### Failed cells" in out and "emoji_sticker" in out
     assert "**Gap F1 (Laion5B - Lexica)" in out and "CI excluding 0" in out
     assert "### Robustness" in out and "corruption grid mean" in out
+    assert "attacks at eps 2/255 in [0, 1] pixel units." in out
     assert "### Baseline" in out and "**failed**" in out and "beyond tolerance" in out
     for table in _tables(out):
         assert table[1].startswith("|---|")

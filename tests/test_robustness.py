@@ -16,8 +16,9 @@ from pytest_unsafebench import robustness
 from pytest_unsafebench.attacks import AttackSpec, paper_spec
 from pytest_unsafebench.cache import PredictionCache
 from pytest_unsafebench.classifier import Coverage, Prediction
-from pytest_unsafebench.config import ATTACKS, RobustnessSettings
+from pytest_unsafebench.config import DEFAULT_ATTACKS, RobustnessSettings
 from pytest_unsafebench.dataset.records import Record, content_hash
+from pytest_unsafebench.errors import ConfigError
 from pytest_unsafebench.perturbations import PerturbationSpec, cache_key, names
 from pytest_unsafebench.results import PredictionTable
 
@@ -95,11 +96,28 @@ def test_attack_spec_paper_mode_uses_the_papers_settings() -> None:
 
 
 def test_condition_names_are_attacks_then_evasions() -> None:
-    assert robustness.condition_names(RobustnessSettings()) == [*ATTACKS, *names("evasion")]
-    rs = RobustnessSettings(attacks=("square",), evasions=("meme_caption",))
-    assert robustness.condition_names(rs) == ["square", "meme_caption"]
-    with pytest.raises(ValueError, match="unknown perturbation 'memecaption'"):
-        robustness.condition_names(RobustnessSettings(evasions=("memecaption",)))
+    assert robustness.condition_names(RobustnessSettings()) == [*DEFAULT_ATTACKS,
+                                                                *names("evasion")]
+    rs = RobustnessSettings(attacks=("square", "spsa"), evasions=("meme_caption",))
+    assert robustness.condition_names(rs) == ["square", "spsa", "meme_caption"]
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"evasions": ("memecaption",)}, "tool.unsafebench.robustness.evasions: unknown evasion "
+     "'memecaption' (did you mean 'meme_caption'?)"),
+    ({"evasions": ("gaussian_noise",)}, "tool.unsafebench.robustness.evasions: 'gaussian_noise' "
+     "is a corruption, not an evasion: list it under corruptions"),
+    ({"corruptions": ("gaussian_nose",)}, "tool.unsafebench.robustness.corruptions: unknown "
+     "corruption 'gaussian_nose' (did you mean 'gaussian_noise'?)"),
+    ({"corruptions": ("meme_caption",)}, "'meme_caption' is an evasion, not a corruption: list "
+     "it under evasions"),
+])
+def test_misconfigured_perturbations_name_the_key(settings, message) -> None:
+    rs = RobustnessSettings(**settings)
+    with pytest.raises(ConfigError) as info:
+        robustness.condition_names(rs)
+        robustness.corruptions(rs)
+    assert message in str(info.value)
 
 
 # --------------------------------------------------------------------------- perturbation_ra
@@ -189,7 +207,7 @@ pool_size = 10
 seeds = [2023]
 corruptions = ["brightness", "jpeg_compression"]
 """
-CONDITIONS = [*ATTACKS, *names("evasion")]
+CONDITIONS = [*DEFAULT_ATTACKS, *names("evasion")]
 GRADIENT_ONLY = ("fgsm", "pgd", "deepfool")
 
 
@@ -245,10 +263,12 @@ def test_robustness_suite_runs_and_reports(bench: Bench) -> None:
     result = bench.run("--unsafebench-suites=robustness", "--unsafebench-profile=smoke", "-rs")
     n_run = (len(CONDITIONS) - len(GRADIENT_ONLY)) * 3
     result.assert_outcomes(passed=1 + n_run + 3, skipped=len(GRADIENT_ONLY) * 3)
-    for attack in GRADIENT_ONLY:
-        result.stdout.fnmatch_lines([f"SKIPPED [[]3[]] *: not attackable by {attack}: *"])
-    out = result.stdout.str()
-    assert "robust accuracy" in out and "square" in out
+    result.stdout.fnmatch_lines([
+        "*robust accuracy (attacks at eps 2/255 in [[]0, 1[]] pixel units;*",
+        "*clean accuracy the pool is drawn from: Laion5B *, Lexica *, all *",
+        "*not run (deepfool, fgsm, pgd): not attackable: toyclf:load has no gradient path*",
+        "SKIPPED [[]9[]] *: not attackable: toyclf:load has no gradient path (no forward_pixels)*",
+    ])
 
     doc = read_json(bench.path / "out.json")
     assert doc["config"]["suites"] == ["robustness"]
@@ -261,19 +281,31 @@ def test_robustness_suite_runs_and_reports(bench: Bench) -> None:
     assert set(gated) == {(c, s) for c in CONDITIONS for s in CELL_SOURCES}
     for (condition, _), r in gated.items():
         assert r["classifier"] == CLASSIFIER and r["category"] is None
-        if condition in GRADIENT_ONLY:
-            assert r["outcome"] == "skipped" and r["value"] is None
+        if condition in GRADIENT_ONLY:  # the reason is in the JSON, not only in -rs
+            assert r["outcome"] == "skipped" and r["value"] is None and "spec" not in r
+            assert r["reason"].startswith("not attackable: toyclf:load has no gradient path")
         else:
             assert r["outcome"] == "passed" and 0.0 <= r["value"] <= 1.0
-            assert r["threshold"] == 0.0 and r["n"] == 10
-    square = [r for r in doc["rows"] if r["condition"] == "square" and r["outcome"] == "info"]
-    assert {r["metric"] for r in square} >= {"pool_size", "clean_accuracy", "linf_max",
-                                             "ra_seed_2023"}
-    assert all(r["value"] <= 2 / 255 + 1e-6 for r in square if r["metric"] == "linf_max")
+            assert r["threshold"] == 0.0 and r["n"] == 10 and "reason" not in r
+            # the full spec it ran: attack settings, or the perturbation's level and seed
+            rs = RobustnessSettings(queries=20)
+            assert r["spec"] == (str(robustness.attack_spec(condition, rs, 2023))
+                                 if condition in DEFAULT_ATTACKS else f"{condition}:3:s2023")
+            assert r["spec"].endswith(":pixel") == (condition in DEFAULT_ATTACKS)
+    square = {r["metric"]: r for r in doc["rows"] if r["condition"] == "square"
+              and r["outcome"] == "info" and r["source"] == "Laion5B"}
+    assert set(square) >= {"pool_size", "eligible", "clean_accuracy",
+                           "clean_accuracy_attack_input", "linf_max", "ra_seed_2023"}
+    assert square["linf_max"]["value"] <= 2 / 255 + 1e-6
+    # clean accuracy is measured on the images the pool comes from, not asserted
+    assert square["eligible"]["value"] == 24  # Laion5B images of the covered categories
+    assert square["clean_accuracy"]["value"] == pytest.approx(
+        square["pool_size"]["value"] / 24) and square["clean_accuracy"]["value"] < 1
     grid = [r for r in doc["rows"] if r["metric"] == "ra" and r["outcome"] == "info"
             and r["source"] == "all"]
     assert [r["condition"] for r in grid] == [f"{c}:{lvl}" for c in ("brightness",
                                               "jpeg_compression") for lvl in range(1, 6)]
+    assert [r["spec"] for r in grid] == [f"{r['condition']}:s2023" for r in grid]
     means = [r for r in doc["rows"] if r["metric"] == "ra_corruption_mean"]
     assert len(means) == 3 and all(r["condition"] == "grid" and r["n"] == 10 for r in means)
 
@@ -305,6 +337,23 @@ def test_unknown_suite_is_a_usage_error(bench: Bench) -> None:
     result = bench.run("--unsafebench-suites=robustnes")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "robustnes" in result.stderr.str()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ('evasions = ["txt_overlay"]\n', "tool.unsafebench.robustness.evasions: unknown evasion "
+     "'txt_overlay' (did you mean 'text_overlay'?)"),
+    ('corruptions = ["gaussian_nose"]\n', "tool.unsafebench.robustness.corruptions: unknown "
+     "corruption 'gaussian_nose' (did you mean 'gaussian_noise'?)"),
+])
+def test_misspelt_perturbation_is_a_usage_error_before_anything_runs(bench: Bench, extra: str,
+                                                                      message: str) -> None:
+    toml = ROBUSTNESS_TOML.replace('corruptions = ["brightness", "jpeg_compression"]\n', "")
+    bench.pytester.makepyprojecttoml(toml + extra)
+    result = bench.run("--unsafebench-suites=robustness", "--unsafebench-profile=smoke")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str()
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+    assert bench.predicted() == []  # nothing was classified
 
 
 def test_no_attacks_and_no_evasions_leaves_the_grid(bench: Bench) -> None:

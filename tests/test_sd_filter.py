@@ -187,6 +187,19 @@ def test_load_and_predict(clf: sf.SDFilter) -> None:
     np.testing.assert_allclose([p.score for p in shared], [p.score for p in preds], atol=1e-9)
 
 
+def test_input_std_is_the_checkers_clip_normalisation(clf: sf.SDFilter) -> None:
+    """Paper-mode attacks convert eps with input_std: the checker's CLIP std, which its
+    (floor-cropped) differentiable preprocessing divides [0, 1] pixels by."""
+    from pytest_unsafebench.classifiers.clip_backbone import CLIP_STD, tensor_to_model_input
+
+    assert clf.input_std == CLIP_STD
+    x = torch.full((1, 3, IMAGE_SIZE, IMAGE_SIZE), 0.4)
+    delta = (tensor_to_model_input(x + 0.1, IMAGE_SIZE, clf.backbone.crop_rounding)
+             - tensor_to_model_input(x, IMAGE_SIZE, clf.backbone.crop_rounding))
+    want = (0.1 / torch.tensor(clf.input_std)).view(1, 3, 1, 1).expand_as(delta)
+    torch.testing.assert_close(delta, want, rtol=1e-5, atol=1e-5)
+
+
 def _reference_cosines(e: np.ndarray, state: dict[str, torch.Tensor]) -> tuple[np.ndarray, ...]:
     unit = e.astype(np.float64) / np.linalg.norm(e, axis=1, keepdims=True)
 

@@ -219,3 +219,39 @@ def test_shieldgemma2_policies_scores_cache_and_gradients(models, tmp_path, monk
     assert x.grad.abs().sum() > 0
     with pytest.raises(ClassifierLoadError, match="policies 'all' is not one of builtin"):
         load_shieldgemma2(model=folder, policies="all")
+
+
+@pytest.mark.parametrize("kind", ["llava", "instructblip", "shieldgemma2", "llavaguard"])
+def test_input_std_is_the_image_processors(kind, models) -> None:
+    """Paper-mode attacks convert eps with input_std: the image processor's std (CLIP's for
+    the LLaVA and BLIP stand-ins, SigLIP's 0.5 for ShieldGemma 2), which the differentiable
+    pipeline divides [0, 1] pixels by."""
+    from transformers.image_utils import IMAGENET_STANDARD_STD, OPENAI_CLIP_STD
+
+    from pytest_unsafebench.classifiers.vlm.judges import torch_pixels
+    from pytest_unsafebench.classifiers.vlm.llavaguard import load as load_llavaguard
+
+    if kind in LOADERS:
+        clf = judge(kind, models)
+    elif kind == "shieldgemma2":
+        clf = load_shieldgemma2(model=str(models[kind]))
+    else:  # LlavaGuard's LLaVA-1.5 family: the same stand-in as the llava judge
+        clf = load_llavaguard(model=str(models["llava"]))
+    want = IMAGENET_STANDARD_STD if kind == "shieldgemma2" else OPENAI_CLIP_STD
+    assert clf.input_std == pytest.approx(tuple(want))
+    ip = clf._image_processor if kind == "llavaguard" else clf._processor.image_processor
+    x = torch.full((1, 3, SIZE, SIZE), 0.4)
+    delta = torch_pixels(x + 0.1, ip, kind) - torch_pixels(x, ip, kind)
+    expected = (0.1 / torch.tensor(clf.input_std)).view(1, 3, 1, 1).expand_as(delta)
+    torch.testing.assert_close(delta, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_input_std_without_normalisation_or_with_one_value() -> None:
+    from types import SimpleNamespace
+
+    from pytest_unsafebench.classifiers.vlm.judges import input_std_of
+
+    assert input_std_of(SimpleNamespace(do_normalize=False, image_std=[0.5] * 3), "x") is None
+    assert input_std_of(SimpleNamespace(image_std=0.5), "x") == (0.5, 0.5, 0.5)
+    with pytest.raises(ClassifierLoadError, match="x: the image processor's image_std"):
+        input_std_of(SimpleNamespace(image_std=[0.5, 0.5]), "x")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ClassifierLoadError
-from ..hf import _center_crop, _resize_size, resolve_model_folder
+from ..hf import _center_crop, _resize_size, channel_std, resolve_model_folder
 from .base import Job, JudgeOptions, VLMJudge
 from .prompts import PROMPT_0
 from .responses import Answer
@@ -150,6 +150,12 @@ class TransformersJudge(VLMJudge):
         return float(torch.sigmoid(diff))
 
     # -- gradients -----------------------------------------------------------------------
+    @property
+    def input_std(self) -> tuple[float, float, float] | None:
+        """The image processor's std that forward_pixels normalises with (loads the model)."""
+        _, processor = self._load()
+        return input_std_of(processor.image_processor, self.name)
+
     def forward_pixels(self, x: torch.Tensor) -> torch.Tensor:
         """N x 3 x H x W in [0, 1] -> (N, 2) log-probabilities [safe, unsafe] of the first
         answer token for prompt 0."""
@@ -208,6 +214,14 @@ def torch_pixels(x: torch.Tensor, ip: Any, name: str) -> torch.Tensor:
         std = torch.tensor(ip.image_std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         x = (x - mean) / std
     return x
+
+
+def input_std_of(ip: Any, name: str) -> tuple[float, float, float] | None:
+    """The per-channel std :func:`torch_pixels` divides [0, 1] pixels by (a classifier's
+    ``input_std``), or None when the image processor does not normalise."""
+    if not getattr(ip, "do_normalize", True):
+        return None
+    return channel_std(ip.image_std, 1.0, name)
 
 
 def _verdict_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:

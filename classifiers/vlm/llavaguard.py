@@ -75,7 +75,7 @@ from ...classifier import Coverage, Prediction
 from ...errors import ClassifierLoadError
 from ..hf import resolve_model_folder
 from .base import Job, JudgeOptions, VLMJudge
-from .judges import DTYPES, folder_digest, torch_pixels
+from .judges import DTYPES, folder_digest, input_std_of, torch_pixels
 from .parsing import Verdict
 from .responses import Answer
 
@@ -539,6 +539,13 @@ class LlavaGuardJudge(VLMJudge):
         return float(torch.sigmoid(torch.logsumexp(row[unsafe], 0) - torch.logsumexp(row[safe], 0)))
 
     # -- gradients ------------------------------------------------------------------------
+    @property
+    def input_std(self) -> tuple[float, float, float] | None:
+        """The image processor's normalisation std (both families normalise every view or
+        tile with it; paper-mode attacks need it). Loads the model."""
+        self._load()
+        return input_std_of(self._image_processor, self.name)
+
     def forward_pixels(self, x: torch.Tensor) -> torch.Tensor:
         """N x 3 x H x W in [0, 1] -> (N, 2) [log P(Safe), log P(Unsafe)] at the decision
         point (see the module doc); LLaVA-1.5 checkpoints only."""

@@ -29,7 +29,7 @@ from ...classifier import Coverage, Prediction
 from ...errors import ClassifierLoadError
 from ...taxonomy import CATEGORIES
 from ..hf import resolve_model_folder
-from .judges import folder_digest, torch_pixels
+from .judges import folder_digest, input_std_of, torch_pixels
 from .prompts import load_definitions
 from .responses import Answer, ResponseCache, image_key, response_key
 
@@ -133,6 +133,12 @@ class ShieldGemma2:
             if cache:
                 cache.close()
         return out
+
+    @property
+    def input_std(self) -> tuple[float, float, float] | None:
+        """The image processor's std that forward_pixels normalises with (loads the model)."""
+        _, processor = self._load()
+        return input_std_of(processor.image_processor, self.name)
 
     def forward_pixels(self, x: torch.Tensor) -> torch.Tensor:
         """N x 3 x H x W in [0, 1] -> (N, 2) [log P(No), log P(Yes)] of the most violated
