@@ -152,8 +152,8 @@ class PerturbationSpec:
         # Frozen: normalise here only, so equal conditions compare, hash and print equal.
         object.__setattr__(self, "severity", _normalise_severity(self.name, self.severity, ""))
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
-                or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+                or not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         object.__setattr__(self, "seed", int(self.seed))
 
     @property
@@ -181,18 +181,20 @@ class PerturbationSpec:
             raise ValueError(f"{where}expected name:severity[:s<seed>] (e.g. "
                              f"'gaussian_noise:3:s{DEFAULT_SEED}'), got {len(parts)} part(s)")
         name = _check_name(parts[0], where)
-        try:
-            number: Severity = int(parts[1]) if re.fullmatch(r"[+-]?\d+", parts[1]) \
-                else float(parts[1])
-        except ValueError:
-            raise ValueError(f"{where}severity {parts[1]!r} is not a number") from None
-        severity = _normalise_severity(name, number, where)
+        # Plain ASCII decimals only (int() and float() would also take '3_0' or other scripts'
+        # digits), and no more decimals than a strength keeps: what is written is what runs.
+        number = re.fullmatch(rf"[0-9]+(\.[0-9]{{1,{_SEVERITY_DECIMALS}}})?", parts[1])
+        if number is None:
+            raise ValueError(f"{where}severity {parts[1]!r} must be a number such as 3 or 2.5 "
+                             f"(at most {_SEVERITY_DECIMALS} decimals)")
+        severity = _normalise_severity(
+            name, float(parts[1]) if number.group(1) else int(parts[1]), where)
         seed = DEFAULT_SEED
         if len(parts) == 3:
-            match = re.fullmatch(r"s(\d+)", parts[2])
-            if match is None:
+            match = re.fullmatch(r"s([0-9]{1,19})", parts[2])
+            if match is None or int(match.group(1)) >= 2**63:
                 raise ValueError(f"{where}seed part {parts[2]!r} must look like "
-                                 f"s<integer>, e.g. s{DEFAULT_SEED}")
+                                 f"s<integer below 2**63>, e.g. s{DEFAULT_SEED}")
             seed = int(match.group(1))
         return cls(name, severity, seed)
 

@@ -205,14 +205,20 @@ def test_canonical_strings() -> None:
                         r"'gaussian_noise'\?\); known: gaussian_noise, shot_noise"),
     ("gaussian_noise", r"expected name:severity\[:s<seed>\].*1 part"),
     ("gaussian_noise:3:s1:x", r"4 part"),
-    ("gaussian_noise:high", r"severity 'high' is not a number"),
+    ("gaussian_noise:high", r"severity 'high' must be a number such as 3 or 2.5"),
     ("gaussian_noise:7", r"corruption: its severity must be an integer 1-5.*got 7"),
     ("gaussian_noise:2.5", r"integer 1-5.*got 2.5"),
-    ("gaussian_noise:nan", r"must be finite"),
+    ("gaussian_noise:nan", r"severity 'nan' must be a number"),
     ("text_overlay:5.5", r"evasion: its strength must be a number in \[1, 5\], got 5.5"),
     ("text_overlay:0", r"\[1, 5\], got 0"),
-    ("gaussian_noise:3:2023", r"seed part '2023' must look like s<integer>"),
+    # what runs is what is written: no silent rounding, digit separators or other scripts
+    ("text_overlay:5.00004", r"severity '5.00004' must be a number .*at most 4 decimals"),
+    ("gaussian_noise:3_0", r"severity '3_0' must be a number"),
+    ("gaussian_noise:\u0663", r"must be a number"),
+    ("text_overlay:1e0", r"severity '1e0' must be a number"),
+    ("gaussian_noise:3:2023", r"seed part '2023' must look like s<integer"),
     ("gaussian_noise:3:s-1", r"seed part 's-1'"),
+    ("gaussian_noise:3:s" + "9" * 20, r"s<integer below 2\*\*63>"),
     ("", r"non-empty string"),
     ("rotate:1+jpeg_compression:2", r"is a chain \('\+'\): use Chain.parse"),
 ])
@@ -232,8 +238,10 @@ def test_chain_and_constructor_errors() -> None:
         Chain(("rotate:1",))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="must be a number"):
         PerturbationSpec("rotate", True)
-    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
         PerturbationSpec("rotate", 1, -1)
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
+        PerturbationSpec("rotate", 1, 2**63)
     with pytest.raises(ValueError, match="unknown perturbation 'fog'; known:"):
         PerturbationSpec("fog", 1)
     with pytest.raises(TypeError, match="PIL image"):
