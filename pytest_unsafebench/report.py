@@ -321,10 +321,14 @@ def _robustness_lines(name: str, rows: list[dict[str, Any]], sources: tuple[str,
 
 def attack_units(rcfg: dict[str, Any]) -> str:
     """How the run's attacks measure eps (``[tool.unsafebench.robustness]`` mode and eps)."""
-    if rcfg.get("mode") == "paper":
-        return ("attacks in paper mode: the reference settings, eps 0.01 in each model's "
-                "normalised input units")
-    return f"attacks at eps {_eps_text(rcfg.get('eps'))} in [0, 1] pixel units"
+    pixel = f"eps {_eps_text(rcfg.get('eps'))} in [0, 1] pixel units"
+    if rcfg.get("mode") != "paper":
+        return f"attacks at {pixel}"
+    # The paper ran no black-box attack: those keep the configured pixel-space settings.
+    black_box = [a for a in rcfg.get("attacks") or () if a in ("square", "spsa")]
+    return ("attacks in paper mode: the reference settings, eps 0.01 in each model's "
+            "normalised input units" + (f"; {', '.join(black_box)} (not in the paper) at {pixel}"
+                                        if black_box else ""))
 
 
 def not_run(rows: Iterable[dict[str, Any]]) -> list[tuple[str, str]]:

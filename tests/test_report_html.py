@@ -67,8 +67,10 @@ def test_robustness_states_attack_units_and_why_cells_did_not_run(full_doc, html
     assert "attacks at eps 2/255 in [0, 1] pixel units" in body
     assert f"not run (fgsm): not attackable: {escape(name)} has no gradient path" in body
     paper = json.loads(json.dumps(full_doc))
-    paper["config"]["robustness"]["mode"] = "paper"
-    assert "attacks in paper mode" in _section(render_html(paper), "robustness")
+    paper["config"]["robustness"].update(mode="paper", attacks=["pgd", "square"])
+    assert ("attacks in paper mode: the reference settings, eps 0.01 in each model&#x27;s "
+            "normalised input units; square (not in the paper) at eps 2/255 in [0, 1] pixel "
+            "units") in _section(render_html(paper), "robustness")
 
 
 def test_a_document_without_the_new_sections_says_not_available(run):
