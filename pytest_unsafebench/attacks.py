@@ -472,13 +472,19 @@ def _input_grad(forward: Forward, x_adv: torch.Tensor,
                 objective: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """d objective(logits).sum() / d x, without touching parameter .grad fields."""
     with torch.enable_grad():
-        xa = x_adv.detach().requires_grad_(True)
-        logits = _scores(forward, xa)
-        if not logits.requires_grad:
-            raise ValueError("forward returned logits without a gradient path to its input; "
-                             "use a gradient-free attack (gaussian, square, spsa)")
+        xa, logits = _logits_with_grad(forward, x_adv)
         (g,) = torch.autograd.grad(objective(logits).sum(), xa)
     return g
+
+
+def _logits_with_grad(forward: Forward, x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A leaf copy of ``x_adv`` that requires grad, and the logits on it (under enable_grad)."""
+    xa = x_adv.detach().requires_grad_(True)
+    logits = _scores(forward, xa)
+    if not logits.requires_grad:
+        raise ValueError("forward returned logits without a gradient path to its input; "
+                         "use a gradient-free attack (gaussian, square, spsa)")
+    return xa, logits
 
 
 def _gaussian(x: torch.Tensor, spec: AttackSpec, scale: torch.Tensor,
@@ -539,11 +545,7 @@ def _deepfool(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSp
             break
         xa_sub, y_sub, c_sub = x_adv[idx], y[idx], cand[idx]
         with torch.enable_grad():
-            xa = xa_sub.detach().requires_grad_(True)
-            logits = _scores(forward, xa)
-            if not logits.requires_grad:
-                raise ValueError("forward returned logits without a gradient path to its input; "
-                                 "use a gradient-free attack (gaussian, square, spsa)")
+            xa, logits = _logits_with_grad(forward, xa_sub)
             queries[idx] += 1
             flipped = logits.detach().argmax(1) != y_sub
             ly = logits.gather(1, y_sub[:, None]).squeeze(1)

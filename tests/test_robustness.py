@@ -3,6 +3,7 @@ and the packaged suite run end to end through the plugin on the toy classifier a
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pytest_unsafebench import perturbations as P
 from pytest_unsafebench import robustness
 from pytest_unsafebench.attacks import AttackSpec, paper_spec
 from pytest_unsafebench.cache import PredictionCache
@@ -149,6 +151,32 @@ def _image_record(i: int, level: int, label: str) -> Record:
     return Record(id=f"{label[0]}{i}", safety_label=label, category="Hate", source="Lexica",
                   split="test", content_hash=content_hash(data), locator=f"{label}{i}.png",
                   reader=lambda: data)
+
+
+def test_a_version_bump_misses_the_cached_predictions(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    records = {r.id: r for r in (_image_record(i, 40 + i, "Safe") for i in range(3))}
+    samples = {2023: [{"id": r.id, "hash": r.content_hash, "label": r.safety_label}
+                      for r in records.values()]}
+    clf = Brightness()
+    cache = PredictionCache(tmp_path / "cache.sqlite")
+    try:
+        def run() -> robustness.RAResult:
+            return robustness.perturbation_ra(clf, samples, records, "contrast", 3, cache,
+                                              batch_size=8, max_pixels=10**6)
+
+        first = run()
+        assert clf.images == 3
+        run()
+        assert clf.images == 3  # same pixel version: every prediction from the cache
+        monkeypatch.setitem(P.PERTURBATIONS, "contrast", dataclasses.replace(
+            P.PERTURBATIONS["contrast"], version=P.PERTURBATIONS["contrast"].version + 1))
+        bumped = run()
+        assert clf.images == 6  # new pixels: predicted afresh, not served the old entries
+        assert bumped.conditions != first.conditions
+        assert bumped.conditions == [cache_key(PerturbationSpec("contrast", 3, 2023))]
+    finally:
+        cache.close()
 
 
 @pytest.fixture
