@@ -134,12 +134,14 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     from .config import read_pyproject, resolve_settings
     from .errors import UnsafeBenchError
-    from .registry import check_name
+    from .registry import add_import_folders, check_name, is_module_spec
     from .session import SESSION_KEY, UnsafeBenchSession
 
     try:
         for name in names:
             check_name(name)
+        if any(is_module_spec(n) for n in names):  # typed by the user: theirs to import
+            add_import_folders([config.rootpath, config.invocation_params.dir])
         pyproject = read_pyproject(config.rootpath / "pyproject.toml")
         settings = resolve_settings({**cli, "classifiers": list(dict.fromkeys(names))},
                                     pyproject, config.rootpath)

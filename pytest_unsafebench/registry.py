@@ -4,10 +4,17 @@
 
 from __future__ import annotations
 
+import collections.abc
 import importlib
 import inspect
+import json
+import os
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
-from collections.abc import Callable
+from pathlib import Path
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -43,8 +50,11 @@ PREFIXES: dict[str, str] = {
 }
 
 # Context the plugin offers every factory; passed only to factories that accept the keyword.
-# unsure, unsure_seed (the run's seed) and import_responses are the run's VLM-judge settings.
-CONTEXT_KEYS = ("device", "cache_dir", "batch_size", "unsure", "unsure_seed", "import_responses")
+# unsure, unsure_seed (the run's seed) and import_responses are the run's VLM-judge settings;
+# user_classifiers, the names of the user's [tool.unsafebench.classifiers] tables, is what a
+# name read from a file may pick besides registered ones (check_file_name).
+CONTEXT_KEYS = ("device", "cache_dir", "batch_size", "unsure", "unsure_seed", "import_responses",
+                "user_classifiers")
 
 
 def available() -> dict[str, str]:
@@ -70,6 +80,22 @@ def check_name(name: str) -> None:
     )
 
 
+def is_module_spec(name: str) -> bool:
+    """True for a ``module:callable`` name (not a registered name, not ``hf:`` / ``probe:``)."""
+    prefix, sep, rest = name.partition(":")
+    return bool(sep and prefix and rest) and prefix not in PREFIXES and name not in available()
+
+
+def add_import_folders(folders: Iterable[Path]) -> None:
+    """Make ``module:callable`` names that a user typed importable from these folders (pytest's
+    rootdir and the current folder), as pytest's ``pythonpath`` setting would. Appended, so
+    they never shadow an installed package. Never call this for names read from files."""
+    for folder in folders:
+        entry = str(Path(folder).resolve())
+        if entry not in sys.path:
+            sys.path.append(entry)
+
+
 def resolve_factory(name: str) -> Callable[..., Classifier]:
     prefix, _, rest = name.partition(":")
     if prefix in PREFIXES and rest:
@@ -84,6 +110,15 @@ def _import_target(name: str, target: str) -> Callable[..., Classifier]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        missing = getattr(exc, "name", None) or ""
+        if not target.startswith("pytest_unsafebench.") and missing and (
+                module_name == missing or module_name.startswith(missing + ".")):
+            # The user's own module is not importable: where Python looked is the useful
+            # hint, not an extra of this package.
+            raise ClassifierLoadError(
+                f"classifier {name!r}: no module {module_name!r} on the module search path "
+                f"({', '.join(p or '.' for p in sys.path)}); run pytest from the folder that "
+                "holds it, or install it") from exc
         raise ClassifierLoadError(
             f"classifier {name!r}: cannot import {module_name!r} ({exc}); install the extra it "
             "needs (for example pip install 'pytest-unsafebench[torch]')"
@@ -128,3 +163,114 @@ def load_classifier(name: str, **options: Any) -> Classifier:
         raise ClassifierLoadError(f"classifier {name!r}: coverage must be a Coverage, "
                                   f"got {type(clf.coverage).__name__}")
     return clf
+
+
+# --------------------------------------------------------------------------- names from files
+# A name read from a file (a probe's backbone) is data: it may pick a registered classifier,
+# never name code to import, and its options are only values of the types the factory takes.
+# Options a file may never set, whatever the factory's signature: they would run code.
+FILE_REFUSED_OPTIONS = ("trust_remote_code",)
+
+
+def check_file_name(name: Any, where: str, declared: Iterable[str] = (),
+                    extra: Iterable[str] = ()) -> str:
+    """``name`` as read from a file: a registered name (built in, or an installed package's
+    entry point), one of ``extra`` (built-in backbones) or one ``declared`` by the user in
+    ``[tool.unsafebench.classifiers]``. Anything else, ``module:callable`` and ``hf:`` /
+    ``probe:`` names included, is refused before anything is imported."""
+    allowed = {*extra, *available()}
+    if isinstance(name, str) and (name in allowed or name in set(declared)):
+        return name
+    raise ClassifierLoadError(
+        f"{where} {name!r} is neither built in ({', '.join(sorted(allowed))}) nor declared in "
+        "your pyproject.toml; a file never names code to import: if you trust it, add a "
+        f"[tool.unsafebench.classifiers.{_toml_key(name)}] table")
+
+
+def check_file_options(name: str, options: Any, where: str,
+                       option_types: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``options`` read from a file for ``name``, each checked against the type its factory
+    declares (``option_types``: option -> type hint, for backbones that are not registry
+    factories). Context keys and :data:`FILE_REFUSED_OPTIONS` are never taken from a file."""
+    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+        raise ClassifierLoadError(f"{where}: options must be a JSON object, got {options!r}")
+    hints = dict(option_types) if option_types is not None else factory_option_types(name)
+    for key in (*CONTEXT_KEYS, *FILE_REFUSED_OPTIONS):
+        hints.pop(key, None)
+    for key, value in options.items():
+        if key not in hints:
+            raise ClassifierLoadError(
+                f"{where}: option {key!r} cannot come from a file (options with a declared "
+                f"type: {', '.join(sorted(hints)) or 'none'}); set it in your own "
+                "pyproject.toml instead")
+        if not _accepts(value, hints[key]):
+            raise ClassifierLoadError(
+                f"{where}: option {key!r} must be {_describe(hints[key])}, got {value!r}")
+    return dict(options)
+
+
+def factory_option_types(name: str) -> dict[str, Any]:
+    """Option -> type hint of a registered factory's keyword parameters; a parameter without
+    a resolvable annotation gets its default's type, one with neither gets none (so a file
+    cannot set it)."""
+    factory = resolve_factory(name)
+    target = factory.func if isinstance(factory, partial) else factory
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - names imported only for type checkers: use defaults
+        hints = {}
+    out: dict[str, Any] = {}
+    for p in inspect.signature(factory).parameters.values():
+        if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            continue
+        hint = hints.get(p.name, inspect.Parameter.empty)
+        if hint is inspect.Parameter.empty and p.default is not inspect.Parameter.empty \
+                and p.default is not None:
+            hint = type(p.default)
+        if hint is not inspect.Parameter.empty:
+            out[p.name] = hint
+    return out
+
+
+def _accepts(value: Any, hint: Any) -> bool:
+    """Whether a JSON value from a file fits a type hint (bool is never an int)."""
+    if hint is Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(value, a) for a in args)
+    if origin is typing.Literal:
+        return any(type(value) is type(a) and value == a for a in args)
+    if hint is None or hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint in (str, Path, os.PathLike):
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple):
+        if not isinstance(value, list):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(map(_accepts, value, args))
+        return all(_accepts(v, args[0] if args else Any) for v in value)
+    if origin in (dict, collections.abc.Mapping) or hint is dict:
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and _accepts(v, args[1] if len(args) == 2 else Any)
+            for k, v in value.items())
+    return False  # any other class: a file cannot build one
+
+
+def _describe(hint: Any) -> str:
+    return (getattr(hint, "__name__", None) if typing.get_origin(hint) is None else None) \
+        or str(hint).replace("typing.", "")
+
+
+def _toml_key(name: Any) -> str:
+    """A TOML key for ``name``, quoted and escaped (a JSON string is a TOML basic string)."""
+    text = str(name)
+    return text if text.isascii() and text.replace("_", "").replace("-", "").isalnum() \
+        else json.dumps(text)
