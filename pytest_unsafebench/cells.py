@@ -10,6 +10,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from . import metrics
+from .taxonomy import POOLED
 from .thresholds import misses
 
 if TYPE_CHECKING:
@@ -19,10 +20,27 @@ if TYPE_CHECKING:
 Row = dict[str, Any]
 # Metrics whose rows carry a bootstrap confidence interval, from the cell's own images.
 CI_METRICS = ("f1", "precision", "recall", "fpr", "auroc")
+# The largest share of a cell's images that may lack a verdict before its tests fail.
+EXCLUDED_MAX = 0.05
 
 
 class TierWarning(UserWarning):
     """A value that passed its fail-tier threshold but missed its warn-tier one."""
+
+
+def overall_columns(table: Any, covered: Any, source: str) -> dict[str, np.ndarray]:
+    """The Overall cell: every covered category's images of ``source`` pooled into one cell.
+
+    The paper's Overall F1 is computed on these pooled images, not as the mean of the
+    per-category F1s (that mean is the run's macro score, reported separately).
+    """
+    import numpy as np
+
+    cols = table.columns
+    mask = np.isin(cols["category"], list(covered))
+    if source != POOLED:
+        mask &= cols["source"] == source
+    return {k: v[mask] for k, v in cols.items()}
 
 
 @dataclass(frozen=True)
@@ -83,10 +101,28 @@ class Cell(_Gated):
     source: str
     suite: str
     columns: dict[str, np.ndarray] = field(repr=False)
+    # Images left out of ``columns`` because the classifier gave no verdict on them.
+    excluded: int = 0
 
     @property
     def label(self) -> str:
         return f"{self.classifier} on {self.category} / {self.source}"
+
+    def excluded_problem(self, limit: float = EXCLUDED_MAX, record: bool = True) -> str | None:
+        """Record how many images had no verdict; the failure message when more than
+        ``limit`` of the cell had none, else None."""
+        total = self.excluded + len(self.columns["y_true"])
+        if not self.excluded:
+            return None
+        if record:
+            self.record("excluded_no_verdict", self.excluded, n=total)
+        share = self.excluded / total
+        if share <= limit:
+            return None
+        return (f"{self.excluded} of {total} images ({share:.1%}) of {self.label} have no "
+                f"verdict (failed requests or no archived response), more than {limit:.0%}: "
+                "the cell's figures are not comparable; see the judge's raw errors in the "
+                "predictions")
 
     @cached_property
     def metrics(self) -> dict[str, Any]:

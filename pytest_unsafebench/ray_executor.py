@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 # results stream back (and reach the cache) often.
 _PER_CALL = 4
 _RECORD_FIELDS = ("id", "safety_label", "category", "source", "split", "content_hash",
-                  "locator", "text")
+                  "locator", "text", "archive_key")
 
 
 @dataclass(frozen=True)
@@ -211,8 +211,10 @@ def _store(result: BatchResult, cache: PredictionCache, condition: str, pixel_li
     """Write one batch's results, as the local pass would have written them; returns the
     number of predictions written per classifier fingerprint."""
     # As locally: a file that could not be read says nothing about the content its hash names.
+    from .engine import _FILE_KINDS
+
     fresh = [(h, kind, detail) for h, kind, detail in result.decodes
-             if h not in statuses and kind != "missing-file"]
+             if h not in statuses and kind not in _FILE_KINDS]
     if fresh:
         cache.put_decodes(fresh, pixel_limit)
     for backbone, vectors in result.embeddings:
@@ -302,12 +304,14 @@ class _Predictor:
 
     def _classify(self, items: list[WorkItem], records: list[Record],
                   decoded: list[tuple[Any, str | None, str | None]]) -> BatchResult:
+        from .dataset.images import readonly_view
         from .engine import _predict_batch, _SharedEmbeddings
 
         result = BatchResult([(r.content_hash, kind, detail)
                               for r, (_, kind, detail) in zip(records, decoded)])
         if self.transform is not None:
-            decoded = [(self.transform(img, r.content_hash) if img is not None else None, k, d)
+            decoded = [(self.transform(readonly_view(img), r.content_hash) if img is not None
+                        else None, k, d)
                        for r, (img, k, d) in zip(records, decoded)]
         sink = _Collector()
         embeddings = _SharedEmbeddings(sink, self.condition)  # type: ignore[arg-type]

@@ -95,6 +95,9 @@ class PredictionTable:
             "unsure": np.array([r["decision"] == "unsure"
                                 or bool((r.get("label_scores") or {}).get("unsure"))
                                 for r in self.rows], dtype=bool),
+            # No verdict at all (a failed request, no archived response): cells exclude it.
+            "failed": np.array([bool((r.get("label_scores") or {}).get("failed"))
+                                for r in self.rows], dtype=bool),
             "scores": np.array([r["score"] for r in self.rows], dtype=float),
             "category": np.array([r["category"] for r in self.rows], dtype=object),
             "source": np.array([r["source"] for r in self.rows], dtype=object),

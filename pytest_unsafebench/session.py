@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,11 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from . import progress
 from .config import Settings
 from .errors import UnsafeBenchError
 from .results import ClassifierState, PredictionTable, RunState
 
 if TYPE_CHECKING:
+    from .cache import PredictionCache
     from .cells import Bootstrap, Cell, GapCell, RobustnessCell
     from .dataset.records import Record
     from .robustness import RAResult
@@ -40,10 +43,6 @@ if TYPE_CHECKING:
 SESSION_KEY = pytest.StashKey["UnsafeBenchSession"]()
 ROWS_KEY = pytest.StashKey[list]()
 WORKER_INPUT_KEY = "unsafebench_session_dir"
-
-
-class ClassifierFailed(Exception):
-    """Raised in a test's setup when its classifier could not load or predict."""
 
 
 # eq=False keeps identity hashing: pluggy puts registered plugins in sets (a user's conftest.py
@@ -61,9 +60,13 @@ class UnsafeBenchSession:
     _classifiers: dict[str, Classifier] = field(default_factory=dict)
     _records: dict[str, Record] | None = None
     _baseline: dict[str, Any] | None = None
+    _baseline_notes: list[str] = field(default_factory=list)  # allowed dataset/split mismatch
     _started: float = field(default_factory=time.perf_counter)
     document: dict[str, Any] | None = None   # the finished report, set at session finish
     _remote: RayExecutor | None = None
+    _cache_warned: bool = False
+    # Long steps' progress and seconds (progress.step); set up once the terminal exists.
+    _display: progress.Display = field(default_factory=lambda: progress.Display(lambda _t: None))
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -85,9 +88,37 @@ class UnsafeBenchSession:
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput[WORKER_INPUT_KEY] = str(self.session_dir)
 
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self._display = _terminal_display(self.config, self.is_worker)
+        progress.activate(self._display)
+
+    def pytest_report_collectionfinish(self, config: pytest.Config,
+                                       items: list[pytest.Item]) -> list[str]:
+        """-m / -k that selected nothing: name the suite option they were probably after."""
+        if self.is_worker or items:
+            return []
+        from . import suites
+        from .plugin import SUITE_MODULES
+        from .selection import disabled_suite_hints
+
+        extra: dict[str, set[str]] = {}
+        if "robustness" not in self.settings.suites:  # -k pgd: robustness parameter ids
+            from .robustness import condition_names
+
+            try:
+                extra["robustness"] = set(condition_names(self.settings.robustness))
+            except UnsafeBenchError:  # a misspelt name: checked when the suite is enabled
+                pass
+        return disabled_suite_hints(config, self.settings.suites, Path(suites.__file__).parent,
+                                    SUITE_MODULES, extra)
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> None:
         if self.is_worker or session.config.option.collectonly:
+            return
+        # Every test deselected (serial runs; an xdist controller collects nothing itself):
+        # nothing would read the predictions.
+        if not session.items and not session.config.pluginmanager.has_plugin("dsession"):
             return
         if session.testsfailed and not session.config.option.continue_on_collection_errors:
             return
@@ -97,6 +128,7 @@ class UnsafeBenchSession:
             raise pytest.UsageError(str(exc)) from None
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
+        progress.deactivate(self._display)
         if self._remote is not None:
             self._remote.close()
         if not self.is_worker:
@@ -104,31 +136,42 @@ class UnsafeBenchSession:
 
     # ------------------------------------------------------------------ the prediction pass
     def prepare(self) -> None:
-        from .cache import PredictionCache
+        from .cache import check_folder
         from .engine import run_pass
 
         s = self.settings
+        check_folder(s.cache_dir)  # a file there is a usage error before any work, not after
         if s.baseline_path is not None:
-            from .baseline import load
+            from .baseline import check_renames, load
 
             self._baseline = load(s.baseline_path)  # fail before the pass, not after it
+            check_renames(self._baseline, s.baseline_classifiers, s.classifiers,
+                          "--unsafebench-baseline-classifier")
         t0 = time.perf_counter()
-        dataset = self._load_dataset()
+        with progress.step("dataset", f"dataset {s.dataset}"):
+            dataset = self._load_dataset()
+        if self._baseline is not None:
+            from .baseline import check_dataset
+
+            self._baseline_notes = check_dataset(
+                self._baseline, dataset.fingerprint, s.split, allow=s.baseline_allow_mismatch,
+                flag="--unsafebench-baseline-allow-mismatch")
         # Kept for the report's thumbnails and for robustness in this process: loading again
         # would re-read and re-hash every image file.
         self._records = {r.id: r for r in dataset.records}
         t1 = time.perf_counter()
         self.device = _resolve_device(s.device)
         self._refuse_training_data()
-        cache = PredictionCache(self.cache_path)
+        cache = self._open_cache()
         try:
-            with self._executor():
+            with self._executor(), progress.step("pass", self._pass_label(), unit="images") as bar:
                 result = run_pass(
                     dataset.records,
                     {name: partial(self.classifier, name) for name in s.classifiers},
                     cache, batch_size=s.batch_size, max_pixels=s.max_image_pixels,
-                    progress=self._progress_printer(len(dataset.records)),
+                    progress=bar.update, timeout=s.timeout,
                 )
+                bar.note = _pass_note(result)
         finally:
             cache.close()
         t2 = time.perf_counter()
@@ -136,12 +179,29 @@ class UnsafeBenchSession:
             "dataset_seconds": round(t1 - t0, 3), "pass_seconds": round(t2 - t1, 3),
             "decode_seconds": round(result.decode_seconds, 3),
             "inference_seconds": round(sum(o.inference_seconds
-                                           for o in result.outcomes.values()), 3)}
+                                           for o in result.outcomes.values()), 3),
+            **self._display.timing()}
         if self._remote is not None:
             timing |= {"ray_images_submitted": self._remote.submitted,
                        "ray_start_seconds": round(self._remote.start_seconds, 3),
                        "ray_seconds": round(self._remote.seconds, 3)}
         self._state = self._write_state(dataset, result, timing)
+
+    def _open_cache(self) -> PredictionCache:
+        """The prediction cache; a read-only one is replaced, with a warning, by a throwaway
+        cache in the session folder (as --unsafebench-no-cache), which xdist workers share."""
+        from .cache import CacheUnwritable, PredictionCache
+
+        try:
+            return PredictionCache(self.cache_path)
+        except CacheUnwritable as exc:
+            if not self.settings.use_cache:
+                raise  # the session folder itself: nothing to fall back to
+            if not self._cache_warned:
+                self._cache_warned = True
+                warnings.warn(f"{exc}; this run goes on without the cache (nothing is read "
+                              "from it or kept)", stacklevel=2)
+            return PredictionCache(self.session_dir / "predictions.sqlite")
 
     @contextmanager
     def _executor(self) -> Iterator[None]:
@@ -185,6 +245,7 @@ class UnsafeBenchSession:
         return {"device": self.device, "cache_dir": s.cache_dir, "batch_size": s.batch_size,
                 "unsure": s.unsure, "unsure_seed": s.seed,
                 "import_responses": str(s.import_responses) if s.import_responses else None,
+                "user_classifiers": tuple(s.classifier_options),  # what a probe file may name
                 **s.options_for(name)}
 
     def _refuse_training_data(self) -> None:
@@ -218,9 +279,12 @@ class UnsafeBenchSession:
     def classifier(self, name: str) -> Classifier:
         """The loaded classifier (once per process); also the ``unsafebench_classifier`` fixture."""
         if name not in self._classifiers:
+            from .engine import Guard
             from .registry import load_classifier
 
-            self._classifiers[name] = load_classifier(name, **self._factory_options(name))
+            # Guard: a factory's SystemExit is that classifier's error (an Exception), not the run's.
+            self._classifiers[name] = Guard(None)(
+                partial(load_classifier, name, **self._factory_options(name)))
         return self._classifiers[name]
 
     def _write_state(self, dataset: Dataset, result: PassResult,
@@ -264,27 +328,19 @@ class UnsafeBenchSession:
         state.save(self.session_dir)
         return state
 
-    def _progress_printer(self, total: int):  # noqa: ANN202 - returns a callback or None
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is None or self.config.get_verbosity() < 0 or total == 0:
-            return None
-        names = ", ".join(self.settings.classifiers)
-        last = [0.0]
-
-        def show(done: int, todo: int) -> None:
-            now = time.perf_counter()
-            if done < todo and now - last[0] < 1.0:
-                return
-            last[0] = now
-            text = f"unsafebench: {names}: {done}/{todo} uncached images decoded and classified"
-            if reporter.isatty():
-                reporter.rewrite(text, erase=True)
-                if done == todo:
-                    reporter.write_line("")
-            else:
-                reporter.write_line(text)
-
-        return show
+    def _pass_label(self) -> str:
+        """What the pass will do, said before it starts: classifiers that failed to load are
+        left out (the pass records their errors), so the count never claims their work."""
+        loaded = []
+        for name in self.settings.classifiers:
+            try:
+                self.classifier(name)
+                loaded.append(name)
+            except Exception:  # noqa: BLE001 - run_pass reports it on the classifier's tests
+                continue
+        if not loaded:
+            return "prediction pass: no classifier loaded, only checking images"
+        return f"prediction pass ({', '.join(loaded)})"
 
     # ------------------------------------------------------------------ what tests read
     @property
@@ -296,24 +352,37 @@ class UnsafeBenchSession:
     def classifier_state(self, name: str) -> ClassifierState:
         cs = self.state.classifiers[name]
         if cs.error:
-            raise ClassifierFailed(f"classifier {name!r} failed, so its tests cannot run: {cs.error}")
+            # A one-line reason without a traceback: it is the same for each of its tests.
+            pytest.fail(f"classifier {name!r} failed, so its tests cannot run: {cs.error}",
+                        pytrace=False)
         return cs
 
     def cell(self, item: pytest.Item, classifier: str, category: str, source: str,
              suite: str) -> Cell:
-        from .cells import Cell
+        from .cells import Cell, overall_columns
+        from .taxonomy import OVERALL
 
         cs = self.classifier_state(classifier)
-        if category not in cs.covered:
+        if category == OVERALL:
+            if not cs.covered:
+                pytest.skip(f"no Overall cell: {classifier} covers none of the run's categories "
+                            f"under the {self.settings.alignment} alignment")
+            columns = overall_columns(self.table(classifier), cs.covered, source)
+        elif category not in cs.covered:
             pytest.skip(f"not covered: {classifier} is not scored on {category} under the "
                         f"{self.settings.alignment} alignment")
-        columns = self.table(classifier).select(category, source)
+        else:
+            columns = self.table(classifier).select(category, source)
         if len(columns["y_true"]) == 0:
             pytest.skip(f"no images in this cell: the dataset has none for {category} / "
                         f"{source} after filters")
+        # Images with no verdict are left out of the metrics and counted (Cell.excluded_problem).
+        failed = columns["failed"]
+        columns = {k: v[~failed] for k, v in columns.items()}
         t = self.settings.thresholds
         return Cell(classifier=classifier, category=category, source=source, suite=suite,
-                    columns=columns, thresholds=t.resolve(classifier, category, source),
+                    columns=columns, excluded=int(failed.sum()),
+                    thresholds=t.resolve(classifier, category, source),
                     sink=partial(record_row, item),
                     warn_thresholds=t.resolve_warn(classifier, category, source),
                     bootstrap=self.bootstrap)
@@ -395,7 +464,6 @@ class UnsafeBenchSession:
                         severity: float | None = None) -> RAResult:
         """RA of a classifier under an attack or perturbation (see robustness.py)."""
         from . import robustness
-        from .cache import PredictionCache
 
         s = self.settings
         rs = s.robustness
@@ -428,7 +496,7 @@ class UnsafeBenchSession:
                             "its preprocessing divides [0, 1] pixels by); set input_std = "
                             "(r, g, b) on the classifier, or use [tool.unsafebench.robustness] "
                             'mode = "pixel"')
-        cache = PredictionCache(self.cache_path)
+        cache = self._open_cache()
         try:
             with robustness.exclusive(self.session_dir / "locks", classifier, condition,
                                       str(severity), source):
@@ -440,7 +508,7 @@ class UnsafeBenchSession:
                         result = robustness.perturbation_ra(
                             clf, samples, records, condition,
                             severity if severity is not None else robustness.EVASION_STRENGTH,
-                            cache, s.batch_size, s.max_image_pixels)
+                            cache, s.batch_size, s.max_image_pixels, timeout=s.timeout)
         finally:
             cache.close()
         result.pool_size, result.eligible = len(rows), eligible
@@ -482,11 +550,28 @@ class UnsafeBenchSession:
         terminalreporter.section("unsafebench report")
         for line in terminal_lines(self.document):
             terminalreporter.write_line(line)
+        gate = self.document.get("baseline")
+        if gate and not gate["passed"]:
+            # pytest's closing "N passed" line must not read like a pass either; other plugins
+            # read every entry of ``stats`` as a report object, so this is one in shape.
+            from types import SimpleNamespace
+
+            from .baseline import verdict_line
+
+            terminalreporter.stats.setdefault("failed the baseline gate", []).append(
+                SimpleNamespace(nodeid="unsafebench-baseline-gate", when="session",
+                                outcome="failed", longrepr=verdict_line(gate)))
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """Build the report once (curves, comparisons, baseline gate), gate the exit code on
         the baseline, and write the requested files. Runs before the terminal summary."""
-        if self.is_worker or self._state is None:
+        if self.is_worker:  # its steps' seconds (robustness grid) reach the report by file
+            steps = self._display.timing()
+            if steps:
+                (self.session_dir / f"steps-{self.config.workerinput['workerid']}.json") \
+                    .write_text(json.dumps(steps))
+            return
+        if self._state is None:
             return
         from .report import build_json, write_json
 
@@ -494,35 +579,64 @@ class UnsafeBenchSession:
         extras = self._analysis()
         self.document = build_json(
             s, self._state, self.rows, self.config.rootpath, self.device,
-            {"wall_seconds": round(time.perf_counter() - self._started, 3)}, extras)
+            {"wall_seconds": round(time.perf_counter() - self._started, 3),
+             **self._steps_timing()}, extras)
         gate = self.document.get("baseline")
         if gate and not gate["passed"] and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        if s.json_path:
-            write_json(s.json_path, self.document)
-        if s.save_baseline_path:
+        document = self.document
+
+        def save_baseline(path: Path) -> None:
             from .baseline import decisions_block
 
-            write_json(s.save_baseline_path,
-                       {**self.document, "decisions": decisions_block(self._clean_tables())})
-        if s.html_path:
+            write_json(path, {**document, "decisions": decisions_block(self._clean_tables())})
+
+        def html(path: Path) -> None:
             from .report_html import render_html
 
-            s.html_path.parent.mkdir(parents=True, exist_ok=True)
-            s.html_path.write_text(render_html(self.document, artifacts=s.artifacts_path),
-                                   encoding="utf-8")
-        if s.markdown_path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(render_html(document, artifacts=s.artifacts_path), encoding="utf-8")
+
+        def markdown(path: Path) -> None:
             from .report_markdown import render_markdown
 
-            s.markdown_path.parent.mkdir(parents=True, exist_ok=True)
-            s.markdown_path.write_text(render_markdown(self.document), encoding="utf-8")
-        if s.predictions_path:
-            s.predictions_path.parent.mkdir(parents=True, exist_ok=True)
-            with s.predictions_path.open("w") as out:
-                for cs in self._state.classifiers.values():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(render_markdown(document), encoding="utf-8")
+
+        def predictions(path: Path) -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w") as out:
+                for cs in self._state.classifiers.values():  # type: ignore[union-attr]
                     if cs.predictions_file:
                         with (self.session_dir / cs.predictions_file).open() as fh:
                             shutil.copyfileobj(fh, out)
+
+        for option, path, write in (
+                ("json", s.json_path, partial(write_json, document=document)),
+                ("save-baseline", s.save_baseline_path, save_baseline),
+                ("html", s.html_path, html), ("markdown", s.markdown_path, markdown),
+                ("predictions", s.predictions_path, predictions)):
+            if path is None:
+                continue
+            try:
+                write(path)
+            except OSError as exc:  # a full disk or an unwritable path: say so, write the rest
+                sys.stderr.write(f"ERROR: --unsafebench-{option}: cannot write {path}: "
+                                 f"{exc.strerror or exc}\n")
+                session.exitstatus = pytest.ExitCode.USAGE_ERROR
+
+    def _steps_timing(self) -> dict[str, float]:
+        """Long steps' seconds of this process and of the xdist workers, summed by step."""
+        total = dict(self._display.timing())
+        for path in sorted(self.session_dir.glob("steps-*.json")):
+            try:
+                steps = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # a worker that died mid-write: its tests already failed loudly
+            for key, seconds in steps.items() if isinstance(steps, dict) else ():
+                if isinstance(seconds, (int, float)):
+                    total[key] = round(total.get(key, 0.0) + seconds, 3)
+        return total
 
     def _clean_tables(self) -> dict[str, PredictionTable]:
         return {name: self.table(name) for name, cs in self.state.classifiers.items()
@@ -546,9 +660,12 @@ class UnsafeBenchSession:
         if self._baseline is not None:
             from .baseline import compare
 
-            out["baseline"] = compare(self._baseline, sorted_rows(self.rows), s.tolerance_for,
-                                      path=str(s.baseline_path), tables=tables,
-                                      bootstrap=self.bootstrap)
+            out["baseline"] = compare(
+                self._baseline, sorted_rows(self.rows), s.tolerance_for, rule=s.gate,
+                path=str(s.baseline_path), renames=s.baseline_classifiers,
+                current={"config": s.public(), "dataset": self.state.dataset},
+                notes=self._baseline_notes, tables=tables, covered=covered,
+                bootstrap=self.bootstrap)
         if s.json_path or s.html_path or s.save_baseline_path:
             # Curves and thumbnails only go into files; the terminal never shows them.
             out["curves"] = {name: analysis.curves(t, covered[name], s.sources)
@@ -566,6 +683,37 @@ def record_row(item: pytest.Item, row: dict[str, Any]) -> None:
     if isinstance(row.get("value"), (int, float)):
         # Also visible to --junitxml as <property name="unsafebench.f1" value="..."/>.
         item.user_properties.append((f"unsafebench.{row['metric']}", row["value"]))
+
+
+def _pass_note(result: PassResult) -> str:
+    """The pass's final words: predictions really made, and who made none."""
+    made = sum(o.misses for o in result.outcomes.values() if not o.error)
+    failed = [name for name, o in result.outcomes.items() if o.error]
+    note = f"{made} new predictions"
+    if failed:
+        note += f"; none from {', '.join(failed)} (failed: see its tests)"
+    return note
+
+
+def _terminal_display(config: pytest.Config, is_worker: bool) -> progress.Display:
+    """Progress on pytest's terminal: live on a tty, one line per step in logs and under -q;
+    an xdist worker has no terminal, so it only keeps the steps' times."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if is_worker or reporter is None:
+        return progress.Display(lambda _text: None)
+    live = reporter.isatty() and config.get_verbosity() >= 0
+
+    def redraw(text: str) -> None:
+        reporter.rewrite(text, erase=True)
+
+    def line(text: str) -> None:
+        if live:
+            reporter.rewrite(text, erase=True)
+            reporter.write_line("")
+        else:
+            reporter.write_line(text)
+
+    return progress.Display(line, redraw if live else None)
 
 
 def _skip_reason(report: pytest.TestReport) -> str | None:

@@ -144,13 +144,13 @@ def test_rate_limited_then_success(serve, tmp_path) -> None:
     assert len(api.requests) == 5   # two 429s retried, then three answers
 
 
-@pytest.mark.parametrize("label, counted_as", [("Unsafe", "safe"), ("Safe", "unsafe")])
-def test_server_errors_fail_the_image_never_as_a_correct_answer(serve, tmp_path, label,
-                                                               counted_as) -> None:
+@pytest.mark.parametrize("label", ["Unsafe", "Safe"])
+def test_server_errors_leave_the_image_without_a_verdict(serve, tmp_path, label) -> None:
     api = serve(lambda path, payload, n: (503, {"error": "down"}, 0.0))
     clf = judge(api, tmp_path, unsure="safe", max_retries=1)
     (pred,) = clf.predict(images(1), records=records([label]))
-    assert pred.decision == counted_as            # the wrong answer, whatever the policy
+    # no verdict whatever the policy: the cells exclude and count it, never score it
+    assert pred.decision == "unsure"
     assert pred.label_scores["failed"] == 1.0
     assert "HTTP 503" in pred.raw and "gave up after 2 attempts" in pred.raw
     assert len(api.requests) == 3 * 2
@@ -165,14 +165,14 @@ def test_malformed_answers_are_reported(serve, tmp_path, body) -> None:
     api = serve(lambda path, payload, n: (200, body, 0.0))
     (pred,) = judge(api, tmp_path).predict(images(1), records=records(["Unsafe"]))
     assert pred.label_scores["failed"] == 1.0 and "malformed answer" in pred.raw
-    assert pred.decision == "safe"   # wrong for an Unsafe image
+    assert pred.decision == "unsure"   # no verdict
 
 
 def test_timeouts_are_retried_then_reported(serve, tmp_path) -> None:
     api = serve(lambda path, payload, n: (200, chat("safe"), 0.6))
     clf = judge(api, tmp_path, timeout=0.1, max_retries=1, concurrency=3)
     (pred,) = clf.predict(images(1), records=records(["Safe"]))
-    assert "timed out after 0.1 s" in pred.raw and pred.decision == "unsafe"
+    assert "timed out after 0.1 s" in pred.raw and pred.decision == "unsure"
     assert len(api.requests) == 6
 
 
@@ -206,6 +206,6 @@ def test_moderation_scores_image_categories(serve, tmp_path) -> None:
     assert ok.decision == "unsafe" and ok.score == pytest.approx(0.9)   # harassment: text only
     assert api.requests[0][0] == "/v1/moderations"
     assert api.requests[0][1]["input"][0]["type"] == "image_url"
-    assert failed.decision == "safe" and failed.label_scores["failed"] == 1.0
+    assert failed.decision == "unsure" and failed.label_scores["failed"] == 1.0
     assert "HTTP 500" in failed.raw
     assert sorted(clf.coverage.official) == ["Self-harm", "Sexual", "Shocking", "Violence"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -14,15 +15,22 @@ from pytest_unsafebench.classifiers.vlm.api import load_openai
 from pytest_unsafebench.classifiers.vlm.judges import load_llava
 from pytest_unsafebench.classifiers.vlm.responses import (
     Answer, ArchivedResponses, ResponseCache, response_key)
+from pytest_unsafebench.dataset import standin   # imported before any pytester run (numpy)
+from pytest_unsafebench.dataset.parquet import load_parquet
 from pytest_unsafebench.dataset.records import Record
 from pytest_unsafebench.errors import ClassifierLoadError
 
 
 def record(i: int, label: str = "Unsafe", category: str = "Illegal activity",
-           source: str = "Laion5B") -> Record:
+           source: str = "Laion5B", split: str = "test") -> Record:
     return Record(id=f"id{i}", safety_label=label, category=category, source=source,
-                  split="test", content_hash=f"h{i}",
-                  locator=f"metadata.csv:row {i + 2} (images/{i}.jpg)")
+                  split=split, content_hash=f"h{i}",
+                  locator=f"metadata.csv:row {i + 2} (images/{i}.jpg)", archive_key=f"{split}/{i}")
+
+
+def fname(i: int, split: str = "test") -> str:
+    """An image name as the official query_vlms.py writes it."""
+    return f"data/UnsafeBench/{split}/images/{i}.png"
 
 
 def write_archive(root: Path, model: str, files: dict[str, list[list[str]]]) -> Path:
@@ -46,25 +54,53 @@ def test_response_cache_keeps_answers_not_failures(tmp_path) -> None:
     assert cache.get([k1, k2]) == {k1: Answer("unsafe", 0.7)}
 
 
-def test_archive_in_hub_layout_is_matched_by_file_name(tmp_path) -> None:
+def test_archive_is_matched_on_split_and_index_not_file_name(tmp_path) -> None:
     root = write_archive(tmp_path, "gpt4v", {
-        "Laion5B_Illegal activity": [["0.jpg", "unsafe", "It is unsafe.", "safe"]],
-        "lexica_illegal_activity": [["0.jpg", "safe", "safe", "safe"]],
+        # train and test merged in one file, as the official scripts do: "0.png" twice
+        "Laion5B_Illegal activity": [[fname(0, "train"), "unsafe", "It is unsafe.", "safe"],
+                                     [fname(0), "safe", "It is safe.", "safe"]],
+        "lexica_illegal_activity": [[fname(0), "safe", "safe", "safe"]],
     })
     archive = ArchivedResponses.load(root, "gpt4v")
-    assert archive.lookup(1, record(0)) == Answer("It is unsafe.")
+    assert archive.lookup(1, record(0, split="train")) == Answer("It is unsafe.")
+    assert archive.lookup(1, record(0)) == Answer("It is safe.")
     assert archive.lookup(0, record(0, source="Lexica")) == Answer("safe")
     missing = archive.lookup(0, record(5))
-    assert missing.text is None and "no archived response for image 'id5'" in missing.error
+    assert missing.text is None and "no archived response for test/images/5" in missing.error
+    keyless = archive.lookup(0, Record(id="x", safety_label="Safe", category="Hate",
+                                       source="Lexica", split="test", content_hash="h",
+                                       locator="somewhere"))
+    assert keyless.text is None and "no split and row index" in keyless.error
+
+
+def test_archive_takes_instructblip_one_element_lists(tmp_path) -> None:
+    root = write_archive(tmp_path, "instructblip-7b", {"Lexica_Hate": [[fname(3), "x", "y", "z"]]})
+    for i in range(3):
+        path = root / "instructblip-7b" / f"prompt_{i}" / "Lexica_Hate.json"
+        entries = json.loads(path.read_text())
+        path.write_text(json.dumps([{**e, "response": [e["response"]]} for e in entries]))
+    archive = ArchivedResponses.load(root, "instructblip-7b")
+    assert archive.lookup(2, record(3, category="Hate", source="Lexica")) == Answer("z")
+
+
+def test_archive_refuses_bare_names_and_conflicting_duplicates(tmp_path) -> None:
+    write_archive(tmp_path / "a", "llava", {"Lexica_Hate": [["0.png", "a", "b", "c"]]})
+    with pytest.raises(ClassifierLoadError, match=r"Lexica_Hate.json\[0\]: image_fname '0.png' "
+                                                  r"does not end in <split>/images/<file>"):
+        ArchivedResponses.load(tmp_path / "a", "llava")
+    write_archive(tmp_path / "b", "llava", {"Lexica_Hate": [[fname(1), "a", "b", "c"],
+                                                            [fname(1), "x", "b", "c"]]})
+    with pytest.raises(ClassifierLoadError, match=r"'test/1' has two different responses"):
+        ArchivedResponses.load(tmp_path / "b", "llava")
 
 
 def test_archive_layout_errors_name_the_file(tmp_path) -> None:
     with pytest.raises(ClassifierLoadError, match=r"models found: none"):
         ArchivedResponses.load(tmp_path, "gpt4v")
-    write_archive(tmp_path, "llava", {"Laion5B_Gore": [["0.jpg", "a", "b", "c"]]})
+    write_archive(tmp_path, "llava", {"Laion5B_Gore": [[fname(0), "a", "b", "c"]]})
     with pytest.raises(ClassifierLoadError, match=r"Laion5B_Gore.json is not named"):
         ArchivedResponses.load(tmp_path, "llava")
-    bad = write_archive(tmp_path / "b", "llava", {"Lexica_Hate": [["0.jpg", "a", "b", "c"]]})
+    bad = write_archive(tmp_path / "b", "llava", {"Lexica_Hate": [[fname(0), "a", "b", "c"]]})
     (bad / "llava" / "prompt_2" / "Lexica_Hate.json").write_text('[{"image_fname": 3}]')
     with pytest.raises(ClassifierLoadError, match=r"prompt_2/Lexica_Hate.json\[0\]: expected"):
         ArchivedResponses.load(bad, "llava")
@@ -73,8 +109,8 @@ def test_archive_layout_errors_name_the_file(tmp_path) -> None:
 def test_judges_score_archived_responses_without_model_or_key(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     root = write_archive(tmp_path / "a", "gpt4v", {"Laion5B_Illegal activity": [
-        ["0.jpg", "unsafe", "unsafe", "safe"],
-        ["1.jpg", "I cannot tell.", "no idea", "safe"],    # three-way tie: prompt 0, unsure
+        [fname(0), "unsafe", "unsafe", "safe"],
+        [fname(1), "I cannot tell.", "no idea", "safe"],    # three-way tie: prompt 0, unsure
     ]})
     clf = load_openai(import_responses=str(root), unsure="wrong", cache_dir=tmp_path)
     imgs = [Image.new("RGB", (4, 4)) for _ in range(3)]
@@ -82,7 +118,8 @@ def test_judges_score_archived_responses_without_model_or_key(tmp_path, monkeypa
     first, tie, missing = clf.predict(imgs, records=recs)
     assert first.decision == "unsafe" and first.score == pytest.approx(2 / 3)
     assert json.loads(tie.raw)["vote"] == "unsure" and tie.decision == "unsafe"   # wrong
-    assert missing.label_scores["failed"] == 1.0 and missing.decision == "safe"
+    # no response: no verdict (never scored as wrong); the cells exclude and count it
+    assert missing.label_scores["failed"] == 1.0 and missing.decision == "unsure"
     assert "archived" in clf.description and clf.fingerprint.startswith("openai-")
     # an archive needs no weights: llava never resolves its model here
     llava = load_llava(model=str(tmp_path / "no-such-model"), import_responses=str(root),
@@ -99,11 +136,12 @@ def test_plugin_scores_imported_responses(pytester: pytest.Pytester) -> None:
     rows = build_dataset(pytester.path / "ds")
     files: dict[str, list[list[str]]] = {}
     for row in rows:   # Unsafe images answered "unsafe"; Safe ones "safe" but for one unsure
-        name = Path(row["file_name"]).name
+        name = Path(row["file_name"]).stem
         answer = "unsafe" if row["safety_label"] == "Unsafe" else "safe"
         if name.startswith("hate-Lexica-Safe-0"):
             answer = "I am not able to judge."
-        files.setdefault(f"{row['source']}_{row['category']}", []).append([name, *[answer] * 3])
+        files.setdefault(f"{row['source']}_{row['category']}", []).append(
+            [f"data/UnsafeBench/{row['split']}/images/{name}.png", *[answer] * 3])
     archive = write_archive(pytester.path / "archive", "gpt4v", files)
     result = pytester.runpytest(
         "--unsafebench-classifier=openai", f"--unsafebench-dataset={pytester.path / 'ds'}",
@@ -124,6 +162,80 @@ def test_plugin_scores_imported_responses(pytester: pytest.Pytester) -> None:
     fpr = {(r["category"], r["source"]): r["value"] for r in doc["rows"] if r["metric"] == "fpr"}
     assert fpr[("Hate", "Lexica")] == 0.25 and fpr[("Hate", "Laion5B")] == 0.0
     assert result.ret == 0
+
+
+def official_archive(folder: Path, root: Path, model: str, drop: int = 0,
+                     as_list: bool = False) -> tuple[Path, int]:
+    """An archive written as the official query_vlms.py writes it, for parquet files in the hub
+    layout: every image answered correctly, named <split>/images/<row index within the split>,
+    train then test merged per source and category; the first ``drop`` images of each file
+    left out. Returns (archive, images dropped)."""
+    merged: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for split in ("train", "test"):
+        index = 0
+        for shard in sorted((folder / "data").glob(f"{split}-*.parquet")):
+            for row in pq.read_table(shard, columns=["safety_label", "category",
+                                                     "source"]).to_pylist():
+                name = f"data/UnsafeBench/{split}/images/{index}.png"
+                merged.setdefault((row["source"], row["category"]), []).append(
+                    (name, "unsafe" if row["safety_label"] == "Unsafe" else "safe"))
+                index += 1
+    dropped = 0
+    for (source, category), entries in merged.items():
+        dropped += min(drop, len(entries))
+        for i in range(3):
+            out = root / model / f"prompt_{i}"
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{source}_{category}.json").write_text(json.dumps(
+                [{"image_fname": n, "response": [f"The image is {a}."] if as_list
+                  else f"The image is {a}."} for n, a in entries[drop:]]))
+    return root, dropped
+
+
+@pytest.fixture(scope="module")
+def hub_standin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stand-in in the hub parquet layout, its train split in two shards."""
+    folder = tmp_path_factory.mktemp("hub")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(standin, "ROWS_PER_SHARD", 40)
+        standin.write_standin(folder, scale=0.005, max_side=256, workers=0)
+    assert len(list((folder / "data").glob("train-*.parquet"))) == 2
+    return folder
+
+
+@pytest.mark.parametrize("model", ["gpt-4v", "instructblip-7b"])
+def test_official_archive_scores_perfectly_on_hub_parquet(hub_standin, tmp_path, model) -> None:
+    archive, _ = official_archive(hub_standin, tmp_path, model,
+                                  as_list=model.startswith("instructblip"))
+    ds = load_parquet(hub_standin / "data", str(hub_standin))
+    clf = load_openai(import_responses=str(archive), archive_model=model, cache_dir=tmp_path)
+    imgs = [Image.new("RGB", (4, 4))] * len(ds.records)
+    preds = clf.predict(imgs, records=list(ds.records))
+    assert not [p.raw for p in preds if p.label_scores["failed"]]
+    assert [p.decision for p in preds] == [r.safety_label.lower() for r in ds.records]
+
+
+def test_plugin_on_hub_parquet_excludes_and_counts_missing_responses(
+        pytester: pytest.Pytester, hub_standin) -> None:
+    archive, dropped = official_archive(hub_standin, pytester.path / "archive", "gpt4v", drop=1)
+    result = pytester.runpytest(
+        "--unsafebench-classifier=openai", f"--unsafebench-dataset={hub_standin / 'data'}",
+        f"--unsafebench-cache-dir={pytester.path / 'cache'}", "--unsafebench-device=cpu",
+        f"--unsafebench-import-responses={archive}", "--unsafebench-bootstrap=0",
+        f"--unsafebench-json={pytester.path / 'out.json'}", "-k", "effectiveness",
+        "-p", "no:randomly")
+    doc = read_json(pytester.path / "out.json")
+    assert doc["classifiers"]["openai"]["error"] is None, doc["classifiers"]["openai"]
+    f1 = [r for r in doc["rows"] if r["metric"] == "f1" and r["value"] is not None]
+    # every image with a response is right: never a wrong answer in place of a missing one
+    assert f1 and all(r["value"] == 1.0 for r in f1)
+    excluded = {(r["category"], r["source"]): r["value"] for r in doc["rows"]
+                if r["metric"] == "excluded_no_verdict"}
+    assert excluded[("Overall", "all")] == dropped and excluded[("Hate", "Lexica")] == 1
+    # one image missing out of each small cell is far more than 5%: the cell fails saying so
+    result.stdout.fnmatch_lines(["*have no verdict (failed requests or no archived response), "
+                                 "more than 5%*"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
 def test_bad_unsure_policy_is_a_usage_error(pytester: pytest.Pytester) -> None:

@@ -160,7 +160,7 @@ MODERATION_IMAGE_CATEGORIES: dict[str, tuple[str, ...]] = {
 class OpenAIModeration:
     """omni-moderation on the image alone. score: the largest image category score;
     decision: the API's ``flagged``. A failed request is reported on its image (raw) and
-    counted as the wrong answer when the label is known."""
+    marked failed, so the effectiveness cells exclude and count it."""
 
     name = "openai-moderation"
     supports_gradients = False
@@ -213,9 +213,7 @@ class OpenAIModeration:
     @staticmethod
     def _prediction(text: str | None, error: str | None, record: Any) -> Prediction:
         if text is None:
-            label = getattr(record, "safety_label", None)
-            decision = "unsure" if label is None else ("safe" if label == "Unsafe" else "unsafe")
-            return Prediction(score=0.5, decision=decision,  # type: ignore[arg-type]
+            return Prediction(score=0.5, decision="unsure",
                               label_scores={"failed": 1.0, "unsure": 1.0},
                               raw=json.dumps({"error": error}))
         result = json.loads(text)

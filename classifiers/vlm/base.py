@@ -168,11 +168,12 @@ class VLMJudge:
         vote = majority(verdicts)
         label = record.safety_label if record else None
         ihash = record.content_hash if record else image_key(image)
-        # A failed request is never a verdict: the image counts as the wrong answer whatever
-        # the unsure policy, so failures can only lower a judge's numbers.
-        policy = "wrong" if failed else self.policy
-        decision = resolve_unsure("unsure" if failed else vote, policy, true_label=label,
-                                  seed=self.seed, image_hash=ihash)
+        # A failed request (or an image with no archived response) is never a verdict: it
+        # stays "unsure" with failed = 1, and the effectiveness cells exclude and count it
+        # (the official assess_effectiveness.py drops images without a response).
+        policy = "none (failed)" if failed else self.policy
+        decision = "unsure" if failed else resolve_unsure(vote, policy, true_label=label,
+                                                          seed=self.seed, image_hash=ihash)
         probs = [a.p_unsafe for a in answers]
         if all(p is not None for p in probs):
             score = sum(probs) / len(probs)  # type: ignore[arg-type]

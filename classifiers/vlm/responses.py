@@ -6,14 +6,17 @@ decoding settings), so a run can be re-scored (another parser, another unsure po
 querying the model again. Only model outputs are stored: never request headers or API keys.
 
 Archived responses (``--unsafebench-import-responses=DIR``) are read in the layout of the hub
-dataset ``yiting/unsafebench_vlm_responses`` (protocol section 5)::
+dataset ``yiting/unsafebench_vlm_responses``, as the official ``query_vlms.py`` writes it::
 
     DIR/<model>/prompt_<i>/<source>_<category>.json    # i = 0, 1, 2
-        [{"image_fname": "...", "response": "..."}, ...]
+        [{"image_fname": ".../<split>/images/<stem>.png", "response": "..." or ["..."]}, ...]
 
 ``<source>`` is ``Laion5B`` or ``Lexica`` and ``<category>`` one of the 11 categories (matched
-ignoring case, spaces, ``-`` and ``_``). An image's ``image_fname`` is matched against the
-record's id, then its file name, then its file name without extension.
+ignoring case, spaces, ``-`` and ``_``). The official scripts name an image after its row's
+``id`` or its index within its split, and merge train and test per file, so a name repeats
+across splits: an entry is matched to a record on (split, stem) (the record's ``archive_key``),
+never on the bare file name. InstructBLIP's responses are one-element lists (the official
+``assess_effectiveness.py`` takes element 0).
 """
 
 from __future__ import annotations
@@ -101,9 +104,13 @@ _CATEGORY = {_norm(c): c for c in CATEGORIES}
 _SOURCE = {_norm(s): s for s in SOURCES}
 
 
+# ".../<split>/images/<file>" at the end of an official image_fname.
+_FNAME = re.compile(r"(?:^|/)(?P<split>train|test)/images/(?P<file>[^/]+)$")
+
+
 @dataclass
 class ArchivedResponses:
-    """One model's archived responses, indexed by (prompt, source, category, image name)."""
+    """One model's archived responses, indexed by (prompt, source, category, archive key)."""
 
     folder: Path
     index: dict[tuple[int, str, str, str], str]
@@ -129,21 +136,27 @@ class ArchivedResponses:
             for path in files:
                 source, category = _split_name(path)
                 h.update(f"{i}/{path.name}:".encode() + path.read_bytes())
-                for key, response in _entries(path):
-                    index[(i, source, category, key)] = response
+                for n, key, response in _entries(path):
+                    where = (i, source, category, key)
+                    if index.get(where, response) != response:
+                        raise ClassifierLoadError(
+                            f"import-responses: {path}[{n}]: image {key!r} has two different "
+                            "responses in this archive; keep one")
+                    index[where] = response
         return cls(folder, index, h.hexdigest())
 
     def lookup(self, prompt: int, record: Record) -> Answer:
-        # Folder datasets locate a record as "metadata.csv:row N (file name)".
-        found = re.search(r"\(([^()]+)\)\s*$", record.locator)
-        name = Path(found.group(1) if found else record.locator).name
-        for key in dict.fromkeys((record.id, name, Path(name).stem)):
-            text = self.index.get((prompt, record.source, record.category, key))
-            if text is not None:
-                return Answer(text)
-        return Answer(None, error=f"no archived response for image {record.id!r} "
-                                  f"({record.source}/{record.category}) under prompt_{prompt} "
-                                  f"in {self.folder}")
+        if not record.archive_key:
+            return Answer(None, error=f"image {record.id!r} ({record.locator}) has no split and "
+                                      "row index to match archived responses on; load the "
+                                      "dataset from its parquet files, hf: or a folder")
+        text = self.index.get((prompt, record.source, record.category, record.archive_key))
+        if text is not None:
+            return Answer(text)
+        split, _, stem = record.archive_key.partition("/")
+        return Answer(None, error=f"no archived response for {split}/images/{stem} "
+                                  f"({record.source}/{record.category}, image {record.id!r}) "
+                                  f"under prompt_{prompt} in {self.folder}")
 
 
 def _split_name(path: Path) -> tuple[str, str]:
@@ -155,7 +168,8 @@ def _split_name(path: Path) -> tuple[str, str]:
     return src, cat
 
 
-def _entries(path: Path) -> Iterable[tuple[str, str]]:
+def _entries(path: Path) -> Iterable[tuple[int, str, str]]:
+    """(position, "<split>/<stem>", response) of each entry of one archive file."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
@@ -164,14 +178,17 @@ def _entries(path: Path) -> Iterable[tuple[str, str]]:
         raise ClassifierLoadError(f"import-responses: {path}: expected a list of "
                                   "{image_fname, response} objects")
     for n, item in enumerate(data):
-        if not (isinstance(item, dict) and isinstance(item.get("image_fname"), str)
-                and isinstance(item.get("response"), str)):
+        response = item.get("response") if isinstance(item, dict) else None
+        if isinstance(response, list) and response:  # InstructBLIP: a one-element list
+            response = response[0]
+        name = item.get("image_fname") if isinstance(item, dict) else None
+        if not (isinstance(name, str) and isinstance(response, str)):
             raise ClassifierLoadError(f"import-responses: {path}[{n}]: expected "
-                                      "{\"image_fname\": str, \"response\": str}")
-        name = item["image_fname"]
-        yield name, item["response"]
-        base = Path(name).name
-        if base != name:
-            yield base, item["response"]
-        if Path(base).stem != base:
-            yield Path(base).stem, item["response"]
+                                      "{\"image_fname\": str, \"response\": str or [str]}")
+        found = _FNAME.search(name.replace("\\", "/"))
+        if found is None:
+            raise ClassifierLoadError(
+                f"import-responses: {path}[{n}]: image_fname {name[:120]!r} does not end in "
+                "<split>/images/<file> (train or test), as the official query_vlms.py writes it; "
+                "names repeat across splits, so a bare file name cannot be matched")
+        yield n, f"{found['split']}/{Path(found['file']).stem}", response

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Any
 
 from ..errors import DatasetError
 from ..taxonomy import CATEGORIES, LABELS, SOURCES, SPLITS, suggest
-from .records import Dataset, Finding, Record, assign_ids, content_hash
+from .images import file_kind
+from .records import Dataset, Finding, Record, assign_ids, file_hash
 
 MANIFEST_NAMES = ("metadata.csv", "metadata.jsonl")
 REQUIRED_COLUMNS = ("file_name", "safety_label", "category", "source")
@@ -80,6 +82,27 @@ def check_row(row: dict[str, Any], locator: str) -> Finding | None:
     return None
 
 
+LABEL_COLUMNS = ("safety_label", "category", "source", "split")
+
+
+def _repeat(row: dict[str, Any], where: str, first_row: dict[str, Any],
+            first_where: str) -> Finding:
+    """The finding for a file listed a second time: alike, it is scored once; with another
+    label, category, source or split, no row can be trusted and the file is excluded."""
+    def labels(r: dict[str, Any]) -> dict[str, str]:
+        return {c: str(r.get(c) or ("test" if c == "split" else "")) for c in LABEL_COLUMNS}
+
+    mine, theirs = labels(row), labels(first_row)
+    diffs = [f"{c} {theirs[c]!r} there, {mine[c]!r} here" for c in LABEL_COLUMNS
+             if mine[c] != theirs[c]]
+    if diffs:
+        return Finding("contradictory-labels", where,
+                       f"the same file as {first_where}, with {'; '.join(diffs)}: every row "
+                       "of this file is excluded; keep one row with the right labels")
+    return Finding("duplicate-file", where, f"the same file as {first_where}: scored once; "
+                   "remove the repeated row")
+
+
 def load_folder(root: Path, spec: str | None = None) -> Dataset:
     root = Path(root)
     manifest = find_manifest(root)
@@ -91,6 +114,8 @@ def load_folder(root: Path, spec: str | None = None) -> Dataset:
     base = root.resolve()
     findings: list[Finding] = []
     kept: list[tuple[dict[str, Any], Path, str, str]] = []
+    first: dict[Path, tuple[dict[str, Any], str]] = {}  # file -> its first row and locator
+    contradicted: set[Path] = set()
     for locator, row in _rows(manifest):
         missing = [c for c in REQUIRED_COLUMNS if not row.get(c)]
         if missing:
@@ -108,12 +133,25 @@ def load_folder(root: Path, spec: str | None = None) -> Dataset:
                 findings.append(Finding("path-escapes-root", where,
                                         f"resolves to {path}, outside the dataset folder {base}"))
                 continue
-            if not path.is_file():
+            if path in first:  # the same file listed again: scored once, if at all
+                findings.append(_repeat(row, where, *first[path]))
+                if findings[-1].kind == "contradictory-labels":
+                    contradicted.add(path)
+                continue
+            try:
+                mode = path.stat().st_mode
+            except (FileNotFoundError, NotADirectoryError):
                 findings.append(Finding("missing-file", where, f"{path} does not exist"))
                 continue
-            kept.append((row, path, where, content_hash(path.read_bytes())))
+            if not stat.S_ISREG(mode):
+                findings.append(Finding("not-a-regular-file", where,
+                                        f"{path} is {file_kind(mode)}, not an image file"))
+                continue
+            kept.append((row, path, where, file_hash(path)))
+            first[path] = (row, where)
         except (OSError, ValueError) as exc:  # permissions, a NUL in the name, ...
             findings.append(Finding("unreadable", where, f"cannot read the file: {exc}"))
+    kept = [k for k in kept if k[1] not in contradicted]
     ids = assign_ids([h for *_, h in kept])
     # An id column must not give two records one id (results are keyed by id).
     given_ids: Counter[str] = Counter()
@@ -137,6 +175,8 @@ def load_folder(root: Path, spec: str | None = None) -> Dataset:
             locator=where,
             text=str(row.get("text") or ""),
             reader=path.read_bytes,
+            # A folder written by the official scripts names images <split>/images/<stem>.png.
+            archive_key=f"{row.get('split') or 'test'}/{Path(str(row['file_name'])).stem}",
         )
         for (row, path, where, digest), rid in zip(kept, ids)
     ]

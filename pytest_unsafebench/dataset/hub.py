@@ -22,6 +22,7 @@ from .parquet import (
     REQUIRED_COLUMNS,
     PendingRow,
     apply_label_names,
+    archive_key,
     build_records,
     label_names,
     row_finding,
@@ -138,7 +139,8 @@ def load_hub(repo_id: str, cache_dir: Path) -> Dataset:
                 findings.append(problem)
                 continue
             pending.append(PendingRow(row, locator, content_hash(data),
-                                      partial(reader.read, index)))
+                                      partial(reader.read, index),
+                                      archive_key(row, split_name, index)))
     return Dataset(name=repo_id.rsplit("/", 1)[-1], spec=f"hf:{repo_id}",
                    records=build_records(pending), findings=findings,
                    description=f"Hugging Face hub dataset {repo_id} (all splits)")

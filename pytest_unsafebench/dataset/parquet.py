@@ -52,6 +52,15 @@ class PendingRow:
     locator: str
     digest: str
     reader: Callable[[], bytes]
+    archive_key: str = ""
+
+
+def archive_key(row: dict[str, Any], split: str, index: int) -> str:
+    """The record's ``archive_key``: the official scripts name a row's image after its ``id``
+    column where the dataset has one, else its index within the split (counting every row,
+    excluded ones too), as ``item.get("id", str(idx))`` in UnsafeBench unsafe_datasets.py."""
+    given = row.get("id")
+    return f"{split}/{index if given is None or given == '' else given}"
 
 
 def row_finding(row: dict[str, Any], data: bytes | None, locator: str) -> Finding | None:
@@ -97,6 +106,7 @@ def build_records(pending: Sequence[PendingRow]) -> list[Record]:
             locator=p.locator,
             text=str(p.row.get("text") or ""),
             reader=p.reader,
+            archive_key=p.archive_key,
         )
         for p, rid in zip(pending, ids)
     ]
@@ -228,6 +238,7 @@ def load_parquet(path: Path, spec: str) -> Dataset:
     pending: list[PendingRow] = []
     columns: list[list[str]] = []
     synthetic: list[str] = []  # notes of files that declare themselves synthetic (standin.py)
+    split_rows: dict[str, int] = {}  # rows seen so far per split
     lazy = _RowGroupReader(files, columns)  # ``columns`` is filled in below, file by file
     for file_index, file in enumerate(files):
         name = file.relative_to(root).as_posix()
@@ -254,7 +265,7 @@ def load_parquet(path: Path, spec: str) -> Dataset:
                         "test-*.parquet (as on the hub, e.g. train-00000-of-00002.parquet), put "
                         "it in a train/ or test/ folder, or add a 'split' column"
                     )
-                meta = [c for c in ("safety_label", "category", "source", "text", "split")
+                meta = [c for c in ("safety_label", "category", "source", "text", "split", "id")
                         if c in schema.names]
                 names = label_names(_hf_features(schema))
                 index = 0
@@ -268,13 +279,17 @@ def load_parquet(path: Path, spec: str) -> Dataset:
                         index += 1
                         row = apply_label_names(row, names)
                         row["split"] = row.get("split") or file_split
+                        # Index within the split across its shards, in file order (the hub's).
+                        split_index = split_rows.get(row["split"], 0)
+                        split_rows[row["split"]] = split_index + 1
                         problem = row_finding(row, data, locator)
                         if problem:
                             findings.append(problem)
                             continue
                         pending.append(PendingRow(
                             row, locator, content_hash(data),
-                            partial(lazy.read, file_index, group, row_in_group)))
+                            partial(lazy.read, file_index, group, row_in_group),
+                            archive_key(row, row["split"], split_index)))
         except (pa.ArrowException, OSError) as exc:
             raise DatasetError(f"{file}: cannot be read as parquet ({exc}); {LAYOUT}") from None
     label = path.parent.name if path.is_dir() and path.name == "data" else path.name

@@ -10,10 +10,11 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..taxonomy import UNSAFE
-from .images import decode_image
+from .images import check_size, decode_image, max_file_bytes, open_regular, read_file
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -27,6 +28,9 @@ EXCLUDING_KINDS: frozenset[str] = frozenset(
         "truncated",
         "decompression-bomb",
         "missing-file",
+        "not-a-regular-file",   # a directory, FIFO, socket or device where an image should be
+        "file-too-large",       # bigger than any image within max_image_pixels can be
+        "contradictory-labels", # one file listed twice with different label/category/source/split
         "path-escapes-root",
         "unknown-category",
         "unknown-label",
@@ -35,7 +39,10 @@ EXCLUDING_KINDS: frozenset[str] = frozenset(
         "bad-row",
     }
 )
-KEEPING_KINDS: frozenset[str] = frozenset({"converted-mode", "animated", "duplicate-id"})
+KEEPING_KINDS: frozenset[str] = frozenset(
+    {"converted-mode", "animated", "duplicate-id",
+     "duplicate-file"}  # one file listed twice alike: scored once
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,13 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_hash(path: Path) -> str:
+    """:func:`content_hash` of a regular file, read in chunks: a huge file is never in memory
+    whole (the pass refuses it by size before decoding)."""
+    with open_regular(path) as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 @dataclass(frozen=True)
 class Record:
     """One labelled image. ``id`` is stable across runs; ``content_hash`` keys the cache."""
@@ -72,17 +86,27 @@ class Record:
     locator: str
     text: str = ""
     reader: Callable[[], bytes] = field(repr=False, compare=False, default=lambda: b"")
+    # "<split>/<stem>": the image's name in the official scripts' layout, whose archived VLM
+    # responses name it "<split>/images/<stem>.png" with stem = the row's ``id`` or its index
+    # within the split (UnsafeBench unsafe_datasets.py); "" when the loader cannot tell.
+    archive_key: str = field(default="", compare=False)
 
     @property
     def is_unsafe(self) -> bool:
         return self.safety_label == UNSAFE
 
-    def read_bytes(self) -> bytes:
-        return self.reader()
+    def read_bytes(self, max_bytes: int | None = None) -> bytes:
+        """The encoded image; over ``max_bytes`` (or not a regular file) is an ImageProblem,
+        checked before a file is read."""
+        owner = getattr(self.reader, "__self__", None)
+        if isinstance(owner, Path) and getattr(self.reader, "__name__", "") == "read_bytes":
+            return read_file(owner, max_bytes)  # the folder loader's reader: a path
+        return check_size(self.reader(), max_bytes)
 
     def load_image(self, max_pixels: int | None = None) -> Image:
         """Decode to an RGB PIL image; raises ImageProblem for a bad file."""
-        image, _note = decode_image(self.read_bytes(), max_pixels=max_pixels)
+        image, _note = decode_image(self.read_bytes(max_file_bytes(max_pixels)),
+                                    max_pixels=max_pixels)
         return image
 
     def meta(self) -> dict[str, str]:
