@@ -22,6 +22,11 @@ q16, multiheaded and nsfw_detector (option ``model``: hub id or save_pretrained 
 ``demo`` is the demo CNN's penultimate layer (options ``seed``, ``epochs`` as for the demo
 classifier); any other registered classifier (or ``module:callable``) works if it is a head on a
 backbone (its ``backbone``) or is itself a backbone (has ``embed``).
+
+A probe file is data, never code: the backbone name in it must be built in (``clip``,
+``demo``, a registered classifier or an installed package's entry point) or declared by the user
+in ``[tool.unsafebench.classifiers]``; anything else (``os:system``) is refused before any
+import, and the options stored with it are type-checked against the backbone's factory.
 """
 
 from __future__ import annotations
@@ -117,6 +122,13 @@ class DemoFeatures:
                 batch = torch.stack([_to_tensor(images[i]) for i in idx])
                 out[idx] = self.forward_pixels(batch).float().cpu().numpy()
         return out
+
+
+# The built-in backbones' options and their types (the registry's factories declare their own).
+BACKBONE_OPTION_TYPES: dict[str, dict[str, Any]] = {
+    "clip": {"model": str, "revision": str | None},
+    "demo": {"seed": int, "epochs": int | None},
+}
 
 
 def resolve_backbone(spec: BackboneSpec, device: str = "cpu",
@@ -222,6 +234,12 @@ def read_probe(path: str | Path) -> ProbeFile:
     backbone = meta["backbone"]
     if not isinstance(backbone, dict) or not {"name", "fingerprint", "dim"} <= set(backbone):
         raise _bad(path, "metadata 'backbone' must name name, fingerprint and dim")
+    if not isinstance(backbone["name"], str) or not isinstance(backbone["fingerprint"], str) \
+            or not isinstance(backbone.get("options", {}), dict) \
+            or isinstance(backbone["dim"], bool) or not isinstance(backbone["dim"], int) \
+            or backbone["dim"] < 1:
+        raise _bad(path, "metadata 'backbone' needs a string name and fingerprint, an options "
+                         "object and a positive integer dim")
     absent = [t for t in TENSORS if t not in tensors]
     if absent:
         raise _bad(path, f"missing tensor(s) {absent}; expected {list(TENSORS)}")
@@ -304,14 +322,31 @@ class ProbeClassifier:
         return torch.stack([-z / 2, z / 2], dim=1).to(torch.float32)
 
 
+def checked_backbone(probe: ProbeFile, declared: Sequence[str] | None = ()) -> BackboneSpec:
+    """The file's backbone, checked as data: its name must be built in or ``declared`` in the
+    user's ``[tool.unsafebench.classifiers]`` (refused before anything is imported), and its
+    options must have the types the backbone's factory declares."""
+    from ..registry import check_file_name, check_file_options
+
+    where = f"probe file {probe.path}: backbone"
+    stored = probe.meta["backbone"]
+    name = check_file_name(stored["name"], where, declared, extra=BACKBONE_OPTION_TYPES)
+    options = check_file_options(name, stored.get("options", {}), f"{where} {name!r}",
+                                 BACKBONE_OPTION_TYPES.get(name))
+    return BackboneSpec(name, options)
+
+
 def load(path: str, device: str = "cpu", cache_dir: str | Path | None = None,
          batch_size: int = 32,
-         backbone_options: Mapping[str, Any] | None = None) -> ProbeClassifier:
+         backbone_options: Mapping[str, Any] | None = None,
+         user_classifiers: Sequence[str] | None = ()) -> ProbeClassifier:
     """``probe:PATH``. ``backbone_options`` (a table in
     ``[tool.unsafebench.classifiers."probe:PATH"]``) override the backbone options stored in
-    the file, e.g. ``{model = "/new/place/of/clip"}`` when the CLIP folder moved."""
+    the file, e.g. ``{model = "/new/place/of/clip"}`` when the CLIP folder moved.
+    ``user_classifiers`` (the plugin passes the user's classifier table names) are the names
+    besides built-in ones that the file's backbone may be."""
     probe = read_probe(path)
-    spec = probe.backbone
+    spec = checked_backbone(probe, user_classifiers)
     spec = BackboneSpec(spec.name, {**spec.options, **(backbone_options or {})})
     backbone, base = resolve_backbone(spec, device=device, cache_dir=cache_dir,
                                       batch_size=batch_size)

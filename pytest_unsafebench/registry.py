@@ -172,14 +172,14 @@ def load_classifier(name: str, **options: Any) -> Classifier:
 FILE_REFUSED_OPTIONS = ("trust_remote_code",)
 
 
-def check_file_name(name: Any, where: str, declared: Iterable[str] = (),
+def check_file_name(name: Any, where: str, declared: Iterable[str] | None = (),
                     extra: Iterable[str] = ()) -> str:
     """``name`` as read from a file: a registered name (built in, or an installed package's
     entry point), one of ``extra`` (built-in backbones) or one ``declared`` by the user in
     ``[tool.unsafebench.classifiers]``. Anything else, ``module:callable`` and ``hf:`` /
     ``probe:`` names included, is refused before anything is imported."""
     allowed = {*extra, *available()}
-    if isinstance(name, str) and (name in allowed or name in set(declared)):
+    if isinstance(name, str) and (name in allowed or name in set(declared or ())):
         return name
     raise ClassifierLoadError(
         f"{where} {name!r} is neither built in ({', '.join(sorted(allowed))}) nor declared in "

@@ -558,7 +558,7 @@ class UnsafeBenchSession:
 
             from .baseline import verdict_line
 
-            terminalreporter.stats.setdefault("failed the baseline gate", []).append(
+            terminalreporter.stats.setdefault("baseline gate failed", []).append(
                 SimpleNamespace(nodeid="unsafebench-baseline-gate", when="session",
                                 outcome="failed", longrepr=verdict_line(gate)))
 

@@ -9,6 +9,7 @@ plugin_helpers.py and pytester runs need no torch.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -61,6 +62,9 @@ def load(fingerprint="toyembed-v1", device="cpu", cache_dir=None, batch_size=32)
     return ToyEmbed(fingerprint)
 '''
 BACKBONE = "toyembed:load"
+# A probe file may name a module:callable backbone only when the user declared it in their
+# [tool.unsafebench.classifiers]; the plugin passes those names as user_classifiers.
+TRUSTED = {"user_classifiers": (BACKBONE,)}
 USAGE = pytest.ExitCode.USAGE_ERROR
 
 
@@ -92,7 +96,7 @@ def _rewrite(src: Path, dst: Path, meta_edit=None, tensor_edit=None) -> Path:
 def test_toy_probe_loads(world: Path) -> None:
     # With every context key the plugin offers: none of them reaches the backbone.
     context = {k: None for k in CONTEXT_KEYS} | {"device": "cpu", "batch_size": 4,
-                                                  "cache_dir": world / "cache"}
+                                                  "cache_dir": world / "cache"} | TRUSTED
     clf = load_classifier(f"probe:{world / 'toy.safetensors'}", **context)
     assert clf.backbone.fingerprint == "toyembed-v1"
     assert clf.base_classifier == BACKBONE and sorted(clf.coverage.official) == sorted(COVERED)
@@ -105,7 +109,7 @@ def test_input_std_is_the_backbones(world: Path, tmp_path: Path) -> None:
     """Paper-mode attacks read input_std: a probe normalises its pixels as its backbone does."""
     from pytest_unsafebench.classifiers import demo
 
-    toy = load_classifier(f"probe:{world / 'toy.safetensors'}")
+    toy = load_classifier(f"probe:{world / 'toy.safetensors'}", **TRUSTED)
     assert toy.input_std is None  # the toy backbone has no pixel normalisation
     # The demo backbone, on an untrained demo CNN (nothing is trained or downloaded here).
     clf = demo.DemoClassifier(demo._build_model(4), tmp_path / "w.pt", "0" * 64, "cpu", 0,
@@ -163,7 +167,7 @@ def test_backbone_fingerprint_mismatch(world: Path) -> None:
     with pytest.raises(ClassifierLoadError, match="fingerprint toyembed-v1, but backbone "
                                                   "'toyembed:load' .*toyembed-v2"):
         load_classifier(f"probe:{world / 'toy.safetensors'}",
-                        backbone_options={"fingerprint": "toyembed-v2"})
+                        backbone_options={"fingerprint": "toyembed-v2"}, **TRUSTED)
 
 
 def test_the_file_is_a_single_header_entry_with_sorted_json(world: Path) -> None:
@@ -176,10 +180,87 @@ def test_the_file_is_a_single_header_entry_with_sorted_json(world: Path) -> None
                                 "dim": 3}
 
 
+# --------------------------------------------------------------------------- a file is data
+def _backbone(name: object, options: object = None):
+    def edit(meta: dict) -> None:
+        meta["backbone"]["name"] = name
+        if options is not None:
+            meta["backbone"]["options"] = options
+    return edit
+
+
+IMPORT_TRAP = """
+from pathlib import Path
+Path("IMPORTED").touch()
+def load(**kwargs):
+    Path("CALLED").touch()
+"""
+
+
+@pytest.mark.parametrize("name, options", [
+    ("os:system", {"command": "touch SENTINEL"}),
+    ("subprocess:getoutput", {"cmd": "touch SENTINEL"}),
+    ("trapmod:load", {}),   # a module whose import alone would leave a trace
+    ("hf:someone/model", {}),
+    ("probe:other.safetensors", {}),
+])
+def test_a_probe_file_never_names_code(world: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch, name: str,
+                                       options: dict) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "trapmod.py").write_text(IMPORT_TRAP)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    evil = _rewrite(world / "toy.safetensors", tmp_path / "evil.safetensors",
+                    _backbone(name, options))
+    with pytest.raises(ClassifierLoadError) as info:
+        load_classifier(f"probe:{evil}", **TRUSTED)
+    message = str(info.value)
+    assert "\n" not in message and str(evil) in message and repr(name) in message
+    assert "never names code" in message
+    assert not any((tmp_path / f).exists() for f in ("SENTINEL", "IMPORTED", "CALLED"))
+    assert "trapmod" not in sys.modules
+
+
+def test_a_declared_backbone_is_the_users_choice(world: Path) -> None:
+    """The toy backbone is a module:callable: refused unless the user declared it."""
+    with pytest.raises(ClassifierLoadError, match=r"\[tool\.unsafebench\.classifiers\."
+                                                  r'"toyembed:load"\]'):
+        load_classifier(f"probe:{world / 'toy.safetensors'}")
+    assert load_classifier(f"probe:{world / 'toy.safetensors'}", **TRUSTED).backbone
+
+
+@pytest.mark.parametrize("name, options, message", [
+    (BACKBONE, {"fingerprint": 5}, "option 'fingerprint' must be str, got 5"),
+    (BACKBONE, {"device": "cuda"}, "option 'device' cannot come from a file"),
+    (BACKBONE, {"user_classifiers": ["os:system"]}, "'user_classifiers' cannot come from"),
+    (BACKBONE, {"weights": "/etc/passwd"}, "option 'weights' cannot come from a file"),
+    ("clip", {"model": ["x"]}, "option 'model' must be str"),
+    ("clip", {"trust_remote_code": True}, "'trust_remote_code' cannot come from a file"),
+    ("demo", {"epochs": "5"}, "option 'epochs' must be int | None, got '5'"),
+    ("demo", {"seed": True}, "option 'seed' must be int, got True"),
+])
+def test_probe_file_options_are_type_checked(world: Path, tmp_path: Path, name: str,
+                                             options: object, message: str) -> None:
+    bad = _rewrite(world / "toy.safetensors", tmp_path / "bad.safetensors",
+                   _backbone(name, options))
+    with pytest.raises(ClassifierLoadError, match=re.escape(message)) as info:
+        load_classifier(f"probe:{bad}", **TRUSTED)
+    assert str(bad) in str(info.value)
+
+
+def test_probe_backbone_fields_must_have_their_types(world: Path, tmp_path: Path) -> None:
+    for edit in (_backbone(["os", "system"]), _backbone("demo", "seed=1"),
+                 lambda m: m["backbone"].__setitem__("dim", "3")):
+        bad = _rewrite(world / "toy.safetensors", tmp_path / "bad.safetensors", edit)
+        with pytest.raises(ClassifierLoadError, match="needs a string name and fingerprint"):
+            pr.read_probe(bad)
+
+
 # --------------------------------------------------------------------------- the plugin
 @pytest.fixture
 def bench(world: Path, pytester: pytest.Pytester):
     pytester.syspathinsert(world)
+    pytester.makepyprojecttoml(f'[tool.unsafebench.classifiers."{BACKBONE}"]\n')
 
     def run(*extra: str, dataset: Path = world / "ds") -> pytest.RunResult:
         return pytester.runpytest(
@@ -234,3 +315,17 @@ def test_training_needs_a_train_split_with_both_labels(world: Path, tmp_path: Pa
     with pytest.raises(DatasetError, match=r"train split of \['Hate'\] has only Safe or only"):
         train_probe(str(one_label), BACKBONE, tmp_path / "x.safetensors", cache_dir=tmp_path)
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_the_plugin_refuses_a_probe_naming_code(world: Path, pytester: pytest.Pytester) -> None:
+    """Through pytest: the run goes on, the probe's tests error with the one-line refusal, and
+    the command in the file never runs (it would create SENTINEL in the run's folder)."""
+    evil = _rewrite(world / "toy.safetensors", pytester.path / "evil.safetensors",
+                    _backbone("os:system", {"command": "touch SENTINEL"}))
+    result = pytester.runpytest(
+        f"--unsafebench-classifier=probe:{evil}", f"--unsafebench-dataset={world / 'ds'}",
+        f"--unsafebench-cache-dir={pytester.path / 'cache'}", "--unsafebench-split=test",
+        "--unsafebench-device=cpu", "-p", "no:randomly")
+    assert not (pytester.path / "SENTINEL").exists()
+    assert result.ret != pytest.ExitCode.OK
+    result.stdout.fnmatch_lines([f"*probe file {evil}: backbone 'os:system' is neither built in*"])
