@@ -683,10 +683,11 @@ def _box_upsample_index(n_in: int, n_out: int) -> np.ndarray:
 
 
 def pixelate(img: Image.Image, severity: float, rng: np.random.Generator | None) -> Image.Image:
-    # BOX down then BOX up: ImageNet-C. The factor applies to the 224-px-equivalent size.
+    # BOX down then BOX up: ImageNet-C. The factor applies to the 224-px-equivalent size, and
+    # the small side is truncated as the reference's int(224 * c) is (89 at severity 3, not 90).
     w, h = img.size
     f = _PIXELATE[int(severity) - 1] / _scale(img)
-    small = _rgbx(img.resize((max(1, round(w * f)), max(1, round(h * f))),
+    small = _rgbx(img.resize((max(1, int(w * f)), max(1, int(h * f))),
                              Image.Resampling.BOX))
     words = small.view(np.uint32)[..., 0]  # a pixel is one 32-bit word: one gather, not three
     big = words.take(_box_upsample_index(words.shape[1], w), axis=1)
@@ -1003,7 +1004,7 @@ PERTURBATIONS: dict[str, Perturbation] = dict([
     _entry("saturate", "corruption", "HSV saturation scaled (ImageNet-C extra corruption)",
            saturate, False, 3, version=2),
     _entry("pixelate", "corruption", "box downsample and upsample (ImageNet-C)",
-           pixelate, False, 3),
+           pixelate, False, 3, version=2),
     _entry("jpeg_compression", "corruption", "JPEG re-encoding at low quality (ImageNet-C)",
            jpeg_compression, False, 3),
     _entry("resize", "corruption", "bilinear downscale and upscale back",

@@ -56,6 +56,23 @@ def specs(draw: st.DrawFn, name: str | None = None) -> PerturbationSpec:
 
 images = st.builds(rgb, st.integers(8, 64), st.integers(8, 64), st.integers(0, 2**16))
 
+# ImageNet-C's published severity constants, written here by hand from Hendrycks' reference
+# (hendrycks/robustness: ImageNet-C/create_c/make_imagenet_c.py), never read from the code under
+# test: a typo in perturbations.py's tables then changes the pixels and fails the fidelity tests
+# below. Mutation check: changing _CONTRAST[0] to 0.5 or _JPEG[2] to 16 fails them.
+IMAGENET_C = {
+    "gaussian_noise": [0.08, 0.12, 0.18, 0.26, 0.38],
+    "shot_noise": [60, 25, 12, 5, 3],
+    "impulse_noise": [0.03, 0.06, 0.09, 0.17, 0.27],
+    "gaussian_blur": [1, 2, 3, 4, 6],
+    "motion_blur": [(10, 3), (15, 5), (15, 8), (15, 12), (20, 15)],
+    "brightness": [0.1, 0.2, 0.3, 0.4, 0.5],
+    "contrast": [0.4, 0.3, 0.2, 0.1, 0.05],
+    "saturate": [(0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2)],
+    "pixelate": [0.6, 0.5, 0.4, 0.3, 0.25],
+    "jpeg_compression": [25, 18, 15, 10, 7],
+}
+
 
 # --- registry ---------------------------------------------------------------------------------
 
@@ -332,12 +349,12 @@ def test_colour_corruptions_match_skimage_hsv() -> None:
     img = Image.fromarray(np.rint(x * 255).astype(np.uint8))
     x = arr(img) / 255
     rng = np.random.default_rng(0)
-    for s, c in enumerate(P._BRIGHTNESS, 1):
+    for s, c in enumerate(IMAGENET_C["brightness"], 1):
         hsv = color.rgb2hsv(x)
         hsv[..., 2] = np.clip(hsv[..., 2] + c, 0, 1)
         ref = np.clip(color.hsv2rgb(hsv), 0, 1) * 255
         assert np.abs(arr(P.brightness(img, s, rng)) - ref).max() <= 0.5 + 1e-6
-    for s, (a, b) in enumerate(P._SATURATE, 1):
+    for s, (a, b) in enumerate(IMAGENET_C["saturate"], 1):
         hsv = color.rgb2hsv(x)
         hsv[..., 1] = np.clip(hsv[..., 1] * a + b, 0, 1)
         ref = np.clip(color.hsv2rgb(hsv), 0, 1) * 255
@@ -362,7 +379,7 @@ def test_saturate_matches_skimage_hsv_on_grey_and_colour_pictures(picture: str) 
         x = rng.permuted(np.stack([v, mid, m], 1), axis=1).reshape(128, 257, 3)
     img = Image.fromarray(x.astype(np.uint8))
     x = arr(img) / 255
-    for s, (a, b) in enumerate(P._SATURATE, 1):
+    for s, (a, b) in enumerate(IMAGENET_C["saturate"], 1):
         hsv = color.rgb2hsv(x)
         hsv[..., 1] = np.clip(hsv[..., 1] * a + b, 0, 1)
         ref = np.clip(color.hsv2rgb(hsv), 0, 1) * 255
@@ -374,7 +391,7 @@ def test_saturate_matches_skimage_hsv_on_grey_and_colour_pictures(picture: str) 
 def test_contrast_is_imagenet_c_around_channel_means() -> None:
     img = natural(40, 30, 2)
     x = arr(img)
-    for s, c in enumerate(P._CONTRAST, 1):
+    for s, c in enumerate(IMAGENET_C["contrast"], 1):
         means = x.mean(axis=(0, 1))
         ref = np.clip((x - means) * c + means, 0, 255)
         assert np.abs(arr(P.contrast(img, s, None)) - ref).max() <= 0.5 + 1e-3
@@ -385,7 +402,7 @@ def test_gaussian_blur_matches_skimage_gaussian() -> None:
     # 3 sigma and rounds: within a grey level even on white noise, the hardest case.
     filters = pytest.importorskip("skimage.filters")
     img = rgb(64, 48, 3)
-    for s, sigma in enumerate(P._GAUSSIAN_BLUR, 1):
+    for s, sigma in enumerate(IMAGENET_C["gaussian_blur"], 1):
         ref = filters.gaussian(arr(img), sigma=sigma, mode="nearest", truncate=4.0,
                                channel_axis=-1, preserve_range=True)
         assert np.abs(arr(P.gaussian_blur(img, s, None)) - ref).max() <= 1.0
@@ -409,15 +426,15 @@ def test_rotate_matches_pillow_rotate_inside_the_picture() -> None:
 
 def test_noise_statistics_match_imagenet_c() -> None:
     grey = flat((128, 128, 128), 128, 128)
-    for s, c in enumerate(P._GAUSSIAN_NOISE[:3], 1):  # unclipped levels: std is c
+    for s, c in enumerate(IMAGENET_C["gaussian_noise"][:3], 1):  # unclipped levels: std is c
         out = arr(apply(PerturbationSpec("gaussian_noise", s), grey, "k")) / 255
         assert abs(out.std() - c) < 0.01 and abs(out.mean() - 128 / 255) < 0.01
-    for s, photons in enumerate(P._SHOT_NOISE, 1):
+    for s, photons in enumerate(IMAGENET_C["shot_noise"], 1):
         out = arr(apply(PerturbationSpec("shot_noise", s), grey, "k")) / 255
         ref = np.clip(np.random.default_rng(s).poisson(128 / 255 * photons, 200_000) / photons,
                       0, 1)
         assert abs(out.mean() - ref.mean()) < 0.01 and abs(out.std() - ref.std()) < 0.01
-    for s, amount in enumerate(P._IMPULSE_NOISE, 1):
+    for s, amount in enumerate(IMAGENET_C["impulse_noise"], 1):
         out = arr(apply(PerturbationSpec("impulse_noise", s), grey, "k"))
         assert abs((out == 0).mean() - amount / 2) < 0.01
         assert abs((out == 255).mean() - amount / 2) < 0.01
@@ -438,12 +455,51 @@ def test_motion_blur_fft_path_matches_direct_sum() -> None:
 @settings(max_examples=40, deadline=None)
 @given(img=images, severity=st.sampled_from(P.LEVELS))
 def test_pixelate_is_imagenet_c_box_down_box_up(img: Image.Image, severity: int) -> None:
-    # Our gather-based upsampling must equal Pillow's BOX resize that ImageNet-C uses.
-    c = P._PIXELATE[severity - 1]
+    # Our gather-based upsampling must equal Pillow's BOX resize that ImageNet-C uses, and the
+    # small size is ImageNet-C's int(side * c), truncated (224 * 0.4 -> 89, not 90).
+    c = IMAGENET_C["pixelate"][severity - 1]
     w, h = img.size
-    ref = img.resize((max(1, round(w * c)), max(1, round(h * c))), Image.Resampling.BOX)
+    ref = img.resize((max(1, int(w * c)), max(1, int(h * c))), Image.Resampling.BOX)
     ref = ref.resize((w, h), Image.Resampling.BOX)
     assert apply(PerturbationSpec("pixelate", severity), img).tobytes() == ref.tobytes()
+
+
+def test_pixelate_at_224_truncates_like_imagenet_c() -> None:
+    # ImageNet-C: x.resize((int(224 * c), int(224 * c)), BOX) then back up with BOX. Severity 3
+    # is the case where rounding and truncation differ (89.6): 89 blocks, not 90.
+    img = rgb(224, 224, 5)
+    for s, c in enumerate(IMAGENET_C["pixelate"], 1):
+        ref = img.resize((int(224 * c), int(224 * c)), Image.Resampling.BOX)
+        ref = ref.resize((224, 224), Image.Resampling.BOX)
+        assert apply(PerturbationSpec("pixelate", s), img).tobytes() == ref.tobytes(), s
+
+
+def test_jpeg_compression_uses_imagenet_c_qualities() -> None:
+    # ImageNet-C saves with PIL at quality c and decodes: byte for byte the same pixels.
+    import io
+
+    img = natural(64, 48, 1)
+    for s, q in enumerate(IMAGENET_C["jpeg_compression"], 1):
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=q)
+        ref = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        assert apply(PerturbationSpec("jpeg_compression", s), img).tobytes() == ref.tobytes(), s
+
+
+def test_motion_blur_uses_imagenet_c_radius_and_sigma(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kernel is built from (radius, sigma) of the published table at 224 px.
+    seen: list[tuple[int, float]] = []
+    real = P._motion_taps
+
+    def spy(radius: int, sigma: float, angle: float):  # noqa: ANN202 - the spied helper's type
+        seen.append((radius, sigma))
+        return real(radius, sigma, angle)
+
+    monkeypatch.setattr(P, "_motion_taps", spy)
+    img = rgb(224, 224, 2)
+    for s in P.LEVELS:
+        apply(PerturbationSpec("motion_blur", s), img, "k")
+    assert seen == [(r, float(sg)) for r, sg in IMAGENET_C["motion_blur"]]
 
 
 def test_spatial_constants_scale_with_image_size() -> None:
