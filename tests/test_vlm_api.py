@@ -209,3 +209,76 @@ def test_moderation_scores_image_categories(serve, tmp_path) -> None:
     assert failed.decision == "unsure" and failed.label_scores["failed"] == 1.0
     assert "HTTP 500" in failed.raw
     assert sorted(clf.coverage.official) == ["Self-harm", "Sexual", "Shocking", "Violence"]
+
+
+# --------------------------------------------------------------------------- where the key goes
+LOADERS = [load_openai, load_moderation]
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("url", ["http://api.example.com/v1", "http://10.0.0.5:8000/v1",
+                                 "HTTP://example.org", "http://localhost.example.com/v1"])
+def test_plain_http_to_another_host_is_refused(loader, url: str, tmp_path) -> None:
+    with pytest.raises(ClassifierLoadError, match="allow_insecure_base_url = true") as info:
+        loader(base_url=url, cache_dir=tmp_path)
+    assert "\n" not in str(info.value) and "clear text" in str(info.value)
+    assert loader(base_url=url, cache_dir=tmp_path, allow_insecure_base_url=True)
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("url", ["https://api.example.com/v1", "http://localhost:8000/v1",
+                                 "http://127.0.0.1/v1", "http://127.0.0.2:9/v1",
+                                 "http://[::1]:8080/v1"])
+def test_https_and_this_machine_are_allowed(loader, url: str, tmp_path) -> None:
+    assert loader(base_url=url, cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.org/v1",
+                                 "api.openai.com/v1", "https:///v1", 5])
+def test_base_url_must_be_a_web_url(url, tmp_path) -> None:
+    with pytest.raises(ClassifierLoadError, match="base_url must be an https:// URL"):
+        load_openai(base_url=url, cache_dir=tmp_path, allow_insecure_base_url=True)
+
+
+def test_a_redirect_never_carries_the_key(serve, tmp_path) -> None:
+    """urllib resends Authorization wherever a 30x points; the client refuses to follow."""
+    seen: list[str | None] = []
+
+    class Elsewhere(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(self.headers["Authorization"])
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(json.dumps(chat("safe")).encode())
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    target = f"http://127.0.0.1:{other.server_address[1]}/steal"
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    first = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=first.serve_forever, daemon=True).start()
+    try:
+        clf = load_openai(base_url=f"http://127.0.0.1:{first.server_address[1]}/v1",
+                          max_retries=0, backoff=0.0, cache_dir=tmp_path)
+        pred, = clf.predict(images(1), records=records(["Safe"]))
+    finally:
+        for server in (first, other):
+            server.shutdown()
+            server.server_close()
+    assert seen == []
+    assert pred.label_scores["failed"] == 1.0 and "redirect" in pred.raw

@@ -18,7 +18,9 @@ import json
 import os
 import socket
 import time
+import ipaddress
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +38,45 @@ if TYPE_CHECKING:
 
 KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+INSECURE_OPTION = "allow_insecure_base_url"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """urllib would resend the Authorization header to wherever a redirect points (another
+    host, or plain http): a redirect is a failed request instead."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> None:
+        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl} refused (the "
+                                     "API key is not sent on); set base_url to the final URL",
+                                     headers, fp)
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def check_base_url(base_url: Any, allow_insecure: bool, classifier: str) -> str:
+    """``base_url`` if the key may travel to it: https anywhere, plain http only to this
+    machine (localhost, a loopback address) unless ``allow_insecure_base_url`` is set."""
+    parts = urllib.parse.urlsplit(base_url) if isinstance(base_url, str) else None
+    if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ClassifierLoadError(f"{classifier}: base_url must be an https:// URL with a host, "
+                                  f"got {base_url!r}")
+    if parts.scheme == "https" or allow_insecure or _is_loopback(parts.hostname):
+        return base_url
+    raise ClassifierLoadError(
+        f"{classifier}: base_url {base_url!r} is plain http to {parts.hostname}, so "
+        f"{KEY_ENV} would travel in clear text; use https, or set {INSECURE_OPTION} = true in "
+        f"[tool.unsafebench.classifiers.{classifier}] if that network is trusted")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
 
 
 class RequestFailed(Exception):
@@ -65,7 +106,7 @@ class HttpClient:
                 "Content-Type": "application/json", "Authorization": f"Bearer {key}"})
             wait = self.backoff * 2 ** attempt
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+                with _OPENER.open(req, timeout=self.timeout) as resp:
                     data = resp.read()
                 try:
                     parsed = json.loads(data)
@@ -98,9 +139,11 @@ def _data_url(image: Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _client(base_url: str, timeout: float, max_retries: int, backoff: float) -> HttpClient:
+def _client(base_url: str, timeout: float, max_retries: int, backoff: float,
+            allow_insecure: bool = False, classifier: str = "openai") -> HttpClient:
     if max_retries < 0 or timeout <= 0 or backoff < 0:
         raise ClassifierLoadError("openai: timeout must be > 0, max_retries and backoff >= 0")
+    base_url = check_base_url(base_url, allow_insecure, classifier)
     return HttpClient(base_url=base_url, timeout=float(timeout), max_retries=int(max_retries),
                       backoff=float(backoff))
 
@@ -231,19 +274,23 @@ def load_openai(model: str = "gpt-4o", base_url: str = DEFAULT_BASE_URL, timeout
                 definitions: str | None = None, import_responses: str | None = None,
                 archive_model: str | None = None, converter: str | None = None,
                 converter_labels: Sequence[str] | None = None, device: str = "cpu",
-                cache_dir: Path | None = None) -> OpenAIJudge:
+                cache_dir: Path | None = None,
+                allow_insecure_base_url: bool = False) -> OpenAIJudge:
     """The ``openai`` judge (see the module doc)."""
     opts = JudgeOptions(unsure=unsure, seed=unsure_seed, definitions=definitions,
                         import_responses=import_responses, archive_model=archive_model,
                         converter=converter, converter_labels=converter_labels,
                         cache_dir=cache_dir, device=device)
-    return OpenAIJudge(model, _client(base_url, timeout, max_retries, backoff), int(concurrency),
+    client = _client(base_url, timeout, max_retries, backoff, allow_insecure_base_url, "openai")
+    return OpenAIJudge(model, client, int(concurrency),
                        int(max_tokens), opts)
 
 
 def load_moderation(model: str = "omni-moderation-latest", base_url: str = DEFAULT_BASE_URL,
                     timeout: float = 60.0, max_retries: int = 3, backoff: float = 1.0,
-                    concurrency: int = 4, cache_dir: Path | None = None) -> OpenAIModeration:
+                    concurrency: int = 4, cache_dir: Path | None = None,
+                    allow_insecure_base_url: bool = False) -> OpenAIModeration:
     """The ``openai-moderation`` classifier (see the module doc)."""
-    return OpenAIModeration(model, _client(base_url, timeout, max_retries, backoff),
+    return OpenAIModeration(model, _client(base_url, timeout, max_retries, backoff,
+                                           allow_insecure_base_url, "openai-moderation"),
                             int(concurrency), cache_dir)
