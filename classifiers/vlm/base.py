@@ -67,7 +67,7 @@ class VLMJudge:
     revision = ""
     decoding: Mapping[str, Any] = {}
     # Names the rule that turns an answer into a verdict; it enters the fingerprint.
-    parser_version = "rules-v1"
+    parser_version = "rules-v2"
 
     def setup(self, opts: JudgeOptions) -> None:
         self.opts = opts
