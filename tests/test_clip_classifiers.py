@@ -246,14 +246,14 @@ def _nsfw_reference(e: np.ndarray, state: dict[str, torch.Tensor]) -> np.ndarray
     return _sigmoid(x @ s["linear_4.weight"].T + s["linear_4.bias"])[:, 0]
 
 
-def test_decision_rules_match_hand_computation(reference_dir: Path, stand_ins: dict[str, Path],
-                                               tmp_path: Path) -> None:
-    weights = reference_dir / "weights"
-    prompts = ch.load_q16_prompts(weights / "q16" / "prompts.p")
+def _check_decision_rules(prompts_path: Path, heads_dir: Path, stand_ins: dict[str, Path],
+                          tmp_path: Path) -> None:
+    """Q16, MultiHeaded and the NSFW port against numpy re-computations of their rules."""
+    prompts = ch.load_q16_prompts(prompts_path)
     e = _known_embeddings(prompts)
     common = {"model": str(stand_ins["model"]), "cache_dir": stand_ins["cache"]}
 
-    q16 = ch.load_q16(prompts=str(weights / "q16" / "prompts.p"), **common)
+    q16 = ch.load_q16(prompts=str(prompts_path), **common)
     score, unsafe = _q16_reference(e, prompts)
     preds = q16.predict_embeddings(e)
     np.testing.assert_allclose([p.score for p in preds], score, atol=1e-5)
@@ -262,9 +262,8 @@ def test_decision_rules_match_hand_computation(reference_dir: Path, stand_ins: d
     np.testing.assert_allclose([p.label_scores["inappropriate"] for p in preds], score,
                                atol=1e-5)
 
-    mh = ch.load_multiheaded(heads_dir=str(weights / "multiheaded"), **common)
-    states = {h: torch.load(weights / "multiheaded" / f"{h}.pt", weights_only=True,
-                         map_location="cpu")
+    mh = ch.load_multiheaded(heads_dir=str(heads_dir), **common)
+    states = {h: torch.load(heads_dir / f"{h}.pt", weights_only=True, map_location="cpu")
               for h in ch.MULTIHEADED_HEADS}
     probs = np.stack([_mlp_reference(e, states[h]) for h in ch.MULTIHEADED_HEADS], axis=1)
     preds = mh.predict_embeddings(e)
@@ -284,6 +283,43 @@ def test_decision_rules_match_hand_computation(reference_dir: Path, stand_ins: d
     np.testing.assert_allclose([p.score for p in preds], p_ref, atol=1e-5)
     assert [p.decision == "unsafe" for p in preds] == (p_ref > 0.5).tolist()
     assert 0 < (p_ref > 0.5).sum() < len(p_ref)
+
+
+def test_decision_rules_match_hand_computation(reference_dir: Path, stand_ins: dict[str, Path],
+                                               tmp_path: Path) -> None:
+    """The genuine upstream prompts and heads (skips where the reference folder is absent)."""
+    weights = reference_dir / "weights"
+    _check_decision_rules(weights / "q16" / "prompts.p", weights / "multiheaded", stand_ins,
+                          tmp_path)
+
+
+def test_decision_rules_match_hand_computation_on_made_up_weights(
+        stand_ins: dict[str, Path], tmp_path: Path) -> None:
+    """The same checks on random prompts and heads in the genuine layouts: runs everywhere.
+
+    Mutations this catches (each fails an assert_allclose or a decision list): Q16's logit
+    scale 100 changed, Q16 without L2-normalising the embedding, MultiHeaded taking the mean
+    instead of the max over heads, BatchNorm skipped or in training mode, dropout active, the
+    NSFW port without its L2 normalisation.
+    """
+    prompts = save_q16_prompts(tmp_path / "prompts.p", seed=11)
+    e = _known_embeddings(ch.load_q16_prompts(prompts))
+    heads = tmp_path / "heads"
+    heads.mkdir()
+    # Output biases placed so that the max over five heads is above 0.5 for about half of e:
+    # both MultiHeaded decisions occur (each head alone exceeds 0.5 on ~13 % of the rows).
+    for i, name in enumerate(ch.MULTIHEADED_HEADS):
+        state = mlp_head_state(100 + i)
+        state["4.bias"] = torch.zeros(1)
+        p = _mlp_reference(e, state)
+        z = np.log(p) - np.log1p(-p)
+        state["4.bias"] = torch.tensor([-float(np.quantile(z, 1 - (1 - 0.5 ** 0.2)))])
+        torch.save(state, heads / f"{name}.pt")
+    _check_decision_rules(prompts, heads, stand_ins, tmp_path)
+    mh = ch.load_multiheaded(heads_dir=str(heads), model=str(stand_ins["model"]),
+                             cache_dir=stand_ins["cache"])
+    decisions = [p.decision for p in mh.predict_embeddings(e)]
+    assert 0 < decisions.count("unsafe") < len(decisions)
 
 
 def test_nsfw_port_layout_is_strict(tmp_path: Path, stand_ins: dict[str, Path]) -> None:
