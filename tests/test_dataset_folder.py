@@ -134,18 +134,20 @@ def test_optional_columns(tmp_path):
 def test_jsonl_with_bom_and_blank_lines(tmp_path):
     root = tmp_path
     (root / "a.jpg").write_bytes(GOOD_JPEG)
-    text = "\ufeff" + json.dumps(_row("a.jpg")) + "\n\n   \n" + json.dumps(_row("a.jpg")) + "\n"
+    (root / "b.jpg").write_bytes(GOOD_JPEG)
+    text = "\ufeff" + json.dumps(_row("a.jpg")) + "\n\n   \n" + json.dumps(_row("b.jpg")) + "\n"
     (root / "metadata.jsonl").write_text(text, encoding="utf-8")
     ds = load_folder(root)
     assert [r.locator for r in ds.records] == ["metadata.jsonl:1 (a.jpg)",
-                                               "metadata.jsonl:4 (a.jpg)"]
-    # The same image twice: content-derived ids get a numbered suffix.
+                                               "metadata.jsonl:4 (b.jpg)"]
+    # The same image in two files: content-derived ids get a numbered suffix.
     assert ds.records[1].id == ds.records[0].id + "-2"
 
 
 def test_duplicate_explicit_ids_are_reported(tmp_path):
-    rows = [_row("a.jpg", id="x"), _row("b.png", id="x"), _row("a.jpg", id="y")]
-    ds = load_folder(_folder(tmp_path, rows, {"a.jpg": GOOD_JPEG, "b.png": GOOD_PNG}))
+    rows = [_row("a.jpg", id="x"), _row("b.png", id="x"), _row("c.jpg", id="y")]
+    ds = load_folder(_folder(tmp_path, rows, {"a.jpg": GOOD_JPEG, "b.png": GOOD_PNG,
+                                              "c.jpg": GOOD_JPEG}))
     assert [r.id for r in ds.records] == ["x", "x-2", "y"]
     (finding,) = ds.findings
     assert finding.kind == "duplicate-id" and not finding.excluded
@@ -188,7 +190,7 @@ def test_manifest_row_problems_are_findings(tmp_path):
         ("path-escapes-root", f"metadata.csv:9 ({outside})"),
         ("path-escapes-root", "metadata.csv:10 (link.png)"),
         ("bad-row", "metadata.csv:11"),
-        ("missing-file", "metadata.csv:12 (dir)"),
+        ("not-a-regular-file", "metadata.csv:12 (dir)"),
     ]
     by_locator = {f.locator: f for f in ds.findings}
     assert "did you mean 'Self-harm'? case matters" in by_locator["metadata.csv:3 (ok.png)"].detail
