@@ -217,7 +217,7 @@ def read_probe(path: str | Path) -> ProbeFile:
                          "a probe written by unsafebench train")
     try:
         meta = json.loads(header[METADATA_KEY])
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # also nesting too deep, numbers too long
         raise _bad(path, f"metadata {METADATA_KEY!r} is not valid JSON ({exc})") from None
     if not isinstance(meta, dict):
         raise _bad(path, f"metadata {METADATA_KEY!r} is not a JSON object")

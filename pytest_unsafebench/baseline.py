@@ -67,7 +67,7 @@ def load(path: Path) -> dict[str, Any]:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"baseline {path}: cannot read it ({exc})") from None
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # also nesting too deep, numbers too long
         raise ConfigError(f"baseline {path}: not JSON ({exc}); expected a report written by "
                           "--unsafebench-save-baseline or --unsafebench-json") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):

@@ -43,6 +43,10 @@ DEFAULTS: dict[str, Any] = {
     "ray_batch_size": None,  # None: batch_size (same batches as local, bit-identical results)
     "unsure": "random",     # VLM judges: what an unsure vote counts as (seeded by seed)
 }
+# Bootstrap resamples a run may ask for. Each confidence interval holds its resampled metric
+# values (8 bytes each) and two working copies for the percentiles (stats._resampled).
+MAX_BOOTSTRAP = 100_000
+BOOTSTRAP_BYTES_PER_RESAMPLE = 3 * 8
 # Keys of [tool.unsafebench] that are tables rather than settings.
 TABLE_KEYS = ("thresholds", "profiles", "classifiers", "robustness", "tolerances")
 # Benchmark suites a run can select; data integrity always runs.
@@ -277,19 +281,41 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
                            f"expected some of: {', '.join(allowed)}")
         return tuple(v for v in allowed if v in values)  # canonical order
 
-    def integer(key: str, minimum: int, optional: bool = False) -> int | None:
+    def from_cli(key: str) -> bool:
+        return where[key].startswith("--")  # pyproject values are typed: "10" is not 10
+
+    def quoted(key: str, value: Any) -> str:
+        """The fix for a number written as a TOML string."""
+        if not isinstance(value, str) or from_cli(key) or len(value) > 40:
+            return ""
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return f" (a string: write {key} = {value.strip()} without quotes)"
+
+    def integer(key: str, minimum: int, optional: bool = False,
+                maximum: int | None = None) -> int | None:
         value = merged[key]
         if value is None and optional:
             return None
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            value = int(value)
+        digits = value.strip().removeprefix("-") if isinstance(value, str) else ""
+        if from_cli(key) and digits.isascii() and digits.isdecimal():
+            try:
+                value = int(value)
+            except ValueError:  # more digits than int() parses: not a usable count anyway
+                raise fail(key, f"expected an integer >= {minimum}, got {len(digits)} "
+                           "digits") from None
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise fail(key, f"expected an integer >= {minimum}, got {value!r}")
+            raise fail(key, f"expected an integer >= {minimum}, got {value!r:.80}"
+                       f"{quoted(key, value)}")
+        if maximum is not None and value > maximum:
+            raise fail(key, f"{value} is above the limit of {maximum:,}")
         return value
 
     def number(key: str, low: float, high: float, closed_low: bool = False) -> float:
         value = merged[key]
-        if isinstance(value, str):
+        if isinstance(value, str) and from_cli(key):
             try:
                 value = float(value)
             except ValueError:
@@ -298,8 +324,28 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
             (low <= value if closed_low else low < value) and value < high)
         if not ok:
             span = f"[{low}, {high})" if closed_low else f"({low}, {high})"
-            raise fail(key, f"expected a number in {span}, got {value!r}")
+            raise fail(key, f"expected a number in {span}, got {value!r:.80}"
+                       f"{quoted(key, value)}")
         return float(value)
+
+    def text(key: str, optional: bool = False) -> str | None:
+        value = merged[key]
+        if optional and value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise fail(key, f"expected a non-empty string, got {value!r:.80}")
+        return value
+
+    def bootstrap_count() -> int:
+        value = integer("bootstrap", 0)
+        assert value is not None
+        if value > MAX_BOOTSTRAP:
+            need = _bytes(BOOTSTRAP_BYTES_PER_RESAMPLE * value)
+            raise fail("bootstrap", f"{value} resamples would need about {need} of memory for "
+                       f"each confidence interval, and {value // 1000:,} times the default's "
+                       f"time; the limit is {MAX_BOOTSTRAP:,} (10,000 already gives stable "
+                       "95% intervals)")
+        return value
 
     allow = merged["allow_findings"]
     all_kinds = tuple(sorted(EXCLUDING_KINDS | KEEPING_KINDS))
@@ -307,18 +353,21 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
         raise fail("allow_findings", f"expected a list of finding kinds from: {', '.join(all_kinds)}")
 
     classifier_options = _classifier_options(pyproject.get("classifiers", {}))
-    profile = str(merged["profile"])
+    _check_threshold_classifiers(pyproject, [*(cli.get("classifiers") or ()),
+                                             *classifier_options])
+    profile = text("profile")
+    assert profile is not None
     try:
         thresholds = build_thresholds(pyproject, profile)
     except ConfigError as exc:
         raise ConfigError(f"{where['profile']}: {exc}" if "unknown profile" in str(exc) else str(exc)) from None
 
-    cache_dir = merged["cache_dir"]
+    cache_dir = text("cache_dir", optional=True)
     cache_path = (rootpath / Path(cache_dir).expanduser() if cache_dir
                   else rootpath / ".pytest_cache" / "unsafebench")
     return Settings(
         classifiers=tuple(cli.get("classifiers") or ()),
-        dataset=str(merged["dataset"]),
+        dataset=text("dataset"),  # type: ignore[arg-type]
         split=choice("split", SPLIT_CHOICES),
         categories=members("categories", CATEGORIES),
         sources=members("sources", SOURCES),
@@ -342,7 +391,7 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
         blur_unsafe=not cli.get("no_blur", False),
         fuzz_replay=_replay_path(cli.get("fuzz_replay")),
         allow_train_overlap=bool(cli.get("allow_train_overlap", False)),
-        bootstrap=integer("bootstrap", 0),  # type: ignore[arg-type]
+        bootstrap=bootstrap_count(),
         confidence=number("confidence", 0.5, 1.0),
         html_path=_html_path(cli.get("html")),
         markdown_path=_output_path(cli.get("markdown")),
@@ -353,7 +402,7 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
         tolerance=number("tolerance", 0.0, 1.0, closed_low=True),
         tolerances=_tolerances(pyproject.get("tolerances", {})),
         executor=choice("executor", EXECUTORS),
-        ray_address=str(merged["ray_address"]) if merged["ray_address"] else None,
+        ray_address=text("ray_address", optional=True),
         ray_actors=integer("ray_actors", 1),  # type: ignore[arg-type]
         ray_gpus_per_actor=number("ray_gpus_per_actor", 0.0, float("inf"), closed_low=True),
         ray_batch_size=integer("ray_batch_size", 1, optional=True),
@@ -395,11 +444,52 @@ def _existing_file(value: Any, option: str, what: str) -> Path | None:
     return path
 
 
+def _bytes(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+def _check_threshold_classifiers(pyproject: Mapping[str, Any], names: list[str]) -> None:
+    """A ``classifier.<name>`` threshold table must name a classifier that exists: registered,
+    selected for this run, or given a ``[tool.unsafebench.classifiers]`` table; a misspelt one
+    would otherwise be silently ignored. Names with a ``:`` (``module:callable``, ``hf:``,
+    ``probe:``) are the user's own and cannot be checked without importing them."""
+    from .registry import available
+
+    known = sorted({*available(), *names})
+    tables: list[tuple[str, Any]] = [("tool.unsafebench.thresholds", pyproject.get("thresholds"))]
+    profiles = pyproject.get("profiles")
+    if isinstance(profiles, Mapping):
+        tables += [(f"tool.unsafebench.profiles.{k}", v) for k, v in profiles.items()]
+    tables += [(f"{w}.warn", t.get("warn")) for w, t in list(tables) if isinstance(t, Mapping)]
+    for where, table in tables:
+        named = table.get("classifier") if isinstance(table, Mapping) else None
+        for name in named if isinstance(named, Mapping) else ():
+            if name not in known and ":" not in name:
+                raise ConfigError(
+                    f"{where}.classifier.{name}: unknown classifier {name!r}"
+                    f"{suggest(name, known)}; known: {', '.join(known)} (or any name selected "
+                    "with --unsafebench-classifier or given a [tool.unsafebench.classifiers] "
+                    "table)")
+
+
 def _tolerances(table: Any) -> dict[str, float]:
     """``[tool.unsafebench.tolerances]``: per-metric tolerance for baseline gating."""
     where = "tool.unsafebench.tolerances"
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: expected a table of metric = number, e.g. f1 = 0.03")
+    if table:  # the gated metrics live with the gate (numpy: imported only when needed)
+        from .baseline import ABSOLUTE_LOWER_IS_BETTER, HIGHER_IS_BETTER, LOWER_IS_BETTER
+
+        metrics = (*HIGHER_IS_BETTER, *LOWER_IS_BETTER, *ABSOLUTE_LOWER_IS_BETTER)
+        for metric in table:
+            if metric not in metrics:
+                raise ConfigError(f"{where}.{metric}: unknown metric {metric!r}"
+                                  f"{suggest(str(metric), metrics)}; gated metrics: "
+                                  f"{', '.join(metrics)}")
     out = {}
     for metric, value in table.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:

@@ -172,7 +172,7 @@ def _entries(path: Path) -> Iterable[tuple[int, str, str]]:
     """(position, "<split>/<stem>", response) of each entry of one archive file."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # also nesting too deep, numbers too long
         raise ClassifierLoadError(f"import-responses: {path} is not valid JSON ({exc})") from None
     if not isinstance(data, list):
         raise ClassifierLoadError(f"import-responses: {path}: expected a list of "

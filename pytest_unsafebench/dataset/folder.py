@@ -57,6 +57,16 @@ def _rows(manifest: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                             f"{manifest}:{line}: not valid JSON ({exc.msg}); each line must be "
                             "one JSON object"
                         ) from None
+                    except RecursionError:
+                        raise DatasetError(
+                            f"{manifest}:{line}: JSON nested too deeply to read; each line "
+                            "must be one flat JSON object"
+                        ) from None
+                    except ValueError:  # more digits than int() parses (4300 by default)
+                        raise DatasetError(
+                            f"{manifest}:{line}: a number with too many digits to read; write "
+                            "long ids as strings"
+                        ) from None
                     if not isinstance(row, dict):
                         raise DatasetError(f"{manifest}:{line}: expected a JSON object per line")
                     yield f"{manifest.name}:{line}", row

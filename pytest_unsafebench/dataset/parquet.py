@@ -176,7 +176,7 @@ def _hf_features(schema: Any) -> dict[str, Any]:
     try:
         info = json.loads(raw) if raw else {}
         features = info.get("info", {}).get("features", {})
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return {}
     return features if isinstance(features, dict) else {}
 
