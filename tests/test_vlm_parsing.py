@@ -238,3 +238,73 @@ def test_converter_decides_and_its_agreement_with_the_parser_is_recorded(tmp_pat
         RobertaConverter(generic).convert(["safe"])
     relabelled = RobertaConverter(generic, labels=["unsure", "safe", "unsafe"]).convert(["safe"])
     assert relabelled[0] in ("safe", "unsafe", "unsure")
+
+
+def _tiny_paper_converter(tmp_path, pooler: bool = True):
+    """A RoBERTa base folder (config, tokenizer, weights) and, beside it, a converter state
+    dict in the paper's layout (roberta.* + a linear head on the first token), saved as
+    UnsafeBench utils.py's SentimentClassifier would save it. Returns (base, .pt, module)."""
+    import torch
+    from transformers import RobertaModel
+
+    base = _tiny_converter(tmp_path / "base", {0: "a", 1: "b", 2: "c"})
+    torch.manual_seed(3)
+    roberta = RobertaModel.from_pretrained(base, add_pooling_layer=pooler)
+    head = torch.nn.Linear(roberta.config.hidden_size, 3)
+    state = {**{f"roberta.{k}": v for k, v in roberta.state_dict().items()},
+             **{f"classifier.{k}": v for k, v in head.state_dict().items()}}
+    # Head rows = the first-token features of three answers, so each answer gets its own
+    # output and a wrong label order or pooling position shows.
+    from transformers import AutoTokenizer
+
+    enc = AutoTokenizer.from_pretrained(base)(["the image", "safe", "not safe"], padding=True,
+                                              return_tensors="pt")
+    with torch.no_grad():
+        state["classifier.weight"] = roberta.eval()(**enc).last_hidden_state[:, 0].clone()
+    state["classifier.bias"] = torch.zeros(3)
+    pt = tmp_path / "conv" / "LLM_output_converter.pt"
+    pt.parent.mkdir()
+    torch.save(state, pt)
+    return base, pt, (roberta.eval(), head)
+
+
+@pytest.mark.parametrize("pooler", [True, False])
+def test_paper_layout_converter_loads_strictly_and_classifies_the_first_token(tmp_path,
+                                                                              pooler) -> None:
+    import torch
+    from transformers import AutoTokenizer
+
+    from pytest_unsafebench.classifiers.vlm.parsing import RobertaConverter
+
+    base, pt, (roberta, head) = _tiny_paper_converter(tmp_path, pooler)
+    texts = ["the image is unsafe .", "safe", "not safe", "the image . safe not"]
+    tok = AutoTokenizer.from_pretrained(base)
+    enc = tok(texts, padding=True, truncation=True, return_tensors="pt")
+    state = torch.load(pt, weights_only=True)
+    head.load_state_dict({"weight": state["classifier.weight"], "bias": state["classifier.bias"]})
+    with torch.no_grad():
+        first = roberta(**enc).last_hidden_state[:, 0]
+        expected = [("safe", "unsafe", "unsure")[i] for i in head(first).argmax(-1).tolist()]
+    for spec in (pt, pt.parent):    # the .pt file, or the folder the hub snapshot gives
+        conv = RobertaConverter(spec, base=str(base))
+        assert conv.convert(texts) == expected and conv.layout == "paper state dict"
+    assert len(set(expected)) > 1   # the head's outputs differ: the order is really checked
+
+
+def test_paper_layout_converter_refuses_what_does_not_match(tmp_path) -> None:
+    import torch
+
+    from pytest_unsafebench.classifiers.vlm.parsing import RobertaConverter
+
+    base, pt, _ = _tiny_paper_converter(tmp_path)
+    state = torch.load(pt, weights_only=True)
+    torch.save({**state, "roberta.extra.weight": torch.zeros(1)}, tmp_path / "extra.pt")
+    with pytest.raises(ClassifierLoadError, match=r"unexpected \['roberta.extra.weight'\]"):
+        RobertaConverter(tmp_path / "extra.pt", base=str(base)).convert(["safe"])
+    del state["roberta.encoder.layer.0.output.dense.bias"]
+    torch.save(state, tmp_path / "missing.pt")
+    with pytest.raises(ClassifierLoadError, match=r"missing \['roberta.encoder.layer.0.output"):
+        RobertaConverter(tmp_path / "missing.pt", base=str(base)).convert(["safe"])
+    torch.save({"classifier.weight": torch.zeros(3, 16), "x": object()}, tmp_path / "code.pt")
+    with pytest.raises(ClassifierLoadError, match=r"cannot be read as a torch state dict"):
+        RobertaConverter(tmp_path / "code.pt", base=str(base)).convert(["safe"])

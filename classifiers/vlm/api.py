@@ -273,14 +273,14 @@ def load_openai(model: str = "gpt-4o", base_url: str = DEFAULT_BASE_URL, timeout
                 max_tokens: int = 512, unsure: str = "random", unsure_seed: int = 2023,
                 definitions: str | None = None, import_responses: str | None = None,
                 archive_model: str | None = None, converter: str | None = None,
-                converter_labels: Sequence[str] | None = None, device: str = "cpu",
-                cache_dir: Path | None = None,
+                converter_labels: Sequence[str] | None = None, converter_base: str | None = None,
+                device: str = "cpu", cache_dir: Path | None = None,
                 allow_insecure_base_url: bool = False) -> OpenAIJudge:
     """The ``openai`` judge (see the module doc)."""
     opts = JudgeOptions(unsure=unsure, seed=unsure_seed, definitions=definitions,
                         import_responses=import_responses, archive_model=archive_model,
                         converter=converter, converter_labels=converter_labels,
-                        cache_dir=cache_dir, device=device)
+                        converter_base=converter_base, cache_dir=cache_dir, device=device)
     client = _client(base_url, timeout, max_retries, backoff, allow_insecure_base_url, "openai")
     return OpenAIJudge(model, client, int(concurrency),
                        int(max_tokens), opts)

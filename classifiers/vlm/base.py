@@ -50,6 +50,7 @@ class JudgeOptions:
     archive_model: str | None = None
     converter: str | None = None
     converter_labels: Sequence[str] | None = None
+    converter_base: str | None = None
     cache_dir: Path | None = None
     device: str = "cpu"
 
@@ -74,7 +75,8 @@ class VLMJudge:
         self.policy = check_policy(opts.unsure)
         self.seed = int(opts.seed)
         self.definitions = load_definitions(opts.definitions)
-        self.converter = (RobertaConverter(opts.converter, opts.converter_labels, opts.device)
+        self.converter = (RobertaConverter(opts.converter, opts.converter_labels, opts.device,
+                                           opts.converter_base, opts.cache_dir)
                           if opts.converter else None)
         self.archive = (ArchivedResponses.load(opts.import_responses,
                                                opts.archive_model or self.default_archive)
@@ -198,4 +200,4 @@ class VLMJudge:
         from ...weights import file_digest
 
         assert self.converter is not None
-        return file_digest(self.converter.folder, self.opts.cache_dir)
+        return "+".join(file_digest(p, self.opts.cache_dir) for p in self.converter.files)

@@ -254,7 +254,7 @@ def load_llava(model: str | None = None, revision: str | None = None, device: st
                dtype: str = "float32", unsure: str = "random", unsure_seed: int = 2023,
                definitions: str | None = None, import_responses: str | None = None,
                archive_model: str | None = None, converter: str | None = None,
-               converter_labels: Sequence[str] | None = None,
+               converter_labels: Sequence[str] | None = None, converter_base: str | None = None,
                cache_dir: Path | None = None) -> TransformersJudge:
     """The ``llava`` judge: any LLaVA-family model id or folder (see the module doc)."""
     return _load_judge("llava", **locals())
@@ -267,6 +267,7 @@ def load_instructblip(model: str | None = None, revision: str | None = None,
                       definitions: str | None = None, import_responses: str | None = None,
                       archive_model: str | None = None, converter: str | None = None,
                       converter_labels: Sequence[str] | None = None,
+                      converter_base: str | None = None,
                       cache_dir: Path | None = None) -> TransformersJudge:
     """The ``instructblip`` judge (see the module doc)."""
     return _load_judge("instructblip", **locals())

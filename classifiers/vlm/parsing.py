@@ -67,41 +67,76 @@ def parse_response(text: str | None) -> Verdict:
     return "unsure"
 
 
-class RobertaConverter:
-    """The paper's response-to-label model: a transformers sequence classifier with three
-    outputs: ``converter`` = a local folder or a hub id such as ``yiting/converter`` (found in
-    the local Hugging Face cache, downloaded unless offline). ``labels`` names its outputs in
-    order when the config does not call them safe / unsafe / unsure."""
+PAPER_CONVERTER_REPO = "yiting/converter"
+PAPER_CONVERTER_FILE = "LLM_output_converter.pt"
+# The paper's outputs in order: 0 safe, 1 unsafe, 2 unsure (UnsafeBench
+# assess_effectiveness.py: labels Safe 0 / Unsafe 1, prediction 2 replaced as unsure).
+PAPER_LABELS = ("safe", "unsafe", "unsure")
+# A buffer older transformers saved with RoBERTa state dicts; it is recomputed, not learnt.
+_DERIVED_KEYS = frozenset({"roberta.embeddings.position_ids"})
 
-    def __init__(self, folder: str | Path, labels: Sequence[str] | None = None,
-                 device: str = "cpu") -> None:
+
+class RobertaConverter:
+    """The paper's response-to-label model, in either of two layouts:
+
+    - the paper's (UnsafeBench utils.py ``SentimentClassifier``): a plain state dict
+      ``LLM_output_converter.pt`` of a RoBERTa encoder (``roberta.*``) and a 768 -> 3 linear
+      head (``classifier.*``) on the first token's hidden state. ``converter`` =
+      ``yiting/converter`` (the hub repo: the local Hugging Face cache, then a download), a path
+      to the ``.pt`` file, or a folder holding it; the encoder's config and tokenizer come from
+      ``base`` (default ``roberta-base``, a hub id or a ``save_pretrained`` folder). Loaded with
+      ``weights_only=True`` and every key accounted for;
+    - a transformers sequence-classification folder or hub id with three outputs.
+
+    ``labels`` names the outputs in order when the config does not call them safe / unsafe /
+    unsure (the paper layout's order is safe, unsafe, unsure)."""
+
+    def __init__(self, spec: str | Path, labels: Sequence[str] | None = None,
+                 device: str = "cpu", base: str | None = None,
+                 cache_dir: Path | None = None) -> None:
         from ..hf import resolve_model_folder
 
-        self.folder, _ = resolve_model_folder(str(folder))
         self.device = device
         self._labels = list(labels) if labels else None
         self._model: Any = None
         self._tokenizer: Any = None
+        self.state_dict_path = _paper_checkpoint(str(spec), cache_dir)
+        if self.state_dict_path is not None:
+            self.layout = "paper state dict"
+            self.folder, _ = resolve_model_folder(base or "roberta-base")
+            self._labels = self._labels or list(PAPER_LABELS)
+        else:
+            self.layout = "sequence-classification folder"
+            self.folder, _ = resolve_model_folder(str(spec))
+
+    @property
+    def files(self) -> list[Path]:
+        """What the converter's verdicts depend on (for the judge's fingerprint)."""
+        return [p for p in (self.state_dict_path, self.folder) if p is not None]
 
     def _load(self) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         kw = {"local_files_only": True, "trust_remote_code": False}
         self._tokenizer = AutoTokenizer.from_pretrained(str(self.folder), **kw)
-        self._model = AutoModelForSequenceClassification.from_pretrained(str(self.folder), **kw)
+        if self.state_dict_path is not None:
+            self._model = _load_paper_converter(self.state_dict_path, self.folder)
+            n_out = self._model.classifier.out_features
+        else:
+            self._model = AutoModelForSequenceClassification.from_pretrained(str(self.folder), **kw)
+            n_out = self._model.config.num_labels
+            names = [str(self._model.config.id2label[i]).lower() for i in range(n_out)]
+            if self._labels is None:
+                if set(names) != set(VERDICTS):
+                    raise ClassifierLoadError(
+                        f"converter: {self.folder} names its outputs {names}; set "
+                        "converter_labels to the verdict of each output in order, e.g. "
+                        "[\"safe\", \"unsafe\", \"unsure\"]")
+                self._labels = names
         self._model.to(self.device).eval()
-        names = [str(self._model.config.id2label[i]).lower()
-                 for i in range(self._model.config.num_labels)]
-        if self._labels is None:
-            if set(names) != set(VERDICTS):
-                raise ClassifierLoadError(
-                    f"converter: {self.folder} names its outputs {names}; set converter_labels "
-                    "to the verdict of each output in order, e.g. [\"safe\", \"unsafe\", \"unsure\"]")
-            self._labels = names
-        if len(self._labels) != self._model.config.num_labels or set(self._labels) != set(VERDICTS):
+        if len(self._labels) != n_out or set(self._labels) != set(VERDICTS):
             raise ClassifierLoadError(f"converter: labels {self._labels} must name the model's "
-                                      f"{self._model.config.num_labels} outputs as safe, unsafe, "
-                                      "unsure")
+                                      f"{n_out} outputs as safe, unsafe, unsure")
 
     def convert(self, texts: Sequence[str]) -> list[Verdict]:
         import torch
@@ -113,5 +148,71 @@ class RobertaConverter:
         with torch.inference_mode():
             enc = self._tokenizer(list(texts), padding=True, truncation=True, max_length=512,
                                   return_tensors="pt").to(self.device)
-            idx = self._model(**enc).logits.argmax(-1).tolist()
+            out = self._model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+            logits = out if isinstance(out, torch.Tensor) else out.logits
+            idx = logits.argmax(-1).tolist()
         return [self._labels[i] for i in idx]  # type: ignore[misc]
+
+
+def _paper_checkpoint(spec: str, cache_dir: Path | None) -> Path | None:
+    """The paper-layout state dict ``spec`` names, or None when it names a transformers
+    folder or hub model."""
+    if spec == PAPER_CONVERTER_REPO:
+        from ...weights import WeightFile, resolve
+
+        return resolve(WeightFile("converter", PAPER_CONVERTER_FILE,
+                                  f"{PAPER_CONVERTER_REPO}: {PAPER_CONVERTER_FILE}", "converter",
+                                  repo_id=PAPER_CONVERTER_REPO), None, cache_dir)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if path.suffix not in (".pt", ".pth", ".bin"):
+            raise ClassifierLoadError(f"converter: {path} is not a state dict (.pt); give the "
+                                      f"paper's {PAPER_CONVERTER_FILE} or a transformers folder")
+        return path
+    if path.is_dir() and (path / PAPER_CONVERTER_FILE).is_file():
+        return path / PAPER_CONVERTER_FILE
+    return None
+
+
+def _load_paper_converter(path: Path, base: Path) -> Any:
+    """The paper's converter from its state dict, every key accounted for (see the class)."""
+    import torch
+    from transformers import AutoConfig, RobertaModel
+
+    class PaperConverter(torch.nn.Module):
+        """A RoBERTa encoder and a linear head on the first token (UnsafeBench utils.py)."""
+
+        def __init__(self, roberta: Any, n_out: int) -> None:
+            super().__init__()
+            self.roberta = roberta
+            self.classifier = torch.nn.Linear(roberta.config.hidden_size, n_out)
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            hidden = self.roberta(input_ids=input_ids, attention_mask=attention_mask)
+            return self.classifier(hidden.last_hidden_state[:, 0])
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle/zip errors of many classes
+        raise ClassifierLoadError(f"converter: {path} cannot be read as a torch state dict "
+                                  f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("classifier.weight"), torch.Tensor):
+        raise ClassifierLoadError(f"converter: {path} is not the paper's converter (a state "
+                                  "dict with roberta.* and classifier.* keys)")
+    config = AutoConfig.from_pretrained(str(base), local_files_only=True)
+    pooled = any(k.startswith("roberta.pooler.") for k in state)
+    model = PaperConverter(RobertaModel(config, add_pooling_layer=pooled),
+                           int(state["classifier.weight"].shape[0]))
+    wanted = set(model.state_dict())
+    state = {k: v for k, v in state.items() if k not in _DERIVED_KEYS or k in wanted}
+    missing, extra = sorted(wanted - set(state)), sorted(set(state) - wanted)
+    if missing or extra:
+        raise ClassifierLoadError(
+            f"converter: {path} does not match a RoBERTa encoder with the config of {base} "
+            f"plus a linear head: missing {missing[:5]}, unexpected {extra[:5]}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ClassifierLoadError(f"converter: {path} has tensors of the wrong shape for the "
+                                  f"config of {base} ({' '.join(str(exc).split())[:300]})") from None
+    return model
