@@ -125,3 +125,35 @@ def test_input_std_is_the_base_models(stand_ins: dict[str, Path]) -> None:
 
     clf = pv(stand_ins)
     assert clf.input_std == clf.judge.input_std == pytest.approx(tuple(OPENAI_CLIP_STD))
+
+
+def test_merged_weight_is_base_plus_scaled_lora_product(stand_ins: dict[str, Path]) -> None:
+    """One layer, checked by hand: W_merged = W_base + (lora_alpha / r) * B @ A.
+
+    The test above only checks that some weight changed. Mutations this catches: the scale
+    dropped or inverted (r / alpha), A and B swapped (B.T @ A.T), the adapter merged twice,
+    or a layer other than the one the adapter names changed instead.
+    """
+    from safetensors.torch import load_file
+
+    folder = stand_ins["adapter"]
+    config = json.loads((folder / "adapter_config.json").read_text())
+    scale = config["lora_alpha"] / config["r"]
+    state = load_file(str(folder / "adapter_model.safetensors"))
+    a_key = next(k for k in sorted(state) if k.endswith("q_proj.lora_A.weight"))
+    b_key = a_key.replace("lora_A", "lora_B")
+    a, b = state[a_key].double(), state[b_key].double()
+    assert a.shape[0] == b.shape[1] == config["r"]
+    merged = pv_llava.apply_lora(
+        transformers.LlavaForConditionalGeneration.from_pretrained(str(stand_ins["base"])),
+        folder).state_dict()
+    base = transformers.LlavaForConditionalGeneration.from_pretrained(
+        str(stand_ins["base"])).state_dict()
+    # peft's key is the model's own key behind its "base_model.model." wrapper prefix.
+    name = a_key.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
+    assert name in base, (name, sorted(base)[:5])
+    expected = base[name].double() + scale * (b @ a)
+    assert not torch.allclose(base[name].double(), expected)  # the LoRA product is not tiny
+    torch.testing.assert_close(merged[name].double(), expected, atol=1e-5, rtol=1e-5)
+    others = [k for k in base if k.endswith("self_attn.k_proj.weight")]
+    assert others and all(torch.equal(merged[k], base[k]) for k in others)  # not targeted
