@@ -597,8 +597,13 @@ def _find_counterexample(folder: Path,
             continue
         if data.get("chain") != chain or data.get("source") not in (None, row.get("source")):
             continue
-        png_path = spec_path.with_name(str(data.get("image") or spec_path.with_suffix(".png").name))
-        inside = png_path.parent == spec_path.parent  # the spec names a file beside itself
+        try:  # the spec names a file beside itself; "x/y", "." and the like name none
+            png_path = spec_path.with_name(str(data.get("image")
+                                               or spec_path.with_suffix(".png").name))
+        except ValueError:
+            return data, None
+        # A link could point anywhere: its bytes would end up in the report.
+        inside = png_path.parent == spec_path.parent and not png_path.is_symlink()
         png = png_path.read_bytes() if inside and png_path.is_file() else None
         return data, png
     return None

@@ -266,6 +266,7 @@ def test_hub_without_datasets_says_how_to_install(monkeypatch, tmp_path):
 
 def _fake_datasets(load) -> types.ModuleType:
     fake = types.ModuleType("datasets")
+    fake.__version__ = "4.0.0"  # a release that never runs dataset scripts on its own
     fake.load_dataset = load
     fake.Image = lambda decode=True: ("Image", decode)
     return fake

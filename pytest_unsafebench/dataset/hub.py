@@ -63,6 +63,20 @@ def _is_access_problem(exc: BaseException) -> bool:
     return any(word in message for word in _ACCESS_WORDS)
 
 
+# The first datasets release that runs a dataset's own loading script (code from the hub
+# repository) only when trust_remote_code=True is passed, which this plugin never does.
+SAFE_DATASETS = (2, 20)
+
+
+def _refuse_script_runner(version: str) -> None:
+    parts = version.split(".")[:2]
+    numbers = tuple(int(p) if p.isdecimal() else 0 for p in parts)
+    if numbers < SAFE_DATASETS:
+        raise DatasetError(
+            f"datasets {version} runs a hub dataset's loading script (code from the dataset's "
+            "repository) by default; upgrade it: pip install 'datasets>=2.20'")
+
+
 def _load_error(repo_id: str, exc: BaseException) -> DatasetError:
     if _is_access_problem(exc):
         return DatasetError(
@@ -105,6 +119,7 @@ def load_hub(repo_id: str, cache_dir: Path) -> Dataset:
         import datasets
     except ImportError:
         raise _install_error() from None
+    _refuse_script_runner(getattr(datasets, "__version__", "0"))
     try:
         splits = datasets.load_dataset(repo_id)
     except Exception as exc:  # datasets/huggingface_hub raise many unrelated classes
