@@ -23,7 +23,7 @@ Weights come from transformers' layout (``config.json`` + ``model.safetensors`` 
 ``pytorch_model.bin``), either a hub id (default ``openai/clip-vit-large-patch14``) or a local
 folder saved with ``save_pretrained``. Hub files are found through :func:`weights.resolve`
 (``<cache_dir>/weights/clip/``, then the Hugging Face cache, then a download unless
-``HF_HUB_OFFLINE`` is set). Construction only resolves and hashes files (hashes are memoised
+the hub is off: ``weights.hub_offline_reason``). Construction only resolves and hashes files (hashes are memoised
 under ``cache_dir``); torch and transformers are imported and the model loaded on first use.
 
 :func:`shared_backbone` keeps one instance per (model, revision, device) per process, so the
@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ClassifierLoadError
-from ..weights import WeightFile, WeightsNotFound, file_digest, resolve
+from ..weights import WeightFile, WeightsNotFound, file_digest, hub_offline_reason, resolve
 
 if TYPE_CHECKING:
     import torch
@@ -133,12 +133,6 @@ def _local_weight_files(folder: Path) -> list[Path]:
     return []
 
 
-def _is_offline() -> bool:
-    import os
-
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-
-
 class CLIPBackbone:
     """CLIP image encoder -> (N, D) projected, unnormalised embeddings (D = 768 for ViT-L/14).
 
@@ -216,9 +210,9 @@ class CLIPBackbone:
             hub_cache = f" ({constants.HF_HUB_CACHE})"
         except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
             hub_cache = ""
-        why = ("HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
-               if _is_offline() else "it is not in the local Hugging Face cache and could not "
-               "be downloaded")
+        offline = hub_offline_reason()
+        why = (f"{offline} and it is not in the local Hugging Face cache" if offline
+               else "it is not in the local Hugging Face cache and could not be downloaded")
         where = (f", or place config.json and model.safetensors in "
                  f"{self.cache_dir / 'weights' / self.weights_folder}") if self.cache_dir else ""
         revision = f"@{self.revision}" if self.revision else ""

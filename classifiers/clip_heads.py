@@ -57,7 +57,7 @@ import json
 import os
 import pickle
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,8 +65,9 @@ import numpy as np
 
 from ..classifier import Coverage, Prediction
 from ..errors import ClassifierLoadError
+from ..progress import step
 from ..taxonomy import CATEGORIES, OFFICIAL_ALIGNMENT
-from ..weights import WeightFile, file_digest, resolve
+from ..weights import WeightFile, file_digest, require_all, resolve
 from .clip_backbone import DEFAULT_MODEL, CLIPBackbone, shared_backbone
 
 if TYPE_CHECKING:
@@ -393,7 +394,8 @@ def keras_zip_state(path: Path, cache_dir: Path | None) -> tuple[dict[str, Any],
                 return _torch_state(cached, NSFW_FILE.classifier), cached
             except ClassifierLoadError:
                 pass  # a damaged cache entry: convert again and overwrite it
-    state = {k: torch.from_numpy(v) for k, v in convert_nsfw_zip(path).items()}
+    with step("weight_conversion", f"nsfw_detector: converting {path.name} to torch (once)"):
+        state = {k: torch.from_numpy(v) for k, v in convert_nsfw_zip(path).items()}
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
@@ -488,8 +490,9 @@ def load_q16(model: str = DEFAULT_MODEL, prompts: str | None = None,
              revision: str | None = None, device: str = "cpu",
              cache_dir: str | Path | None = None, batch_size: int = 32) -> Q16:
     """Q16. ``model``: CLIP hub id or save_pretrained folder; ``prompts``: path to prompts.p."""
-    path = resolve(Q16_FILE, prompts, _cache(cache_dir))
-    backbone = _backbone("q16", model, revision, device, cache_dir, batch_size)
+    path, backbone = require_all(
+        "q16", lambda: resolve(Q16_FILE, prompts, _cache(cache_dir)),
+        lambda: _backbone("q16", model, revision, device, cache_dir, batch_size))
     return Q16(backbone, {"prompts": path}, cache_dir)
 
 
@@ -497,12 +500,14 @@ def load_multiheaded(model: str = DEFAULT_MODEL, heads_dir: str | None = None,
                      revision: str | None = None, device: str = "cpu",
                      cache_dir: str | Path | None = None, batch_size: int = 32) -> MultiHeaded:
     """MultiHeaded. ``heads_dir``: folder holding sexual.pt ... political.pt."""
-    files = {head: resolve(multiheaded_file(head),
-                           Path(heads_dir).expanduser() / f"{head}.pt" if heads_dir else None,
-                           _cache(cache_dir))
-             for head in MULTIHEADED_HEADS}
-    backbone = _backbone("multiheaded", model, revision, device, cache_dir, batch_size)
-    return MultiHeaded(backbone, files, cache_dir)
+    def head_file(head: str) -> Callable[[], Path]:
+        explicit = Path(heads_dir).expanduser() / f"{head}.pt" if heads_dir else None
+        return lambda: resolve(multiheaded_file(head), explicit, _cache(cache_dir))
+
+    *paths, backbone = require_all(
+        "multiheaded", *(head_file(head) for head in MULTIHEADED_HEADS),
+        lambda: _backbone("multiheaded", model, revision, device, cache_dir, batch_size))
+    return MultiHeaded(backbone, dict(zip(MULTIHEADED_HEADS, paths)), cache_dir)
 
 
 def load_nsfw_detector(model: str = DEFAULT_MODEL, weights: str | None = None,
@@ -511,11 +516,12 @@ def load_nsfw_detector(model: str = DEFAULT_MODEL, weights: str | None = None,
                        batch_size: int = 32) -> NSFWDetector:
     """NSFW_Detector. ``weights``: UnsafeBench's ``clip_autokeras_binary_nsfw.pth``, or LAION's
     ``clip_autokeras_binary_nsfw.zip`` (converted without TensorFlow on first use)."""
-    path = resolve(NSFW_FILE, weights, _cache(cache_dir))
+    path, backbone = require_all(
+        "nsfw_detector", lambda: resolve(NSFW_FILE, weights, _cache(cache_dir)),
+        lambda: _backbone("nsfw_detector", model, revision, device, cache_dir, batch_size))
     if path.is_dir():
         raise ClassifierLoadError(
             f"nsfw_detector: {path} is a folder (an unzipped SavedModel?); give LAION's "
             "clip_autokeras_binary_nsfw.zip itself or UnsafeBench's PyTorch port "
             "clip_autokeras_binary_nsfw.pth (https://huggingface.co/yiting/NSFWDetector)")
-    backbone = _backbone("nsfw_detector", model, revision, device, cache_dir, batch_size)
     return NSFWDetector(backbone, {"weights": path}, cache_dir)

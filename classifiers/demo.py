@@ -27,6 +27,7 @@ import numpy as np
 from ..classifier import Coverage, Prediction
 from ..dataset import default_cache_dir, load_dataset
 from ..dataset.demo import GENERATOR_VERSION
+from ..progress import step
 from ..weights import write_atomic
 
 if TYPE_CHECKING:
@@ -180,7 +181,7 @@ def _train(seed: int, config: TrainConfig, cache_dir: Path) -> dict[str, Any]:
     was_filling = tud.fill_uninitialized_memory
     was_threads = torch.get_num_threads()
     # fork_rng: seeding for init/dropout must not disturb the caller's global torch RNG.
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), contextlib.ExitStack() as stack:
         torch.manual_seed(seed)
         torch.use_deterministic_algorithms(True)
         # One thread: CPU reductions depend on the thread count, so this makes the weights
@@ -202,6 +203,9 @@ def _train(seed: int, config: TrainConfig, cache_dir: Path) -> dict[str, Any]:
             padded = F.pad(xs, (pad, pad, pad, pad), mode="reflect") if pad else xs
             size = xs.shape[-1]
             model.train()
+            bar = stack.enter_context(step(
+                "demo_training", "training the demo model (once per seed, then cached)",
+                total=config.epochs * steps_per_epoch, unit="steps"))
             for _epoch in range(config.epochs):
                 order = rng.permutation(n)
                 for b in range(steps_per_epoch):
@@ -224,6 +228,7 @@ def _train(seed: int, config: TrainConfig, cache_dir: Path) -> dict[str, Any]:
                     loss.backward()
                     opt.step()
                     sched.step()
+                    bar.advance()
         finally:
             torch.use_deterministic_algorithms(was_deterministic)
             tud.fill_uninitialized_memory = was_filling

@@ -50,7 +50,8 @@ from typing import TYPE_CHECKING, Any
 from ..classifier import Coverage, Prediction
 from ..errors import ClassifierLoadError
 from ..taxonomy import CATEGORIES, suggest
-from ..weights import WeightsNotFound, file_digest
+from ..progress import step
+from ..weights import WeightsNotFound, file_digest, hub_offline_reason
 
 if TYPE_CHECKING:
     import torch
@@ -70,14 +71,6 @@ _MODEL_FILES = ("config.json", "preprocessor_config.json")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.bin"]
-
-
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _offline() -> bool:
-    return _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE")
 
 
 def _hub_cache() -> Path:
@@ -131,12 +124,14 @@ def resolve_model_folder(model: str, revision: str | None = None,
         how = (f"run once with network access so that it is cached in {cache}, or download it "
                f"(huggingface-cli download {model}) / save_pretrained() it to a folder and use "
                f"hf:<that folder>")
-        if _offline():
+        offline = hub_offline_reason()  # HF_HUB_OFFLINE, or the hub did not answer
+        if offline:
             raise WeightsNotFound(f"hf:{model}: model {model!r}{rev} is not in the local Hugging "
-                                  f"Face cache and HF_HUB_OFFLINE is set; {how}")
+                                  f"Face cache and {offline}; {how}")
         try:
-            folder = Path(snapshot_download(model, revision=revision, cache_dir=cache,
-                                            allow_patterns=patterns))
+            with step("download", f"downloading {model}{rev}"):
+                folder = Path(snapshot_download(model, revision=revision, cache_dir=cache,
+                                                allow_patterns=patterns))
         except Exception as exc:  # noqa: BLE001 - reported with the model id and the way out
             raise WeightsNotFound(f"hf:{model}: cannot download model {model!r}{rev} "
                                   f"({type(exc).__name__}: {exc}); {how}") from exc

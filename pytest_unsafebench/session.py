@@ -26,7 +26,7 @@ import pytest
 
 from . import progress
 from .config import Settings
-from .errors import UnsafeBenchError
+from .errors import UnsafeBenchError, write_failure
 from .results import ClassifierState, PredictionTable, RunState
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ class UnsafeBenchSession:
     _baseline_notes: list[str] = field(default_factory=list)  # allowed dataset/split mismatch
     _started: float = field(default_factory=time.perf_counter)
     document: dict[str, Any] | None = None   # the finished report, set at session finish
+    written: list[str] = field(default_factory=list)  # "wrote PATH (what)" lines, in order
     _remote: RayExecutor | None = None
     _cache_warned: bool = False
     # Long steps' progress and seconds (progress.step); set up once the terminal exists.
@@ -154,8 +155,8 @@ class UnsafeBenchSession:
             from .baseline import check_dataset
 
             self._baseline_notes = check_dataset(
-                self._baseline, dataset.fingerprint, s.split, allow=s.baseline_allow_mismatch,
-                flag="--unsafebench-baseline-allow-mismatch")
+                self._baseline, dataset.fingerprint, s.public(),
+                allow=s.baseline_allow_mismatch, flag="--unsafebench-baseline-allow-mismatch")
         # Kept for the report's thumbnails and for robustness in this process: loading again
         # would re-read and re-hash every image file.
         self._records = {r.id: r for r in dataset.records}
@@ -303,6 +304,7 @@ class UnsafeBenchSession:
                 covered=[c for c in s.categories if c in covered], coverage=info.coverage,
                 error=outcome.error, cache_hits=outcome.hits, cache_misses=outcome.misses,
                 inference_seconds=round(outcome.inference_seconds, 3), base=info.base,
+                notes=list(info.notes),
             )
             if not outcome.error:
                 cs.predictions_file = f"predictions-{index}.jsonl"
@@ -548,15 +550,22 @@ class UnsafeBenchSession:
         from .report import terminal_lines
 
         terminalreporter.section("unsafebench report")
-        for line in terminal_lines(self.document):
+        for line in terminal_lines(self.document, verdict=False):
+            terminalreporter.write_line(line)
+        for line in [*self._artifact_lines(), *self.written]:  # every file this run wrote
             terminalreporter.write_line(line)
         gate = self.document.get("baseline")
+        if gate:
+            from .baseline import verdict_line
+
+            # the report's last line, so a failed gate never ends on a table or a file name
+            terminalreporter.write_line("")
+            terminalreporter.write_line(verdict_line(gate), bold=True, red=not gate["passed"],
+                                        green=gate["passed"])
         if gate and not gate["passed"]:
             # pytest's closing "N passed" line must not read like a pass either; other plugins
             # read every entry of ``stats`` as a report object, so this is one in shape.
             from types import SimpleNamespace
-
-            from .baseline import verdict_line
 
             terminalreporter.stats.setdefault("baseline gate failed", []).append(
                 SimpleNamespace(nodeid="unsafebench-baseline-gate", when="session",
@@ -620,10 +629,20 @@ class UnsafeBenchSession:
                 continue
             try:
                 write(path)
+                self.written.append(f"wrote {path} (--unsafebench-{option})")
             except OSError as exc:  # a full disk or an unwritable path: say so, write the rest
                 sys.stderr.write(f"ERROR: --unsafebench-{option}: cannot write {path}: "
-                                 f"{exc.strerror or exc}\n")
+                                 f"{write_failure(exc)}\n")
                 session.exitstatus = pytest.ExitCode.USAGE_ERROR
+
+    def _artifact_lines(self) -> list[str]:
+        """The fuzz counterexamples saved during the tests (by any xdist worker)."""
+        assert self.document is not None
+        folder = self.settings.artifacts_path
+        files = dict.fromkeys(rel for row in self.document.get("rows", [])
+                              for rel in (row.get("artifact_image"), row.get("artifact_spec"))
+                              if rel)
+        return [f"wrote {folder / rel} (fuzz counterexample)" for rel in files]
 
     def _steps_timing(self) -> dict[str, float]:
         """Long steps' seconds of this process and of the xdist workers, summed by step."""

@@ -2,8 +2,11 @@
 
 Order: (1) an explicit path from config or the command line; (2) the project's weights folder
 ``<cache_dir>/weights/<classifier>/<file>``; (3) for hub-hosted files, the local Hugging Face
-cache; (4) a hub download, unless ``HF_HUB_OFFLINE`` is set. If nothing is found, one
-:class:`WeightsNotFound` names the file, where it comes from, and how to provide it.
+cache; (4) a hub download, unless the hub is off (:func:`hub_offline_reason`: ``HF_HUB_OFFLINE``
+set, or the hub did not answer one quick connection attempt, made once per process, so an
+offline machine does not spend a minute in huggingface_hub's retries). If nothing is found, one
+:class:`WeightsNotFound` names the file, where it comes from, and how to provide it;
+:func:`require_all` gathers every missing file of a classifier into one such message.
 """
 
 from __future__ import annotations
@@ -11,10 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ClassifierLoadError
+from .progress import step
 
 
 class WeightsNotFound(ClassifierLoadError):
@@ -56,8 +65,9 @@ def resolve(spec: WeightFile, explicit: str | os.PathLike | None,
     if where:
         hint += f", or place it at {where}"
     if spec.repo_id:
-        hint = (f"it is on the Hugging Face hub as {spec.repo_id} (offline, or not in the local "
-                f"cache); run once with network access, or {hint}")
+        why = hub_offline_reason() or "the download failed"
+        hint = (f"it is on the Hugging Face hub as {spec.repo_id}, not in the local cache "
+                f"({why}); run once with network access, or {hint}")
     raise WeightsNotFound(f"{spec.classifier}: weight file {spec.filename!r} not found: {hint}")
 
 
@@ -69,12 +79,70 @@ def _from_hub(spec: WeightFile) -> Path | None:
     cached = try_to_load_from_cache(spec.repo_id, spec.filename, revision=spec.revision)
     if isinstance(cached, str):
         return Path(cached)
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+    if hub_offline_reason():
         return None
     try:
-        return Path(hf_hub_download(spec.repo_id, spec.filename, revision=spec.revision))
+        with step("download", f"downloading {spec.repo_id}/{spec.filename}"):
+            return Path(hf_hub_download(spec.repo_id, spec.filename, revision=spec.revision))
     except Exception:  # noqa: BLE001 - any hub failure means "not available"; resolve() explains
         return None
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+_PROBE: dict[str, str | None] = {}  # hub endpoint -> why it is unreachable (None: reachable)
+_PROBE_LOCK = threading.Lock()
+PROBE_TIMEOUT_S = 3.0
+
+
+def hub_offline_reason() -> str | None:
+    """Why this process makes no Hugging Face hub requests, or None when it may.
+
+    ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is honoured as set; otherwise one TCP
+    connection to the hub endpoint (``HF_ENDPOINT``) is tried once per process and endpoint:
+    huggingface_hub would otherwise retry each file for many seconds on a machine without network.
+    """
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if _truthy(name):
+            return f"{name} is set"
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    with _PROBE_LOCK:
+        if endpoint not in _PROBE:
+            _PROBE[endpoint] = _probe(endpoint)
+        return _PROBE[endpoint]
+
+
+def _probe(endpoint: str) -> str | None:
+    parts = urlsplit(endpoint)
+    host = parts.hostname
+    if not host:
+        return f"HF_ENDPOINT = {endpoint!r} is not a URL"
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            return None
+    except OSError as exc:
+        return f"the Hugging Face hub ({endpoint}) cannot be reached: {exc}"
+
+
+def require_all(classifier: str, *steps: Callable[[], Any]) -> list[Any]:
+    """Run each resolving step; if any lacks its files, raise ONE :class:`WeightsNotFound`
+    naming all of them (a user fixes everything in one go, not one file per run)."""
+    results: list[Any] = []
+    missing: list[str] = []
+    for resolve_step in steps:
+        try:
+            results.append(resolve_step())
+        except WeightsNotFound as exc:
+            missing.append(str(exc).removeprefix(f"{classifier}: "))
+    if len(missing) == 1:
+        raise WeightsNotFound(f"{classifier}: {missing[0]}")
+    if missing:
+        raise WeightsNotFound(f"{classifier}: {len(missing)} required files or models are missing: "
+                              + " | ".join(f"({i}) {m}" for i, m in enumerate(missing, 1)))
+    return results
 
 
 def file_digest(path: Path, cache_dir: Path | None = None) -> str:

@@ -254,7 +254,7 @@ def test_full_run_outcomes_report_and_skips(bench: Bench) -> None:
         "*= unsafebench report =*",
         "dataset: ds (48 images, split all, fingerprint *)",
         "*data integrity: 0 finding(s), 0 image(s) excluded from metrics*",
-        esc(f"classifier {CLASSIFIER} [toy-v1] score 0.806 (macro F1 over 3 covered categories*"),
+        esc(f"classifier {CLASSIFIER} [toy-v1] score 0.806 (macro mean F1 over 3 covered categories*"),
         "*tests: 18 passed, 0 failed, 48 skipped, 0 errors; cache 0 hits, 48 misses*",
         "*category*F1 Laion5B*F1 Lexica*F1 all*FPR Laion5B*FPR Lexica*FPR all*",
     ])
@@ -650,10 +650,13 @@ def test_broken_classifier_errors_only_its_own_tests(bench: Bench, bad: str, pro
     result.assert_outcomes(passed=19, skipped=48, errors=66)
     result.stdout.fnmatch_lines([esc(line) for line in (
         f"*ERROR at setup of test_f1[{bad}-Hate-all]*",
-        f"E   *ClassifierFailed: classifier '{bad}' failed, so its tests cannot run: {problem}",
+        f"classifier '{bad}' failed, so its tests cannot run: {problem}",
         f"*classifier {bad}: ERROR {problem}*",
         f"*classifier {CLASSIFIER} [toy-v1] score 0.806*",
     )])
+    # one line per errored test, no traceback (issue 14: 88 identical tracebacks before)
+    assert "ClassifierFailed" not in result.stdout.str()
+    assert "Traceback" not in result.stdout.str() and "session.py:" not in result.stdout.str()
     doc = bench.json()
     assert re.fullmatch(problem.replace("*", ".*").replace("(", r"\(").replace(")", r"\)"),
                         doc["classifiers"][bad]["error"])

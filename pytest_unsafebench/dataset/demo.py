@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..progress import step
 from ..taxonomy import CATEGORIES, GENERATED_SOURCE, REAL_SOURCE, SAFE, SOURCES, UNSAFE
 
 if TYPE_CHECKING:
@@ -550,19 +551,27 @@ def demo_rows(seed: int, train_per_cell: int = TRAIN_PER_CELL,
 def write_dataset(folder: Path, seed: int, rows: Sequence[DemoRow], size: int = IMAGE_SIZE) -> None:
     """Render ``rows`` into ``folder`` (which must exist) and write ``metadata.csv``."""
     manifest = []
-    for row in rows:
-        rng = image_rng(seed, row)
-        image = render_image(row.category, row.source, row.unsafe, rng, size)
-        data, ext = encode_image(image, row.source, rng)
-        name = f"{row.stem(seed)}.{ext}"
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        manifest.append((name, row.safety_label, row.category, row.source, row.split, row.text))
+    with step("demo_dataset", f"generating the demo dataset (seed {seed})", total=len(rows),
+              unit="images") as bar:
+        for row in rows:
+            manifest.append(_write_image(folder, seed, row, size))
+            bar.advance()
     with (folder / "metadata.csv").open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(MANIFEST_COLUMNS)
         writer.writerows(manifest)
+
+
+def _write_image(folder: Path, seed: int, row: DemoRow, size: int) -> tuple[str, ...]:
+    """Render and write one image; returns its manifest row."""
+    rng = image_rng(seed, row)
+    image = render_image(row.category, row.source, row.unsafe, rng, size)
+    data, ext = encode_image(image, row.source, rng)
+    name = f"{row.stem(seed)}.{ext}"
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return (name, row.safety_label, row.category, row.source, row.split, row.text)
 
 
 def demo_folder_name(seed: int) -> str:

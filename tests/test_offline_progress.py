@@ -1,0 +1,201 @@
+"""Issue 14: an offline run with missing weights fails fast and plainly, and long steps show
+progress (live on a terminal, one line each in logs and under -q) with their time in the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+# Imported before pytester runs (see test_plugin.py: C extensions must not be imported twice).
+import numpy  # noqa: F401
+import pytest_unsafebench.session  # noqa: F401
+from plugin_helpers import CLASSIFIER, build_dataset, write_toyclf
+from pytest_unsafebench import progress, weights
+from pytest_unsafebench.weights import WeightFile, WeightsNotFound
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture
+def empty_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """HF_HUB_OFFLINE=1 with an empty Hugging Face cache; any download attempt fails the test."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    home = tmp_path / "hf-home"
+    home.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a hub request was made although the hub is off")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
+    monkeypatch.setattr(weights, "_probe", no_download)
+    return home
+
+
+# ---------------------------------------------------------------------------- offline weights
+
+
+def test_q16_offline_fails_fast_with_one_line_naming_every_missing_file(
+        pytester: pytest.Pytester, empty_hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    build_dataset(pytester.path / "ds")
+    monkeypatch.setattr(progress, "QUIET_BELOW_S", 0.0)  # the tiny pass must still say its line
+    started = time.perf_counter()
+    result = pytester.runpytest(
+        "--unsafebench-classifier=q16", f"--unsafebench-dataset={pytester.path / 'ds'}",
+        f"--unsafebench-cache-dir={pytester.path / 'cache'}", "--unsafebench-device=cpu",
+        "--unsafebench-suites=effectiveness", "-p", "no:randomly")
+    elapsed = time.perf_counter() - started
+    out = result.stdout.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert elapsed < 30, f"an offline run with missing weights took {elapsed:.0f} s"
+    # Every errored test gives the same one line, naming BOTH missing things, and no traceback.
+    reasons = [line for line in result.outlines if line.startswith("classifier 'q16' failed")]
+    assert reasons and len(set(reasons)) == 1
+    reason = reasons[0]
+    assert "2 required files or models are missing" in reason
+    assert "prompts.p" in reason and "openai/clip-vit-large-patch14" in reason
+    assert "HF_HUB_OFFLINE is set" in reason
+    assert "Traceback" not in out and "ClassifierFailed" not in out and "session.py:" not in out
+    # The pass does not claim to have classified anything.
+    result.stdout.fnmatch_lines(["unsafebench: prediction pass: no classifier loaded, only "
+                                 "checking images: 48 images in *; 0 new predictions; none from "
+                                 "q16 (failed: see its tests)"])
+    assert "decoded and classified" not in out
+
+
+def test_missing_files_of_a_head_and_its_backbone_come_in_one_error(
+        empty_hub: Path, tmp_path: Path) -> None:
+    from pytest_unsafebench.classifiers import clip_heads as ch
+
+    with pytest.raises(WeightsNotFound) as info:
+        ch.load_nsfw_detector(cache_dir=tmp_path / "cache")
+    msg = str(info.value)
+    assert msg.startswith("nsfw_detector: 2 required files or models are missing: (1) ")
+    assert "clip_autokeras_binary_nsfw.pth" in msg and "(2) the CLIP model" in msg
+    assert "\n" not in msg
+    with pytest.raises(WeightsNotFound, match=r"^multiheaded: 6 required .*political\.pt.*CLIP"):
+        ch.load_multiheaded(cache_dir=tmp_path / "cache")
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_hub_is_probed_once_and_no_download_is_tried(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setattr(weights, "_PROBE", {})
+    probes: list[str] = []
+    real_probe = weights._probe
+    monkeypatch.setattr(weights, "_probe", lambda e: probes.append(e) or real_probe(e))
+    downloads: list[str] = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda *a, **k: downloads.append(a) or "nowhere")
+    spec = WeightFile("q16", "prompts.p", "origin", "prompts", repo_id="yiting/Q16")
+    for _ in range(3):
+        with pytest.raises(WeightsNotFound, match=r"hub \(http://127\.0\.0\.1:\d+\) cannot be "
+                                                  r"reached"):
+            weights.resolve(spec, None, tmp_path / "cache")
+    assert downloads == []
+    assert len(probes) == 1  # detected once per process, not per file
+    # HF_HUB_OFFLINE is honoured without any connection attempt.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(weights, "_PROBE", {})
+    assert weights.hub_offline_reason() == "HF_HUB_OFFLINE is set" and len(probes) == 1
+
+
+# ---------------------------------------------------------------------------- progress
+
+
+class Lines:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.redraws: list[str] = []
+
+
+def test_live_progress_redraws_with_rate_and_time_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = Lines()
+    display = progress.Display(out.lines.append, out.redraws.append)
+    monkeypatch.setattr(progress, "LIVE_AFTER_S", 0.0)
+    monkeypatch.setattr(progress, "REDRAW_EVERY_S", 0.0)
+    progress.activate(display)
+    try:
+        with progress.step("demo_training", "training", total=4, unit="steps") as bar:
+            for _ in range(4):
+                time.sleep(0.01)
+                bar.advance()
+    finally:
+        progress.deactivate(display)
+    assert len(out.redraws) == 4
+    assert out.redraws[1].startswith("unsafebench: training: 2/4 steps (50%, ")
+    assert "steps/s" in out.redraws[1] and "left)" in out.redraws[1]
+    assert len(out.lines) == 1 and out.lines[0].startswith("unsafebench: training: 4 steps in ")
+    assert set(display.timing()) == {"demo_training_seconds"}
+    assert display.timing()["demo_training_seconds"] >= 0.04
+
+
+def test_logs_get_one_line_per_long_step_and_short_steps_only_their_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = Lines()
+    display = progress.Display(out.lines.append)  # not a terminal: no redraws
+    monkeypatch.setattr(progress, "QUIET_BELOW_S", 0.05)
+    progress.activate(display)
+    try:
+        with progress.step("quick", "quick step", total=3, unit="images") as bar:
+            bar.update(3)
+        with progress.step("slow", "slow step", total=2, unit="images") as bar:
+            time.sleep(0.06)
+            bar.update(1)
+            bar.update(2)
+        with pytest.raises(RuntimeError), progress.step("broken", "broken step"):
+            raise RuntimeError("boom")
+    finally:
+        progress.deactivate(display)
+    assert len(out.lines) == 1
+    assert out.lines[0].startswith("unsafebench: slow step: 2 images in ")
+    assert set(display.timing()) == {"quick_seconds", "slow_seconds", "broken_seconds"}
+    # with nothing active a step writes nothing and fails nothing
+    with progress.step("x", "x") as bar:
+        bar.advance()
+
+
+@pytest.mark.parametrize("quiet", [False, True], ids=["default", "-q"])
+def test_run_prints_one_line_per_step_and_times_them_in_the_json(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, quiet: bool) -> None:
+    build_dataset(pytester.path / "ds")
+    write_toyclf(pytester.path)
+    pytester.syspathinsert()
+    monkeypatch.setattr(progress, "QUIET_BELOW_S", 0.0)
+    out_json = pytester.path / "out.json"
+    result = pytester.runpytest(
+        f"--unsafebench-classifier={CLASSIFIER}", f"--unsafebench-dataset={pytester.path / 'ds'}",
+        f"--unsafebench-cache-dir={pytester.path / 'cache'}", "--unsafebench-device=cpu",
+        "--unsafebench-suites=effectiveness", "-p", "no:randomly",
+        f"--unsafebench-json={out_json}", *(["-q"] if quiet else []))
+    assert result.ret == 0, result.stdout.str()
+    pass_lines = [line for line in result.outlines
+                  if line.startswith("unsafebench: prediction pass")]
+    assert len(pass_lines) == 1, result.stdout.str()
+    assert pass_lines[0].startswith(f"unsafebench: prediction pass ({CLASSIFIER}): 48 images in ")
+    assert pass_lines[0].endswith("; 48 new predictions")
+    assert [line for line in result.outlines if line.startswith("unsafebench: dataset ")]
+    timing = json.loads(out_json.read_text())["timing"]
+    assert {"dataset_seconds", "pass_seconds"} <= set(timing)
