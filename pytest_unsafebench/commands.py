@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, write_failure
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,10 +30,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "compare", help="gate a run against a baseline; exit 1 when anything regressed")
     compare.add_argument("baseline", type=Path, help="the baseline JSON report")
     compare.add_argument("current", type=Path, help="the JSON report of the run to check")
-    compare.add_argument("--tolerance", type=float, default=0.02,
-                         help="absolute drop allowed per value (default 0.02)")
+    compare.add_argument("--profile", metavar="NAME",
+                         help="whose baseline gate (tolerance, hard limit) applies: a built-in "
+                              "profile or one in ./pyproject.toml (default: the run's profile)")
+    compare.add_argument("--tolerance", type=float, default=None,
+                         help="absolute drop allowed per value (default: the profile's, 0.02)")
     compare.add_argument("--metric-tolerance", action="append", default=[], metavar="METRIC=X",
                          help="per-metric tolerance, e.g. fpr=0.05 (repeatable)")
+    compare.add_argument("--classifier", action="append", default=[], metavar="OLD=NEW",
+                         help="compare the baseline's classifier OLD as the run's NEW "
+                              "(repeatable)")
+    compare.add_argument("--allow-mismatch", action="store_true",
+                         help="compare reports of another dataset or split (refused by default)")
     compare.set_defaults(run=_compare)
 
 
@@ -55,25 +63,37 @@ def _report(args: argparse.Namespace) -> int:
     if not args.html and not args.markdown:
         raise ConfigError("nothing to write: pass --html OUT.html and/or --markdown OUT.md")
     doc = _load(args.report)
-    if args.html:
-        from .report_html import render_html
+    failed = []
+    for option, path in (("--html", args.html), ("--markdown", args.markdown)):
+        if path is None:
+            continue
+        if option == "--html":
+            from .report_html import render_html
 
-        args.html.parent.mkdir(parents=True, exist_ok=True)
-        args.html.write_text(render_html(doc, artifacts=args.artifacts), encoding="utf-8")
-        print(f"wrote {args.html}")
-    if args.markdown:
-        from .report_markdown import render_markdown
+            text = render_html(doc, artifacts=args.artifacts)
+        else:
+            from .report_markdown import render_markdown
 
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(render_markdown(doc), encoding="utf-8")
-        print(f"wrote {args.markdown}")
+            text = render_markdown(doc)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:  # a full disk or an unwritable path: say so, write the other
+            failed.append(f"{option}: cannot write {path}: {write_failure(exc)}")
+            continue
+        print(f"wrote {path}")
+    if failed:
+        raise ConfigError("; ".join(failed))
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
-    """Rows only (a saved report has no prediction tables): the tolerance gate. The paired
-    significance test needs the images, so it runs inside pytest with --unsafebench-baseline."""
-    from .baseline import compare, regression_table
+    """Rows only (a saved report has no prediction tables): the tolerance and hard-limit gate.
+    The paired significance test needs the images, so it runs inside pytest with
+    --unsafebench-baseline; here a drop beyond the tolerance regresses."""
+    from .baseline import check_dataset, check_renames, compare, regression_table, verdict_line
+    from .config import parse_renames, read_pyproject
+    from .thresholds import build_gate, build_thresholds
 
     per_metric = {}
     for item in args.metric_tolerance:
@@ -84,9 +104,31 @@ def _compare(args: argparse.Namespace) -> int:
             sep = ""
         if not sep or not metric:
             raise ConfigError(f"--metric-tolerance {item!r}: expected METRIC=NUMBER, e.g. fpr=0.05")
+    if args.tolerance is not None and not 0 <= args.tolerance < 1:
+        raise ConfigError(f"--tolerance {args.tolerance}: expected a number in [0, 1)")
     base, current = _load(args.baseline), _load(args.current)
-    section = compare(base, current["rows"], lambda m: per_metric.get(m, args.tolerance),
-                      path=str(args.baseline))
+    cfg, dataset = current.get("config") or {}, current.get("dataset") or {}
+    profile = args.profile or str(cfg.get("profile") or "default")
+    pyproject = read_pyproject(Path("pyproject.toml"))
+    try:
+        build_thresholds(pyproject, profile)   # an unknown profile is named here
+        rule = build_gate(pyproject, profile)
+    except ConfigError as exc:
+        where = "--profile" if args.profile else f"the profile of {args.current}"
+        raise ConfigError(f"{where}: {exc}; pass --profile NAME") from None
+    renames = parse_renames(args.classifier, "--classifier")
+    names = cfg.get("classifiers") or sorted({str(r["classifier"]) for r in current["rows"]})
+    check_renames(base, renames, names, "--classifier")
+    notes = check_dataset(base, dataset.get("fingerprint"), cfg, allow=args.allow_mismatch,
+                          flag="--allow-mismatch")
+    tolerance = rule.tolerance if args.tolerance is None else args.tolerance
+    section = compare(base, current["rows"], lambda m: per_metric.get(m, tolerance), rule=rule,
+                      path=str(args.baseline), current={"config": {**cfg, "classifiers": names},
+                                                        "dataset": dataset},
+                      renames=renames, notes=notes)
+    for note in notes:
+        print(f"BASELINE: {note}")
     for line in regression_table(section):
         print(line)
+    print(verdict_line(section))
     return 0 if section["passed"] else 1

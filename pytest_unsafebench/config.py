@@ -16,7 +16,7 @@ from .dataset.records import EXCLUDING_KINDS, KEEPING_KINDS
 from .errors import ConfigError
 from .executors import EXECUTORS
 from .taxonomy import ALIGNMENTS, CATEGORIES, SOURCES, SPLIT_CHOICES, suggest
-from .thresholds import ThresholdTable, build_thresholds
+from .thresholds import GateRule, ThresholdTable, build_gate, build_thresholds
 
 DEFAULTS: dict[str, Any] = {
     "dataset": "demo",
@@ -35,13 +35,14 @@ DEFAULTS: dict[str, Any] = {
     "suites": ["effectiveness", "gap"],
     "bootstrap": 1000,      # resamples behind every confidence interval; 0 turns CIs off
     "confidence": 0.95,
-    "tolerance": 0.02,      # baseline gating: absolute drop allowed per metric
+    "tolerance": 0.02,      # baseline gating: drop allowed per metric (else the profile's)
     "executor": "local",    # or "ray": uncached work runs on a Ray cluster first
     "ray_address": None,    # None: a running cluster ("auto"), else a local Ray for the run
     "ray_actors": 1,        # actors in the pool; each loads every classifier of the run once
     "ray_gpus_per_actor": 0,
     "ray_batch_size": None,  # None: batch_size (same batches as local, bit-identical results)
     "unsure": "random",     # VLM judges: what an unsure vote counts as (seeded by seed)
+    "timeout": None,        # seconds a classifier gets per batch; None: no limit
 }
 # Bootstrap resamples a run may ask for. Each confidence interval holds its resampled metric
 # values (8 bytes each) and two working copies for the percentiles (stats._resampled).
@@ -161,6 +162,9 @@ class Settings:
     save_baseline_path: Path | None = None
     tolerance: float = 0.02                # baseline gating, any metric without its own
     tolerances: Mapping[str, float] = field(default_factory=dict)  # per metric
+    gate: GateRule = field(default_factory=GateRule)  # the profile's baseline gate
+    baseline_classifiers: Mapping[str, str] = field(default_factory=dict)  # baseline -> run name
+    baseline_allow_mismatch: bool = False  # compare against another dataset or split
     # Where uncached predictions are computed; not in public(): they never change a result.
     executor: str = "local"
     ray_address: str | None = None
@@ -169,6 +173,7 @@ class Settings:
     ray_batch_size: int | None = None
     unsure: str = "random"                 # VLM judges' unsure policy
     import_responses: Path | None = None   # archived VLM responses to score instead of querying
+    timeout: float | None = None           # seconds per classifier batch; None: no limit
 
     def tolerance_for(self, metric: str) -> float:
         return self.tolerances.get(metric, self.tolerance)
@@ -214,6 +219,7 @@ class Settings:
             "tolerances": dict(sorted(self.tolerances.items())),
             "unsure": self.unsure,
             "import_responses": self.import_responses is not None,
+            "timeout": self.timeout,
         }
 
 
@@ -359,13 +365,14 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
     assert profile is not None
     try:
         thresholds = build_thresholds(pyproject, profile)
+        gate = build_gate(pyproject, profile)
     except ConfigError as exc:
         raise ConfigError(f"{where['profile']}: {exc}" if "unknown profile" in str(exc) else str(exc)) from None
 
     cache_dir = text("cache_dir", optional=True)
     cache_path = (rootpath / Path(cache_dir).expanduser() if cache_dir
                   else rootpath / ".pytest_cache" / "unsafebench")
-    return Settings(
+    settings = Settings(
         classifiers=tuple(cli.get("classifiers") or ()),
         dataset=text("dataset"),  # type: ignore[arg-type]
         split=choice("split", SPLIT_CHOICES),
@@ -399,7 +406,12 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
                                      "a JSON report saved with --unsafebench-save-baseline "
                                      "or --unsafebench-json"),
         save_baseline_path=_output_path(cli.get("save_baseline")),
-        tolerance=number("tolerance", 0.0, 1.0, closed_low=True),
+        # the profile's gate tolerance unless pyproject or the command line sets one
+        tolerance=(gate.tolerance if where["tolerance"] == "built-in default"
+                   else number("tolerance", 0.0, 1.0, closed_low=True)),
+        gate=gate,
+        baseline_classifiers=parse_renames(cli.get("baseline_classifier")),
+        baseline_allow_mismatch=bool(cli.get("baseline_allow_mismatch", False)),
         tolerances=_tolerances(pyproject.get("tolerances", {})),
         executor=choice("executor", EXECUTORS),
         ray_address=text("ray_address", optional=True),
@@ -409,7 +421,33 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
         unsure=choice("unsure", UNSURE_POLICIES),
         import_responses=_existing_dir(cli.get("import_responses"),
                                        "--unsafebench-import-responses"),
+        timeout=None if merged["timeout"] is None else number("timeout", 0.0, float("inf")),
     )
+    _check_outputs(settings)
+    return settings
+
+
+def _check_outputs(s: Settings) -> None:
+    """Report paths that would overwrite the cache, each other, or a folder: usage errors
+    now, not a destroyed cache or a traceback after the whole run."""
+    cache = (s.cache_dir / "predictions.sqlite").resolve()
+    protected = {cache, *(cache.with_name(cache.name + x) for x in ("-wal", "-shm"))}
+    seen: dict[Path, str] = {}
+    for option, path in (("json", s.json_path), ("save-baseline", s.save_baseline_path),
+                         ("html", s.html_path), ("markdown", s.markdown_path),
+                         ("predictions", s.predictions_path)):
+        if path is None:
+            continue
+        where = path.resolve()
+        if where in protected:
+            raise ConfigError(f"--unsafebench-{option}: {path} is the prediction cache; "
+                              "write the report somewhere else")
+        if where in seen:
+            raise ConfigError(f"--unsafebench-{option}: {path} is also --unsafebench-"
+                              f"{seen[where]}; give each report its own file")
+        if where.is_dir():
+            raise ConfigError(f"--unsafebench-{option}: {path} is a folder; name a file in it")
+        seen[where] = option
 
 
 def _existing_dir(value: Any, option: str) -> Path | None:
@@ -442,6 +480,26 @@ def _existing_file(value: Any, option: str, what: str) -> Path | None:
     if not path.is_file():
         raise ConfigError(f"{option}: {path} is not a file (expected {what})")
     return path
+
+
+def parse_renames(values: list[str] | None,
+                  flag: str = "--unsafebench-baseline-classifier") -> dict[str, str]:
+    """``OLD=NEW`` values (repeatable): the baseline's classifier OLD is this run's NEW.
+    Checked against both runs' classifiers once the baseline is read."""
+    out: dict[str, str] = {}
+    for value in values or ():
+        old, sep, new = str(value).partition("=")
+        old, new = old.strip(), new.strip()
+        if not sep or not old or not new:
+            raise ConfigError(f"{flag} {value!r}: expected OLD=NEW, e.g. myclf:load=mine "
+                              "(the baseline's name = this run's)")
+        if old in out:
+            raise ConfigError(f"{flag}: {old!r} is mapped twice")
+        if new in out.values():
+            raise ConfigError(f"{flag}: two baseline classifiers map to {new!r}; map each to "
+                              "its own classifier of this run")
+        out[old] = new
+    return out
 
 
 def _bytes(n: int) -> str:

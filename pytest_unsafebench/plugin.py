@@ -64,6 +64,8 @@ _SINGLE_OPTIONS: dict[str, tuple[str, str]] = {
                                          "random, seeded by --unsafebench-seed)"),
     "import_responses": ("DIR", "score VLM judges from archived responses in the layout of "
                                 "yiting/unsafebench_vlm_responses instead of querying them"),
+    "timeout": ("SECONDS", "time a classifier gets per batch; one that takes longer errors its "
+                           "own tests and the run goes on (default: no limit)"),
 }
 _INT_OPTIONS = ("limit", "seed", "batch_size", "bootstrap", "ray_actors", "ray_batch_size")
 # The packaged suite modules; a run without paths collects the selected ones.
@@ -95,6 +97,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(f"--unsafebench-{key.replace('_', '-')}", dest=f"unsafebench_{key}",
                         metavar=metavar, default=None, help=help_text,
                         type=int if key in _INT_OPTIONS else str)
+    group.addoption("--unsafebench-baseline-classifier", action="append",
+                    dest="unsafebench_baseline_classifier", metavar="OLD=NEW", default=[],
+                    help="compare the baseline's classifier OLD as this run's NEW (repeatable), "
+                         "e.g. myclf:load=mine")
+    group.addoption("--unsafebench-baseline-allow-mismatch", action="store_true",
+                    dest="unsafebench_baseline_allow_mismatch",
+                    help="compare against a baseline of another dataset or split (refused by "
+                         "default; the report then says so first)")
     group.addoption("--unsafebench-no-cache", action="store_true", dest="unsafebench_no_cache",
                     help="ignore and do not keep the prediction cache for this run")
     group.addoption("--unsafebench-no-blur", action="store_true", dest="unsafebench_no_blur",
@@ -108,7 +118,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _cli_values(config: pytest.Config) -> dict[str, Any]:
     keys = ["classifiers", "categories", "sources", "suites", "no_cache", "no_blur",
-            "allow_train_overlap",
+            "allow_train_overlap", "baseline_classifier", "baseline_allow_mismatch",
             *_SINGLE_OPTIONS]
     return {k: config.getoption(f"unsafebench_{k}") for k in keys}
 
@@ -205,13 +215,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not (wants_cell or wants_clf):
         return
     from .session import SESSION_KEY
-    from .taxonomy import POOLED
+    from .taxonomy import OVERALL, POOLED
 
     session = metafunc.config.stash.get(SESSION_KEY, None)
     s = session.settings if session else None
     classifiers = list(s.classifiers) if s else []
     if wants_cell:
-        cells = [(k, c, src) for k in classifiers for c in s.categories
+        # F1 also gets the Overall cell (all covered categories pooled), the paper's column.
+        marker = metafunc.definition.get_closest_marker("unsafebench")
+        overall = [OVERALL] if marker is not None and marker.kwargs.get("metric") == "f1" else []
+        cells = [(k, c, src) for k in classifiers for c in (*s.categories, *overall)
                  for src in (*s.sources, POOLED)] if s else []
         metafunc.parametrize("unsafebench_cell", cells, indirect=True,
                              ids=["-".join(cell) for cell in cells])

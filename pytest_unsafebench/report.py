@@ -18,7 +18,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .taxonomy import CATEGORIES, CELL_SOURCES, GENERATED_SOURCE, POOLED, REAL_SOURCE, SHORT_NAMES
+from .taxonomy import (CATEGORIES, CELL_SOURCES, GENERATED_SOURCE, OVERALL, POOLED, REAL_SOURCE,
+                       SHORT_NAMES)
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -32,8 +33,9 @@ ROW_KEYS = ("classifier", "suite", "metric", "category", "source", "condition", 
 # why a skipped test did not run, a fuzz counterexample's image and saved files (paths relative
 # to the artifacts folder).
 OPTIONAL_ROW_KEYS = ("spec", "reason", "image_id", "artifact_image", "artifact_spec")
-SCORE_DEFINITION = ("mean over covered categories of F1 on the pooled sources "
-                    "(effectiveness suite, Unsafe positive)")
+SCORE_DEFINITION = ("macro mean over covered categories of F1 on the pooled sources "
+                    "(effectiveness suite, Unsafe positive); overall_f1 is F1 on all covered "
+                    "categories' images pooled, the paper's Overall")
 _PACKAGES = ("pytest-unsafebench", "pytest", "pytest-xdist", "numpy", "pillow", "torch",
              "transformers", "onnxruntime", "scikit-learn")
 
@@ -61,12 +63,16 @@ def summarize(rows: list[dict[str, Any]], classifiers: Iterable[str]) -> dict[st
     for name in classifiers:
         mine = [r for r in rows if r["classifier"] == name]
         counts = Counter(r["outcome"] for r in mine if r["outcome"] in GATE_OUTCOMES)
-        f1s = [r["value"] for r in mine if r["metric"] == "f1" and r["source"] == POOLED
-               and r["outcome"] in ("passed", "failed") and r["value"] is not None]
+        pooled = [r for r in mine if r["metric"] == "f1" and r["source"] == POOLED
+                  and r["outcome"] in ("passed", "failed") and r["value"] is not None]
+        # The Overall cell is its own figure (images pooled), never a term of the macro mean.
+        f1s = [r["value"] for r in pooled if r["category"] != OVERALL]
+        overall = next((r["value"] for r in pooled if r["category"] == OVERALL), None)
         out[name] = {
             "score": round(sum(f1s) / len(f1s), 6) if f1s else None,
             "score_definition": SCORE_DEFINITION,
             "categories_scored": len(f1s),
+            "overall_f1": None if overall is None else round(overall, 6),
             **{o: counts.get(o, 0) for o in GATE_OUTCOMES},
         }
     return out
@@ -107,15 +113,20 @@ def build_json(settings: Settings, state: RunState, rows: list[dict[str, Any]],
     from . import paper
 
     rows = sorted_rows(rows)
-    if paper.applies(state.dataset):
+    config = settings.public()
+    paper_reason = paper.mismatch(state.dataset, config)
+    if paper_reason is None:
         for r in rows:
-            r["paper"] = paper.published_for_row(r)  # f1 cells, and RA under the paper's attacks
+            # f1 cells, and RA under the paper's attacks with its pool
+            r["paper"] = paper.published_for_row(r, config)
     findings = [f.to_dict() for f in state.findings]
     extras = dict(extras or {})
     return {
         "schema_version": SCHEMA_VERSION,
         "environment": environment(settings, root, device),
-        "config": settings.public(),
+        "config": config,
+        # Why no published figure stands beside ours (None: they are shown where published).
+        "paper_figures": {"shown": paper_reason is None, "reason": paper_reason},
         "thresholds": settings.thresholds.resolved_grid(
             settings.classifiers, settings.categories, (*settings.sources, POOLED)),
         "warn_thresholds": settings.thresholds.warn.resolved_grid(
@@ -160,19 +171,25 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def terminal_lines(doc: dict[str, Any]) -> list[str]:
+def terminal_lines(doc: dict[str, Any], verdict: bool = True) -> list[str]:
     """The report section printed at the end of the run, from the JSON report alone (so
-    ``unsafebench show RUN.json`` prints the same thing later)."""
+    ``unsafebench show RUN.json`` prints the same thing later). ``verdict``: end with the
+    baseline gate's verdict (the run prints it itself, after the files it wrote)."""
     from tabulate import tabulate
 
     cfg = doc["config"]
     rows = doc["rows"]
     ds = doc["dataset"]
     integrity = ds.get("integrity", {})
-    lines = [f"dataset: {ds['name']} ({ds['counts']['images']} images, split {cfg['split']}, "
-             f"fingerprint {ds['fingerprint']})"]
+    # A baseline of other data, compared on request, is said before anything else.
+    lines = [f"BASELINE: {note}" for note in (doc.get("baseline") or {}).get("mismatch", [])]
+    lines.append(f"dataset: {ds['name']} ({ds['counts']['images']} images, split {cfg['split']}, "
+                 f"fingerprint {ds['fingerprint']})")
     if ds.get("synthetic"):
         lines.append("  SYNTHETIC DATA: " + ds["description"])
+    reason = (doc.get("paper_figures") or {}).get("reason")
+    if reason:
+        lines.append(f"  paper figures not shown: {reason}")
     findings = integrity.get("findings", 0)
     lines.append(f"  data integrity: {findings} finding(s), {integrity.get('excluded', 0)} "
                  "image(s) excluded from metrics" + (" (see test_data_integrity)" if findings else ""))
@@ -187,8 +204,9 @@ def terminal_lines(doc: dict[str, Any]) -> list[str]:
         if cs.get("error"):
             lines.append(f"{head}: ERROR {cs['error']}")
             continue
-        score = (f"score {_fmt(s['score'])} (macro F1 over {s['categories_scored']} covered "
-                 "categories, pooled sources)" if "effectiveness" in cfg["suites"] else "")
+        score = (f"score {_fmt(s['score'])} (macro mean F1 over {s['categories_scored']} "
+                 f"covered categories, pooled sources; Overall F1 {_fmt(s.get('overall_f1'))} "
+                 "on their images pooled)" if "effectiveness" in cfg["suites"] else "")
         lines.append(f"{head} [{cs['fingerprint']}] {score}".rstrip())
         base = cs.get("base")
         if base:
@@ -200,12 +218,14 @@ def terminal_lines(doc: dict[str, Any]) -> list[str]:
         lines.append(f"  tests: {s['passed']} passed, {s['failed']} failed, "
                      f"{s['skipped']} skipped, {s['error']} errors; cache {cs['cache_hits']} hits, "
                      f"{cs['cache_misses']} misses")
+        lines += [f"  {note}" for note in cs.get("notes") or []]
         values = {(r["metric"], r["category"], r["source"]): r for r in rows
                   if r["classifier"] == name and r["metric"] in ("f1", "fpr")
                   and r["suite"] == "effectiveness"}
-        table = [[SHORT_NAMES[cat], *(_cell_text(values.get((metric, cat, src)))
-                                      for metric in ("f1", "fpr") for src in sources)]
-                 for cat in categories if cat in cs["covered"]]
+        table = [[SHORT_NAMES.get(cat, cat), *(_cell_text(values.get((metric, cat, src)))
+                                               for metric in ("f1", "fpr") for src in sources)]
+                 for cat in (*categories, OVERALL) if cat in cs["covered"]
+                 or (cat == OVERALL and any(k[1] == OVERALL for k in values))]
         if table and "effectiveness" in cfg["suites"]:
             headers = ["category", *(f"{metric} {src}" for metric in ("F1", "FPR") for src in sources)]
             lines += ["  " + t for t in tabulate(table, headers=headers,
@@ -224,10 +244,11 @@ def terminal_lines(doc: dict[str, Any]) -> list[str]:
         if judge:
             agree = judge["parser_converter_agreement"]
             lines.append(f"  judge: unsure on {judge['unsure_rate']:.1%} of images (before the "
-                         f"unsure policy), {judge['failed']} failed request(s)"
+                         f"unsure policy), {judge['failed']} image(s) without an answer "
+                         "(failed request or no archived response: excluded from their cells)"
                          + ("" if agree is None else
                             f"; converter agreed with the rule parser on {agree:.1%} of answers"))
-    lines += _comparison_lines(doc.get("comparisons", []))
+    lines += _comparison_lines(doc.get("comparisons", []), cfg.get("bootstrap"))
     warned = [r for r in rows if r.get("warned")]
     if warned:
         lines += ["", f"{len(warned)} value(s) passed but missed their warn tier: " + ", ".join(
@@ -235,9 +256,11 @@ def terminal_lines(doc: dict[str, Any]) -> list[str]:
             f"{r['source'] or ''}".strip() for r in warned[:10])
             + (f", and {len(warned) - 10} more" if len(warned) > 10 else "")]
     if doc.get("baseline"):
-        from .baseline import regression_table
+        from .baseline import regression_table, verdict_line
 
+        # The gate's verdict is the report's last line: a failed gate never ends on a table.
         lines += ["", *regression_table(doc["baseline"])]
+        lines += ["", verdict_line(doc["baseline"])] if verdict else []
     return lines
 
 
@@ -275,16 +298,22 @@ def _gap_text(row: dict[str, Any] | None) -> str:
     return text
 
 
-def _comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
+def _comparison_lines(comparisons: list[dict[str, Any]], resamples: int | None) -> list[str]:
     """Paired comparisons of the run's classifiers (F1 diff = b - a, McNemar on decisions)."""
     from tabulate import tabulate
 
+    from .stats import format_p
+
     if not comparisons:
         return []
+
+    def p_text(p: float | None, resamples: int | None = None) -> str:
+        return "-" if p is None else format_p(p, resamples)
+
     table = [[f"{c['b']} - {c['a']}", SHORT_NAMES.get(c["category"], c["category"]),
               _fmt(c["diff"]), "-" if c["ci_low"] is None else
-              f"[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]", _fmt(c["p_value"]),
-              _fmt(c["mcnemar"]["p_value"])] for c in comparisons]
+              f"[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]", p_text(c["p_value"], resamples),
+              p_text(c["mcnemar"]["p_value"])] for c in comparisons]
     return ["", "paired comparisons on the same images (pooled sources):",
             *("  " + t for t in tabulate(
                 table, headers=["F1 difference", "category", "diff", "interval",

@@ -501,16 +501,20 @@ class UnsafeBenchSession:
         cache = self._open_cache()
         try:
             with robustness.exclusive(self.session_dir / "locks", classifier, condition,
-                                      str(severity), source):
+                                      str(severity), source), progress.step(
+                    "robustness", f"robustness {classifier} / {condition}"
+                    f"{'' if severity is None else f':{severity:g}'} / {source}",
+                    unit="images") as bar:
                 if is_attack:
                     result = robustness.attack_ra(clf, samples, records, condition, rs, cache,
-                                                  s.batch_size)
+                                                  s.batch_size, progress=bar.update)
                 else:
                     with self._executor():
                         result = robustness.perturbation_ra(
                             clf, samples, records, condition,
                             severity if severity is not None else robustness.EVASION_STRENGTH,
-                            cache, s.batch_size, s.max_image_pixels, timeout=s.timeout)
+                            cache, s.batch_size, s.max_image_pixels, timeout=s.timeout,
+                            progress=bar.update)
         finally:
             cache.close()
         result.pool_size, result.eligible = len(rows), eligible

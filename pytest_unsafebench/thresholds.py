@@ -52,6 +52,32 @@ BUILTIN_PROFILES: dict[str, dict[str, Any]] = {
               "gap_fpr_max": 1.0, "gap_ra_max": 1.0},
 }
 
+
+
+@dataclass(frozen=True)
+class GateRule:
+    """How ``--unsafebench-baseline`` decides that a value regressed (baseline.py): a drop
+    beyond ``tolerance`` that a paired test on the same images finds significant
+    (p < ``alpha``), or any drop beyond ``hard_limit``. One image in a 45-image cell moves F1
+    by more than 0.02, so the tolerance alone would fail runs on noise."""
+
+    tolerance: float = 0.02
+    alpha: float = 0.05
+    hard_limit: float = 0.10
+
+    def public(self) -> dict[str, float]:
+        return {"tolerance": self.tolerance, "alpha": self.alpha, "hard_limit": self.hard_limit}
+
+
+GATE_KEYS = ("tolerance", "alpha", "hard_limit")
+# Per profile; a profile table's ``baseline`` sub-table (and [tool.unsafebench.thresholds.
+# baseline]) overrides these. smoke gates like default: a baseline is asked for explicitly.
+BUILTIN_GATES: dict[str, GateRule] = {
+    "default": GateRule(),
+    "strict": GateRule(tolerance=0.01, alpha=0.10, hard_limit=0.05),
+    "smoke": GateRule(),
+}
+
 # A layer's place in the specificity order: (classifier, category, source) each set or None.
 Slot = tuple[str | None, str | None, str | None]
 
@@ -141,12 +167,43 @@ def build_thresholds(pyproject: Mapping[str, Any], profile: str) -> ThresholdTab
                           f"available: {', '.join(known)}")
     table = ThresholdTable.with_warn_tier()
     table.merge(BUILTIN_PROFILES["default"], "built-in profile 'default'")
-    table.merge(pyproject.get("thresholds", {}), "tool.unsafebench.thresholds")
+    table.merge(_without_gate(pyproject.get("thresholds", {}), "tool.unsafebench.thresholds"),
+                "tool.unsafebench.thresholds")
     if profile in BUILTIN_PROFILES and profile != "default":
         table.merge(BUILTIN_PROFILES[profile], f"built-in profile {profile!r}")
     if profile in profiles:
-        table.merge(profiles[profile], f"tool.unsafebench.profiles.{profile}")
+        where = f"tool.unsafebench.profiles.{profile}"
+        table.merge(_without_gate(profiles[profile], where), where)
     return table
+
+
+def build_gate(pyproject: Mapping[str, Any], profile: str) -> GateRule:
+    """The baseline gate of a profile: built-in, then ``[tool.unsafebench.thresholds.baseline]``,
+    then ``[tool.unsafebench.profiles.<profile>.baseline]`` (the profile was checked by
+    :func:`build_thresholds`)."""
+    values = BUILTIN_GATES.get(profile, BUILTIN_GATES["default"]).public()
+    thresholds = _table(pyproject.get("thresholds", {}), "tool.unsafebench.thresholds")
+    profiles = _table(pyproject.get("profiles", {}), "tool.unsafebench.profiles")
+    layers = [("tool.unsafebench.thresholds.baseline", thresholds.get("baseline", {}))]
+    if profile in profiles:
+        layers.append((f"tool.unsafebench.profiles.{profile}.baseline",
+                       _table(profiles[profile], f"tool.unsafebench.profiles.{profile}")
+                       .get("baseline", {})))
+    for where, table in layers:
+        for key, value in _table(table, where).items():
+            if key not in GATE_KEYS:
+                raise ConfigError(f"{where}.{key}: unknown key{suggest(key, GATE_KEYS)}; "
+                                  f"allowed: {', '.join(GATE_KEYS)}")
+            values[key] = _number(value, f"{where}.{key}")
+            if key == "alpha" and not 0 < values[key] < 1:
+                raise ConfigError(f"{where}.alpha: expected a significance level in (0, 1), "
+                                  f"e.g. 0.05, got {value!r}")
+    return GateRule(**values)
+
+
+def _without_gate(value: Any, path: str) -> Mapping[str, Any]:
+    """A threshold table minus its ``baseline`` sub-table (read by :func:`build_gate`)."""
+    return {k: v for k, v in _table(value, path).items() if k != "baseline"}
 
 
 def _table(value: Any, path: str) -> Mapping[str, Any]:

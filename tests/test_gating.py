@@ -19,7 +19,7 @@ import pytest_unsafebench.session
 import pytest_unsafebench.stats  # noqa: F401
 from plugin_helpers import CLASSIFIER, COVERED, OTHER, build_dataset, read_json, toyclf_source, \
     write_manifest
-from pytest_unsafebench.baseline import compare
+from pytest_unsafebench.baseline import compare, regression_table, verdict_line
 from pytest_unsafebench.cli import main as cli_main
 
 try:
@@ -146,7 +146,10 @@ def test_unchanged_run_passes_its_baseline_and_save_round_trips(run: Run) -> Non
     assert result.ret == 0, result.stdout.str()[-3000:]
     gate = read_json(run.path / "out.json")["baseline"]
     assert gate["passed"] and gate["compared"] > 20 and gate["regressions"] == []
-    result.stdout.fnmatch_lines(["*baseline *base.json*values compared, no regression*"])
+    assert gate["compared"] == gate["baseline_values"] and gate["unmatched"] == []
+    result.stdout.fnmatch_lines(["*baseline *base.json*: * of * values compared",
+                                 "*no regression*", "",
+                                 "baseline gate PASSED: * of * baseline values compared, none*"])
 
 
 def test_degraded_classifier_fails_against_its_baseline(run: Run) -> None:
@@ -160,8 +163,16 @@ def test_degraded_classifier_fails_against_its_baseline(run: Run) -> None:
     assert result.ret == 1
     out = result.stdout.str()
     assert "Traceback" not in out
+    # 8 images per cell: no paired test reaches significance, the hard limit catches the drop
     result.stdout.fnmatch_lines(["*REGRESSED:*", "*classifier*suite*metric*category*why*",
-                                 "*toyclf:load*effectiveness*f1*Sexual*all*0.667*0.462*dropped 0.205 > tolerance 0.02*"])
+                                 "*toyclf:load*effectiveness*f1*Sexual*all*0.667*0.462*-0.205 [[]*"
+                                 "dropped 0.205 > hard limit 0.1*"])
+    # the gate's verdict ends the report, and pytest's closing line does not read like a pass
+    section = out[out.index("unsafebench report"):].splitlines()
+    last = [line for line in section if line.strip()]
+    verdict = last.index(next(line for line in last if line.startswith("baseline gate")))
+    assert last[verdict].startswith("baseline gate FAILED: ") and "regressed" in last[verdict]
+    assert "=" in last[verdict + 1] and "1 baseline gate failed" in last[-1]
     gate = read_json(run.path / "out.json")["baseline"]
     assert not gate["passed"]
     keys = {(r["metric"], r["category"], r["source"]) for r in gate["regressions"]}
@@ -189,6 +200,107 @@ def test_bad_baseline_is_a_usage_error(run: Run) -> None:
     result.stderr.fnmatch_lines(["*--unsafebench-baseline:*missing.json is not a file*"])
 
 
+def test_a_renamed_classifier_pairs_nothing_and_fails_until_mapped(run: Run) -> None:
+    """The same model saved as toyclf:load and run as mine:load: before, "0 values compared,
+    no regression" and exit 0."""
+    base = run.path / "base.json"
+    assert run(f"--unsafebench-save-baseline={base}", "--unsafebench-profile=smoke").ret == 0
+    (run.path / "mine.py").write_text(toyclf_source())
+    result = run(f"--unsafebench-baseline={base}", "--unsafebench-profile=smoke",
+                 f"--unsafebench-json={run.path / 'out.json'}", classifier="mine:load")
+    assert result.ret == 1 and result.parseoutcomes().get("failed", 0) == 0
+    gate = read_json(run.path / "out.json")["baseline"]
+    assert gate["compared"] == 0 and len(gate["unmatched"]) == gate["baseline_values"] > 20
+    result.stdout.fnmatch_lines([
+        "*0 of * values compared",
+        "* baseline value(s) did not pair with this run (all in the JSON's baseline.unmatched):",
+        "    toyclf:load effectiveness * and * more: classifier toyclf:load is not in this run "
+        "(this run: mine:load); if it is mine:load, pass "
+        "--unsafebench-baseline-classifier=toyclf:load=mine:load",
+        "*differs: classifiers: baseline toyclf:load; this run mine:load",
+        "baseline gate FAILED: 0 of * baseline values compared; * did not pair with this run",
+        "*1 baseline gate failed in*"])
+    result = run(f"--unsafebench-baseline={base}", "--unsafebench-profile=smoke",
+                 "--unsafebench-baseline-classifier=toyclf:load=mine:load",
+                 f"--unsafebench-json={run.path / 'out.json'}", classifier="mine:load")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    gate = read_json(run.path / "out.json")["baseline"]
+    assert gate["compared"] == gate["baseline_values"] and gate["passed"]
+    assert gate["paired"] and gate["renamed"] == {"toyclf:load": "mine:load"}
+    # a mapping that names no classifier of either run is a usage error before the pass
+    for mapping, message in (("nope=mine:load", "*the baseline has no classifier 'nope'*"),
+                             ("toyclf:load=nope", "*this run has no classifier 'nope'*"),
+                             ("toyclf:load", "*expected OLD=NEW*")):
+        result = run(f"--unsafebench-baseline={base}",
+                     f"--unsafebench-baseline-classifier={mapping}", classifier="mine:load")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([f"*--unsafebench-baseline-classifier*{message}"])
+
+
+def test_fewer_categories_than_the_baseline_fail_and_say_which(run: Run) -> None:
+    base = run.path / "base.json"
+    assert run(f"--unsafebench-save-baseline={base}", "--unsafebench-profile=smoke").ret == 0
+    result = run(f"--unsafebench-baseline={base}", "--unsafebench-profile=smoke",
+                 "--unsafebench-categories=Hate,Violence")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines([
+        "*toyclf:load effectiveness * Sexual * and * more: category Sexual was not selected in "
+        "this run",
+        "*differs: categories: baseline *Sexual*; this run Hate, Violence",
+        "baseline gate FAILED: *; * did not pair with this run"])
+
+
+def test_another_dataset_or_split_is_refused_unless_allowed(run: Run) -> None:
+    base = run.path / "base.json"
+    assert run(f"--unsafebench-save-baseline={base}", "--unsafebench-profile=smoke").ret == 0
+    old_fp = read_json(base)["dataset"]["fingerprint"]
+    result = run(f"--unsafebench-baseline={base}", "--unsafebench-split=test")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*baseline scored on other data: split all in the baseline, "
+                                 f"test in this run; dataset fingerprint {old_fp} in the "
+                                 "baseline, * in this run. *--unsafebench-baseline-allow-mismatch"
+                                 " to compare anyway"])
+    assert "Traceback" not in result.stderr.str()
+    # another dataset, same split: one relabelled image changes the fingerprint
+    run.rows[0]["safety_label"] = "Safe" if run.rows[0]["safety_label"] == "Unsafe" else "Unsafe"
+    write_manifest(run.dataset, run.rows)
+    result = run(f"--unsafebench-baseline={base}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*dataset fingerprint {old_fp} in the baseline*"])
+    result = run(f"--unsafebench-baseline={base}", "--unsafebench-baseline-allow-mismatch",
+                 "--unsafebench-profile=smoke")
+    lines = result.stdout.str().splitlines()
+    first = lines[lines.index(next(x for x in lines if "unsafebench report" in x)) + 1:]
+    first = [x for x in first if x.strip()]
+    assert first[0].startswith(f"BASELINE: dataset fingerprint {old_fp} in the baseline, ")
+    assert first[0].endswith("(compared anyway: --unsafebench-baseline-allow-mismatch)")
+    assert first[1].startswith("dataset: ")
+
+
+def test_a_profile_sets_the_gates_strictness(run: Run) -> None:
+    """A hard limit above every drop of the degraded model, in a pyproject profile: the drops
+    are not significant on 8-image cells, so the gate passes; the built-in one fails it."""
+    base = run.path / "base.json"
+    assert run(f"--unsafebench-save-baseline={base}", "--unsafebench-profile=smoke").ret == 0
+    run.degrade()
+    (run.path / "pyproject.toml").write_text(
+        "[tool.unsafebench.profiles.lenient]\nf1_min = 0.0\nfpr_max = 1.0\n"
+        "gap_f1_max = 1.0\ngap_fpr_max = 1.0\n"
+        "[tool.unsafebench.profiles.lenient.baseline]\nhard_limit = 0.5\n")
+    result = run(f"--unsafebench-baseline={base}", "--unsafebench-profile=lenient",
+                 f"--unsafebench-json={run.path / 'out.json'}")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    gate = read_json(run.path / "out.json")["baseline"]
+    assert gate["rule"] == {"tolerance": 0.02, "alpha": 0.05, "hard_limit": 0.5}
+    assert gate["within_noise"] and all(n["p_value"] >= 0.05 for n in gate["within_noise"])
+    (run.path / "pyproject.toml").write_text(
+        "[tool.unsafebench.profiles.lenient.baseline]\nhard_limt = 0.5\n")
+    result = run(f"--unsafebench-baseline={base}", "--unsafebench-profile=lenient")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*tool.unsafebench.profiles.lenient.baseline.hard_limt: unknown "
+                                 "key*hard_limit*"])
+
+
 def test_two_classifiers_get_paired_comparisons(run: Run) -> None:
     result = run(f"--unsafebench-json={run.path / 'out.json'}", "--unsafebench-profile=smoke",
                  classifier=f"{CLASSIFIER},{OTHER}")
@@ -212,12 +324,23 @@ def _row(metric: str, value: float, **kw) -> dict:
     ("f1", 0.80, 0.79, False), ("f1", 0.80, 0.70, True), ("f1", 0.70, 0.95, False),
     ("fpr", 0.10, 0.11, False), ("fpr", 0.10, 0.20, True), ("fpr", 0.20, 0.05, False),
     ("gap_f1", -0.10, 0.11, False), ("gap_f1", 0.05, -0.20, True), ("gap_f1", -0.3, 0.1, False),
-    ("pool_size", 500, 10, False),                     # not a quality metric: never gated
 ])
 def test_compare_reads_each_metric_in_its_direction(metric, old, new, regressed) -> None:
     section = compare({"rows": [_row(metric, old)]}, [_row(metric, new)], lambda m: 0.02)
     assert section["passed"] is not regressed
-    assert section["compared"] == (0 if metric == "pool_size" else 1)
+    assert section["compared"] == 1
+    if regressed:
+        word = {"f1": "dropped", "fpr": "rose", "gap_f1": "|gap| grew"}[metric]
+        assert section["regressions"][0]["reason"].startswith(word + " ")
+
+
+def test_a_baseline_without_gated_values_fails() -> None:
+    """pool_size is not a quality metric, so nothing is gated: comparing nothing never passes."""
+    section = compare({"rows": [_row("pool_size", 500)]}, [_row("pool_size", 10)], lambda m: 0.02)
+    assert section["compared"] == 0 and section["baseline_values"] == 0
+    assert not section["passed"]
+    assert verdict_line(section) == ("baseline gate FAILED: 0 of 0 baseline values compared; "
+                                     "the baseline has no gated values")
 
 
 def test_compare_matches_by_logical_key_and_per_metric_tolerance() -> None:
@@ -226,6 +349,12 @@ def test_compare_matches_by_logical_key_and_per_metric_tolerance() -> None:
     section = compare(base, current, {"f1": 0.1, "fpr": 0.02}.__getitem__)
     assert section["compared"] == 2           # Spam missing now, "other" not in the baseline
     assert [(r["metric"], r["diff"]) for r in section["regressions"]] == [("fpr", -0.04)]
+    # the baseline's Spam value paired with nothing: that alone fails the gate
+    [missing] = section["unmatched"]
+    assert missing["category"] == "Spam" and "not measured in this run" in missing["why"]
+    only_spam_missing = compare(base, [_row("fpr", 0.1), _row("f1", 0.9)], lambda m: 0.02)
+    assert only_spam_missing["regressions"] == [] and not only_spam_missing["passed"]
+    assert "1 did not pair with this run" in verdict_line(only_spam_missing)
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -280,13 +409,14 @@ def test_curves_only_for_graded_scores() -> None:
     assert not flat["available"] and "decisions only" in flat["reason"]
 
 
-def test_significant_paired_drop_fails_within_the_tolerance() -> None:
-    """Missing 30 of 1000 Unsafe images costs F1 only ~0.015 (inside a 0.02 tolerance), but
-    every changed decision goes the same way: the paired tests call it significant."""
+def _paired_case(missed: int, profile: str = "default", **kw) -> dict:
+    """A baseline that flags all 1000 Unsafe images of a 2000-image cell, and a run that
+    misses the first ``missed`` of them: every changed decision goes the same way."""
     from pytest_unsafebench.baseline import decisions_block
     from pytest_unsafebench.cells import Bootstrap
     from pytest_unsafebench.metrics import cell_metrics
     from pytest_unsafebench.results import PredictionTable
+    from pytest_unsafebench.thresholds import BUILTIN_GATES
 
     def table(missed: int) -> PredictionTable:
         rows = []
@@ -298,23 +428,97 @@ def test_significant_paired_drop_fails_within_the_tolerance() -> None:
                          "decision": "unsafe" if flagged else "safe", "score": float(flagged)})
         return PredictionTable("c", rows)
 
-    before, after = table(0), table(30)
+    before, after = table(0), table(missed)
 
     def f1_row(t: PredictionTable) -> dict:
         c = t.select("Hate", "all")
         return _row("f1", cell_metrics(c["y_true"], c["y_pred"], c["scores"])["f1"])
 
     base = {"rows": [f1_row(before)], "decisions": decisions_block({"c": before})}
-    section = compare(base, [f1_row(after)], lambda m: 0.02, tables={"c": after},
-                      bootstrap=Bootstrap(resamples=500))
+    rule = BUILTIN_GATES[profile]
+    return compare(base, [f1_row(after)], lambda m: rule.tolerance, rule=rule,
+                   tables={"c": after}, bootstrap=Bootstrap(resamples=500), **kw)
+
+
+def test_a_significant_drop_beyond_the_tolerance_regresses_with_its_interval() -> None:
+    """Missing 60 of 1000 Unsafe images costs F1 0.031: beyond the 0.02 tolerance, and the
+    paired bootstrap finds it significant; the reason prints p < 1/500, not p = 0."""
+    section = _paired_case(60)
     assert not section["passed"]
     [reg] = section["regressions"]
-    assert reg["reason"].startswith("significant paired drop") and reg["diff"] > -0.02
+    assert reg["reason"] == ("dropped 0.031 > tolerance 0.02, significant paired drop "
+                             "(p < 0.002 < 0.05)")
+    assert reg["p_value"] == 0.0 and reg["ci_low"] < reg["diff"] < reg["ci_high"] < 0
     paired = {(p["category"], p["source"]): p for p in section["paired"]}
-    assert paired[("Hate", "all")]["mcnemar"] == {"b": 30, "c": 0, "p_value": pytest.approx(
-        2 * 0.5 ** 30, rel=1e-6)}
-    # without per-image decisions only the tolerance applies: the same drop passes
-    assert compare({"rows": base["rows"]}, [f1_row(after)], lambda m: 0.02)["passed"]
+    assert paired[("Hate", "all")]["mcnemar"] == {"b": 60, "c": 0, "p_value": pytest.approx(
+        2 * 0.5 ** 60, rel=1e-6)}
+    assert "-0.031 [-0.0" in "\n".join(regression_table(section))
+
+
+def test_a_significant_drop_within_the_tolerance_passes() -> None:
+    """Missing 30 of 1000 costs F1 0.015: significant, but inside the 0.02 tolerance."""
+    section = _paired_case(30)
+    assert section["passed"] and section["regressions"] == []
+    assert section["paired"][0]["p_value"] < 0.05       # still reported
+
+
+def test_the_strict_profile_flags_the_same_small_drop() -> None:
+    section = _paired_case(30, profile="strict")        # tolerance 0.01, hard limit 0.05
+    [reg] = section["regressions"]
+    assert reg["reason"].startswith("dropped 0.015 > tolerance 0.01, significant paired drop")
+
+
+def test_a_drop_that_is_noise_passes_and_one_beyond_the_hard_limit_fails() -> None:
+    """One image in a 45-image cell moves F1 by more than the tolerance: not significant, so
+    no regression; a drop beyond the hard limit fails whatever the test says."""
+    from pytest_unsafebench.cells import Bootstrap
+    from pytest_unsafebench.metrics import f1
+    from pytest_unsafebench.results import PredictionTable
+
+    labels = [i < 20 for i in range(45)]
+
+    def table(missed: set[int]) -> PredictionTable:
+        return PredictionTable("c", [
+            {"id": str(i), "label": "Unsafe" if y else "Safe", "category": "Hate",
+             "source": "Lexica", "score": 0.5,
+             "decision": "unsafe" if y and i not in missed else "safe"}
+            for i, y in enumerate(labels)])
+
+    def row(t: PredictionTable) -> dict:
+        c = t.select("Hate", "all")
+        return _row("f1", f1(c["y_true"], c["y_pred"], zero_division=0.0))
+
+    from pytest_unsafebench.baseline import decisions_block
+
+    before = table(set())
+    base = {"rows": [row(before)], "decisions": decisions_block({"c": before})}
+    one = table({0})
+    section = compare(base, [row(one)], lambda m: 0.02, tables={"c": one},
+                      bootstrap=Bootstrap(resamples=500))
+    assert section["passed"], section["regressions"]
+    [noise] = section["within_noise"]
+    assert noise["diff"] == pytest.approx(-(1 - 38 / 39), abs=1e-6) and noise["p_value"] >= 0.05
+    assert "1 change(s) beyond the tolerance were not significant" in "\n".join(
+        regression_table(section))
+    five = table({0, 1, 2, 3, 4})
+    section = compare(base, [row(five)], lambda m: 0.02, tables={"c": five},
+                      bootstrap=Bootstrap(resamples=500))
+    [reg] = section["regressions"]
+    assert reg["reason"] == "dropped 0.143 > hard limit 0.1"
+    # without per-image decisions the paired test cannot run: the tolerance decides, and says so
+    section = compare({"rows": base["rows"]}, [row(one)], lambda m: 0.02, tables={"c": one},
+                      bootstrap=Bootstrap(resamples=500))
+    [reg] = section["regressions"]
+    assert "no paired test (the baseline has no per-image decisions for c" in reg["reason"]
+
+
+@pytest.mark.parametrize(("p", "resamples", "text"), [
+    (0.0, 1000, "p < 0.001"), (0.0, 200, "p < 0.005"), (1.9e-9, None, "p < 0.001"),
+    (0.0234, 1000, "p = 0.0234"), (1.0, None, "p = 1")])
+def test_p_values_never_print_as_zero(p, resamples, text) -> None:
+    from pytest_unsafebench.stats import format_p
+
+    assert format_p(p, resamples) == text
 
 
 def test_cli_report_renders_html_and_markdown(run: Run, tmp_path: Path,
