@@ -240,6 +240,9 @@ def read_probe(path: str | Path) -> ProbeFile:
             or backbone["dim"] < 1:
         raise _bad(path, "metadata 'backbone' needs a string name and fingerprint, an options "
                          "object and a positive integer dim")
+    if not isinstance(meta["baseline"], str) or not isinstance(meta["trained_on"], dict):
+        raise _bad(path, "metadata 'baseline' must be a classifier name (a string) and "
+                         "'trained_on' an object")
     absent = [t for t in TENSORS if t not in tensors]
     if absent:
         raise _bad(path, f"missing tensor(s) {absent}; expected {list(TENSORS)}")

@@ -136,6 +136,8 @@ def _set(key: str, value: object):
     (None, lambda t: t.pop("scale"), r"missing tensor\(s\) \['scale'\]"),
     (_set("thresholds", {"unsafe": 0.5}), None, "thresholds must give each head"),
     (None, lambda t: t.__setitem__("bias", np.full(4, np.nan, np.float32)), "non-finite"),
+    (_set("baseline", ["q16"]), None, "'baseline' must be a classifier name"),
+    (_set("trained_on", "train"), None, "'trained_on' an object"),
 ])
 def test_bad_probe_files_are_named_and_explained(world: Path, tmp_path: Path, meta_edit,
                                                  tensor_edit, message: str) -> None:
