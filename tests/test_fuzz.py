@@ -398,6 +398,9 @@ def test_fuzz_finds_flips_saves_artifacts_and_reports_them(bench: Bench) -> None
         assert spec["decision_before"] != spec["decision_after"]
         png = art / spec["image"]
         assert png.is_file() and png == root / row["artifact_image"]
+        # each saved file is named once in the terminal report
+        for rel in (row["artifact_image"], row["artifact_spec"]):
+            assert result.outlines.count(f"wrote {root / rel} (fuzz counterexample)") == 1
         after = [r for r in doc["rows"] if r["metric"] == "score_after"
                  and r["source"] == row["source"]]
         assert [(r["image_id"], r["artifact_image"], r["artifact_spec"]) for r in after] == [

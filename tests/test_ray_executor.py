@@ -8,16 +8,22 @@ Test-only classifier modules live in a folder on the workers' PYTHONPATH.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import io
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -162,6 +168,105 @@ def modules(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+# A healthy local start takes about 2 s; CI once waited 28 minutes in ray.init for workers that
+# never registered. Each attempt is bounded, so a stuck start is retried once and then skips
+# the Ray tests, saying why.
+RAY_START_SECONDS = 120.0
+
+
+class RayStartTimeout(Exception):
+    """Raised inside a ray.init that took longer than its bound."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise RayStartTimeout in the main thread after ``seconds``. ray.init must run in the
+    main thread (started elsewhere, its driver loses the GCS once that thread ends), and its
+    start-up waits are Python loops that a signal interrupts; a block inside Ray's C++ core is
+    left to the suite's per-test timeout (pytest-timeout, thread method), with a stack trace."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise RayStartTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def start_local_ray(ray: Any, init_kwargs: dict[str, Any], *, seconds: float = RAY_START_SECONDS,
+                    attempts: int = 2) -> str | None:
+    """``ray.init(**init_kwargs)``, each attempt bounded by ``seconds``; a start that fails or
+    times out is shut down and retried once. None when Ray is up, else why it could not start."""
+    failure = ""
+    for _ in range(attempts):
+        try:
+            with _time_limit(seconds):
+                ray.init(**init_kwargs)
+            return None
+        except RayStartTimeout:
+            failure = f"ray.init did not finish within {seconds:g} s"
+        except Exception as exc:  # noqa: BLE001 - reported as the skip reason
+            failure = f"{type(exc).__name__}: {exc}"
+        ray.shutdown()  # whatever half of it started
+    return (f"a local Ray could not start ({attempts} attempts; last: {failure}); see Ray's "
+            "logs under /tmp/ray/session_latest/logs")
+
+
+class FakeRay:
+    """Stands in for the ray module: ``init`` raises, hangs or succeeds, as scripted."""
+
+    def __init__(self, *behaviours: str) -> None:
+        self.behaviours = list(behaviours)
+        self.calls = 0
+        self.shutdowns = 0
+
+    def init(self, **kwargs: Any) -> None:
+        self.calls += 1
+        behaviour = self.behaviours.pop(0)
+        if behaviour == "hang":
+            while True:  # as a start-up wait loop does
+                time.sleep(0.05)
+        elif behaviour == "raise":
+            raise RuntimeError("The worker has not registered within the timeout")
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+def test_ray_start_that_raises_is_retried_once() -> None:
+    fake = FakeRay("raise", "ok")
+    assert start_local_ray(fake, {}, seconds=5) is None
+    assert (fake.calls, fake.shutdowns) == (2, 1)
+
+
+def test_ray_start_that_keeps_failing_gives_the_reason() -> None:
+    fake = FakeRay("raise", "raise")
+    why = start_local_ray(fake, {}, seconds=5)
+    assert why is not None and why.startswith(
+        "a local Ray could not start (2 attempts; last: RuntimeError: The worker has not "
+        "registered within the timeout)")
+    assert (fake.calls, fake.shutdowns) == (2, 2)
+
+
+def test_ray_start_that_hangs_is_bounded_and_retried() -> None:
+    fake = FakeRay("hang", "ok")
+    started = time.perf_counter()
+    assert start_local_ray(fake, {}, seconds=0.3) is None
+    assert time.perf_counter() - started < 5
+    assert (fake.calls, fake.shutdowns) == (2, 1)
+    fake = FakeRay("hang", "hang")
+    why = start_local_ray(fake, {}, seconds=0.3)
+    assert why is not None and "ray.init did not finish within 0.3 s" in why
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL  # the handler is put back
+
+
 @pytest.fixture(scope="module")
 def ray_instance(modules: Path):  # noqa: ANN201 - yields the ray module
     if not HAS_RAY:
@@ -175,9 +280,17 @@ def ray_instance(modules: Path):  # noqa: ANN201 - yields the ray module
         importlib.import_module(name)
 
     sys.path.insert(0, str(modules))
-    # "local": a Ray of this module's own, even beside another (an xdist worker's).
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(modules)}})
+    # "local": a Ray of this module's own, even beside another (an xdist worker's). Only what
+    # the tests use: 2 CPUs (one actor and Ray Data's own task), no GPU, a small object store.
+    why = start_local_ray(ray, {
+        "address": "local", "num_cpus": 2, "num_gpus": 0, "object_store_memory": 200 * 2**20,
+        "include_dashboard": False, "log_to_driver": False,
+        # A worker that never registers is killed and restarted after 30 s, not 60.
+        "_system_config": {"worker_register_timeout_seconds": 30},
+        "runtime_env": {"env_vars": {"PYTHONPATH": str(modules)}}})
+    if why is not None:
+        sys.path.remove(str(modules))
+        pytest.skip(why)
     yield ray
     ray.shutdown()
     sys.path.remove(str(modules))

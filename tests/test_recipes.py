@@ -76,3 +76,101 @@ def test_missing_user_module_names_the_search_path_not_an_extra(
     assert str(pytester.path) in out  # the folder it looked in
     assert "pytest-unsafebench[torch]" not in out
     assert result.ret != pytest.ExitCode.OK
+
+
+# ---------------------------------------------------------------------------- CI cannot hang
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_the_suite_has_a_per_test_timeout_from_the_dev_extra(
+        request: pytest.FixtureRequest) -> None:
+    dev = _pyproject()["project"]["optional-dependencies"]["dev"]
+    assert any(req.startswith("pytest-timeout") for req in dev)
+    assert float(request.config.getini("timeout")) > 0  # this very run has a limit
+
+
+def test_a_hang_fails_with_a_stack_trace(pytester: pytest.Pytester) -> None:
+    """The suite's timeout settings, with a 2 s limit: a blocked test ends with its stack."""
+    ini = _pyproject()["tool"]["pytest"]["ini_options"]
+    pytester.makeini(f"[pytest]\ntimeout = 2\ntimeout_method = {ini['timeout_method']}\n")
+    pytester.makepyfile(test_hang="""
+        import threading
+
+        def test_blocked_forever():
+            threading.Event().wait()
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:xdist", timeout=60)
+    out = result.stdout.str() + result.stderr.str()
+    assert "Timeout" in out and "test_blocked_forever" in out
+    assert "threading.Event().wait()" in out  # where it hung
+    assert result.ret != pytest.ExitCode.OK
+
+
+# ---------------------------------------------------------------------------- -m / -k
+
+
+@pytest.mark.parametrize(("selection", "suite"), [
+    (("-m", "robustness"), "robustness"),
+    (("-m", "fuzz"), "fuzz"),
+    (("-k", "test_robust_accuracy"), "robustness"),
+    (("-k", "pgd"), "robustness"),             # a robustness parameter id
+    (("-m", "gap and not slow"), "gap"),
+])
+def test_selecting_a_suite_that_is_not_enabled_says_how(
+        folder: pytest.Pytester, selection: tuple[str, str], suite: str) -> None:
+    counter = folder.path / "counter.txt"
+    write_toyclf(folder.path, counter=counter)
+    result = folder.runpytest(*common_args(folder.path, "--unsafebench-suites=effectiveness",
+                                           *selection))
+    out = result.stdout.str()
+    hint = (f"unsafebench: {selection[0]} {selection[1]!r} selects the {suite} suite, which "
+            f"this run did not enable: add --unsafebench-suites={suite}")
+    assert hint in result.outlines, out
+    assert sum("selects the" in line for line in result.outlines) == 1
+    assert result.ret == NO_TESTS
+    assert not counter.exists()  # nothing deselected everything... and nothing was classified
+    assert "decoded and classified" not in out
+
+
+def test_deselecting_everything_runs_no_prediction_pass(folder: pytest.Pytester) -> None:
+    counter = folder.path / "counter.txt"
+    write_toyclf(folder.path, counter=counter)
+    result = folder.runpytest(*common_args(folder.path, "-k", "no_such_test_anywhere"))
+    assert result.ret == NO_TESTS
+    assert not counter.exists()
+    assert "selects the" not in result.stdout.str()  # no suite matches: no hint
+
+
+def test_a_selection_that_runs_tests_gets_no_hint(folder: pytest.Pytester) -> None:
+    result = folder.runpytest(*common_args(folder.path, "--unsafebench-suites=effectiveness",
+                                           "-k", "Hate"))
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    assert "selects the" not in result.stdout.str()
+
+
+# ---------------------------------------------------------------------------- wrote ...
+
+
+def test_every_written_file_gets_one_wrote_line(folder: pytest.Pytester) -> None:
+    out = folder.path / "out"
+    files = {"json": out / "r.json", "html": out / "r.html", "markdown": out / "r.md",
+             "save-baseline": out / "base.json", "predictions": out / "p.jsonl"}
+    result = folder.runpytest(*common_args(folder.path, "--unsafebench-suites=effectiveness",
+                                           *(f"--unsafebench-{k}={v}" for k, v in files.items())))
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    wrote = [line for line in result.outlines if line.startswith("wrote ")]
+    assert sorted(wrote) == sorted(f"wrote {v} (--unsafebench-{k})" for k, v in files.items())
+    assert all(v.is_file() for v in files.values())
+
+
+def test_no_wrote_line_without_files(folder: pytest.Pytester) -> None:
+    result = folder.runpytest(*common_args(folder.path, "--unsafebench-suites=effectiveness"))
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    assert not [line for line in result.outlines if line.startswith("wrote ")]
