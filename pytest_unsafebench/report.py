@@ -117,8 +117,11 @@ def build_json(settings: Settings, state: RunState, rows: list[dict[str, Any]],
     paper_reason = paper.mismatch(state.dataset, config)
     if paper_reason is None:
         for r in rows:
-            # f1 cells, and RA under the paper's attacks with its pool
-            r["paper"] = paper.published_for_row(r, config)
+            # f1 cells, and RA under the paper's attacks with its pool; never beside a
+            # classifier run otherwise than the paper ran it (ClassifierInfo.paper_mismatch)
+            cs = state.classifiers.get(r["classifier"])
+            r["paper"] = (None if cs is not None and cs.paper_mismatch
+                          else paper.published_for_row(r, config))
     findings = [f.to_dict() for f in state.findings]
     extras = dict(extras or {})
     return {
@@ -182,7 +185,8 @@ def terminal_lines(doc: dict[str, Any], verdict: bool = True) -> list[str]:
     ds = doc["dataset"]
     integrity = ds.get("integrity", {})
     # A baseline of other data, compared on request, is said before anything else.
-    lines = [f"BASELINE: {note}" for note in (doc.get("baseline") or {}).get("mismatch", [])]
+    gate = doc.get("baseline") or {}
+    lines = [f"BASELINE: {note}" for note in gate.get("mismatch", [])]
     lines.append(f"dataset: {ds['name']} ({ds['counts']['images']} images, split {cfg['split']}, "
                  f"fingerprint {ds['fingerprint']})")
     if ds.get("synthetic"):
@@ -204,9 +208,18 @@ def terminal_lines(doc: dict[str, Any], verdict: bool = True) -> list[str]:
         if cs.get("error"):
             lines.append(f"{head}: ERROR {cs['error']}")
             continue
-        score = (f"score {_fmt(s['score'])} (macro mean F1 over {s['categories_scored']} "
-                 f"covered categories, pooled sources; Overall F1 {_fmt(s.get('overall_f1'))} "
-                 "on their images pooled)" if "effectiveness" in cfg["suites"] else "")
+        covered = [c for c in categories if c in cs["covered"]]
+        scored = s["categories_scored"]
+        if "effectiveness" not in cfg["suites"]:
+            score = ""
+        elif not scored:  # e.g. -k selected no pooled-source test_f1: no score, not a zero
+            score = ("score not measured (no covered category's pooled-source test_f1 ran in "
+                     "this run)")
+        else:
+            of = f"{scored} of {len(covered)}" if scored < len(covered) else str(scored)
+            score = (f"score {_fmt(s['score'])} (macro mean F1 over {of} covered categories, "
+                     f"pooled sources; Overall F1 {_fmt(s.get('overall_f1'))} on their images "
+                     "pooled)")
         lines.append(f"{head} [{cs['fingerprint']}] {score}".rstrip())
         base = cs.get("base")
         if base:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from . import paper
 from .errors import UnsafeBenchError
 from .report import attack_units, not_run
-from .taxonomy import CATEGORIES, CELL_SOURCES, POOLED, SHORT_NAMES
+from .taxonomy import CATEGORIES, CELL_SOURCES, OVERALL, POOLED, SHORT_NAMES
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -97,7 +97,9 @@ def _paper_value(row: Mapping[str, Any], doc: Mapping[str, Any]) -> float | None
     if "paper" in row:
         value = row["paper"]
         return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-    return paper.published_for_row(row) if paper.applies(doc.get("dataset") or {}) else None
+    config = doc.get("config")
+    return (paper.published_for_row(row, config)
+            if paper.applies(doc.get("dataset") or {}, config) else None)
 
 
 def _value_cell(row: Mapping[str, Any] | None, doc: Mapping[str, Any]) -> str:
@@ -268,7 +270,13 @@ def _header(doc: Mapping[str, Any]) -> str:
              f"; schema version {_e(doc.get('schema_version'))}</p>"]
     if ds.get("synthetic"):
         parts.append(f'<p class="warn"><b>SYNTHETIC DATA</b>: {_e(ds.get("description"))}</p>')
-    if paper.applies(ds):
+    gate = doc.get("baseline")
+    parts += [f'<p class="warn"><b>BASELINE</b>: {_e(n)}</p>'    # compared despite a mismatch
+              for n in (gate.get("mismatch") or [] if isinstance(gate, Mapping) else [])]
+    reason = paper.mismatch(ds, doc.get("config"))
+    if reason is not None:
+        parts.append(f"<p>Paper figures not shown: {_e(reason)}.</p>")
+    else:
         parts.append("<p>The dataset is the real UnsafeBench: the paper's published figures "
                      "(Qu et al., CCS 2025, v1 result tables) are shown beside ours as "
                      "<span class=\"paper\">(paper x)</span>.</p>")
@@ -283,7 +291,7 @@ def _summary(doc: Mapping[str, Any]) -> str:
         return _na("the document has no summary")
     info = doc.get("classifiers") or {}
     pooled_f1 = [r for r in _rows(doc) if r.get("metric") == "f1" and r.get("source") == POOLED
-                 and r.get("outcome") in ("passed", "failed")]
+                 and r.get("outcome") in ("passed", "failed") and r.get("category") != OVERALL]
     body = []
     for name, s in summary.items():
         refs = [p for p in (_paper_value(r, doc) for r in pooled_f1 if r.get("classifier") == name)
@@ -322,6 +330,10 @@ def _effectiveness(doc: Mapping[str, Any]) -> str:
         categories = sorted({r["category"] for r in mine}, key=lambda c: _order(c, CATEGORIES))
         sources = sorted({r["source"] for r in mine}, key=lambda s: _order(s, CELL_SOURCES))
         out.append(f"<h3>{_e(name)}</h3>")
+        notes = ((doc.get("classifiers") or {}).get(name) or {}).get("notes") or []
+        if notes:   # how it ran (a VLM judge's setup); the definitions warning comes first
+            out.append("<ul class=\"notes\">" + "".join(f"<li>{_e(n)}</li>" for n in notes)
+                       + "</ul>")
         if f1:
             out.append(_heatmap(name, f1, categories, sources))
         body = [[f"<td>{_e(_cat_name(c))}</td>",
@@ -662,8 +674,13 @@ def _baseline(doc: Mapping[str, Any]) -> str:
         return _na("no baseline was compared (--unsafebench-baseline)")
     verdict = "passed" if base.get("passed") else "failed"
     out = [f"<p>baseline {_e(base.get('path'))} (commit {_e(base.get('git_commit') or '-')}): "
-           f"{_e(base.get('compared'))} value(s) compared, "
+           f"{_e(base.get('compared'))} of {_e(base.get('baseline_values', base.get('compared')))} value(s) compared, "
            f'<span class="{verdict}">{verdict}</span>.</p>']
+    unmatched = [u for u in base.get("unmatched") or [] if isinstance(u, Mapping)]
+    if unmatched:   # a value that paired with nothing fails the gate: say which and why
+        keys_u = ("classifier", "suite", "metric", "category", "source", "condition", "why")
+        out.append(f"<p>{len(unmatched)} baseline value(s) did not pair with this run:</p>")
+        out.append(_table(keys_u, ([u.get(k) for k in keys_u] for u in unmatched)))
     regressions = [r for r in base.get("regressions") or [] if isinstance(r, Mapping)]
     keys = ("classifier", "suite", "metric", "category", "source", "condition", "baseline",
             "current", "diff", "tolerance", "p_value", "reason")

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import paper
 from .report import attack_units
-from .taxonomy import CATEGORIES, CELL_SOURCES, POOLED, SHORT_NAMES
+from .taxonomy import CATEGORIES, CELL_SOURCES, OVERALL, POOLED, SHORT_NAMES
 
 MAX_FAILED = 20
 _OUTCOMES = ("passed", "failed", "skipped", "error")
@@ -70,10 +70,13 @@ def _order(row: Mapping[str, Any]) -> tuple:
 def _paper_score(doc: Mapping[str, Any], name: str) -> str:
     """Mean of the paper's pooled F1 over the categories our score averages, if all published."""
     pooled = [r for r in _rows(doc) if r.get("classifier") == name and r.get("metric") == "f1"
-              and r.get("source") == POOLED and r.get("outcome") in ("passed", "failed")]
-    if not paper.applies(doc.get("dataset") or {}):
+              and r.get("source") == POOLED and r.get("outcome") in ("passed", "failed")
+              and r.get("category") != OVERALL]
+    config = doc.get("config")
+    if not paper.applies(doc.get("dataset") or {}, config):
         return ""
-    refs = [r.get("paper") if "paper" in r else paper.published_for_row(r) for r in pooled]
+    refs = [r.get("paper") if "paper" in r else paper.published_for_row(r, config)
+            for r in pooled]
     if not refs or any(not isinstance(v, (int, float)) for v in refs):
         return ""
     return f"{sum(refs) / len(refs):.3f}"
@@ -95,6 +98,8 @@ def _summary(doc: Mapping[str, Any]) -> list[str]:
             headers.insert(1, "paper")
             cells.insert(1, ref)
         out += _table(headers, [cells])
+        notes = (info.get(name) or {}).get("notes") or []   # how it ran (a VLM judge's setup)
+        out += ["", *(f"- {md(n)}" for n in notes)] if notes else []
         if error:
             out += ["", f"**error**: {md(error)}"]
     return out
@@ -171,8 +176,15 @@ def _baseline(doc: Mapping[str, Any]) -> list[str]:
     regressions = [r for r in base.get("regressions") or [] if isinstance(r, Mapping)]
     verdict = "passed" if base.get("passed") else "**failed**"
     out = ["", "### Baseline", "",
-           f"Compared {_num(base.get('compared'))} value(s) with {md(base.get('path'))} "
+           f"Compared {_num(base.get('compared'))} of {_num(base.get('baseline_values'))} "
+           f"value(s) with {md(base.get('path'))} "
            f"(commit {md(base.get('git_commit') or '-')}): {verdict}."]
+    unmatched = [u for u in base.get("unmatched") or [] if isinstance(u, Mapping)]
+    if unmatched:   # a value that paired with nothing fails the gate: say why
+        reasons = sorted({str(u.get("why")) for u in unmatched})
+        out += ["", f"{len(unmatched)} baseline value(s) did not pair with this run: "
+                + "; ".join(md(r) for r in reasons[:5])
+                + (f"; and {len(reasons) - 5} other reasons" if len(reasons) > 5 else "") + "."]
     if regressions:
         out.append("")
         out += _table(["classifier", "cell", "metric", "baseline", "current", "diff", "tolerance",
@@ -193,6 +205,9 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
     counts = ds.get("counts") or {}
     lines = [f"## pytest-unsafebench: {md(ds.get('name', 'unknown dataset'))} "
              f"({_num(counts.get('images'))} images)"]
+    gate = doc.get("baseline")
+    for note in (gate.get("mismatch") or []) if isinstance(gate, Mapping) else []:
+        lines += ["", f"> **Baseline**: {md(note)}"]   # said first, as in the terminal
     if ds.get("synthetic"):
         lines += ["", "> **Synthetic data**: its numbers say nothing about real moderation."]
     integrity = ds.get("integrity") or {}

@@ -207,8 +207,11 @@ def test_a_renamed_classifier_pairs_nothing_and_fails_until_mapped(run: Run) -> 
     assert run(f"--unsafebench-save-baseline={base}", "--unsafebench-profile=smoke").ret == 0
     (run.path / "mine.py").write_text(toyclf_source())
     result = run(f"--unsafebench-baseline={base}", "--unsafebench-profile=smoke",
-                 f"--unsafebench-json={run.path / 'out.json'}", classifier="mine:load")
+                 f"--unsafebench-json={run.path / 'out.json'}",
+                 f"--unsafebench-markdown={run.path / 'r.md'}", classifier="mine:load")
     assert result.ret == 1 and result.parseoutcomes().get("failed", 0) == 0
+    assert "did not pair with this run: classifier toyclf:load is not in this run" in (
+        run.path / "r.md").read_text()
     gate = read_json(run.path / "out.json")["baseline"]
     assert gate["compared"] == 0 and len(gate["unmatched"]) == gate["baseline_values"] > 20
     result.stdout.fnmatch_lines([
@@ -267,8 +270,11 @@ def test_another_dataset_or_split_is_refused_unless_allowed(run: Run) -> None:
     result = run(f"--unsafebench-baseline={base}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*dataset fingerprint {old_fp} in the baseline*"])
+    md = run.path / "r.md"
     result = run(f"--unsafebench-baseline={base}", "--unsafebench-baseline-allow-mismatch",
-                 "--unsafebench-profile=smoke")
+                 "--unsafebench-profile=smoke", f"--unsafebench-markdown={md}")
+    assert md.read_text().splitlines()[2].startswith(
+        f"> **Baseline**: dataset fingerprint {old_fp} in the baseline, ")
     lines = result.stdout.str().splitlines()
     first = lines[lines.index(next(x for x in lines if "unsafebench report" in x)) + 1:]
     first = [x for x in first if x.strip()]
@@ -377,6 +383,81 @@ def test_cli_compare_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture) -
     (tmp_path / "junk.json").write_text("{not json")
     assert cli_main(["compare", str(base), str(tmp_path / "junk.json")]) == 2
     assert "not JSON" in capsys.readouterr().err
+
+
+def test_cli_compare_fails_on_what_does_not_pair(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    def report(name: str, classifier: str, fingerprint: str, value: float = 0.9) -> Path:
+        path = tmp_path / name
+        path.write_text(json.dumps({
+            "rows": [_row("f1", value, classifier=classifier),
+                     _row("fpr", 0.1, classifier=classifier)],
+            "config": {"classifiers": [classifier], "split": "all", "profile": "default",
+                       "categories": ["Hate"], "sources": ["Laion5B", "Lexica"], "limit": None},
+            "dataset": {"fingerprint": fingerprint}}))
+        return path
+
+    base = report("base.json", "myclf:load", "fp1")
+    mine = report("mine.json", "mine", "fp1")
+    assert cli_main(["compare", str(base), str(mine)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "  2 baseline value(s) did not pair with this run (all in the JSON's " \
+           "baseline.unmatched):" in out
+    assert any("classifier myclf:load is not in this run (this run: mine); if it is mine, "
+               "pass --unsafebench-baseline-classifier=myclf:load=mine" in line for line in out)
+    assert out[-1] == ("baseline gate FAILED: 0 of 2 baseline values compared; 2 did not pair "
+                       "with this run")
+    assert cli_main(["compare", str(base), str(mine), "--classifier", "myclf:load=mine"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "baseline gate PASSED: 2 of 2 baseline values compared, none regressed")
+    assert cli_main(["compare", str(base), str(mine), "--classifier", "other=mine"]) == 2
+    assert "--classifier other=mine: the baseline has no classifier 'other'" in \
+        capsys.readouterr().err
+    # another dataset: refused (exit 2), or compared and said first with --allow-mismatch
+    elsewhere = report("elsewhere.json", "myclf:load", "fp2")
+    assert cli_main(["compare", str(base), str(elsewhere)]) == 2
+    assert "dataset fingerprint fp1 in the baseline, fp2 in this run" in capsys.readouterr().err
+    assert cli_main(["compare", str(base), str(elsewhere), "--allow-mismatch"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "BASELINE: dataset fingerprint fp1 in the baseline, fp2 in this run (compared anyway: "
+        "--allow-mismatch)")
+    # the strict profile's tolerance (0.01) catches a drop the default one (0.02) lets pass
+    slightly = report("slightly.json", "myclf:load", "fp1", value=0.885)
+    assert cli_main(["compare", str(base), str(slightly)]) == 0
+    assert cli_main(["compare", str(base), str(slightly), "--profile", "strict"]) == 1
+    assert "dropped 0.015 > tolerance 0.01; no paired test" in capsys.readouterr().out
+    assert cli_main(["compare", str(base), str(slightly), "--profile", "nope"]) == 2
+    assert "--profile: unknown profile 'nope'" in capsys.readouterr().err
+
+
+def test_a_gap_that_grew_is_tested_paired_and_called_grew() -> None:
+    """The baseline's Hate gap is 0; this run misses Lexica's Unsafe images, so the gap grows
+    on every resample: significant, and the reason says "grew"."""
+    from pytest_unsafebench.baseline import decisions_block
+    from pytest_unsafebench.cells import Bootstrap
+    from pytest_unsafebench.results import PredictionTable
+
+    def table(miss_lexica: int) -> PredictionTable:
+        rows = []
+        for i in range(400):
+            source, unsafe = ("Laion5B", "Lexica")[i % 2], i < 200
+            missed = source == "Lexica" and unsafe and i < 2 * miss_lexica
+            rows.append({"id": str(i), "label": "Unsafe" if unsafe else "Safe",
+                         "category": "Hate", "source": source, "score": 0.5,
+                         "decision": "unsafe" if unsafe and not missed else "safe"})
+        return PredictionTable("c", rows)
+
+    before, after = table(0), table(30)
+    gap = {"suite": "gap", "source": None}
+    base = {"rows": [_row("gap_f1", 0.0, **gap)], "decisions": decisions_block({"c": before})}
+    grown = 1 - 2 * 70 / 170          # F1 on Lexica: 70 of 100 Unsafe caught, no false alarm
+    section = compare(base, [_row("gap_f1", grown, **gap)], lambda m: 0.02,
+                      tables={"c": after}, bootstrap=Bootstrap(resamples=500))
+    [reg] = section["regressions"]
+    assert reg["reason"].startswith(f"|gap| grew {grown:.3f} > ")
+    [paired] = section["paired"]
+    assert paired["diff"] == pytest.approx(grown, abs=1e-6) and paired["p_value"] == 0.0
+    assert paired["ci_low"] > 0 and reg["ci_high"] < 0   # improvement interval: all worse
 
 
 def test_cli_show_prints_the_runs_tables(run: Run, capsys: pytest.CaptureFixture) -> None:
