@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,7 +161,9 @@ def _correct(rows: Sequence[dict[str, Any]], preds: dict[str, Prediction]) -> li
 
 def perturbation_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
                     records: dict[str, Record], name: str, severity: float,
-                    cache: PredictionCache, batch_size: int, max_pixels: int) -> RAResult:
+                    cache: PredictionCache, batch_size: int, max_pixels: int,
+                    timeout: float | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> RAResult:
     """RA under a Pillow/numpy perturbation; predictions through the normal engine path."""
     from . import perturbations
     from .engine import run_pass
@@ -173,7 +175,8 @@ def perturbation_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
     union = {r["id"]: records[r["id"]] for rows in samples.values() for r in rows}
     result = run_pass(list(union.values()), {clf.name: lambda: clf}, cache, condition=key,
                       batch_size=batch_size, max_pixels=max_pixels,
-                      transform=lambda img, h: perturbations.apply(spec, img, h))
+                      transform=lambda img, h: perturbations.apply(spec, img, h), timeout=timeout,
+                      progress=progress)
     outcome = result.outcomes[clf.name]
     if outcome.error:
         raise RuntimeError(f"{clf.name} failed under {key}: {outcome.error}")
@@ -187,7 +190,8 @@ def perturbation_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
 
 def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
               records: dict[str, Record], name: str, rs: RobustnessSettings,
-              cache: PredictionCache, batch_size: int) -> RAResult:
+              cache: PredictionCache, batch_size: int,
+              progress: Callable[[int, int], None] | None = None) -> RAResult:
     """RA under an adversarial attack on the model's input crop, in pixel space.
 
     Gradient attacks use ``forward_pixels``; ``square`` (black-box) uses it under no_grad when
@@ -230,6 +234,8 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
             items.append((r["hash"], Prediction(float(probs[j].clamp(0, 1)), decision, raw=raw)))
         cache.put_predictions(clf.fingerprint, key, items)
         cached.update(items)
+        if progress:
+            progress(i + len(chunk), len(todo))
     per_seed = {}
     for seed, rows in samples.items():
         ok = _correct(rows, cached)
