@@ -159,14 +159,26 @@ class ClassifierInfo:
     description: str = ""
     error: str | None = None
     base: str | None = None   # the classifier a trained one was built on (probe:PATH)
+    # How it ran, one line each, for its report section (e.g. a VLM judge's definitions,
+    # prompt format and decoding); a line starting "category definitions:" is a warning.
+    notes: list[str] = field(default_factory=list)
+    # Why its numbers are not the paper's experiment (no published figure beside them).
+    paper_mismatch: str | None = None
 
     @classmethod
     def of(cls, name: str, clf: Classifier) -> ClassifierInfo:
+        fingerprint = clf.fingerprint
+        if not isinstance(fingerprint, str) or not fingerprint:
+            # It keys the prediction cache: None or a number would mix up or lose results.
+            raise TypeError(f"fingerprint is {fingerprint!r}: it must be a non-empty string "
+                            "that changes whenever the weights or preprocessing change")
         return cls(
             name=name,
-            fingerprint=clf.fingerprint,
+            fingerprint=fingerprint,
             coverage={a: sorted(clf.coverage.under(a)) for a in ("official", "semantic")},
             supports_gradients=bool(getattr(clf, "supports_gradients", False)),
             description=str(getattr(clf, "description", "")),
             base=getattr(clf, "base_classifier", None) or None,
+            notes=[str(n) for n in getattr(clf, "notes", None) or []],
+            paper_mismatch=getattr(clf, "paper_mismatch", None) or None,
         )

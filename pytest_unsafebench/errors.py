@@ -17,3 +17,10 @@ class DatasetError(UnsafeBenchError):
 
 class ClassifierLoadError(UnsafeBenchError):
     """A classifier that cannot be found or constructed."""
+
+
+def write_failure(exc: OSError) -> str:
+    """Why a file could not be written, in words (mkdir's "File exists" says it badly)."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        return "a folder on its path is a file"
+    return exc.strerror or str(exc)
