@@ -16,7 +16,13 @@ pytestmark = [pytest.mark.fuzz]
 def test_decision_stable_under_perturbation(unsafebench_fuzz):
     fuzz = unsafebench_fuzz
     cx = fuzz.search()
+    fuzz.record("examples", fuzz.examples)
     if cx is None:
+        if fuzz.examples == 0:  # a search that classified nothing found nothing: not a pass
+            fuzz.record("flips", None, gate=True)
+            pytest.fail(f"{fuzz.classifier} on {fuzz.source}: the fuzz search tried no "
+                        "example (the hypothesis profile generates none: check its phases "
+                        "and max_examples), so nothing was checked", pytrace=False)
         fuzz.record("flips", 0, gate=True)
         return
     png, spec = fuzz.save(cx)

@@ -440,6 +440,31 @@ def test_hypothesis_seed_reproduces_a_random_run(bench: Bench) -> None:
     assert [r["condition"] for r in a] == [r["condition"] for r in b]
 
 
+def test_a_search_that_tries_no_example_fails_and_counts_what_it_tried(bench: Bench) -> None:
+    """A profile that generates nothing (explicit phase only) found no flip because it looked
+    at nothing: that fails, and every run reports how many examples it classified.
+
+    Mutation it catches: dropping the ``examples == 0`` check in suites/test_fuzz.py (the two
+    searches then pass with flips = 0), or a counter that is never incremented.
+    """
+    (bench.path / "conftest.py").write_text(
+        "from hypothesis import Phase, settings\n"
+        "settings.register_profile('nothing', phases=[Phase.explicit])\n")
+    result = bench.run("--hypothesis-profile=nothing", "-rs")
+    result.assert_outcomes(passed=1, failed=2, skipped=1)
+    result.stdout.fnmatch_lines(["*the fuzz search tried no example*"])
+    rows = read_json(bench.path / "out.json")["rows"]
+    tried = {r["source"]: r["value"] for r in rows if r["metric"] == "examples"}
+    assert tried == {s: 0 for s in SOURCES}
+    assert [(r["value"], r["outcome"]) for r in bench.flips()] == [(None, "failed")] * 2
+
+    ci = bench.run("--hypothesis-profile=ci", json_name="ci.json")
+    ci.assert_outcomes(passed=1, failed=2, skipped=1)
+    tried = [r["value"] for r in read_json(bench.path / "ci.json")["rows"]
+             if r["metric"] == "examples"]
+    assert len(tried) == 2 and all(n >= 1 for n in tried)
+
+
 def test_pinned_counterexamples_replay_as_regressions(bench: Bench) -> None:
     bench.run("--hypothesis-profile=ci").assert_outcomes(passed=1, failed=2, skipped=1)
     pinned = bench.path / "fuzz_regressions.json"
