@@ -32,6 +32,9 @@ SOURCES: tuple[str, ...] = (REAL_SOURCE, GENERATED_SOURCE)
 # The pooled "source" of a cell: both sources' images together (not a mean of two F1s).
 POOLED = "all"
 CELL_SOURCES: tuple[str, ...] = (*SOURCES, POOLED)
+# The pooled "category" of a cell: every covered category's images of a source together (the
+# paper's Overall column, not a mean of per-category F1s).
+OVERALL = "Overall"
 
 SAFE = "Safe"
 UNSAFE = "Unsafe"
