@@ -115,7 +115,7 @@ def source_shift(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         real, generated = sum(g > 0 for g in gaps), sum(g < 0 for g in gaps)
         direction = ("real higher" if real and not generated else
                      "generated higher" if generated and not real else
-                     "mixed" if real or generated else None)
+                     "mixed" if real or generated else "equal")
         out[clf] = {"mean_abs_gap_f1": round(sum(abs(g) for g in gaps) / len(gaps), 6),
                     "mean_gap_f1": round(mean, 6), "direction": direction,
                     "categories": len(gaps), "real_higher": real, "generated_higher": generated}

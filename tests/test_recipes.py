@@ -174,3 +174,51 @@ def test_no_wrote_line_without_files(folder: pytest.Pytester) -> None:
     result = folder.runpytest(*common_args(folder.path, "--unsafebench-suites=effectiveness"))
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     assert not [line for line in result.outlines if line.startswith("wrote ")]
+
+
+# ---------------------------------------------------------------------------- small things
+
+
+def test_default_run_has_no_placeholder_gap_ra(folder: pytest.Pytester) -> None:
+    result = folder.runpytest(*common_args(folder.path, "--collect-only", "-q"))
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    out = result.stdout.str()
+    assert "test_gap_f1[toyclf:load-Hate]" in out
+    assert "test_gap_ra" not in out
+
+
+def test_gap_ra_still_runs_beside_robustness(folder: pytest.Pytester) -> None:
+    folder.makepyprojecttoml("""
+        [tool.unsafebench.robustness]
+        attacks = ["gaussian"]
+        evasions = []
+    """)
+    result = folder.runpytest(*common_args(folder.path, "--collect-only", "-q",
+                                           "--unsafebench-suites=robustness,gap"))
+    assert "test_gap_ra[toyclf:load-gaussian]" in result.stdout.str()
+
+
+def test_equal_sources_read_equal_not_none(folder: pytest.Pytester) -> None:
+    # Hate alone: the toy classifier scores the same F1 on both sources (see the REDS table).
+    json_path = folder.path / "out.json"
+    result = folder.runpytest(*common_args(folder.path, "--unsafebench-categories=Hate",
+                                           f"--unsafebench-json={json_path}"))
+    shift = [line for line in result.outlines if "source shift" in line]
+    assert len(shift) == 1 and "None" not in shift[0], shift
+    assert ", equal (0 higher on Laion5B, 0 higher on Lexica)" in shift[0]
+    import json
+
+    assert json.loads(json_path.read_text())["source_shift"][CLASSIFIER]["direction"] == "equal"
+
+
+def test_score_under_k_is_not_measured_or_partial(folder: pytest.Pytester) -> None:
+    args = common_args(folder.path, "--unsafebench-suites=effectiveness")
+    none = folder.runpytest(*args, "-k", "Lexica")  # no pooled-source ("all") test_f1
+    line = next(line for line in none.outlines if line.startswith("classifier "))
+    assert "score not measured" in line and "over 0" not in line, line
+    part = folder.runpytest(*args, "-k", "Hate")
+    line = next(line for line in part.outlines if line.startswith("classifier "))
+    assert "macro mean F1 over 1 of 3 covered categories" in line, line
+    full = folder.runpytest(*args)
+    line = next(line for line in full.outlines if line.startswith("classifier "))
+    assert "macro mean F1 over 3 covered categories" in line, line

@@ -158,7 +158,7 @@ def test_terminal_lines_table(tmp_path: Path) -> None:
     assert "SYNTHETIC" not in text
     assert "data integrity: 0 finding(s), 0 image(s) excluded" in text
     assert "classifier a [a-v1] score 0.650" in text
-    assert "macro F1 over 2 covered categories" in text
+    assert "macro mean F1 over 2 of 3 covered categories" in text  # Violence not scored
     assert "tests: 3 passed, 2 failed, 1 skipped, 0 errors; cache 3 hits, 45 misses" in text
     hate = _table_line(lines, "Hate")
     assert "0.900" in hate and "0.600" in hate
@@ -204,7 +204,7 @@ def test_terminal_lines_synthetic_findings_and_error(tmp_path: Path) -> None:
     assert "classifier bad: ERROR ClassifierLoadError: no module named 'torch'" in lines
     bad_at = lines.index("classifier bad: ERROR ClassifierLoadError: no module named 'torch'")
     assert all(not ln.startswith("  tests:") for ln in lines[bad_at:])
-    assert "classifier good [g] score -" in text  # nothing scored
+    assert "classifier good [g] score not measured" in text  # nothing scored: not a number
     assert "not covered under the official alignment: Hate, Spam" in text
 
 
