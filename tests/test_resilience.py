@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from plugin_helpers import build_dataset, read_json
+from plugin_helpers import build_dataset, read_json, read_jsonl
 
 SLOWCLF = '''
 import os, time
@@ -46,7 +46,8 @@ def _run(folder: Path, cache: Path, report: Path, counter: Path) -> subprocess.P
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
            "--unsafebench-classifier=slowclf:load", f"--unsafebench-dataset={folder / 'data'}",
            f"--unsafebench-cache-dir={cache}", "--unsafebench-batch-size=4",
-           "--unsafebench-device=cpu", f"--unsafebench-json={report}"]
+           "--unsafebench-device=cpu", f"--unsafebench-json={report}",
+           f"--unsafebench-predictions={report.with_suffix('.jsonl')}"]
     return subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
@@ -87,6 +88,13 @@ def test_sigkill_mid_inference_then_resume(tmp_path: Path) -> None:
     assert resumed["cache"]["hits"] + resumed["cache"]["misses"] == images
     for key in ("rows", "summary", "dataset", "thresholds", "config"):
         assert resumed[key] == ref[key], key
+    # Per-image scores too, not only the aggregates: a cache that served another image's or a
+    # truncated score would keep most F1 rows equal. Mutation caught: a resumed pass that
+    # stores a batch's scores under shifted ids (or rounds them) changes these exports.
+    exported = read_jsonl(tmp_path / "resumed.jsonl")
+    assert len(exported) == images
+    assert exported == read_jsonl(tmp_path / "ref.jsonl")
+    assert len({p["score"] for p in exported}) > 1  # real, varied scores were compared
 
 
 def test_two_runs_at_once_share_one_cache(tmp_path: Path) -> None:
