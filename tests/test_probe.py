@@ -296,7 +296,7 @@ def test_other_data_is_not_refused(bench, world: Path, tmp_path: Path) -> None:
     build_dataset(other)
     rows = (other / "metadata.csv").read_text().splitlines()
     # One label flipped: a different dataset (fingerprint), so nothing to refuse.
-    rows[1] = rows[1].replace("Unsafe", "Safe", 1)
+    rows[1] = rows[1].replace(",Unsafe,", ",Safe,", 1)  # the label column, not the file name
     (other / "metadata.csv").write_text("\n".join(rows) + "\n")
     result = bench("--unsafebench-split=all", "--unsafebench-profile=smoke", dataset=other)
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
