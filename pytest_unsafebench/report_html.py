@@ -77,6 +77,15 @@ def _e(value: Any) -> str:
     return escape("" if value is None else str(value), quote=True)
 
 
+def _p(value: Any) -> str:
+    """A p-value as ``p < 0.001`` rather than ``0.000`` (see stats.format_p)."""
+    from .stats import format_p
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return _num(value)
+    return format_p(float(value))
+
+
 def _num(value: Any, digits: int = 3) -> str:
     if isinstance(value, bool) or value is None:
         return "-" if value is None else str(value)
@@ -685,7 +694,8 @@ def _baseline(doc: Mapping[str, Any]) -> str:
     keys = ("classifier", "suite", "metric", "category", "source", "condition", "baseline",
             "current", "diff", "tolerance", "p_value", "reason")
     if regressions:
-        out.append(_table(keys, ([_num(r.get(k)) if isinstance(r.get(k), float) else r.get(k)
+        out.append(_table(keys, ([_p(r.get(k)) if k == "p_value" else _num(r.get(k))
+                                  if isinstance(r.get(k), float) else r.get(k)
                                   for k in keys] for r in regressions)))
     else:
         out.append("<p>No regressions.</p>")
@@ -705,9 +715,9 @@ def _comparisons(doc: Mapping[str, Any]) -> str:
               if c.get("ci_low") is not None else "-")
         body.append([c.get("a"), c.get("b"), _cat_name(c.get("category")), c.get("source"),
                      c.get("metric"), _num(c.get("a_value")), _num(c.get("b_value")),
-                     _num(c.get("diff")), ci, _num(c.get("p_value")),
+                     _num(c.get("diff")), ci, _p(c.get("p_value")),
                      f"{m.get('b', '-')} / {m.get('c', '-')} / {m.get('n', '-')}",
-                     _num(m.get("p_value"))])
+                     _p(m.get("p_value"))])
     return _table(headers, body)
 
 

@@ -7,24 +7,40 @@ the robustness headline and the baseline regressions. Reads the document only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from . import paper
 from .report import attack_units
 from .taxonomy import CATEGORIES, CELL_SOURCES, OVERALL, POOLED, SHORT_NAMES
+from .text import printable
 
 MAX_FAILED = 20
+# Punctuation that makes links, code, emphasis or headings, or ends a table cell (|). Not "_":
+# inside a word (emoji_sticker) it is never markup, and "[" escaped is enough against links.
+_MARKUP = re.compile(r"([\\`*\[\]|~#])")
+_AUTOLINK = re.compile(r"(?i)://|\bwww\.")
 _OUTCOMES = ("passed", "failed", "skipped", "error")
 
 
 def md(value: Any) -> str:
-    """One table cell's text: pipes, markup and line breaks cannot break the table."""
-    text = "" if value is None else str(value)
-    for raw, safe in (("\\", "\\\\"), ("|", "\\|"), ("<", "&lt;"), (">", "&gt;"), ("`", "\\`"),
-                      ("\r", " "), ("\n", " ")):
-        text = text.replace(raw, safe)
-    return text
+    """Text from the report as inert Markdown: line breaks and control characters cannot break
+    the table or reach a terminal (printable), and no link, image, emphasis, HTML or autolink
+    can come from data."""
+    text = printable(("" if value is None else str(value)).replace("\r", " ").replace("\n", " "))
+    text = _MARKUP.sub(r"\\\1", text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+    # GitHub links bare URLs; an entity in the scheme separator keeps the text a text.
+    return _AUTOLINK.sub(lambda m: m.group().replace(":", "&#58;").replace(".", "&#46;"), text)
+
+
+def _p(value: Any) -> str:
+    """A p-value as ``p < 0.001`` rather than ``0.000`` (see stats.format_p)."""
+    from .stats import format_p
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return _num(value)
+    return format_p(float(value))
 
 
 def _num(value: Any) -> str:
@@ -191,7 +207,7 @@ def _baseline(doc: Mapping[str, Any]) -> list[str]:
                        "p", "reason"],
                       ([md(r.get("classifier")), _cell(r) or "-", md(r.get("metric")),
                         _num(r.get("baseline")), _num(r.get("current")), _num(r.get("diff")),
-                        _num(r.get("tolerance")), _num(r.get("p_value")), md(r.get("reason"))]
+                        _num(r.get("tolerance")), _p(r.get("p_value")), md(r.get("reason"))]
                        for r in regressions))
     return out
 
@@ -207,7 +223,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
              f"({_num(counts.get('images'))} images)"]
     gate = doc.get("baseline")
     for note in (gate.get("mismatch") or []) if isinstance(gate, Mapping) else []:
-        lines += ["", f"> **Baseline**: {md(note)}"]   # said first, as in the terminal
+        lines += ["", f"> **Baseline**: {md(note)}", ""]   # said first, as in the terminal
     if ds.get("synthetic"):
         lines += ["", "> **Synthetic data**: its numbers say nothing about real moderation."]
     integrity = ds.get("integrity") or {}

@@ -431,6 +431,23 @@ def test_cli_compare_fails_on_what_does_not_pair(tmp_path: Path,
     assert "--profile: unknown profile 'nope'" in capsys.readouterr().err
 
 
+def test_markdown_and_html_print_p_values_as_bounds() -> None:
+    from pytest_unsafebench.report_html import _baseline
+    from pytest_unsafebench.report_markdown import render_markdown
+
+    section = _paired_case(60)
+    assert section["regressions"][0]["p_value"] == 0.0
+    page, summary = _baseline({"baseline": section}), render_markdown({"baseline": section})
+    assert "<td>p &lt; 0.001</td>" in page and "| p < 0.001 |" in summary
+    assert "0.000 |" not in summary.split("### Baseline")[1]
+    from pytest_unsafebench.report import _comparison_lines
+
+    [*_, row] = _comparison_lines([{"a": "x", "b": "y", "category": "Hate", "diff": 0.2,
+                                   "ci_low": 0.1, "ci_high": 0.3, "p_value": 0.0,
+                                   "mcnemar": {"p_value": 3e-9}}], 200)
+    assert row.split()[-6:] == ["p", "<", "0.005", "p", "<", "0.001"]
+
+
 def test_a_gap_that_grew_is_tested_paired_and_called_grew() -> None:
     """The baseline's Hate gap is 0; this run misses Lexica's Unsafe images, so the gap grows
     on every resample: significant, and the reason says "grew"."""
@@ -592,6 +609,59 @@ def test_a_drop_that_is_noise_passes_and_one_beyond_the_hard_limit_fails() -> No
                       bootstrap=Bootstrap(resamples=500))
     [reg] = section["regressions"]
     assert "no paired test (the baseline has no per-image decisions for c" in reg["reason"]
+
+
+def test_paired_gap_bootstrap_matches_a_plain_loop() -> None:
+    """Each source resampled on its own, a and b jointly: the vectorised resamples equal a
+    loop over the same index draws."""
+    from pytest_unsafebench.metrics import f1
+    from pytest_unsafebench.stats import paired_gap_bootstrap
+
+    rng = numpy.random.default_rng(1)
+    real = tuple(rng.random((3, 60)) < 0.5)
+    gen = tuple(rng.random((3, 40)) < 0.5)
+    res = paired_gap_bootstrap("f1", real, gen, n_resamples=300, confidence=0.9, seed=7)
+
+    def score(t, p):
+        return f1(t, p, zero_division=0.0) if (t.any() or p.any()) else numpy.nan
+
+    gap_a = score(real[0], real[1]) - score(gen[0], gen[1])
+    gap_b = score(real[0], real[2]) - score(gen[0], gen[2])
+    assert (res.a, res.b) == (pytest.approx(gap_a, abs=1e-6), pytest.approx(gap_b, abs=1e-6))
+    assert res.diff == pytest.approx(abs(gap_b) - abs(gap_a), abs=1e-6) and res.n == 100
+    draw = numpy.random.default_rng(7)
+    idx_real, idx_gen = draw.integers(0, 60, (300, 60)), draw.integers(0, 40, (300, 40))
+    diffs = numpy.array([
+        abs(score(real[0][i], real[2][i]) - score(gen[0][j], gen[2][j]))
+        - abs(score(real[0][i], real[1][i]) - score(gen[0][j], gen[1][j]))
+        for i, j in zip(idx_real, idx_gen)])
+    low, high = numpy.quantile(diffs, [0.05, 0.95])
+    assert (res.ci_low, res.ci_high) == (pytest.approx(low, abs=1e-6), pytest.approx(high, abs=1e-6))
+    share = min(numpy.mean(diffs <= 0), numpy.mean(diffs >= 0))
+    assert res.p_value == pytest.approx(min(1.0, 2 * share), abs=1e-6)
+
+
+def test_gate_rule_layers_and_bad_values() -> None:
+    from pytest_unsafebench.config import resolve_settings
+    from pytest_unsafebench.errors import ConfigError
+    from pytest_unsafebench.thresholds import GateRule, build_gate
+
+    assert build_gate({}, "strict") == GateRule(tolerance=0.01, alpha=0.10, hard_limit=0.05)
+    pyproject = {"thresholds": {"f1_min": 0.4, "baseline": {"hard_limit": 0.2}},
+                 "profiles": {"pr": {"baseline": {"alpha": 0.01}}}}
+    assert build_gate(pyproject, "pr") == GateRule(tolerance=0.02, alpha=0.01, hard_limit=0.2)
+    settings = resolve_settings({"classifiers": ["c"], "profile": "strict"}, pyproject, Path("."))
+    assert settings.gate.hard_limit == 0.2 and settings.tolerance == 0.01   # the profile's
+    assert settings.thresholds.resolve("c", "Hate", "all")["f1_min"] == 0.75
+    settings = resolve_settings({"classifiers": ["c"], "profile": "strict", "tolerance": "0.3"},
+                                {}, Path("."))
+    assert settings.tolerance == 0.3                       # the command line wins
+    with pytest.raises(ConfigError, match=r"profiles\.pr\.baseline\.alpha: expected a "
+                                          r"significance level in \(0, 1\)"):
+        build_gate({"profiles": {"pr": {"baseline": {"alpha": 0}}}}, "pr")
+    with pytest.raises(ConfigError, match="two baseline classifiers map to 'b'"):
+        resolve_settings({"classifiers": ["b"], "baseline_classifier": ["a=b", "c=b"]}, {},
+                         Path("."))
 
 
 @pytest.mark.parametrize(("p", "resamples", "text"), [
