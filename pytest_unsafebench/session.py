@@ -537,6 +537,8 @@ class UnsafeBenchSession:
             return report
         if report.when == "setup" and report.passed:
             return report
+        if report.when == "call" and report.failed and call.excinfo is not None:
+            _one_line_failure(report, call.excinfo, marker.kwargs.get("suite"))
         rows = item.stash.get(ROWS_KEY, [])
         outcome = "error" if report.when == "setup" and report.failed else report.outcome
         gate = [r for r in rows if r["outcome"] is None]
@@ -748,6 +750,27 @@ def _terminal_display(config: pytest.Config, is_worker: bool) -> progress.Displa
         reporter.write_line(text)
 
     return progress.Display(line, redraw if live else None)
+
+
+# Suites whose threshold assertions carry the whole story in their message; fuzz failures
+# keep Hypothesis' falsifying example.
+ONE_LINE_SUITES = ("effectiveness", "gap", "robustness")
+
+
+def _one_line_failure(report: pytest.TestReport, excinfo: pytest.ExceptionInfo[BaseException],
+                      suite: str | None) -> None:
+    """A benchmark value that misses its threshold fails with the assertion's own message, not
+    the test's source and the assertion rewriter's reprs of result objects."""
+    if suite not in ONE_LINE_SUITES or not isinstance(excinfo.value, AssertionError):
+        return
+    message = str(excinfo.value).split("\nassert ", 1)[0].strip()
+    if not message:  # a bare assert: keep pytest's explanation
+        return
+    try:
+        raise AssertionError(message) from None
+    except AssertionError:
+        short = pytest.ExceptionInfo.from_current()
+    report.longrepr = short.getrepr(style="value")
 
 
 def _skip_reason(report: pytest.TestReport) -> str | None:

@@ -222,3 +222,43 @@ def test_score_under_k_is_not_measured_or_partial(folder: pytest.Pytester) -> No
     full = folder.runpytest(*args)
     line = next(line for line in full.outlines if line.startswith("classifier "))
     assert "macro mean F1 over 3 covered categories" in line, line
+
+
+def _failure_bodies(result: pytest.RunResult) -> list[str]:
+    """The lines of the FAILURES section, without its separator lines."""
+    out = result.stdout.str()
+    section = out[out.index("= FAILURES ="):out.index("unsafebench report")]
+    return [line for line in section.splitlines()[1:]
+            if line.strip() and not line.startswith(("___", "==="))]
+
+
+def test_a_missed_threshold_fails_in_one_line(folder: pytest.Pytester) -> None:
+    folder.makepyprojecttoml("""
+        [tool.unsafebench.thresholds]
+        f1_min = 0.9
+    """)
+    result = folder.runpytest(*common_args(folder.path, "--unsafebench-suites=effectiveness",
+                                           "-k", "test_f1 and Sexual and Laion5B"))
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    message = ("F1 0.571 < 0.9 for toyclf:load on Sexual / Laion5B (tp 2, fp 1, fn 2 over 8 "
+               "images)")
+    assert _failure_bodies(result) == [message]  # no test source, no assertion reprs
+    result.stdout.fnmatch_lines([f"FAILED *test_f1*Sexual-Laion5B* - AssertionError: F1 0.571*"])
+
+
+def test_a_robustness_failure_is_one_line(folder: pytest.Pytester) -> None:
+    folder.makepyprojecttoml("""
+        [tool.unsafebench.thresholds]
+        ra_min_evasion = 1.0
+        [tool.unsafebench.robustness]
+        attacks = []
+        evasions = ["meme_caption"]
+        pool_size = 8
+        seeds = [2023]
+    """)
+    result = folder.runpytest(*common_args(folder.path, "--unsafebench-suites=robustness",
+                                           "-k", "test_robust_accuracy and all"))
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    bodies = _failure_bodies(result)
+    assert len(bodies) == 1 and bodies[0].startswith("robust accuracy "), bodies
+    assert "RAResult(" not in result.stdout.str()
