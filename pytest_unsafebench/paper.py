@@ -1,8 +1,11 @@
 """The UnsafeBench paper's published figures (protocol section 8), to show beside our numbers.
 
 They are references from the project site's result images (v1), measured on the real dataset
-with train and test merged, so they are shown only when :func:`applies` says the run's dataset
-is the real UnsafeBench, never for the synthetic demo or the stand-in.
+with train and test merged under the official alignment, so they are shown only when
+:func:`applies` says the run matches those conditions (:func:`mismatch` names the first one it
+does not meet, and the report prints it), never for the synthetic demo or the stand-in. A
+robustness figure further needs the paper's protocol (:func:`row_mismatch`): paper mode and the
+paper's pool of K = 500 images per seed.
 
 Lookup keys (:func:`published`):
 
@@ -12,8 +15,9 @@ Lookup keys (:func:`published`):
   (GPT-4V).
 - ``metric``: ``"f1"`` (effectiveness), or ``"ra_<attack>"`` for robust accuracy under
   ``gaussian``, ``fgsm``, ``pgd`` or ``deepfool`` at the paper's eps 0.01 (:data:`RA_ATTACKS`).
-- ``category``: one of the 11 category strings; ``None`` (or :data:`ALL_CATEGORIES`) for a
-  figure pooled over all categories (the VLMs' Overall F1, and every RA figure).
+- ``category``: one of the 11 category strings; ``None``, :data:`ALL_CATEGORIES` or
+  ``"Overall"`` (the Overall cell's category) for a figure pooled over the covered categories
+  (the VLMs' Overall F1, the single-category classifiers' one cell, and every RA figure).
 - ``source``: ``"Laion5B"``, ``"Lexica"``, or ``"all"`` for the paper's Overall (both sources
   pooled). The paper reports RA on Laion5B only.
 """
@@ -23,10 +27,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .taxonomy import CATEGORIES, GENERATED_SOURCE, POOLED, REAL_SOURCE
+from .taxonomy import CATEGORIES, GENERATED_SOURCE, OVERALL, POOLED, REAL_SOURCE
 
 ALL_CATEGORIES = "all"
 RA_ATTACKS: tuple[str, ...] = ("gaussian", "fgsm", "pgd", "deepfool")
+PAPER_POOL_SIZE = 500  # K in assess_robustness.py: images drawn per seed
 REAL_DATASET_ID = "yiting/UnsafeBench"
 # Folder names a local download of the hub's parquet files gets (the parquet loader names a
 # dataset after the folder above ``data/``).
@@ -53,6 +58,10 @@ _F1: dict[str, dict[str, tuple[float, float, float]]] = {
     "nsfw_detector": {"Ha": (0.517, 0.259, 0.449), "Sx": (0.783, 0.678, 0.738)},
     "nudenet_v2": {"Sx": (0.650, 0.596, 0.624)},
 }
+# MultiHeaded's Self-harm figure (0.000 on Laion5B) is not carried: the official alignment
+# (unsafe_datasets.py, align_unsafe_categories) does not score MultiHeaded on Self-harm, so no
+# run under it has that cell. The VLMs' per-category F1s are not carried either: only their
+# Overall figures could be transcribed and checked.
 # VLM judges: Overall F1 over all 11 categories pooled, (Laion5B, Lexica, Overall).
 _VLM_F1: dict[str, tuple[float, float, float]] = {
     "llava": (0.426, 0.634, 0.549),
@@ -77,6 +86,8 @@ def _table() -> dict[tuple[str, str, str, str], float]:
         for abbr, values in cells.items():
             for source, value in zip(_SOURCES, values):
                 table[(clf, "f1", _ABBREVIATIONS[abbr], source)] = value
+                if len(cells) == 1:  # one covered category: the Overall cell is the same images
+                    table[(clf, "f1", ALL_CATEGORIES, source)] = value
     for clf, values in _VLM_F1.items():
         for source, value in zip(_SOURCES, values):
             table[(clf, "f1", ALL_CATEGORIES, source)] = value
@@ -93,7 +104,7 @@ CLASSIFIERS: frozenset[str] = frozenset(k[0] for k in PUBLISHED)
 
 def published(classifier: str, metric: str, category: str | None, source: str) -> float | None:
     """The paper's figure for this cell, or None when the paper did not publish one."""
-    key = ALL_CATEGORIES if category is None else category
+    key = ALL_CATEGORIES if category in (None, OVERALL) else category
     if key != ALL_CATEGORIES and key not in CATEGORIES:
         return None
     return PUBLISHED.get((classifier, metric, key, source))
@@ -117,16 +128,66 @@ def row_metric(row: Mapping[str, Any]) -> str | None:
     return None
 
 
-def published_for_row(row: Mapping[str, Any]) -> float | None:
-    """:func:`published` for one JSON report row (robustness rows are pooled over categories)."""
+def published_for_row(row: Mapping[str, Any], config: Mapping[str, Any]) -> float | None:
+    """:func:`published` for one JSON report row of a run whose configuration (the report's
+    ``config``) matches the paper's (:func:`row_mismatch`); robustness rows are pooled over
+    categories."""
     metric = row_metric(row)
-    if metric is None:
+    if metric is None or row_mismatch(row, config) is not None:
         return None
     category = None if metric.startswith("ra_") else row.get("category")
     return published(str(row.get("classifier")), metric, category, str(row.get("source")))
 
 
-def applies(dataset: Mapping[str, Any]) -> bool:
+def row_mismatch(row: Mapping[str, Any], config: Mapping[str, Any]) -> str | None:
+    """Why one row of a run that otherwise matches the paper gets no figure, or None.
+
+    The Overall cell needs every category selected (the paper pooled all of them); a
+    robustness row needs paper mode and the paper's pool (``random.sample`` of K = 500 per
+    seed): the paper's figures are single runs of that draw.
+    """
+    cfg = config if isinstance(config, Mapping) else {}
+    if row.get("category") == OVERALL and list(cfg.get("categories") or []) != list(CATEGORIES):
+        return "the Overall figure pools all 11 categories: this run selects fewer"
+    if row.get("suite") == "robustness":
+        rs = cfg.get("robustness") if isinstance(cfg.get("robustness"), Mapping) else {}
+        if rs.get("mode") != "paper":
+            return 'robust accuracy figures need [tool.unsafebench.robustness] mode = "paper"'
+        if rs.get("pool_size") != PAPER_POOL_SIZE:
+            return (f"robust accuracy figures need the paper's pool: pool_size = "
+                    f"{PAPER_POOL_SIZE} (this run: {rs.get('pool_size')!r})")
+    return None
+
+
+def mismatch(dataset: Mapping[str, Any], config: Mapping[str, Any] | None) -> str | None:
+    """Why a run's numbers cannot stand beside the paper's, or None when they can.
+
+    The paper measured the real dataset (train and test merged, every image) under the
+    official alignment; a run on other data, one split, a ``--unsafebench-limit`` sample or
+    another alignment measures something else.
+    """
+    if not _is_real(dataset):
+        return "the dataset is not the real UnsafeBench (hf:yiting/UnsafeBench or its parquet files)"
+    if not isinstance(config, Mapping):
+        return "the report does not record the run's configuration"
+    if config.get("split") != "all":
+        return (f"the paper merged train and test: this run uses split {config.get('split')!r} "
+                "(use --unsafebench-split=all)")
+    if config.get("limit") is not None:
+        return (f"the paper used every image: this run is limited by --unsafebench-limit="
+                f"{config.get('limit')}")
+    if config.get("alignment") != "official":
+        return (f"the paper scored the official alignment: this run uses "
+                f"{config.get('alignment')!r}")
+    return None
+
+
+def applies(dataset: Mapping[str, Any], config: Mapping[str, Any] | None) -> bool:
+    """True only when the run matches the paper's conditions (:func:`mismatch` is None)."""
+    return mismatch(dataset, config) is None
+
+
+def _is_real(dataset: Mapping[str, Any]) -> bool:
     """True only when a report's ``dataset`` section describes the real UnsafeBench.
 
     The synthetic demo and stand-in are flagged ``synthetic``; otherwise the dataset must come

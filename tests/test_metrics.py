@@ -262,3 +262,30 @@ def test_cell_metrics_consistent(data: tuple[np.ndarray, np.ndarray, np.ndarray]
     # Flipping the score sign mirrors AUROC around 1/2 (ties stay ties).
     if out["auroc"] is not None:
         assert auroc(y_true, -scores) == approx(1.0 - out["auroc"])
+
+
+# ------------------------------------------------------------------ the Overall cell (issue 17)
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["Hate", "Sexual", "Spam"]),
+                          st.sampled_from(["Laion5B", "Lexica"]), st.booleans(), st.booleans()),
+                min_size=1, max_size=60),
+       st.sampled_from(["Laion5B", "Lexica", "all"]))
+def test_overall_cell_pools_the_covered_categories_images_like_sklearn(cells, source) -> None:
+    """The Overall F1 is F1 on every covered category's images of the source pooled (the
+    paper's Overall), not the mean of the per-category F1s; uncovered categories stay out."""
+    from pytest_unsafebench.cells import overall_columns
+    from pytest_unsafebench.results import PredictionTable
+
+    rows = [{"id": str(i), "category": c, "source": s, "label": "Unsafe" if y else "Safe",
+             "decision": "unsafe" if p else "safe", "score": float(p)}
+            for i, (c, s, y, p) in enumerate(cells)]
+    covered = ["Hate", "Sexual"]
+    cols = overall_columns(PredictionTable("clf", rows), covered, source)
+    keep = [(y, p) for c, s, y, p in cells
+            if c in covered and (source == "all" or s == source)]
+    assert len(cols["y_true"]) == len(keep)
+    if not keep:
+        return
+    y_true, y_pred = np.array([k[0] for k in keep]), np.array([k[1] for k in keep])
+    got = m.cell_metrics(cols["y_true"], cols["y_pred"], cols["scores"], zero_division=0.0)
+    assert got["f1"] == pytest.approx(f1_score(y_true, y_pred, zero_division=0.0))

@@ -6,10 +6,13 @@ import pytest
 
 from pytest_unsafebench import paper
 from pytest_unsafebench.registry import BUILTIN
-from pytest_unsafebench.taxonomy import OFFICIAL_ALIGNMENT
+from pytest_unsafebench.taxonomy import CATEGORIES, OFFICIAL_ALIGNMENT
 
 REAL_HUB = {"spec": "hf:yiting/UnsafeBench", "name": "UnsafeBench", "synthetic": False}
 REAL_PARQUET = {"spec": "/data/UnsafeBench/data", "name": "UnsafeBench", "synthetic": False}
+# The configuration of a run under the paper's conditions (the report's ``config`` section).
+PAPER_CONFIG = {"split": "all", "limit": None, "alignment": "official",
+                "categories": list(CATEGORIES), "robustness": {"mode": "paper", "pool_size": 500}}
 
 
 @pytest.mark.parametrize(("classifier", "metric", "category", "source", "expected"), [
@@ -61,7 +64,8 @@ def test_names_are_registry_names_and_cells_follow_the_official_alignment():
     # Every published F1 cell has all three sources (Laion5B, Lexica, pooled).
     f1_cells = {(c, cat) for c, m, cat, _ in paper.PUBLISHED if m == "f1"}
     assert len(f1_cells) * 3 == sum(1 for k in paper.PUBLISHED if k[1] == "f1")
-    assert len(f1_cells) == 9 + 5 + 1 + 2 + 1 + 3
+    # Per category, plus the Overall of the three VLMs and of the two one-category classifiers.
+    assert len(f1_cells) == 9 + 5 + 1 + 2 + 1 + 3 + 2
 
 
 @pytest.mark.parametrize(("row", "expected"), [
@@ -88,7 +92,7 @@ def test_names_are_registry_names_and_cells_follow_the_official_alignment():
       "source": None, "condition": None}, None),
 ])
 def test_published_for_row(row, expected):
-    assert paper.published_for_row(row) == expected
+    assert paper.published_for_row(row, PAPER_CONFIG) == expected
 
 
 @pytest.mark.parametrize(("dataset", "expected"), [
@@ -105,7 +109,7 @@ def test_published_for_row(row, expected):
     ({}, False),
 ])
 def test_applies(dataset, expected):
-    assert paper.applies(dataset) is expected
+    assert paper.applies(dataset, PAPER_CONFIG) is expected
 
 
 def test_applies_is_false_for_the_loaded_stand_in(tmp_path):
@@ -116,4 +120,52 @@ def test_applies_is_false_for_the_loaded_stand_in(tmp_path):
     folder = tmp_path / "ub-standin"
     write_standin(folder, scale=0.001, max_side=256, workers=0)
     ds = load_dataset(str(folder / "data"), cache_dir=tmp_path / "cache")
-    assert not paper.applies({"spec": ds.spec, "name": ds.name, "synthetic": ds.synthetic})
+    assert not paper.applies({"spec": ds.spec, "name": ds.name, "synthetic": ds.synthetic},
+                             PAPER_CONFIG)
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"split": "test"}, "split 'test'"),
+    ({"limit": 20}, "--unsafebench-limit=20"),
+    ({"alignment": "semantic"}, "official alignment"),
+])
+def test_paper_figures_need_the_papers_run_conditions(change, reason):
+    """Split all, no limit, official alignment: otherwise no figure, and the reason says why."""
+    config = {**PAPER_CONFIG, **change}
+    assert paper.mismatch(REAL_HUB, PAPER_CONFIG) is None
+    assert reason in paper.mismatch(REAL_HUB, config)
+    assert not paper.applies(REAL_HUB, config)
+    assert "not the real UnsafeBench" in paper.mismatch({"spec": "demo", "synthetic": True},
+                                                        PAPER_CONFIG)
+    assert "configuration" in paper.mismatch(REAL_HUB, None)
+
+
+def test_overall_row_gets_the_pooled_figure_only_with_every_category():
+    """The Overall cell (category "Overall") is the paper's pooled column: the VLMs' Overall F1,
+    and the one cell of a one-category classifier; never with a subset of categories."""
+    def overall(clf: str, source: str) -> dict:
+        return {"classifier": clf, "suite": "effectiveness", "metric": "f1",
+                "category": "Overall", "source": source, "condition": None}
+
+    assert paper.published_for_row(overall("llava", "Laion5B"), PAPER_CONFIG) == 0.426
+    assert paper.published_for_row(overall("openai", "all"), PAPER_CONFIG) == 0.709
+    assert paper.published_for_row(overall("sd_filter", "Lexica"), PAPER_CONFIG) == 0.727
+    # Q16's Overall across its 9 categories was not published (only per category).
+    assert paper.published_for_row(overall("q16", "all"), PAPER_CONFIG) is None
+    fewer = {**PAPER_CONFIG, "categories": ["Hate", "Sexual"]}
+    assert paper.published_for_row(overall("llava", "Laion5B"), fewer) is None
+    assert "fewer" in paper.row_mismatch(overall("llava", "Laion5B"), fewer)
+    # A per-category row does not need every category.
+    hate = {**overall("q16", "Laion5B"), "category": "Hate"}
+    assert paper.published_for_row(hate, fewer) == 0.641
+
+
+def test_robustness_figures_need_paper_mode_and_the_papers_pool():
+    row = {"classifier": "q16", "suite": "robustness", "metric": "ra", "category": None,
+           "source": "Laion5B", "condition": "fgsm", "spec": "fgsm:eps=0.01:seed=2023:paper"}
+    assert paper.published_for_row(row, PAPER_CONFIG) == 0.402
+    small = {**PAPER_CONFIG, "robustness": {"mode": "paper", "pool_size": 50}}
+    assert paper.published_for_row(row, small) is None
+    assert "pool_size = 500" in paper.row_mismatch(row, small)
+    pixel = {**PAPER_CONFIG, "robustness": {"mode": "pixel", "pool_size": 500}}
+    assert paper.published_for_row(row, pixel) is None

@@ -121,8 +121,11 @@ def collected_ids(result: pytest.RunResult) -> list[str]:
 
 
 def suite_ids(classifiers, categories=ALL_CATEGORIES, sources=CELL_SOURCES) -> set[str]:
-    return {f"test_{t}[{k}-{c}-{s}]" for t in ("f1", "fpr") for k in classifiers
-            for c in categories for s in sources} | {"test_data_integrity"}
+    # test_f1 also gets each classifier's Overall cell per source (issue 17).
+    return ({f"test_{t}[{k}-{c}-{s}]" for t in ("f1", "fpr") for k in classifiers
+             for c in categories for s in sources}
+            | {f"test_f1[{k}-Overall-{s}]" for k in classifiers for s in sources}
+            | {"test_data_integrity"})
 
 
 def esc(text: str) -> str:
@@ -194,7 +197,7 @@ def test_no_paths_collects_the_packaged_suites(bench: Bench) -> None:
     ids = collected_ids(result)
     assert len(ids) == len(set(ids))
     assert set(ids) == suite_ids([CLASSIFIER])
-    assert len(ids) == 2 * 11 * 3 + 1
+    assert len(ids) == 2 * 11 * 3 + 3 + 1
     assert "test_f1[toyclf:load-Hate-Lexica]" in ids
     assert "test_fpr[toyclf:load-Public and personal health-all]" in ids
     assert "test_user" not in ids
@@ -243,7 +246,7 @@ def test_full_run_outcomes_report_and_skips(bench: Bench) -> None:
     result = bench.run("-rs")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     uncovered = [c for c in ALL_CATEGORIES if c not in COVERED]
-    result.assert_outcomes(passed=len(COVERED) * 3 * 2 + 1, skipped=len(uncovered) * 3 * 2)
+    result.assert_outcomes(passed=len(COVERED) * 3 * 2 + 3 + 1, skipped=len(uncovered) * 3 * 2)
     out = result.stdout.str()
     for cat in uncovered:
         assert f"not covered: {CLASSIFIER} is not scored on {cat} under the official" in out
@@ -255,7 +258,7 @@ def test_full_run_outcomes_report_and_skips(bench: Bench) -> None:
         "dataset: ds (48 images, split all, fingerprint *)",
         "*data integrity: 0 finding(s), 0 image(s) excluded from metrics*",
         esc(f"classifier {CLASSIFIER} [toy-v1] score 0.806 (macro mean F1 over 3 covered categories*"),
-        "*tests: 18 passed, 0 failed, 48 skipped, 0 errors; cache 0 hits, 48 misses*",
+        "*tests: 21 passed, 0 failed, 48 skipped, 0 errors; cache 0 hits, 48 misses*",
         "*category*F1 Laion5B*F1 Lexica*F1 all*FPR Laion5B*FPR Lexica*FPR all*",
     ])
     assert re.search(r"Hate\s+0\.750 \[[.\d]+,[.\d]+\]\s+0\.750 \[[.\d]+,[.\d]+\]\s+"
@@ -306,7 +309,7 @@ def test_json_report_schema_and_rows(bench: Bench) -> None:
     assert clf["covered"] == ["Hate", "Violence", "Sexual"]
     assert doc["cache"] == {"hits": 0, "misses": N_IMAGES}
     summary = doc["summary"][CLASSIFIER]
-    assert summary["passed"] == 18 and summary["skipped"] == 48
+    assert summary["passed"] == 21 and summary["skipped"] == 48
     assert summary["failed"] == 0 and summary["error"] == 0
     assert summary["categories_scored"] == 3
     assert summary["score"] == pytest.approx((0.75 + 1.0 + 2 / 3) / 3, abs=1e-6)
@@ -322,7 +325,7 @@ def test_json_report_schema_and_rows(bench: Bench) -> None:
                           "threshold": None, "outcome": "passed", "n": N_IMAGES,
                           "ci_low": None, "ci_high": None, "warn_threshold": None,
                           "warned": None, "paper": None}]
-    assert len(rows_of(doc, "f1", "passed")) == 9
+    assert len(rows_of(doc, "f1", "passed")) == 9 + 3  # and Overall x 3 sources
     assert len(rows_of(doc, "f1", "skipped")) == 24
 
     # The predictions file: one line per classifier x image x condition.
@@ -331,10 +334,11 @@ def test_json_report_schema_and_rows(bench: Bench) -> None:
     assert len({(p["classifier"], p["id"], p["condition"]) for p in lines}) == N_IMAGES
     for p in lines:
         assert {"score", "decision", "label", "category", "source", "split"} <= set(p)
-    # F1 and FPR in the rows, recomputed independently with scikit-learn.
+    # F1 and FPR in the rows, recomputed independently with scikit-learn; the Overall cell
+    # pools every covered category's images (all three of the toy's here).
     checked = 0
     for row in rows_of(doc, "f1", "passed") + rows_of(doc, "fpr", "passed"):
-        cell = [p for p in lines if p["category"] == row["category"]
+        cell = [p for p in lines if row["category"] in (p["category"], "Overall")
                 and (row["source"] == "all" or p["source"] == row["source"])]
         y_true = [p["label"] == "Unsafe" for p in cell]
         y_pred = [p["decision"] == "unsafe" for p in cell]
@@ -346,7 +350,7 @@ def test_json_report_schema_and_rows(bench: Bench) -> None:
             assert row["value"] == pytest.approx(fp / (fp + tn), abs=1e-12)
             assert row["n"] == tn + fp
         checked += 1
-    assert checked == 18
+    assert checked == 18 + 3  # and the Overall F1 per source
     # and the scores are the toy's own: the mean red channel of each file
     by_file = {}
     for r in bench.rows:
@@ -378,7 +382,7 @@ def test_limit_and_split_change_counts(bench: Bench) -> None:
     assert limited["dataset"]["counts"]["by_source_label"] == {
         "Laion5B/Safe": 3, "Laion5B/Unsafe": 3, "Lexica/Safe": 3, "Lexica/Unsafe": 3}
     pooled = [r for r in rows_of(limited, "f1") if r["source"] == "all" and r["n"] is not None]
-    assert sorted(r["n"] for r in pooled) == [4, 4, 4]
+    assert sorted(r["n"] for r in pooled) == [4, 4, 4, 12]  # three categories, then Overall
     assert bench.run("--unsafebench-split=test", json_name="test.json").ret in (0, 1)
     test_split = bench.json("test.json")
     assert test_split["config"]["split"] == "test"
@@ -511,7 +515,7 @@ def test_pyproject_threshold_precedence(bench: Bench) -> None:
         (OTHER, "f1", "Hate", "Laion5B"), (OTHER, "f1", "Hate", "Lexica"),
         (OTHER, "f1", "Hate", "all"), (OTHER, "fpr", "Hate", "Lexica"),
     }
-    result.assert_outcomes(failed=6, passed=19 + 3 * 2 - 6, skipped=48 + 10 * 3 * 2)
+    result.assert_outcomes(failed=6, passed=19 + 3 * 2 - 6 + 2 * 3, skipped=48 + 10 * 3 * 2)
     thresholds_used = {(r["classifier"], r["metric"], r["category"], r["source"]): r["threshold"]
                        for r in doc["rows"] if r["metric"] in ("f1", "fpr")}
     assert thresholds_used[(CLASSIFIER, "f1", "Hate", "all")] == 0.7
@@ -550,19 +554,19 @@ def test_profiles_gate_outcomes(bench: Bench) -> None:
     assert doc["thresholds"][CLASSIFIER]["Hate"]["all"] == {**RA_DEFAULT, "f1_min": 1.0,
                                                             "fpr_max": 0.3}
     failed = {(r["category"], r["source"]) for r in rows_of(doc, "f1", "failed")}
-    assert failed == {(c, s) for c in ("Hate", "Sexual") for s in CELL_SOURCES}
-    result.assert_outcomes(failed=6, passed=13, skipped=48)
+    assert failed == {(c, s) for c in ("Hate", "Sexual", "Overall") for s in CELL_SOURCES}
+    result.assert_outcomes(failed=9, passed=13, skipped=48)
 
     result = bench.run("--unsafebench-profile=smoke", json_name="smoke.json")
     assert result.ret == pytest.ExitCode.OK
-    result.assert_outcomes(passed=19, skipped=48)
+    result.assert_outcomes(passed=22, skipped=48)
     assert bench.json("smoke.json")["thresholds"][CLASSIFIER]["Hate"]["all"] == (
         BUILTIN_PROFILES["smoke"])
 
     # a profile's nested category table: Sexual on Laion5B (F1 4/7) misses 0.6
     result = bench.run("--unsafebench-profile=lenient", "--tb=no", json_name="lenient.json")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.assert_outcomes(failed=1, passed=18, skipped=48)
+    result.assert_outcomes(failed=1, passed=21, skipped=48)
     doc = bench.json("lenient.json")
     assert [(r["category"], r["source"]) for r in rows_of(doc, "f1", "failed")] == [
         ("Sexual", "Laion5B")]
@@ -576,9 +580,10 @@ def test_pyproject_profile_and_categories_keys(bench: Bench) -> None:
     doc = bench.json()
     assert doc["config"]["profile"] == "strict"
     assert doc["config"]["categories"] == ["Violence"]
-    # Violence is perfect, so even the strict profile passes; 2 tests x (Lexica, all) + 1
+    # Violence is perfect, so even the strict profile passes; 2 tests x (Lexica, all) + 1,
+    # and Overall (Violence alone) x (Lexica, all)
     assert result.ret == 0
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=7)
     # and the command line overrides the pyproject profile
     result = bench.run("--unsafebench-profile=smoke", json_name="cli.json")
     assert bench.json("cli.json")["config"]["profile"] == "smoke"
@@ -597,7 +602,7 @@ def test_xdist_matches_serial_and_predicts_each_image_once(bench: Bench) -> None
     parallel = bench.run("-q", "-n", "2", cache=bench.path / "cache-xdist",
                          json_name="xdist.json")
     assert parallel.ret == 0, parallel.stdout.str()
-    parallel.assert_outcomes(passed=19, skipped=48)
+    parallel.assert_outcomes(passed=22, skipped=48)
     lines = bench.predicted()
     # every image predicted exactly once, all in one process (the controller)
     assert len(lines) == N_IMAGES
@@ -623,7 +628,7 @@ def test_xdist_matches_serial_and_predicts_each_image_once(bench: Bench) -> None
 def test_no_cache_leaves_no_database_and_works_with_xdist(bench: Bench) -> None:
     result = bench.run("-q", "-n", "2", "--unsafebench-no-cache")
     assert result.ret == 0, result.stdout.str()
-    result.assert_outcomes(passed=19, skipped=48)
+    result.assert_outcomes(passed=22, skipped=48)
     doc = bench.json()
     assert doc["config"]["use_cache"] is False
     assert doc["cache"] == {"hits": 0, "misses": N_IMAGES}
@@ -646,8 +651,8 @@ def test_no_cache_leaves_no_database_and_works_with_xdist(bench: Bench) -> None:
 def test_broken_classifier_errors_only_its_own_tests(bench: Bench, bad: str, problem: str) -> None:
     result = bench.run("--tb=line", classifier=f"{bad},{CLASSIFIER}")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    # every one of the bad classifier's 66 tests errors; the healthy one's pass or skip
-    result.assert_outcomes(passed=19, skipped=48, errors=66)
+    # every one of the bad classifier's 69 tests errors; the healthy one's pass or skip
+    result.assert_outcomes(passed=22, skipped=48, errors=69)
     result.stdout.fnmatch_lines([esc(line) for line in (
         f"*ERROR at setup of test_f1[{bad}-Hate-all]*",
         f"classifier '{bad}' failed, so its tests cannot run: {problem}",
@@ -661,11 +666,11 @@ def test_broken_classifier_errors_only_its_own_tests(bench: Bench, bad: str, pro
     assert re.fullmatch(problem.replace("*", ".*").replace("(", r"\(").replace(")", r"\)"),
                         doc["classifiers"][bad]["error"])
     assert doc["classifiers"][CLASSIFIER]["error"] is None
-    assert doc["summary"][bad]["error"] == 66 and doc["summary"][bad]["score"] is None
-    assert doc["summary"][CLASSIFIER]["passed"] == 18
+    assert doc["summary"][bad]["error"] == 69 and doc["summary"][bad]["score"] is None
+    assert doc["summary"][CLASSIFIER]["passed"] == 21
     errors = [r for r in doc["rows"] if r["classifier"] == bad]
     assert {r["outcome"] for r in errors} == {"error"}
-    assert len(errors) == 66
+    assert len(errors) == 69
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -705,7 +710,7 @@ def test_bad_input_is_reported_and_the_rest_scored(bench: Bench) -> None:
     _add_bad_input(bench)
     result = bench.run("--tb=short", cache=bench.path / "cache-bad")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.assert_outcomes(failed=1, passed=18, skipped=48)
+    result.assert_outcomes(failed=1, passed=21, skipped=48)
     out = result.stdout.str()
     assert "FAILED" in out and "test_data_integrity" in out
     result.stdout.fnmatch_lines(["*6 data-integrity finding(s):*"])
@@ -734,7 +739,7 @@ def test_allow_findings_lets_integrity_pass(bench: Bench) -> None:
                                      .replace("'", '"'))
     result = bench.run()
     assert result.ret == 0
-    result.assert_outcomes(passed=19, skipped=48)
+    result.assert_outcomes(passed=22, skipped=48)
     assert bench.json()["dataset"]["integrity"]["findings"] == 6
     # allowing only some kinds: the rest still fail the test, and only they are listed
     bench.pytester.makepyprojecttoml(

@@ -259,3 +259,14 @@ def test_terminal_tables_show_the_papers_figure_only_on_the_real_dataset(tmp_pat
     doc = build_json(s, synthetic, rows, tmp_path, "cpu", {})
     assert "paper" not in " ".join(_table_line(terminal_lines(doc), "Hate"))
     assert all(r["paper"] is None for r in doc["rows"])
+
+
+def test_summary_score_is_the_macro_mean_and_overall_is_its_own_figure() -> None:
+    """The Overall cell (images pooled) is reported beside the macro mean, never averaged in."""
+    rows = [row(category="Hate", value=0.2), row(category="Sexual", value=0.8),
+            row(category="Overall", value=0.7), row(category="Overall", source="Lexica", value=0.1)]
+    s = summarize(rows, ["a"])["a"]
+    assert s["score"] == pytest.approx(0.5) and s["categories_scored"] == 2
+    assert s["overall_f1"] == pytest.approx(0.7)
+    assert "macro mean" in s["score_definition"]
+    assert summarize(rows[:2], ["a"])["a"]["overall_f1"] is None

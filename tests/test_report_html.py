@@ -122,7 +122,8 @@ def test_thumbnails_carry_a_blur_note_and_only_data_uris_are_embedded(full_doc):
 
 
 def test_paper_figures_shown_only_for_the_real_dataset(full_doc):
-    doc = {k: json.loads(json.dumps(full_doc[k])) for k in ("dataset", "summary")}
+    doc = {k: json.loads(json.dumps(full_doc[k])) for k in ("dataset", "summary", "config")}
+    doc["config"].update(split="all", limit=None, alignment="official")
     doc["summary"] = {"q16": doc["summary"].popitem()[1]}
     doc["rows"] = [{"classifier": "q16", "suite": "effectiveness", "metric": "f1",
                     "category": "Hate", "source": src, "condition": None, "value": 0.5,
@@ -135,6 +136,9 @@ def test_paper_figures_shown_only_for_the_real_dataset(full_doc):
     assert "0.533" in _section(out, "summary")
     doc["rows"][0]["paper"] = None  # the run said: no figure for this row
     assert "(paper 0.641)" not in render_html(doc)
+    doc["config"]["limit"] = 20  # a limited run: none looked up, and the header says why
+    out = render_html(doc)
+    assert "(paper 0.336)" not in out and "Paper figures not shown" in out
 
 
 def test_saved_fuzz_counterexamples_are_embedded(full_doc, tmp_path):

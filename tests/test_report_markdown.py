@@ -43,7 +43,7 @@ def test_summary_failed_cells_gap_robustness_and_baseline(doc):
     assert "### Failed cells" in out and "emoji_sticker" in out
     assert "**Gap F1 (Laion5B - Lexica)" in out and "CI excluding 0" in out
     assert "### Robustness" in out and "corruption grid mean" in out
-    assert "attacks at eps 2/255 in [0, 1] pixel units." in out
+    assert "attacks at eps 2/255 in \\[0, 1\\] pixel units." in out  # "[" escaped: no link
     assert "### Baseline" in out and "**failed**" in out and "beyond tolerance" in out
     for table in _tables(out):
         assert table[1].startswith("|---|")
@@ -90,6 +90,7 @@ def test_paper_score_beside_ours_on_the_real_dataset():
             for cat in ("Sexual", "Political")]
     doc = {"dataset": {"spec": "hf:yiting/UnsafeBench", "name": "UnsafeBench",
                        "synthetic": False},
+           "config": {"split": "all", "limit": None, "alignment": "official"},
            "summary": {"multiheaded": {"score": 0.5, "passed": 2, "failed": 0, "skipped": 0,
                                        "error": 0}}, "rows": rows}
     out = render_markdown(doc)
