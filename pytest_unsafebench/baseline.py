@@ -95,6 +95,20 @@ def load(path: Path) -> dict[str, Any]:
         if not isinstance(row, dict) or any(k not in row for k in (*KEY_FIELDS, "value")):
             raise ConfigError(f"baseline {path}: row {i} lacks one of "
                               f"{', '.join((*KEY_FIELDS, 'value'))}")
+        bad = [k for k in KEY_FIELDS if row[k] is not None and not isinstance(row[k], str)]
+        if bad:
+            raise ConfigError(f"baseline {path}: row {i}: {bad[0]} is {row[bad[0]]!r}; expected "
+                              "a string or null")
+    decisions = doc.get("decisions", {})
+    if not isinstance(decisions, dict) or not all(
+            isinstance(b, dict) and isinstance(b.get("ids"), list)
+            and all(isinstance(x, str) for x in b["ids"])
+            and isinstance(b.get("decisions"), str) and len(b["ids"]) == len(b["decisions"])
+            and set(b["decisions"]) <= set(DECISION_CODES.values())
+            for b in decisions.values()):
+        raise ConfigError(f"baseline {path}: 'decisions' is not one block of ids and as many "
+                          "decision codes per classifier; save the baseline again with "
+                          "--unsafebench-save-baseline")
     for section in ("config", "dataset"):
         if not isinstance(doc.get(section, {}), dict):
             raise ConfigError(f"baseline {path}: '{section}' is not an object; expected a report "
@@ -347,10 +361,8 @@ def _paired(baseline: Mapping[str, Any], tables: Mapping[str, PredictionTable],
         name, suite, metric, category, source, condition = key
         table = tables.get(name)
         block = saved.get(old_name.get(name, name))
-        if (table is None or suite not in ("effectiveness", "gap") or condition is not None
-                or not isinstance(block, dict) or not isinstance(block.get("ids"), list)
-                or not isinstance(block.get("decisions"), str)
-                or len(block["ids"]) != len(block["decisions"])):
+        if table is None or suite not in ("effectiveness", "gap") or condition is not None \
+                or block is None:   # blocks were checked by load()
             continue
         old = dict(zip(block["ids"], block["decisions"]))
         codes = np.array([old.get(r["id"], "") for r in table.rows])

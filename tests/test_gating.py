@@ -199,6 +199,17 @@ def test_bad_baseline_is_a_usage_error(run: Run) -> None:
     result = run(f"--unsafebench-baseline={run.path / 'missing.json'}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--unsafebench-baseline:*missing.json is not a file*"])
+    row = {"classifier": ["x"], "suite": "effectiveness", "metric": "f1", "category": "Hate",
+           "source": "all", "condition": None, "value": 0.5}
+    bad.write_text(json.dumps({"rows": [row]}))      # a list as a key: unhashable
+    result = run(f"--unsafebench-baseline={bad}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*bad.json: row 0: classifier is [[]'x'[]]; expected a string*"])
+    bad.write_text(json.dumps({"rows": [{**row, "classifier": "toyclf:load"}], "decisions": {
+        "toyclf:load": {"ids": [["a"]], "decisions": "u"}}}))
+    result = run(f"--unsafebench-baseline={bad}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*bad.json: 'decisions' is not one block of ids*"])
 
 
 def test_a_renamed_classifier_pairs_nothing_and_fails_until_mapped(run: Run) -> None:
