@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from .errors import ConfigError, write_failure
+from .text import printable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -126,9 +127,9 @@ def _compare(args: argparse.Namespace) -> int:
                       path=str(args.baseline), current={"config": {**cfg, "classifiers": names},
                                                         "dataset": dataset},
                       renames=renames, notes=notes)
-    for note in notes:
-        print(f"BASELINE: {note}")
+    for note in notes:  # the reports' text is data: printable() keeps it from the terminal
+        print(printable(f"BASELINE: {note}"))
     for line in regression_table(section):
-        print(line)
+        print(printable(line))
     print(verdict_line(section))
     return 0 if section["passed"] else 1

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from .taxonomy import (CATEGORIES, CELL_SOURCES, GENERATED_SOURCE, OVERALL, POOLED, REAL_SOURCE,
                        SHORT_NAMES)
 
+from .text import printable
+
 if TYPE_CHECKING:
     from .config import Settings
     from .results import RunState
@@ -31,8 +33,9 @@ ROW_KEYS = ("classifier", "suite", "metric", "category", "source", "condition", 
             "threshold", "outcome", "n", "ci_low", "ci_high", "warn_threshold", "warned", "paper")
 # Kept only on the rows that carry them: a robustness value's full perturbation or attack spec,
 # why a skipped test did not run, a fuzz counterexample's image and saved files (paths relative
-# to the artifacts folder).
-OPTIONAL_ROW_KEYS = ("spec", "reason", "image_id", "artifact_image", "artifact_spec")
+# to the artifacts folder), how a robustness pool was drawn.
+OPTIONAL_ROW_KEYS = ("spec", "reason", "image_id", "artifact_image", "artifact_spec",
+                     "pool")
 SCORE_DEFINITION = ("macro mean over covered categories of F1 on the pooled sources "
                     "(effectiveness suite, Unsafe positive); overall_f1 is F1 on all covered "
                     "categories' images pooled, the paper's Overall")
@@ -274,7 +277,8 @@ def terminal_lines(doc: dict[str, Any], verdict: bool = True) -> list[str]:
         # The gate's verdict is the report's last line: a failed gate never ends on a table.
         lines += ["", *regression_table(doc["baseline"])]
         lines += ["", verdict_line(doc["baseline"])] if verdict else []
-    return lines
+    # Names, ids and error texts come from files: none of them may drive the terminal.
+    return [printable(line) for line in lines]
 
 
 def _gap_lines(name: str, rows: list[dict[str, Any]], shift: dict[str, Any] | None) -> list[str]:

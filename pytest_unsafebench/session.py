@@ -28,6 +28,7 @@ from . import progress
 from .config import Settings
 from .errors import UnsafeBenchError, write_failure
 from .results import ClassifierState, PredictionTable, RunState
+from .text import printable
 
 if TYPE_CHECKING:
     from .cache import PredictionCache
@@ -363,8 +364,9 @@ class UnsafeBenchSession:
         cs = self.state.classifiers[name]
         if cs.error:
             # A one-line reason without a traceback: it is the same for each of its tests.
-            pytest.fail(f"classifier {name!r} failed, so its tests cannot run: {cs.error}",
-                        pytrace=False)
+            # printable: the error text is the classifier's, and may carry terminal escapes.
+            pytest.fail(printable(f"classifier {name!r} failed, so its tests cannot run: "
+                                  f"{cs.error}"), pytrace=False)
         return cs
 
     def cell(self, item: pytest.Item, classifier: str, category: str, source: str,
@@ -480,12 +482,20 @@ class UnsafeBenchSession:
         cs = self.classifier_state(classifier)
         records = self.records()
         eligible = len(robustness.eligible(self.table(classifier), cs.covered, source))
-        rows = robustness.pool(self.table(classifier), cs.covered, source)
+        if rs.mode == "paper":  # the reference code's pool order and random.sample draw
+            rows, exact = robustness.paper_pool(
+                self.table(classifier), cs.covered, source, classifier,
+                {i: r.archive_key for i, r in records.items()})
+            draw, pool_draw = robustness.paper_draw, (
+                robustness.POOL_PAPER if exact else robustness.POOL_PAPER_LOAD_ORDER)
+        else:
+            rows = robustness.pool(self.table(classifier), cs.covered, source)
+            draw, pool_draw = robustness.draw, robustness.POOL_SEEDED
         if not rows:
             pytest.skip(f"no correctly classified images of covered categories in {source}: "
                         "the robustness pool is empty")
         rows = [r | {"hash": records[r["id"]].content_hash} for r in rows]
-        samples = {seed: robustness.draw(rows, rs.pool_size, seed) for seed in rs.seeds}
+        samples = {seed: draw(rows, rs.pool_size, seed) for seed in rs.seeds}
         clf = self.classifier(classifier)
         is_attack = condition in rs.attacks
         if is_attack:
@@ -525,7 +535,7 @@ class UnsafeBenchSession:
                             progress=bar.update)
         finally:
             cache.close()
-        result.pool_size, result.eligible = len(rows), eligible
+        result.pool_size, result.eligible, result.pool_draw = len(rows), eligible, pool_draw
         return result
 
     # ------------------------------------------------------------------ reporting

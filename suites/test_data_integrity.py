@@ -8,6 +8,8 @@ excluded, no image in a category it covers): skipped cells alone must never read
 
 import pytest
 
+from pytest_unsafebench.text import printable
+
 pytestmark = [pytest.mark.integrity]
 
 
@@ -18,10 +20,12 @@ def test_data_integrity(unsafebench_run, unsafebench_settings, unsafebench_recor
     blocking = [f for f in findings if f.kind not in unsafebench_settings.allow_findings]
     unsafebench_record("findings", len(blocking), suite="integrity",
                        n=unsafebench_run.dataset["counts"]["images"])
-    lines = [f"  {f.kind}: {f.locator}: {f.detail}"
+    # File names and decoder messages come from the data: printable() keeps their control
+    # characters (ANSI, OSC, BEL) from reaching the terminal.
+    lines = [printable(f"  {f.kind}: {f.locator}: {f.detail}")
              + (" [excluded from metrics]" if f.excluded else "") for f in blocking]
-    unmeasured = [f"  {name}: {why}" for name, why in _unmeasured(unsafebench_run,
-                                                                  unsafebench_session)]
+    unmeasured = [printable(f"  {name}: {why}") for name, why in _unmeasured(unsafebench_run,
+                                                                             unsafebench_session)]
     problems = []
     if blocking:
         problems.append(f"{len(blocking)} data-integrity finding(s):\n" + "\n".join(lines))
