@@ -208,11 +208,11 @@ def compare(baseline: Mapping[str, Any], rows: Iterable[Mapping[str, Any]],
         change = f"{_worse_word(metric)} {-better:.3f}"
         if -better > hard + 1e-12:
             reason = f"{change} > hard limit {hard:g}"
-        elif test is None:
+        elif test is None or test["p_value"] is None:   # untested is never "noise"
             why = _untested_reason(metric, key[0], baseline, renames, tables, bootstrap)
             reason = f"{change} > tolerance {tol:g}; no paired test ({why})"
-        elif test["p_value"] is not None and test["p_value"] < rule.alpha and test["worse"]:
-            reason = (f"{change} > tolerance {tol:g}, significant paired drop "
+        elif test["p_value"] < rule.alpha and test["worse"]:
+            reason = (f"{change} > tolerance {tol:g}, significant paired change "
                       f"({format_p(test['p_value'], test['resamples'])} < {rule.alpha:g})")
         else:
             within_noise.append({**dict(zip(KEY_FIELDS, key)), "diff": round(better, 6),
@@ -224,9 +224,10 @@ def compare(baseline: Mapping[str, Any], rows: Iterable[Mapping[str, Any]],
             p_value=test["p_value"] if test else None, reason=reason,
             ci_low=test["better_low"] if test else None,
             ci_high=test["better_high"] if test else None))
+    done = set(paired_keys)
     unmatched = [{**dict(zip(KEY_FIELDS, k)), "why": _why_unpaired(k, now, current, renames,
                                                                      baseline)}
-                 for k in base if k not in paired_keys]
+                 for k in base if k not in done]
     env = baseline.get("environment", {})
     return {"path": path, "git_commit": env.get("git_commit") if isinstance(env, dict) else None,
             "rule": rule.public(), "paired_tests": tables is not None and bootstrap is not None,

@@ -48,8 +48,10 @@ _SINGLE_OPTIONS: dict[str, tuple[str, str]] = {
     "confidence": ("P", "confidence level of the intervals (default 0.95)"),
     "html": ("PATH", "write a self-contained HTML report (needs the [html] extra: matplotlib)"),
     "markdown": ("PATH", "write a short Markdown summary (e.g. $GITHUB_STEP_SUMMARY)"),
-    "baseline": ("PATH", "gate this run against a saved JSON report: a regression beyond the "
-                         "tolerance, or a significant paired drop, fails the run"),
+    "baseline": ("PATH", "gate this run against a saved JSON report: a drop beyond the "
+                         "tolerance that a paired test finds significant, or beyond the hard "
+                         "limit, fails the run, and so does a baseline value that pairs with "
+                         "nothing"),
     "save_baseline": ("PATH", "save this run as a baseline JSON (with per-image decisions)"),
     "tolerance": ("X", "absolute drop allowed against the baseline (default 0.02; per metric "
                        "in [tool.unsafebench.tolerances])"),
@@ -180,13 +182,13 @@ def pytest_configure(config: pytest.Config) -> None:
     session = UnsafeBenchSession.start(config, settings)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "unsafebench-session")
-    if config.args_source != pytest.Config.ArgsSource.ARGS:
-        # No paths given: run the packaged suites, whether or not the user has a copy.
-        from . import suites
+    # No paths given: run the packaged suites, whether or not the user has a copy; node ids
+    # of packaged tests given as paths run those tests (see packaged.py).
+    from . import suites
+    from .packaged import use_packaged_suites
 
-        folder = Path(suites.__file__).parent
-        wanted = [SUITE_MODULES["integrity"], *(SUITE_MODULES[k] for k in settings.suites)]
-        config.args[:] = [str(folder / m) for m in dict.fromkeys(wanted) if (folder / m).exists()]
+    wanted = [SUITE_MODULES["integrity"], *(SUITE_MODULES[k] for k in settings.suites)]
+    use_packaged_suites(config, Path(suites.__file__).parent, wanted, SUITE_MODULES.values())
 
 
 def _session(config: pytest.Config) -> UnsafeBenchSession:

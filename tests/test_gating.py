@@ -556,7 +556,7 @@ def test_a_significant_drop_beyond_the_tolerance_regresses_with_its_interval() -
     section = _paired_case(60)
     assert not section["passed"]
     [reg] = section["regressions"]
-    assert reg["reason"] == ("dropped 0.031 > tolerance 0.02, significant paired drop "
+    assert reg["reason"] == ("dropped 0.031 > tolerance 0.02, significant paired change "
                              "(p < 0.002 < 0.05)")
     assert reg["p_value"] == 0.0 and reg["ci_low"] < reg["diff"] < reg["ci_high"] < 0
     paired = {(p["category"], p["source"]): p for p in section["paired"]}
@@ -575,7 +575,7 @@ def test_a_significant_drop_within_the_tolerance_passes() -> None:
 def test_the_strict_profile_flags_the_same_small_drop() -> None:
     section = _paired_case(30, profile="strict")        # tolerance 0.01, hard limit 0.05
     [reg] = section["regressions"]
-    assert reg["reason"].startswith("dropped 0.015 > tolerance 0.01, significant paired drop")
+    assert reg["reason"].startswith("dropped 0.015 > tolerance 0.01, significant paired change")
 
 
 def test_a_drop_that_is_noise_passes_and_one_beyond_the_hard_limit_fails() -> None:
