@@ -771,3 +771,19 @@ def test_a_users_conftest_outside_the_packaged_suites_is_fine(run: Run) -> None:
     result = run("--unsafebench-suites=effectiveness", "--unsafebench-profile=smoke")
     assert result.ret == 0, result.stdout.str()[-3000:]
     assert "INTERNALERROR" not in result.stdout.str()
+
+
+def test_gate_noise_benchmark_runs() -> None:
+    """benchmarks/bench_gate_noise.py end to end, small: noise never fails the statistical
+    gate, and a 0.03 F1 drop on 1000 Unsafe images still does."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gate_noise.py"
+    done = subprocess.run([sys.executable, script, "--trials", "10", "--resamples", "200"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["noise_1_flip_of_45"]["statistical_default"] == 0.0
+    assert out["noise_1_flip_of_45"]["tolerance_alone"] > 0.5
+    assert out["real_drop_60_of_1000_unsafe"]["statistical_default"] == 1.0
