@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .classifier import Prediction
-from .errors import ConfigError
+from .errors import ConfigError, UnsafeBenchError
 
 SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -43,9 +43,10 @@ _CHUNK = 500
 _UNWRITABLE = ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH")
 
 
-class CacheUnwritable(Exception):
+class CacheUnwritable(UnsafeBenchError):
     """The cache file or folder exists but cannot be written (read-only file, folder or
-    filesystem): the run goes on without the cache, with a warning."""
+    filesystem): a pytest run goes on without the cache, with a warning; where there is nothing
+    to fall back to (``unsafebench train``), a one-line error."""
 
 
 def check_folder(folder: Path) -> None:
