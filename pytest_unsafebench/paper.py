@@ -156,6 +156,9 @@ def row_mismatch(row: Mapping[str, Any], config: Mapping[str, Any]) -> str | Non
         if rs.get("pool_size") != PAPER_POOL_SIZE:
             return (f"robust accuracy figures need the paper's pool: pool_size = "
                     f"{PAPER_POOL_SIZE} (this run: {rs.get('pool_size')!r})")
+        if row.get("pool") != "paper":
+            return ("robust accuracy figures need the paper's draw (its pool order and "
+                    f"random.sample): this row's pool was drawn {row.get('pool') or 'otherwise'}")
     return None
 
 
@@ -167,7 +170,8 @@ def mismatch(dataset: Mapping[str, Any], config: Mapping[str, Any] | None) -> st
     another alignment measures something else.
     """
     if not _is_real(dataset):
-        return "the dataset is not the real UnsafeBench (hf:yiting/UnsafeBench or its parquet files)"
+        return ("the dataset is not the real UnsafeBench (hf:yiting/UnsafeBench or its parquet "
+                "files)")
     if not isinstance(config, Mapping):
         return "the report does not record the run's configuration"
     if config.get("split") != "all":

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .classifier import Prediction
 from .config import RobustnessSettings
-from .taxonomy import POOLED, UNSAFE
+from .taxonomy import CATEGORIES, POOLED, SOURCES, SPLITS, UNSAFE
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -32,6 +32,15 @@ if TYPE_CHECKING:
     from .results import PredictionTable
 
 EVASION_STRENGTH = 3  # the middle of each evasion edit's five levels
+# Category order of the paper's pool where a classifier's list is not the taxonomy's order
+# (UnsafeBench unsafe_datasets.py, align_unsafe_categories).
+PAPER_CATEGORY_ORDER: dict[str, tuple[str, ...]] = {
+    "multiheaded": ("Sexual", "Violence", "Shocking", "Hate", "Political"),
+}
+# How a result's pool was drawn (RAResult.pool_draw, the rows' ``pool``).
+POOL_PAPER = "paper"                  # official order, random.sample: the paper's draw
+POOL_PAPER_LOAD_ORDER = "paper-draw-load-order"  # random.sample, but no row index to order by
+POOL_SEEDED = "seeded"                # numpy draw from the id-sorted pool (pixel mode)
 DEFAULT_INPUT_SIZE = 224
 
 
@@ -107,6 +116,7 @@ class RAResult:
     attack_input_accuracy: float | None = None
     pool_size: int = 0               # correctly classified eligible images
     eligible: int = 0                # images of covered categories in the source
+    pool_draw: str = POOL_SEEDED     # how the seeds' samples were drawn (POOL_* above)
 
     @property
     def clean_accuracy(self) -> float:
@@ -126,11 +136,20 @@ def eligible(table: PredictionTable, covered: Sequence[str], source: str) -> lis
             and (source == POOLED or r["source"] == source)]
 
 
+def is_unsure(row: Mapping[str, Any]) -> bool:
+    """An unsure answer: the decision itself, or a VLM vote that was unsure before the unsure
+    policy turned it into a label (kept in ``label_scores``). Never part of a pool."""
+    return row["decision"] == "unsure" or bool((row.get("label_scores") or {}).get("unsure"))
+
+
+def _right(table: PredictionTable, covered: Sequence[str], source: str) -> list[dict[str, Any]]:
+    return [r for r in eligible(table, covered, source) if not is_unsure(r)
+            and (r["decision"] == "unsafe") == (r["label"] == UNSAFE)]
+
+
 def pool(table: PredictionTable, covered: Sequence[str], source: str) -> list[dict[str, Any]]:
     """The correctly classified :func:`eligible` images, in a stable (id) order."""
-    right = [r for r in eligible(table, covered, source)
-             if (r["decision"] == "unsafe") == (r["label"] == UNSAFE) and r["decision"] != "unsure"]
-    return sorted(right, key=lambda r: r["id"])
+    return sorted(_right(table, covered, source), key=lambda r: r["id"])
 
 
 def draw(rows: Sequence[dict[str, Any]], k: int, seed: int) -> list[dict[str, Any]]:
@@ -140,6 +159,53 @@ def draw(rows: Sequence[dict[str, Any]], k: int, seed: int) -> list[dict[str, An
         return list(rows)
     picked = np.random.default_rng(seed).choice(len(rows), size=k, replace=False)
     return [rows[i] for i in sorted(picked)]
+
+
+def row_index(archive_key: str) -> tuple[int, int] | None:
+    """(split position, row index within the split) of a ``"<split>/<index>"`` archive key;
+    None when the key does not carry a row index (a folder dataset, an ``id`` column)."""
+    split, _, stem = archive_key.partition("/")
+    if split not in SPLITS or not (stem.isascii() and stem.isdigit()):
+        return None
+    return SPLITS.index(split), int(stem)
+
+
+def paper_pool(table: PredictionTable, covered: Sequence[str], source: str, classifier: str,
+               archive_keys: Mapping[str, str]) -> tuple[list[dict[str, Any]], bool]:
+    """The pool in the order the reference code builds it, and whether that order is exact.
+
+    UnsafeBench unsafe_datasets.py (``random_draw_testing_adv_samples``) concatenates, per
+    source (Laion5B then Lexica), the classifier's categories in its alignment's order
+    (``align_unsafe_categories``), each category's train rows then its test rows in dataset
+    order, and keeps the correctly classified ones. ``archive_keys`` maps image id to its
+    ``"<split>/<row index>"``; without a row index for every image the order within a split
+    falls back to the order the dataset was loaded in (exact = False: not the paper's draw).
+    """
+    rows = _right(table, covered, source)
+    position = {r["id"]: i for i, r in enumerate(table.rows)}
+    order = PAPER_CATEGORY_ORDER.get(classifier, CATEGORIES)
+    indices = {r["id"]: row_index(archive_keys.get(r["id"], "")) for r in rows}
+    exact = all(v is not None for v in indices.values())
+
+    def key(r: dict[str, Any]) -> tuple[int, ...]:
+        cat = r["category"]
+        within = indices[r["id"]] if exact else (
+            SPLITS.index(r["split"]) if r.get("split") in SPLITS else len(SPLITS),
+            position[r["id"]])
+        return (SOURCES.index(r["source"]),
+                order.index(cat) if cat in order else len(order) + CATEGORIES.index(cat),
+                *within)  # type: ignore[misc]
+
+    return sorted(rows, key=key), exact
+
+
+def paper_draw(rows: Sequence[dict[str, Any]], k: int, seed: int) -> list[dict[str, Any]]:
+    """``random.seed(seed); random.sample(range(n), min(k, n))`` as in unsafe_datasets.py, on a
+    private generator (same stream, global state untouched); the drawn order is kept."""
+    import random
+
+    picked = random.Random(seed).sample(range(len(rows)), min(k, len(rows)))
+    return [rows[i] for i in picked]
 
 
 @contextmanager

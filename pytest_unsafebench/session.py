@@ -263,11 +263,13 @@ class UnsafeBenchSession:
         of this dataset it was trained on, unless --unsafebench-allow-train-overlap."""
         from .dataset import load_dataset
         from .errors import ConfigError
+        from .paper import REAL_DATASET_ID, _is_real
 
         s = self.settings
         if s.allow_train_overlap or s.split == "test":
             return
         full_fingerprint = None
+        real = False
         for name in s.classifiers:
             try:
                 trained_on = getattr(self.classifier(name), "trained_on", None)
@@ -276,9 +278,14 @@ class UnsafeBenchSession:
             if not trained_on or trained_on.get("split") not in ("train", "all"):
                 continue
             if full_fingerprint is None:  # the whole dataset, as the trainer fingerprinted it
-                full_fingerprint = load_dataset(s.dataset, split="all", seed=s.seed,
-                                                cache_dir=s.cache_dir).fingerprint
-            if trained_on.get("fingerprint") == full_fingerprint:
+                full = load_dataset(s.dataset, split="all", seed=s.seed, cache_dir=s.cache_dir)
+                full_fingerprint = full.fingerprint
+                real = _is_real({"spec": full.spec, "name": full.name,
+                                 "synthetic": full.synthetic})
+            # A released model (pv-llava) names the dataset, not a fingerprint of our copy.
+            released = (trained_on.get("fingerprint") is None
+                        and trained_on.get("dataset") == f"hf:{REAL_DATASET_ID}" and real)
+            if released or trained_on.get("fingerprint") == full_fingerprint:
                 raise ConfigError(
                     f"classifier {name!r} was trained on the {trained_on['split']} split of "
                     f"this dataset ({s.dataset}, fingerprint {full_fingerprint}); "
@@ -619,6 +626,13 @@ class UnsafeBenchSession:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         document = self.document
 
+        def json_report(path: Path) -> None:
+            # Where the fuzz counterexamples are, relative to the report, so that
+            # `unsafebench report RUN.json --html` embeds them without --artifacts.
+            extra = ({"artifacts_folder": _relative_folder(s.artifacts_path, path.parent)}
+                     if "fuzz" in s.suites else {})
+            write_json(path, {**document, **extra})
+
         def save_baseline(path: Path) -> None:
             from .baseline import decisions_block
 
@@ -645,7 +659,7 @@ class UnsafeBenchSession:
                             shutil.copyfileobj(fh, out)
 
         for option, path, write in (
-                ("json", s.json_path, partial(write_json, document=document)),
+                ("json", s.json_path, json_report),
                 ("save-baseline", s.save_baseline_path, save_baseline),
                 ("html", s.html_path, html), ("markdown", s.markdown_path, markdown),
                 ("predictions", s.predictions_path, predictions)):
@@ -726,6 +740,17 @@ def record_row(item: pytest.Item, row: dict[str, Any]) -> None:
     if isinstance(row.get("value"), (int, float)):
         # Also visible to --junitxml as <property name="unsafebench.f1" value="..."/>.
         item.user_properties.append((f"unsafebench.{row['metric']}", row["value"]))
+
+
+def _relative_folder(folder: Path, start: Path) -> str:
+    """``folder`` relative to ``start`` (posix), as a report records it; absolute where no
+    relative path exists (another drive), which a later reader then refuses to follow."""
+    import os
+
+    try:
+        return Path(os.path.relpath(folder.resolve(), start.resolve())).as_posix()
+    except ValueError:
+        return folder.resolve().as_posix()
 
 
 def _pass_note(result: PassResult) -> str:

@@ -73,9 +73,11 @@ def test_names_are_registry_names_and_cells_follow_the_official_alignment():
       "source": "Lexica", "condition": None}, 0.336),
     ({"classifier": "q16", "suite": "robustness", "metric": "ra", "category": None,
       "source": "Laion5B", "condition": "pgd",
-      "spec": "pgd:eps=0.01:steps=100:ss=0.000333333:rs=1:seed=2023:paper"}, 0.004),
+      "spec": "pgd:eps=0.01:steps=100:ss=0.000333333:rs=1:seed=2023:paper", "pool": "paper"},
+     0.004),
     ({"classifier": "nsfw_detector", "suite": "robustness", "metric": "ra", "category": None,
-      "source": "Laion5B", "condition": "fgsm", "spec": "fgsm:eps=0.01:seed=2023:paper"}, 0.496),
+      "source": "Laion5B", "condition": "fgsm", "spec": "fgsm:eps=0.01:seed=2023:paper",
+      "pool": "paper"}, 0.496),
     # Our pixel-space eps is another measurement: no paper figure beside it.
     ({"classifier": "q16", "suite": "robustness", "metric": "ra", "category": None,
       "source": "Laion5B", "condition": "pgd",
@@ -162,8 +164,13 @@ def test_overall_row_gets_the_pooled_figure_only_with_every_category():
 
 def test_robustness_figures_need_paper_mode_and_the_papers_pool():
     row = {"classifier": "q16", "suite": "robustness", "metric": "ra", "category": None,
-           "source": "Laion5B", "condition": "fgsm", "spec": "fgsm:eps=0.01:seed=2023:paper"}
+           "source": "Laion5B", "condition": "fgsm", "spec": "fgsm:eps=0.01:seed=2023:paper",
+           "pool": "paper"}
     assert paper.published_for_row(row, PAPER_CONFIG) == 0.402
+    # A pool whose order could not follow the dataset's rows is not the paper's draw.
+    load_order = {**row, "pool": "paper-draw-load-order"}
+    assert paper.published_for_row(load_order, PAPER_CONFIG) is None
+    assert "paper-draw-load-order" in paper.row_mismatch(load_order, PAPER_CONFIG)
     small = {**PAPER_CONFIG, "robustness": {"mode": "paper", "pool_size": 50}}
     assert paper.published_for_row(row, small) is None
     assert "pool_size = 500" in paper.row_mismatch(row, small)

@@ -257,7 +257,8 @@ def test_full_run_outcomes_report_and_skips(bench: Bench) -> None:
         "*= unsafebench report =*",
         "dataset: ds (48 images, split all, fingerprint *)",
         "*data integrity: 0 finding(s), 0 image(s) excluded from metrics*",
-        esc(f"classifier {CLASSIFIER} [toy-v1] score 0.806 (macro mean F1 over 3 covered categories*"),
+        esc(f"classifier {CLASSIFIER} [toy-v1] score 0.806 (macro mean F1 over 3 covered "
+            "categories*"),
         "*tests: 21 passed, 0 failed, 48 skipped, 0 errors; cache 0 hits, 48 misses*",
         "*category*F1 Laion5B*F1 Lexica*F1 all*FPR Laion5B*FPR Lexica*FPR all*",
     ])

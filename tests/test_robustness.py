@@ -392,3 +392,176 @@ def test_no_attacks_and_no_evasions_leaves_the_grid(bench: Bench) -> None:
     assert result.ret == 0, result.stdout.str()[-3000:]
     assert "INTERNALERROR" not in result.stdout.str()
     result.assert_outcomes(passed=1 + 3, skipped=1)
+
+
+# Each robustness test's kind and the threshold key it must be gated by: written out here so
+# that a wrong key in suites/test_robustness.py (ATTACK_KEY, "ra_min_evasion", ...) fails.
+KIND_KEYS = {"gaussian": "ra_min_gaussian", "square": "ra_min_attack",
+             **{e: "ra_min_evasion" for e in names("evasion")}}
+
+
+def _split_thresholds(values: dict[str, list[float]]) -> dict[str, float]:
+    """Per key, a threshold between two observed values (some cells pass, some fail), each key
+    a distinct number so the row's threshold names the key that gated it."""
+    out = {}
+    for k, (key, vals) in enumerate(sorted(values.items())):
+        unique = sorted(set(vals))
+        if len(unique) >= 2:
+            mid = len(unique) // 2
+            t = (unique[mid - 1] + unique[mid]) / 2
+        else:  # all equal (gaussian noise at RA 1.0): a threshold just below, all pass
+            t = max(0.0, unique[0] - 0.05)
+        out[key] = round(max(0.0, t - k * 1e-4), 6)
+    return out
+
+
+def test_nonzero_thresholds_gate_each_kind_with_its_own_key(bench: Bench) -> None:
+    """Thresholds per kind (gaussian, attack, evasion, corruption grid) that some cells meet and
+    some miss: each cell's outcome follows its own kind's threshold. Run with the gap suite, so
+    test_gap_ra runs with values, checked against a recomputation from the per-source RA rows.
+
+    Mutations this catches: a wrong key in ATTACK_KEY or for evasions/the grid (the row's
+    threshold and outcome change), ``>=`` turned into ``>`` or the assert dropped (outcomes
+    no longer follow the values), a gap computed as Lexica - Laion5B or from other rows.
+    """
+    smoke = bench.run("--unsafebench-suites=robustness", "--unsafebench-profile=smoke",
+                      json_name="smoke.json")
+    assert smoke.ret == 0, smoke.stdout.str()[-3000:]
+    rows = read_json(bench.path / "smoke.json")["rows"]
+    gated = [r for r in rows if r["suite"] == "robustness" and r["outcome"] == "passed"]
+    observed: dict[str, list[float]] = {}
+    for r in gated:
+        key = KIND_KEYS.get(r["condition"], "ra_min_corruption")
+        if r["metric"] == "ra_corruption_mean":
+            assert r["condition"] == "grid"
+        observed.setdefault(key, []).append(r["value"])
+    assert set(observed) == {"ra_min_gaussian", "ra_min_attack", "ra_min_evasion",
+                             "ra_min_corruption"}
+    thresholds = _split_thresholds(observed)
+    profile = "\n".join(f"{k} = {v}" for k, v in thresholds.items())
+    bench.pytester.makepyprojecttoml(
+        ROBUSTNESS_TOML + f"\n[tool.unsafebench.profiles.split]\n{profile}\ngap_ra_max = 1.0\n")
+
+    result = bench.run("--unsafebench-suites=robustness,gap", "--unsafebench-profile=split")
+    doc = read_json(bench.path / "out.json")
+    outcomes = {"passed": 0, "failed": 0}
+    for r in doc["rows"]:
+        if (r["suite"] != "robustness" or r["outcome"] not in ("passed", "failed")
+                or r["value"] is None):
+            continue
+        key = KIND_KEYS.get(r["condition"], "ra_min_corruption")
+        assert r["threshold"] == thresholds[key], (r["condition"], r["threshold"], key)
+        expected = "passed" if r["value"] >= thresholds[key] else "failed"
+        assert r["outcome"] == expected, (r["condition"], r["source"], r["value"], key)
+        outcomes[r["outcome"]] += 1
+    assert outcomes["passed"] > 0 and outcomes["failed"] > 0, outcomes
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+    # The RA gap: RA on Laion5B minus RA on Lexica for each condition, from the same run.
+    ra = {(r["condition"], r["source"]): r["value"] for r in doc["rows"]
+          if r["suite"] == "robustness" and r["metric"] == "ra" and r["outcome"] != "info"
+          and r["value"] is not None}
+    gaps = [r for r in doc["rows"] if r["suite"] == "gap" and r["metric"] == "gap_ra"
+            and r["value"] is not None]
+    assert gaps and all(r["outcome"] == "passed" for r in gaps)
+    assert {r["condition"] for r in gaps} == {c for c, s in ra if s == "Laion5B"}
+    for r in gaps:
+        assert r["value"] == pytest.approx(ra[(r["condition"], "Laion5B")]
+                                           - ra[(r["condition"], "Lexica")], abs=1e-9)
+    assert any(r["value"] != 0 for r in gaps)  # a sign error would show
+
+
+# ------------------------------------------------------------ the paper's pool draw (issue 17)
+def _official_draw(rows: list[dict], classifier: str, source: str, k: int, seed: int) -> list[str]:
+    """A reimplementation of UnsafeBench unsafe_datasets.py ``random_draw_testing_adv_samples``
+    on a prediction table: per source, the classifier's categories in its alignment's order,
+    each category's train rows then test rows in dataset order, the correct ones kept, then
+    ``random.seed(seed); random.sample(range(n), K)`` with the global generator."""
+    import random
+
+    from pytest_unsafebench.taxonomy import CATEGORIES
+
+    order = {"multiheaded": ["Sexual", "Violence", "Shocking", "Hate", "Political"],
+             "q16": [c for c in CATEGORIES if c not in ("Spam", "Sexual")]}.get(
+                 classifier, list(CATEGORIES))
+    concat = []
+    for src in (["Laion5B", "Lexica"] if source == "all" else [source]):
+        for category in order:
+            merged = [r for split in ("train", "test")
+                      for r in sorted((r for r in rows if r["split"] == split),
+                                      key=lambda r: r["index"])
+                      if r["source"] == src and r["category"] == category]
+            labels = [int(r["label"] == "Unsafe") for r in merged]
+            # An unsure answer matches neither label (the project keeps it out of every pool).
+            preds = [{"unsafe": 1, "safe": 0}.get(r["decision"], -1) for r in merged]
+            concat += [r for r, y, p in zip(merged, labels, preds) if y == p]
+    random.seed(seed)
+    picked = random.sample(range(len(concat)), min(k, len(concat)))
+    return [concat[i]["id"] for i in picked]
+
+
+def _synthetic_predictions(n: int, seed: int) -> list[dict]:
+    from pytest_unsafebench.taxonomy import CATEGORIES
+
+    rng = np.random.default_rng(seed)
+    rows, counters = [], {"train": 0, "test": 0}
+    for i in range(n):
+        split = "train" if rng.random() < 0.8 else "test"
+        index = counters[split]
+        counters[split] += 1
+        decision = str(rng.choice(["safe", "unsafe", "unsure"], p=[0.55, 0.4, 0.05]))
+        rows.append({"id": f"img{i:05d}", "split": split, "index": index,
+                     "category": str(rng.choice(CATEGORIES)),
+                     "source": str(rng.choice(["Laion5B", "Lexica"])),
+                     "label": str(rng.choice(["Safe", "Unsafe"])), "decision": decision,
+                     "score": 0.5, "label_scores": None})
+    # The loader's order is not the dataset's: test shards sort before train shards.
+    rng.shuffle(rows)
+    return rows
+
+
+@pytest.mark.parametrize("classifier", ["multiheaded", "q16", "llava"])
+@pytest.mark.parametrize("source", ["Laion5B", "Lexica", "all"])
+def test_paper_pool_draws_exactly_the_reference_codes_images(classifier, source) -> None:
+    """Paper mode draws the same images, in the same order, as the official function for the
+    same predictions: its pool order, K = min(500, n), and Python's random.sample per seed."""
+    from pytest_unsafebench.taxonomy import CATEGORIES, OFFICIAL_ALIGNMENT
+
+    rows = _synthetic_predictions(3000, seed=len(classifier) + len(source))
+    table = PredictionTable(classifier, rows)
+    covered = [c for c in CATEGORIES
+               if c in OFFICIAL_ALIGNMENT.get(classifier, OFFICIAL_ALIGNMENT["vlm"])]
+    keys = {r["id"]: f"{r['split']}/{r['index']}" for r in rows}
+    pool, exact = robustness.paper_pool(table, covered, source, classifier, keys)
+    assert exact
+    for seed in (2023, 2024, 2025):
+        for k in (500, 10_000):  # K below the pool, and K above it (the whole pool, shuffled)
+            ours = [r["id"] for r in robustness.paper_draw(pool, k, seed)]
+            assert ours == _official_draw(rows, classifier, source, k, seed)
+    assert len(robustness.paper_draw(pool, 500, 2023)) == min(500, len(pool))
+
+
+def test_paper_pool_without_row_indices_says_its_order_is_not_exact() -> None:
+    rows = _synthetic_predictions(200, seed=1)
+    table = PredictionTable("q16", rows)
+    keys = {r["id"]: f"{r['split']}/{r['index']}" for r in rows}
+    keys[rows[0]["id"]] = "train/some-file-stem"  # a folder dataset's name, not a row index
+    pool, exact = robustness.paper_pool(table, ["Hate", "Violence"], "all", "q16", keys)
+    assert not exact and pool
+    assert robustness.row_index("test/17") == (1, 17)
+    assert robustness.row_index("test/x7") is None and robustness.row_index("") is None
+
+
+def test_unsure_votes_never_enter_a_pool() -> None:
+    """A VLM vote that was unsure keeps that status in label_scores even after the unsure
+    policy labelled it: it is not a correctly classified image."""
+    base = {"category": "Hate", "source": "Lexica", "split": "test", "score": 1.0,
+            "label": "Unsafe", "decision": "unsafe"}
+    rows = [{**base, "id": "sure", "label_scores": {"unsure": 0.0}},
+            {**base, "id": "policy", "label_scores": {"unsure": 1.0}},
+            {**base, "id": "raw", "decision": "unsure", "label_scores": None}]
+    table = PredictionTable("llava", rows)
+    assert [r["id"] for r in robustness.pool(table, ["Hate"], "Lexica")] == ["sure"]
+    keys = {"sure": "test/0", "policy": "test/1", "raw": "test/2"}
+    pool, _ = robustness.paper_pool(table, ["Hate"], "Lexica", "llava", keys)
+    assert [r["id"] for r in pool] == ["sure"]
