@@ -262,3 +262,31 @@ def test_a_robustness_failure_is_one_line(folder: pytest.Pytester) -> None:
     bodies = _failure_bodies(result)
     assert len(bodies) == 1 and bodies[0].startswith("robust accuracy "), bodies
     assert "RAResult(" not in result.stdout.str()
+
+
+# ---------------------------------------------------------------------------- node ids
+
+
+def test_packaged_node_ids_can_be_passed_back(folder: pytest.Pytester) -> None:
+    args = common_args(folder.path, "--unsafebench-suites=effectiveness")
+    listed = folder.runpytest(*args, "--collect-only", "-q")
+    ids = [line for line in listed.outlines if "::" in line]
+    wanted = "test_effectiveness.py::test_f1[toyclf:load-Hate-Lexica]"
+    assert wanted in ids and not [i for i in ids if i.startswith("::")], ids[:5]
+    assert "test_data_integrity.py::test_data_integrity" in ids
+    # The id as printed, from a folder with no such file: exactly that test runs.
+    again = folder.runpytest(*args, wanted, "-v")
+    assert again.ret == pytest.ExitCode.OK, again.stdout.str()
+    again.assert_outcomes(passed=1)
+    assert any(line.startswith(f"{wanted} PASSED") for line in again.outlines)
+    # Without parameters: every parametrization of that test.
+    whole = folder.runpytest(*args, "test_effectiveness.py::test_fpr", "--collect-only", "-q")
+    ran = [line for line in whole.outlines if "::" in line]
+    assert len(ran) == 11 * 3 and all(r.startswith("test_effectiveness.py::test_fpr[") for r in ran)
+
+
+def test_a_local_file_of_the_same_name_wins(folder: pytest.Pytester) -> None:
+    folder.makepyfile(test_effectiveness="def test_f1():\n    pass\n")
+    result = folder.runpytest(*common_args(folder.path), "test_effectiveness.py::test_f1", "-v")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    result.assert_outcomes(passed=1)
