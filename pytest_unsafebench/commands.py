@@ -4,6 +4,7 @@ HTML or Markdown, or as a gate against a baseline."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .errors import ConfigError, write_failure
@@ -24,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--markdown", type=Path, metavar="OUT.md", help="short Markdown summary")
     report.add_argument("--artifacts", type=Path, metavar="DIR",
                         help="the run's fuzz artifacts folder, to embed counterexample images "
-                             "(default: list their chains only)")
+                             "(default: the folder the report records, when it lies inside "
+                             "the report's folder)")
     report.set_defaults(run=_report)
 
     compare = sub.add_parser(
@@ -71,7 +73,13 @@ def _report(args: argparse.Namespace) -> int:
         if option == "--html":
             from .report_html import render_html
 
-            text = render_html(doc, artifacts=args.artifacts)
+            from .report_html import recorded_artifacts
+
+            artifacts, why = (args.artifacts, None) if args.artifacts else \
+                recorded_artifacts(doc, args.report)
+            if why:
+                print(f"note: {why}", file=sys.stderr)
+            text = render_html(doc, artifacts=artifacts)
         else:
             from .report_markdown import render_markdown
 

@@ -20,7 +20,7 @@ import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from html import escape
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from . import paper
@@ -46,11 +46,26 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("comparisons", "Classifier comparisons"),
     ("environment", "Run environment and configuration"),
 )
+# Sections that show what one of these suites measured: a run that ran none of them leaves the
+# section out (a fuzz-only run has no ROC curve to show). Unlisted sections always appear.
+SECTION_SUITES: dict[str, frozenset[str]] = {
+    "effectiveness": frozenset({"effectiveness"}),
+    "gap": frozenset({"gap", "robustness"}),
+    "curves": frozenset({"effectiveness"}),
+    "calibration": frozenset({"effectiveness"}),
+    "operating-points": frozenset({"effectiveness"}),
+    "robustness": frozenset({"robustness"}),
+    "fuzz": frozenset({"fuzz"}),
+    "examples": frozenset({"effectiveness", "gap"}),
+    "comparisons": frozenset({"effectiveness", "gap"}),
+}
 GAP_METRICS = ("gap_f1", "gap_fpr", "gap_ra")
 # A thumbnail is embedded only as an inline raster image; anything else in the document (a
 # URL, javascript:, SVG that could carry script) is refused.
 _DATA_IMAGE = re.compile(r"data:image/(?:png|jpeg|gif|webp);base64,[A-Za-z0-9+/=\s]*\Z")
 _MAX_CELL_CHARTS = 12
+HEATMAP_CMAP = "cividis"
+DPI = 130  # charts at a size readable without zooming (they scale down on narrow screens)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;
@@ -64,6 +79,8 @@ th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .na{color:#666;font-style:italic}.warn{background:#fff4d6;border:1px solid #e0b84c;
 padding:.5em 1em}.paper{color:#555;font-size:.85em}.ci{color:#666;font-size:.85em}
 img.chart{max-width:100%;height:auto;display:block;margin:.5em 0}
+.charts{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
+.charts img.chart{max-width:min(100%,580px)}
 .thumbs{display:flex;flex-wrap:wrap;gap:.75em}.thumb{width:120px;font-size:.75em}
 .thumb img{width:96px;height:96px;display:block;image-rendering:auto}
 .badge{display:inline-block;padding:0 .4em;border-radius:3px;font-size:.8em;font-weight:700}
@@ -180,7 +197,7 @@ def _figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -203,24 +220,35 @@ def _heatmap(name: str, cells: Mapping[tuple[str, str], Mapping[str, Any]],
             row = cells.get((cat, src))
             if row is not None and isinstance(row.get("value"), (int, float)):
                 grid[i, j] = row["value"]
-    fig = _figure(1.8 + 1.6 * len(sources), 0.9 + 0.45 * len(categories))
+    fig = _figure(2.0 + 1.7 * len(sources), 1.0 + 0.5 * len(categories))
     ax = fig.add_subplot()
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(len(sources)), [s if s != POOLED else "pooled" for s in sources])
-    ax.set_yticks(range(len(categories)), [SHORT_NAMES.get(c, c) for c in categories])
+    # cividis: ordered by lightness and readable with red-green colour blindness.
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=HEATMAP_CMAP, vmin=0.0, vmax=1.0,
+                      aspect="auto")
+    ax.set_xticks(range(len(sources)), [s if s != POOLED else "pooled" for s in sources],
+                  fontsize=11)
+    ax.set_yticks(range(len(categories)), [SHORT_NAMES.get(c, c) for c in categories],
+                  fontsize=11)
     for i, cat in enumerate(categories):
         for j, src in enumerate(sources):
             row = cells.get((cat, src))
             if row is None or np.isnan(grid[i, j]):
-                ax.text(j, i, "-", ha="center", va="center", fontsize=8)
+                ax.text(j, i, "-", ha="center", va="center", fontsize=11, color="#555")
                 continue
             text = f"{grid[i, j]:.2f}"
             if row.get("ci_low") is not None and row.get("ci_high") is not None:
                 text += f"\n[{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
-            ax.text(j, i, text, ha="center", va="center", fontsize=8)
-    ax.set_title(f"F1 of {name} (95% CI)", fontsize=10)
+            ax.text(j, i, text, ha="center", va="center", fontsize=10, linespacing=1.3,
+                    fontweight="bold", color=_ink(image.cmap(image.norm(grid[i, j]))))
+    ax.set_title(f"F1 of {name} (95% CI)", fontsize=12)
     fig.colorbar(image, ax=ax, shrink=0.8)
     return _img(fig, f"F1 heatmap of {name}")
+
+
+def _ink(rgba: Sequence[float]) -> str:
+    """Black text on light cells, white on dark ones (relative luminance, WCAG weights)."""
+    r, g, b = rgba[:3]
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "white"
 
 
 @_chart
@@ -269,7 +297,62 @@ def _line_chart(title: str, series: list[tuple[str, Sequence[float], Sequence[fl
     return _img(fig, title)
 
 
+@_chart
+def _small_multiples(title: str, panels: list[tuple[str, Sequence[float], Sequence[float]]],
+                     xlabel: str, ylabel: str) -> str:
+    """One small square panel per series on shared [0, 1] axes, with the diagonal."""
+    cols = max(1, min(4, len(panels)))
+    rows = max(1, -(-len(panels) // cols))
+    fig = _figure(max(4.2, 0.6 + 2.7 * cols), 0.8 + 2.6 * rows)
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
+    for ax, (label, xs, ys) in zip(axes.flat, panels):
+        ax.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1)
+        ax.plot(list(xs), list(ys), color="C0", marker="o", markersize=4, linewidth=1.5)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_aspect("equal")
+        ax.grid(True, color="#eee")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.supxlabel(xlabel, fontsize=10)
+    fig.supylabel(ylabel, fontsize=10)
+    fig.suptitle(title, fontsize=11)
+    return _img(fig, title)
+
+
 # ------------------------------------------------------------------------------------ sections
+def shown_sections(doc: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The sections this document's run measured; all of them for a document that does not
+    say which suites ran (an older or cut-down one: those say "not available")."""
+    suites = (doc.get("config") or {}).get("suites") if isinstance(doc.get("config"),
+                                                                   Mapping) else None
+    if not isinstance(suites, list):
+        return SECTIONS
+    ran = {str(x) for x in suites}
+    return tuple((sid, title) for sid, title in SECTIONS
+                 if sid not in SECTION_SUITES or SECTION_SUITES[sid] & ran)
+
+
+def recorded_artifacts(doc: Mapping[str, Any], report: Path) -> tuple[Path | None, str | None]:
+    """The fuzz artifacts folder a saved report records (``artifacts_folder``, relative to the
+    report's own folder), or None and why it is not used. The document is input from a file:
+    only a folder inside the report's folder is read, never one it names elsewhere."""
+    value = doc.get("artifacts_folder")
+    if value is None:
+        return None, None
+    rel = PurePosixPath(value) if isinstance(value, str) and value else None
+    if rel is None or rel.is_absolute() or ".." in rel.parts or "\\" in value or ":" in value:
+        return None, (f"the report records its fuzz artifacts at {value!r}, outside its own "
+                      "folder, so they are not read; pass --artifacts DIR to embed them")
+    base = Path(report).parent
+    folder = base / rel
+    if not folder.is_dir() or not folder.resolve().is_relative_to(base.resolve()):
+        return None, (f"the fuzz artifacts folder the report records ({folder}) is missing "
+                      "(or links elsewhere); pass --artifacts DIR to embed them")
+    return folder, None
+
+
 def _header(doc: Mapping[str, Any]) -> str:
     ds = doc.get("dataset") or {}
     counts = ds.get("counts") or {}
@@ -289,8 +372,14 @@ def _header(doc: Mapping[str, Any]) -> str:
         parts.append("<p>The dataset is the real UnsafeBench: the paper's published figures "
                      "(Qu et al., CCS 2025, v1 result tables) are shown beside ours as "
                      "<span class=\"paper\">(paper x)</span>.</p>")
-    nav = "".join(f'<li><a href="#{sid}">{_e(title)}</a></li>' for sid, title in SECTIONS)
+    shown = shown_sections(doc)
+    nav = "".join(f'<li><a href="#{sid}">{_e(title)}</a></li>' for sid, title in shown)
     parts.append(f"<nav><ul>{nav}</ul></nav>")
+    left_out = [title for sid, title in SECTIONS if (sid, title) not in shown]
+    if left_out:
+        suites = ", ".join(str(x) for x in (doc.get("config") or {}).get("suites") or [])
+        parts.append(f"<p>This run's suites ({_e(suites)}) did not measure: "
+                     f"{_e('; '.join(left_out))}; those sections are left out.</p>")
     return "\n".join(parts)
 
 
@@ -312,7 +401,7 @@ def _summary(doc: Mapping[str, Any]) -> str:
         body.append([f"<td>{_e(name)}</td>", f'<td class="num">{_num(s.get("score"))}</td>',
                      f'<td class="num paper">{paper_score}</td>',
                      f'<td class="num">{_e(s.get("categories_scored"))}</td>',
-                     *(f'<td class="num {o}">{_e(s.get(o, 0))}</td>'
+                     *(_count_cell(o, s.get(o, 0))
                        for o in ("passed", "failed", "skipped", "error")),
                      f"<td>{_e(ci.get('fingerprint'))}</td>",
                      f'<td class="error">{_e(ci.get("error") or "")}</td>'])
@@ -322,6 +411,13 @@ def _summary(doc: Mapping[str, Any]) -> str:
                     "errors", "fingerprint", "error"], body, raw=True)
             + f"<p>Score: {_e(definition)}. The paper column is the mean of the paper's pooled "
               "F1 over the same categories, where it published all of them.</p>")
+
+
+def _count_cell(outcome: str, count: Any) -> str:
+    """A test count, coloured by its outcome only when there is something to see: zero
+    failures or errors are not drawn in alarm colours."""
+    colour = f" {outcome}" if isinstance(count, int) and count > 0 else ""
+    return f'<td class="num{colour}">{_e(count)}</td>'
 
 
 def _effectiveness(doc: Mapping[str, Any]) -> str:
@@ -453,11 +549,13 @@ def _curves(doc: Mapping[str, Any]) -> str:
         pr = [(f"{_cell_label(c)} (AP {_num(c['pr'].get('average_precision'), 2)})",
                c["pr"].get("recall") or [], c["pr"].get("precision") or [])
               for c in shown if isinstance(c.get("pr"), Mapping)]
+        charts = []
         if roc:
-            out.append(_line_chart(f"ROC of {name}", roc, "false-positive rate",
-                                   "true-positive rate", diagonal=True))
+            charts.append(_line_chart(f"ROC of {name}", roc, "false-positive rate",
+                                      "true-positive rate", diagonal=True))
         if pr:
-            out.append(_line_chart(f"Precision-recall of {name}", pr, "recall", "precision"))
+            charts.append(_line_chart(f"Precision-recall of {name}", pr, "recall", "precision"))
+        out.append(f'<div class="charts">{"".join(charts)}</div>')
         out.append(_pivot(cells, {
             "AUROC": lambda c: (c.get("roc") or {}).get("auroc"),
             "AP": lambda c: (c.get("pr") or {}).get("average_precision")}))
@@ -475,22 +573,46 @@ def _calibration(doc: Mapping[str, Any]) -> str:
         if not info.get("available", bool(cells)) or not with_cal:
             out.append(_na(info.get("reason") or "no calibration bins"))
             continue
-        series = []
+        panels = []
         for c in _headline(with_cal):
             bins = [b for b in c["calibration"].get("bins") or [] if b.get("count")]
-            series.append((f"{_cell_label(c)} (ECE {_num(c['calibration'].get('ece'), 3)})",
+            panels.append((f"{_cell_label(c)} (ECE {_num(c['calibration'].get('ece'), 3)})",
                            [b.get("mean_score") for b in bins],
                            [b.get("frac_unsafe") for b in bins]))
-        out.append(_line_chart(f"Reliability diagram of {name}", series, "mean score in bin",
-                               "fraction Unsafe", diagonal=True))
+        # One small panel per category: eleven reliability curves on one axis are unreadable.
+        out.append(_small_multiples(f"Reliability of {name}", panels, "mean score in bin",
+                                    "fraction Unsafe"))
+        out.append("<p>One panel per category (pooled sources); the dashed diagonal is a "
+                   "perfectly calibrated score.</p>")
         out.append(_pivot(with_cal, {"ECE": lambda c: c["calibration"].get("ece")}))
     return "\n".join(out)
 
 
-def _point_text(point: Any) -> str:
+POINT_FIELDS = ("threshold", "f1", "precision", "recall", "fpr")
+
+
+def _point_name(kind: str, point: Mapping[str, Any]) -> str:
+    target = point.get("target")
+    if kind == "max_f1":
+        return "max F1"
+    if kind == "fpr_at_most" and target is not None:
+        return f"FPR \u2264 {_num(target, 2)} (best recall)"
+    if kind == "recall_at_least" and target is not None:
+        return f"recall \u2265 {_num(target, 2)} (lowest FPR)"
+    return kind
+
+
+def _point_row(category: Any, source: Any, kind: str, point: Any) -> list[str]:
+    head = [f"<td>{_e(_cat_name(category))}</td>", f"<td>{_e(source)}</td>"]
     if not isinstance(point, Mapping):
-        return "-" if point is None else str(point)
-    return ", ".join(f"{k} {_num(v) if isinstance(v, float) else v}" for k, v in point.items())
+        return [*head, f"<td>{_e(kind)}</td>",
+                f'<td class="na" colspan="{len(POINT_FIELDS)}">not in the document</td>']
+    name = f"<td>{_e(_point_name(kind, point))}</td>"
+    if all(point.get(f) is None for f in POINT_FIELDS):  # say why where the numbers would be
+        why = ("the cell lacks Safe or Unsafe images" if kind == "max_f1"
+               else "no threshold meets the target (or the cell lacks a class)")
+        return [*head, name, f'<td class="na" colspan="{len(POINT_FIELDS)}">none: {why}</td>']
+    return [*head, name, *(f'<td class="num">{_num(point.get(f))}</td>' for f in POINT_FIELDS)]
 
 
 def _operating_points(doc: Mapping[str, Any]) -> str:
@@ -500,12 +622,16 @@ def _operating_points(doc: Mapping[str, Any]) -> str:
         points = [c for c in cells if isinstance(c.get("operating_points"), Mapping)]
         if not points:
             continue
-        kinds = list(dict.fromkeys(k for c in points for k in c["operating_points"]))
+        points.sort(key=lambda c: (_order(c.get("category"), CATEGORIES),
+                                   _order(c.get("source"), CELL_SOURCES)))
         out.append(f"<h3>{_e(name)}</h3>")
-        out.append(_table(["category", "source", *kinds],
-                          ([_cat_name(c.get("category")), c.get("source"),
-                            *(_point_text(c["operating_points"].get(k)) for k in kinds)]
-                           for c in points)))
+        body = [_point_row(c.get("category"), c.get("source"), kind, point)
+                for c in points for kind, point in c["operating_points"].items()]
+        out.append(_table(["category", "source", "operating point", "threshold", "F1",
+                           "precision", "recall", "FPR"], body, raw=True))
+    if out:
+        out.append("<p>Each row is the rule <i>score \u2265 threshold</i> at that operating "
+                   "point, with what it gives on the cell's images.</p>")
     return "\n".join(out) or _na("no threshold sweep in the document")
 
 
@@ -760,7 +886,7 @@ def render_html(doc: Mapping[str, Any], *, artifacts: Path | str | None = None) 
         "environment": _environment,
     }
     body = [_header(doc)]
-    for sid, title in SECTIONS:
+    for sid, title in shown_sections(doc):
         body.append(f'<section id="{sid}"><h2>{_e(title)}</h2>\n{builders[sid](doc)}\n</section>')
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

@@ -32,6 +32,7 @@ from pytest_unsafebench.perturbations import (
     perceptual_budget,
 )
 from pytest_unsafebench.report import ROW_KEYS, sorted_rows
+from pytest_unsafebench.cli import main as cli_main
 from pytest_unsafebench.report_html import render_html
 from pytest_unsafebench.report_markdown import render_markdown
 
@@ -420,6 +421,14 @@ def test_fuzz_finds_flips_saves_artifacts_and_reports_them(bench: Bench) -> None
     for row in rows:
         assert row["image_id"] in html and row["condition"] in html
         assert row["condition"] in markdown
+    # a fuzz-only run measured no ROC, calibration or operating points: no such sections
+    assert 'id="fuzz"' in html and 'id="curves"' not in html and 'id="calibration"' not in html
+    # the JSON records where its counterexamples are, so the CLI finds them unasked
+    assert doc["artifacts_folder"] == "cache/artifacts"
+    assert cli_main(["report", str(bench.path / "out.json"), "--html",
+                     str(bench.path / "again.html")]) == 0
+    again_html = (bench.path / "again.html").read_text()
+    assert "image not embedded" not in again_html and again_html.count("counterexample") >= 2
 
     # ci is derandomized: the same counterexamples again
     again = bench.run("--hypothesis-profile=ci", json_name="again.json")

@@ -78,8 +78,11 @@ def test_a_document_without_the_new_sections_says_not_available(run):
            if k not in ("curves", "comparisons", "source_shift", "baseline", "examples")}
     out = render_html(old)
     for sid in ("curves", "calibration", "operating-points", "examples", "baseline",
-                "comparisons", "robustness", "fuzz"):
+                "comparisons"):
         assert "not available" in _section(out, sid), sid
+    for sid in ("robustness", "fuzz"):  # suites this run did not include: left out, and said
+        assert f'id="{sid}"' not in out and f'href="#{sid}"' not in out
+    assert "did not measure: Robustness; Fuzz counterexamples" in out
     bare = render_html({"schema_version": 1})
     for sid in SECTION_IDS:
         assert "not available" in _section(bare, sid), sid
@@ -225,3 +228,122 @@ def test_any_rows_render_without_error_or_markup_leaks(rows, name):
     assert not EXTERNAL.search(out)
     assert "<x-evil" not in out
     render_markdown(doc)
+
+
+# ---------------------------------------------------------------------------- issue 14: legibility
+
+
+def _summary_cells(html: str) -> list[str]:
+    return re.findall(r'<td class="num[^"]*">\d+</td>', _section(html, "summary"))
+
+
+def test_zero_failures_and_errors_are_not_drawn_in_alarm_colours(full_doc):
+    name = next(iter(full_doc["summary"]))
+    counts = {"passed": 3, "failed": 0, "skipped": 2, "error": 0}
+    doc = {"summary": {name: {**full_doc["summary"][name], **counts}}}
+    cells = _summary_cells(render_html(doc))
+    assert '<td class="num">0</td>' in cells and not any(
+        "failed" in c or "error" in c for c in cells)
+    assert '<td class="num passed">3</td>' in cells
+    doc["summary"][name].update(failed=2, error=1)
+    cells = _summary_cells(render_html(doc))
+    assert '<td class="num failed">2</td>' in cells and '<td class="num error">1</td>' in cells
+
+
+class _Figures:
+    """Captures the matplotlib figures the renderer draws (instead of encoding them)."""
+
+    def __init__(self, monkeypatch):
+        import pytest_unsafebench.report_html as rh
+
+        self.figures = []
+        monkeypatch.setattr(rh, "_img", lambda fig, alt: self.figures.append((alt, fig)) or "")
+
+    def named(self, title: str):
+        return [fig for alt, fig in self.figures if alt == title]
+
+
+def test_calibration_draws_one_small_panel_per_category(full_doc, monkeypatch):
+    figures = _Figures(monkeypatch)
+    render_html({k: full_doc[k] for k in ("curves", "config")})
+    name = full_doc["config"]["classifiers"][0]
+    (fig,) = figures.named(f"Reliability of {name}")
+    cells = [c for c in full_doc["curves"][name]["cells"] if c["source"] == "all"]
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == len(cells) >= 3
+    for ax, cell in zip(panels, cells):
+        assert len(ax.get_lines()) == 2  # the diagonal and this category's curve only
+        assert ax.get_title().startswith(cell["category"])
+
+
+def test_operating_points_are_a_table_of_numbers(full_doc):
+    out = _section(render_html({k: full_doc[k] for k in ("curves", "config")}), "operating-points")
+    for header in ("operating point", "threshold", "F1", "precision", "recall", "FPR"):
+        assert f"<th>{header}</th>" in out
+    assert "max F1" in out and "FPR \u2264 0.10" in out and "recall \u2265 0.90" in out
+    assert "threshold 0." not in out  # no prose "threshold 0.314, f1 0.800, ..." any more
+    name = full_doc["config"]["classifiers"][0]
+    doc = json.loads(json.dumps({k: full_doc[k] for k in ("curves", "config")}))
+    point = doc["curves"][name]["cells"][0]["operating_points"]["fpr_at_most"]
+    point.update(threshold=None, f1=None, precision=None, recall=None, fpr=None)
+    out = _section(render_html(doc), "operating-points")
+    assert "none: no threshold meets the target" in out
+
+
+def test_heatmap_is_colour_blind_safe_with_readable_labels(full_doc, monkeypatch):
+    import matplotlib.colors
+
+    figures = _Figures(monkeypatch)
+    name = full_doc["config"]["classifiers"][0]
+    render_html({"rows": full_doc["rows"], "summary": full_doc["summary"]})
+    (fig,) = figures.named(f"F1 heatmap of {name}")
+    ax = fig.axes[0]
+    image = ax.images[0]
+    assert image.cmap.name in ("cividis", "viridis")
+    labels = [t for t in ax.texts if t.get_text() != "-"]
+    assert labels and all(t.get_fontsize() >= 10 for t in labels)
+    assert all(t.get_fontsize() >= 10 for t in ax.get_yticklabels())
+    for text in labels:  # value text contrasts with its cell: dark ink on light, light on dark
+        value = float(text.get_text().split()[0])
+        r, g, b, _ = image.cmap(image.norm(value))
+        ink = matplotlib.colors.to_rgb(text.get_color())
+        luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+        assert (sum(ink) / 3 < 0.5) == (luminance > 0.45), (value, ink)
+
+
+def test_charts_are_large_enough_to_read(html):
+    widths = {}
+    for alt, data in re.findall(r'<img class="chart" alt="([^"]*)" src="data:image/png;base64,'
+                                r'([^"]*)"', html):
+        import base64
+
+        widths[alt] = Image.open(io.BytesIO(base64.b64decode(data))).size[0]
+    assert widths and min(widths.values()) >= 540
+    assert all(w >= 700 for alt, w in widths.items() if alt.startswith(("ROC", "F1 heatmap")))
+
+
+def test_sections_of_suites_the_run_did_not_include_are_left_out(full_doc):
+    fuzz_only = {**full_doc, "config": {**full_doc["config"], "suites": ["fuzz"]}}
+    out = render_html(fuzz_only)
+    for sid in ("effectiveness", "gap", "curves", "calibration", "operating-points",
+                "robustness", "examples", "comparisons"):
+        assert f'<section id="{sid}">' not in out and f'href="#{sid}"' not in out, sid
+    for sid in ("summary", "fuzz", "integrity", "baseline", "environment"):
+        assert f'<section id="{sid}">' in out, sid
+    assert "This run's suites (fuzz) did not measure: " in out
+
+
+def test_recorded_artifacts_folder_is_used_only_inside_the_reports_folder(tmp_path):
+    from pytest_unsafebench.report_html import recorded_artifacts
+
+    report = tmp_path / "reports" / "run.json"
+    (tmp_path / "reports" / "art").mkdir(parents=True)
+    assert recorded_artifacts({}, report) == (None, None)
+    assert recorded_artifacts({"artifacts_folder": "art"}, report) == (
+        tmp_path / "reports" / "art", None)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (tmp_path / "reports" / "link").symlink_to(outside)
+    for hostile_value in ("../elsewhere", str(outside), "link", "", 3, "missing", "a\\..\\b"):
+        folder, why = recorded_artifacts({"artifacts_folder": hostile_value}, report)
+        assert folder is None and "pass --artifacts DIR" in why, hostile_value
