@@ -201,12 +201,7 @@ def test_run_prints_one_line_per_step_and_times_them_in_the_json(
     assert {"dataset_seconds", "pass_seconds"} <= set(timing)
 
 
-def test_robustness_grid_steps_print_a_line_each_and_sum_their_time(
-        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    build_dataset(pytester.path / "ds")
-    write_toyclf(pytester.path)
-    pytester.syspathinsert()
-    pytester.makepyprojecttoml("""
+ROBUSTNESS_TOML = """
 [tool.unsafebench.robustness]
 pool_size = 10
 seeds = [2023]
@@ -214,19 +209,36 @@ attacks = ["square"]
 queries = 5
 evasions = ["text_overlay"]
 corruptions = ["brightness"]
-""")
-    monkeypatch.setattr(progress, "QUIET_BELOW_S", 0.0)
+"""
+
+
+def _robustness_run(pytester: pytest.Pytester, *extra: str) -> tuple[pytest.RunResult, dict]:
+    build_dataset(pytester.path / "ds")
+    write_toyclf(pytester.path)
+    pytester.syspathinsert()
+    pytester.makepyprojecttoml(ROBUSTNESS_TOML)
     out_json = pytester.path / "out.json"
     result = pytester.runpytest(
         f"--unsafebench-classifier={CLASSIFIER}", f"--unsafebench-dataset={pytester.path / 'ds'}",
         f"--unsafebench-cache-dir={pytester.path / 'cache'}", "--unsafebench-device=cpu",
         "--unsafebench-suites=robustness", "--unsafebench-profile=smoke", "-p", "no:randomly",
-        f"--unsafebench-json={out_json}", "-q")
+        f"--unsafebench-json={out_json}", *extra)
     assert result.ret == 0, result.stdout.str()
+    return result, json.loads(out_json.read_text())
+
+
+def test_robustness_time_of_xdist_workers_reaches_the_report(pytester: pytest.Pytester) -> None:
+    _, doc = _robustness_run(pytester, "-n", "2")
+    assert doc["timing"]["robustness_seconds"] > 0
+
+
+def test_robustness_grid_steps_print_a_line_each_and_sum_their_time(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "QUIET_BELOW_S", 0.0)
+    result, doc = _robustness_run(pytester, "-q")
     result.stdout.fnmatch_lines([
         f"unsafebench: robustness {CLASSIFIER} / square / Laion5B: 10 images in *",
         f"unsafebench: robustness {CLASSIFIER} / text_overlay / Lexica: 10 images in *",
         f"unsafebench: robustness {CLASSIFIER} / brightness:5 / all: * images in *",
     ], consecutive=False)
-    timing = json.loads(out_json.read_text())["timing"]
-    assert timing["robustness_seconds"] > 0
+    assert doc["timing"]["robustness_seconds"] > 0
