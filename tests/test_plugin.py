@@ -32,6 +32,7 @@ import pytest_unsafebench.config
 import pytest_unsafebench.dataset.folder
 import pytest_unsafebench.engine
 import pytest_unsafebench.metrics
+import pytest_unsafebench.progress
 import pytest_unsafebench.report
 import pytest_unsafebench.session  # noqa: F401
 from pytest_unsafebench.thresholds import BUILTIN_PROFILES
@@ -66,7 +67,7 @@ ROW_KEYS = {"classifier", "suite", "metric", "category", "source", "condition", 
 # The robustness and gap thresholds every resolved cell carries from the built-in default.
 RA_DEFAULT = {k: v for k, v in BUILTIN_PROFILES["default"].items()
               if k.startswith(("ra_", "gap_"))}
-PROGRESS = "uncached images decoded and classified"
+PROGRESS = f"unsafebench: prediction pass ({CLASSIFIER}): 48 images in "
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -242,7 +243,9 @@ def test_category_and_source_filters(bench: Bench) -> None:
 # ---------------------------------------------------------------------------- a full run
 
 
-def test_full_run_outcomes_report_and_skips(bench: Bench) -> None:
+def test_full_run_outcomes_report_and_skips(bench: Bench,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pytest_unsafebench.progress, "QUIET_BELOW_S", 0.0)  # a tiny pass
     result = bench.run("-rs")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     uncovered = [c for c in ALL_CATEGORIES if c not in COVERED]
@@ -250,8 +253,8 @@ def test_full_run_outcomes_report_and_skips(bench: Bench) -> None:
     out = result.stdout.str()
     for cat in uncovered:
         assert f"not covered: {CLASSIFIER} is not scored on {cat} under the official" in out
-    # the progress line shows without -q
-    assert PROGRESS in out
+    # the pass's progress: one line in a log (not a terminal)
+    assert sum(line.startswith(PROGRESS) for line in result.outlines) == 1
     # the report section and its F1 matrix
     result.stdout.fnmatch_lines([
         "*= unsafebench report =*",
@@ -271,13 +274,18 @@ def test_full_run_outcomes_report_and_skips(bench: Bench) -> None:
     assert "not covered under the official alignment: Harassment, Self-harm" in out
 
 
-def test_quiet_run_prints_no_progress(bench: Bench) -> None:
-    result = bench.run("-q")
+def test_quiet_run_prints_one_line_per_long_step(bench: Bench,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pytest_unsafebench.progress, "QUIET_BELOW_S", 3600.0)
+    result = bench.run("-q")  # a step shorter than QUIET_BELOW_S says nothing
+    assert result.ret == 0 and PROGRESS not in result.stdout.str()
+    monkeypatch.setattr(pytest_unsafebench.progress, "QUIET_BELOW_S", 0.0)
+    result = bench.run("-q", cache=bench.path / "cold")
     assert result.ret == 0
     out = result.stdout.str()
-    assert PROGRESS not in out
+    assert sum(line.startswith(PROGRESS) for line in result.outlines) == 1
     assert "unsafebench report" in out  # the run itself did happen
-    assert len(bench.predicted()) == N_IMAGES
+    assert len(bench.predicted()) == 2 * N_IMAGES  # two cold caches
 
 
 def test_json_report_schema_and_rows(bench: Bench) -> None:
