@@ -80,6 +80,12 @@ SUITE_MODULES = {
 }
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspec
+
+    pluginmanager.add_hookspecs(hookspec)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("unsafebench", "pytest-unsafebench: benchmark image safety classifiers")
     group.addoption(
@@ -146,9 +152,13 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     from .config import read_pyproject, resolve_settings
     from .errors import UnsafeBenchError
-    from .registry import add_import_folders, check_name, is_module_spec
+    from .hookspec import hook_classifiers
+    from .registry import (PREFIXES, add_import_folders, check_name, hooked_names, installed,
+                           is_module_spec, set_hook_classifiers)
     from .session import SESSION_KEY, UnsafeBenchSession
 
+    set_hook_classifiers(hook_classifiers(config, installed(), PREFIXES))
+    config.add_cleanup(lambda: set_hook_classifiers({}))  # this run's only
     try:
         for name in names:
             check_name(name)
@@ -160,6 +170,12 @@ def pytest_configure(config: pytest.Config) -> None:
         if settings.executor == "ray":
             from .executors import require_ray
 
+            hooked = [n for n in settings.classifiers if n in hooked_names()]
+            if hooked:  # an actor is a fresh process that never runs the conftest.py
+                raise pytest.UsageError(
+                    f"classifier {hooked[0]!r} is registered by a pytest_unsafebench_classifiers "
+                    "hook, which Ray workers do not run; with --unsafebench-executor=ray name "
+                    "its factory as module:callable")
             require_ray()
         if "robustness" in settings.suites:  # a misspelt perturbation fails here, not mid-run
             from .robustness import condition_names, corruptions

@@ -1,5 +1,5 @@
-"""Classifier names: built-ins, the ``pytest_unsafebench.classifiers`` entry-point group, and
-``module:callable`` specs. Lookups import nothing until a classifier is actually loaded.
+"""Classifier names: built-ins, the ``pytest_unsafebench.classifiers`` entry-point group, the
+``pytest_unsafebench_classifiers`` hook, and ``module:callable`` specs. Lookups import nothing until a classifier is actually loaded.
 """
 
 from __future__ import annotations
@@ -57,10 +57,34 @@ CONTEXT_KEYS = ("device", "cache_dir", "batch_size", "unsure", "unsure_seed", "i
                 "user_classifiers")
 
 
+# name -> factory that pytest_unsafebench_classifiers implementations (the user's conftest.py,
+# or a plugin) register for the current pytest run: set at configure, cleared when it ends.
+# Like entry points they are the user's own code, so a name read from a file may pick them.
+_HOOKED: dict[str, Callable[..., Classifier] | str] = {}
+
+
+def installed() -> dict[str, str]:
+    """The built-in names and installed packages' entry points, and their targets."""
+    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return found | BUILTIN
+
+
+def set_hook_classifiers(found: Mapping[str, Callable[..., Classifier] | str]) -> None:
+    """Register the hook's classifiers for this run (already checked: see hookspec.py)."""
+    _HOOKED.clear()
+    _HOOKED.update(found)
+
+
+def hooked_names() -> set[str]:
+    return set(_HOOKED)
+
+
 def available() -> dict[str, str]:
     """Every registered name and its target, without importing any of them."""
-    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    return dict(sorted((found | BUILTIN).items()))
+    hooked = {name: f if isinstance(f, str) else
+              f"{getattr(f, '__module__', '?')}:{getattr(f, '__qualname__', repr(f))}"
+              for name, f in _HOOKED.items()}
+    return dict(sorted((installed() | hooked).items()))
 
 
 def check_name(name: str) -> None:
@@ -100,6 +124,9 @@ def resolve_factory(name: str) -> Callable[..., Classifier]:
     prefix, _, rest = name.partition(":")
     if prefix in PREFIXES and rest:
         return partial(_import_target(name, PREFIXES[prefix]), rest)
+    hooked = _HOOKED.get(name)
+    if hooked is not None and not isinstance(hooked, str):
+        return hooked
     return _import_target(name, available().get(name, name))
 
 
