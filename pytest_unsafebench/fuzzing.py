@@ -159,11 +159,6 @@ def perturb(chain: Chain | str, image: Image, key: str) -> Image:
     return apply(chain, image, key)
 
 
-def evaluate(clf: Classifier, image: Image, key: str, chain: Chain | str) -> Prediction:
-    """The classifier's prediction on ``image`` perturbed by ``chain`` (keyed by content hash)."""
-    return clf.predict([perturb(chain, image, key)])[0]
-
-
 def chain_digest(chain: Chain | str) -> str:
     return hashlib.sha256(str(chain).encode()).hexdigest()[:8]
 

@@ -1,4 +1,4 @@
-"""Uncertainty and threshold-free views of the reported numbers (issue 5).
+"""Uncertainty and threshold-free views of the reported numbers.
 
 * bootstrap confidence intervals for one cell, for the gap between two independent cells
   (Laion5B vs Lexica) and for two classifiers scored on the same images;

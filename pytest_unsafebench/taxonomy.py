@@ -1,7 +1,7 @@
 """The UnsafeBench vocabulary: categories, sources, labels, splits and the official alignment.
 
 These exact strings are keys everywhere (manifests, cache rows, report rows), so they live in
-one place. See UNSAFEBENCH_PROTOCOL.md sections 1-3.
+one place. They are the UnsafeBench paper's and its dataset's (``yiting/UnsafeBench``).
 """
 
 from __future__ import annotations

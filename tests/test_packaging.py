@@ -57,6 +57,7 @@ def test_wheel_name(wheel: Path) -> None:
     "pytest_unsafebench/suites/__init__.py",
     "pytest_unsafebench/suites/test_effectiveness.py",
     "pytest_unsafebench/suites/test_data_integrity.py",
+    "pytest_unsafebench/py.typed",  # PEP 561 marker: users' type checkers read our hints
 ])
 def test_wheel_contains(names: list[str], path: str) -> None:
     assert path in names

@@ -7,7 +7,7 @@ Layout: ``folder/data/train-0000i-of-0000N.parquet`` and ``folder/data/test-0000
 with columns ``image`` (struct ``{bytes: binary, path: string}``, the hub's Image feature),
 ``safety_label``, ``category``, ``source`` and ``text``; the split comes from the file name.
 
-Counts at ``scale=1.0`` (UNSAFEBENCH_PROTOCOL.md section 2): 10,146 rows, train 8,109 / test
+Counts at ``scale=1.0`` (those of ``yiting/UnsafeBench``): 10,146 rows, train 8,109 / test
 2,037; Laion5B 3,228 Safe + 1,832 Unsafe, Lexica 2,870 Safe + 2,216 Unsafe. The test split's
 per-category (Unsafe, Safe) counts are the third-party table's (it sums to 777 + 1,260 = 2,037).
 What no source gives is filled in deterministically:
