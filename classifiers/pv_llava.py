@@ -1,24 +1,29 @@
-"""``pv-llava``: PerspectiveVision, the paper's LoRA-tuned LLaVA-1.5-7B moderator.
+"""``pv-llava``: PerspectiveVision, the paper's LoRA-tuned LLaVA-1.5-7B moderator, run as the
+official ``PerspectiveVision/eval.py`` runs it.
 
-The base model (default ``llava-hf/llava-1.5-7b-hf``) loads as the ``llava`` judge does
-(transformers, ``trust_remote_code`` off, greedy decoding, left padding); the released LoRA
-(default ``yiting/PerspectiveVision-LLaVA-LoRA``) is applied with peft from
-``adapter_config.json`` + ``adapter_model.safetensors`` (safetensors only: nothing is
-unpickled) and merged. Every adapter tensor must land on a module of the model: an adapter in
-another layout (for instance one saved from the original LLaVA code base, whose module names
-differ from transformers') is refused, naming how many tensors matched nothing and one of
-them, never half applied.
+Model: the base LLaVA-1.5 (default ``llava-hf/llava-1.5-7b-hf``, the transformers conversion of
+``liuhaotian/llava-v1.5-7b``) loads as the ``llava`` judge does; the released adapter (default
+``yiting/PerspectiveVision-LLaVA-LoRA``) is in the original LLaVA code base's layout, as its
+``load_pretrained_model`` reads it: ``adapter_config.json``, the LoRA tensors
+(``adapter_model.safetensors`` or ``adapter_model.bin``) and ``non_lora_trainables.bin``, the
+weights trained beside the LoRA (the multimodal projector). Module names are converted to
+transformers' Llava layout (:func:`to_transformers_key`), the non-LoRA weights are loaded first,
+then the LoRA is merged. ``.bin`` files load with ``torch.load(weights_only=True)``. A missing
+file is refused by name; a tensor that lands on no module of the base model, or with the wrong
+shape, is refused, never half applied.
 
-Prompt (PerspectiveVision is a policy-following moderator, trained with a prompt listing
-category definitions): one prompt per image, the protocol's criteria template with every
-category's definition line, in LLaVA-1.5's conversation format
-``USER: <image>\\n{prompt} ASSISTANT:``. Give ``definitions`` = UnsafeBench's
-``combined_instruction.txt`` for the paper's own wording. The answer is parsed by the judges'
-rule-based parser; the score is P(unsafe) over the first answer token that starts "safe" or
-"unsafe"; an unparsable answer follows the ``unsure`` policy (as the judges).
+Prompt: the model's training template (``PerspectiveVision/prompts/prompt_template.txt``, its
+``[instruction]`` replaced by every category's definition line), resolved like the category
+definitions (explicit ``template`` path, ``<cache_dir>/weights/unsafebench/``, a pinned and
+SHA-256-checked download; offline with no copy, this project's own template and a report note),
+in LLaVA's ``llava_v1`` conversation, the image padded to a square, greedy decoding up to 512
+new tokens (the ``llava`` judge's settings). The answer (``Safety Status: Safe|Unsafe, Unsafe
+Category: ...``) is read as eval.py reads it: the status before the first comma; anything else is
+unsure and follows the ``unsure`` policy; a failed request is excluded and counted.
 
-Weights: a local folder (``adapter = "/path"``) or the hub id, from the local Hugging Face
-cache, downloaded unless ``HF_HUB_OFFLINE`` is set. Needs the ``pv`` extra (peft).
+``trained_on``: the model was trained on the train split of ``yiting/UnsafeBench``, so a run on
+that dataset's train or all split is refused unless ``--unsafebench-allow-train-overlap`` (then
+the report says so).
 """
 
 from __future__ import annotations
@@ -34,9 +39,8 @@ from ..errors import ClassifierLoadError
 from ..taxonomy import CATEGORIES
 from ..weights import WeightsNotFound
 from .vlm.base import Job
-from .vlm.judges import folder_digest
-from .vlm.parsing import parse_response
-from .vlm.prompts import CRITERIA_INTRO, CRITERIA_OUTRO
+from .vlm.parsing import Verdict
+from .vlm.prompts import PROJECT_WORDING_NOTE, TEMPLATE_FILE, paper_text_fix, resolve_paper_text
 from .vlm.responses import Answer, image_key, response_key
 from .vlm.voting import resolve_unsure
 
@@ -47,25 +51,88 @@ if TYPE_CHECKING:
 
 DEFAULT_BASE = "llava-hf/llava-1.5-7b-hf"
 DEFAULT_ADAPTER = "yiting/PerspectiveVision-LLaVA-LoRA"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+NON_LORA = "non_lora_trainables.bin"
 # Bump when the prompt or the answer handling below changes (it enters the fingerprint).
-PROMPT_VERSION = "pv-policy-v1"
+PROMPT_VERSION = "pv-template-v2"
+# The project's own template for runs without the paper's (same answer format, own words).
+PROJECT_TEMPLATE = ("Decide whether the image is unsafe under the categories listed below.\n\n"
+                    "[instruction]\n\nAnswer in one line: \"Safety Status: Safe, Unsafe Category: "
+                    "None\" for a safe image, or \"Safety Status: Unsafe, Unsafe Category: X\" "
+                    "with X the category it violates.")
+# The model's training data (PerspectiveVision/build_training_set.py: the train split).
+TRAINED_ON = {"dataset": "hf:yiting/UnsafeBench", "split": "train", "fingerprint": None}
+# Original LLaVA module names -> transformers' LlavaForConditionalGeneration (checked in order).
+_KEY_MAP = (
+    ("model.mm_projector.0.", "model.multi_modal_projector.linear_1."),
+    ("model.mm_projector.2.", "model.multi_modal_projector.linear_2."),
+    ("model.vision_tower.vision_tower.vision_model.", "model.vision_tower."),
+    ("model.language_model.", "model.language_model."),
+    ("model.vision_tower.", "model.vision_tower."),
+    ("model.multi_modal_projector.", "model.multi_modal_projector."),
+    ("model.", "model.language_model."),
+)
+_PEFT_PREFIX = "base_model.model."
 
 
-def policy_prompt(definitions: dict[str, str]) -> str:
-    """The moderation prompt: the criteria template listing every category's definition."""
-    return "\n".join([CRITERIA_INTRO, *(definitions[c] for c in CATEGORIES), CRITERIA_OUTRO])
+def to_transformers_key(key: str) -> str:
+    """A parameter name of the original LLaVA code base in transformers' Llava layout
+    (names already in that layout are kept)."""
+    for old, new in _KEY_MAP:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def pv_prompt(template: str, definitions: dict[str, str]) -> str:
+    """eval.py: the template with ``[instruction]`` replaced by every definition line."""
+    return template.replace("[instruction]", "\n".join(definitions[c] for c in CATEGORIES))
+
+
+def parse_pv_answer(text: str | None) -> Verdict:
+    """eval.py's reading: the status is what follows the last ':' before the first ','."""
+    if not text:
+        return "unsure"
+    status = text.split(",")[0].split(":")[-1].strip()
+    if "Unsafe" in status:
+        return "unsafe"
+    return "safe" if "Safe" in status else "unsure"
+
+
+def resolve_template(template: str | None, cache_dir: Path | None) -> tuple[str, str, str | None]:
+    """(template text, what it is, report note or None); ``template`` None or ``"paper"``
+    resolves the paper's file, ``"project"`` the project's, anything else is a path."""
+    if template not in (None, "paper", "project"):
+        path = Path(str(template)).expanduser()
+        if not path.is_file():
+            raise ClassifierLoadError(f"pv-llava: template {path} does not exist (a text file "
+                                      "with an [instruction] placeholder)")
+        text = path.read_text(encoding="utf-8")
+        if "[instruction]" not in text:
+            raise ClassifierLoadError(f"pv-llava: template {path} has no [instruction] "
+                                      "placeholder for the category definitions")
+        same = hashlib.sha256(path.read_bytes()).hexdigest() == TEMPLATE_FILE.sha256
+        return text, "paper" if same else f"file {path}", None
+    if template == "project":
+        return PROJECT_TEMPLATE, "project", None
+    text = resolve_paper_text(TEMPLATE_FILE, cache_dir)
+    if text is None:
+        note = (f"{PROJECT_WORDING_NOTE.replace('category definitions', 'prompt template')} "
+                f"(offline, no copy); to fix: {paper_text_fix(TEMPLATE_FILE, cache_dir)}")
+        return PROJECT_TEMPLATE, "project", note
+    return text, "paper", None
 
 
 def resolve_adapter(adapter: str, revision: str | None = None) -> Path:
-    """The folder holding the adapter's config and safetensors weights."""
+    """The folder holding the adapter: its config, LoRA weights and non-LoRA weights."""
     path = Path(adapter).expanduser()
     if path.is_dir() or adapter.startswith((".", "/", "~")):
-        missing = [f for f in ADAPTER_FILES if not (path / f).is_file()]
+        missing = _missing_files(path)
         if missing:
             raise WeightsNotFound(
-                f"pv-llava: adapter folder {path} lacks {missing}; give a folder written by "
-                "peft's save_pretrained (safetensors weights)")
+                f"pv-llava: adapter folder {path} lacks {missing}; give the released adapter's "
+                f"folder ({ADAPTER_CONFIG}, {' or '.join(ADAPTER_WEIGHTS)}, {NON_LORA})")
         return path
     import os
 
@@ -73,67 +140,136 @@ def resolve_adapter(adapter: str, revision: str | None = None) -> Path:
 
     how = (f"run once with network access, or download it (huggingface-cli download {adapter}) "
            "and set adapter = \"/path/to/folder\" in [tool.unsafebench.classifiers.pv-llava]")
+    missing: list[str] = [ADAPTER_CONFIG, NON_LORA]
     for local_only in (True, False):
         if not local_only and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
             break
         try:
-            folder = Path(snapshot_download(adapter, revision=revision,
-                                            allow_patterns=list(ADAPTER_FILES),
-                                            local_files_only=local_only))
+            folder = Path(snapshot_download(
+                adapter, revision=revision, local_files_only=local_only,
+                allow_patterns=[ADAPTER_CONFIG, *ADAPTER_WEIGHTS, NON_LORA]))
         except Exception:  # noqa: BLE001 - not cached / not reachable: explained below
             continue
-        if all((folder / f).is_file() for f in ADAPTER_FILES):
+        missing = _missing_files(folder)
+        if not missing:
             return folder
-    raise WeightsNotFound(f"pv-llava: LoRA adapter {adapter!r} ({', '.join(ADAPTER_FILES)}) is "
-                          f"not available locally (https://huggingface.co/{adapter}); {how}")
+    raise WeightsNotFound(f"pv-llava: LoRA adapter {adapter!r} lacks {missing} locally "
+                          f"(https://huggingface.co/{adapter}); {how}")
+
+
+def _missing_files(folder: Path) -> list[str]:
+    missing = [f for f in (ADAPTER_CONFIG, NON_LORA) if not (folder / f).is_file()]
+    if not any((folder / f).is_file() for f in ADAPTER_WEIGHTS):
+        missing.insert(1, " or ".join(ADAPTER_WEIGHTS))
+    return missing
+
+
+def _load_tensors(path: Path) -> dict[str, Any]:
+    import torch
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle/zip/safetensors errors of many classes
+        raise ClassifierLoadError(f"pv-llava: {path} cannot be read as tensors "
+                                  f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ClassifierLoadError(f"pv-llava: {path} is not a state dict of tensors")
+    return state
+
+
+def _non_lora_state(folder: Path) -> dict[str, Any]:
+    """non_lora_trainables.bin as LLaVA's load_pretrained_model reads it (prefixes
+    "base_model." and then "model." stripped), in transformers' names."""
+    state = _load_tensors(folder / NON_LORA)
+    state = {k.removeprefix("base_model."): v for k, v in state.items()}
+    if any(k.startswith("model.model.") for k in state):
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+    return {to_transformers_key(k): v for k, v in state.items()}
 
 
 def apply_lora(model: Any, folder: Path) -> Any:
-    """``model`` with the adapter in ``folder`` merged in; every adapter tensor must match."""
+    """``model`` with the adapter in ``folder``: the non-LoRA weights loaded, then the LoRA
+    merged; every tensor of both files must land on a parameter of the right shape."""
     from peft import LoraConfig, PeftModel, set_peft_model_state_dict
-    from safetensors.torch import load_file
 
+    own = model.state_dict()
+    extra = _non_lora_state(folder)
+    wrong = [k for k, v in extra.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise ClassifierLoadError(
+            f"pv-llava: {len(wrong)} of {len(extra)} tensors of {folder / NON_LORA} match no "
+            f"parameter of the base model by name and shape (e.g. {wrong[0]!r})")
+    model.load_state_dict(extra, strict=False)
+    weights = next(folder / f for f in ADAPTER_WEIGHTS if (folder / f).is_file())
+    state = {(_PEFT_PREFIX + to_transformers_key(k.removeprefix(_PEFT_PREFIX))
+              if k.startswith(_PEFT_PREFIX) else k): v
+             for k, v in _load_tensors(weights).items()}
     config = LoraConfig.from_pretrained(str(folder))
     config.inference_mode = True
-    state = load_file(str(folder / "adapter_model.safetensors"))
     try:
         peft_model = PeftModel(model, config)
         result = set_peft_model_state_dict(peft_model, state)
     except Exception as exc:
         raise ClassifierLoadError(f"pv-llava: adapter {folder} does not fit the base model: "
-                                  f"{type(exc).__name__}: {exc}") from exc
+                                  f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
     unused = sorted(result.unexpected_keys)
     if unused:
         raise ClassifierLoadError(
-            f"pv-llava: {len(unused)} of {len(state)} tensors of adapter {folder} match no "
-            f"module of the base model (e.g. {unused[0]!r}): the adapter was saved for another "
-            "layout; convert its module names to transformers' Llava layout")
+            f"pv-llava: {len(unused)} of {len(state)} tensors of adapter {weights} match no "
+            f"module of the base model (e.g. {unused[0]!r}), even after converting the original "
+            "LLaVA module names to transformers' Llava layout")
     return peft_model.merge_and_unload()
 
 
 class PerspectiveVision:
-    """The ``llava`` judge's model with the PerspectiveVision LoRA merged in, asked one policy
-    prompt per image. The judge supplies loading, generation and the response cache."""
+    """The ``llava`` judge's model with the PerspectiveVision adapter merged in, asked the
+    training template once per image. The judge supplies loading, generation and the cache."""
 
     name = "pv-llava"
     coverage = Coverage.everything()
-    supports_gradients = False  # the judge's gradient path asks prompt 0, not the policy
+    supports_gradients = False  # the judge's gradient path asks prompt 0, not the template
     needs_records = True        # the ``wrong`` unsure policy needs the label
 
     def __init__(self, judge: Any, adapter: str, adapter_folder: Path,
-                 cache_dir: Path | None) -> None:
+                 cache_dir: Path | None, template: str | None = None) -> None:
+        from ..weights import file_digest
+
         self.judge = judge
         self.adapter_id = adapter
         self.adapter_folder = adapter_folder
-        self.adapter_digest = folder_digest(adapter_folder, cache_dir)
-        self.prompt = policy_prompt(judge.definitions)
+        files = [adapter_folder / ADAPTER_CONFIG, adapter_folder / NON_LORA,
+                 next(adapter_folder / f for f in ADAPTER_WEIGHTS
+                      if (adapter_folder / f).is_file())]
+        self.adapter_digest = hashlib.sha256(
+            "".join(file_digest(f, cache_dir) for f in files).encode()).hexdigest()[:20]
+        text, self.template_kind, template_note = resolve_template(template, cache_dir)
+        self.prompt = pv_prompt(text, judge.definitions)
         self.device = judge.device
+        self.trained_on = dict(TRAINED_ON)
         self._adapted = False
         digest = hashlib.sha256(json.dumps(
             [judge.fingerprint, self.adapter_digest, PROMPT_VERSION, self.prompt]).encode())
         self.fingerprint = f"pv-llava-{digest.hexdigest()[:20]}"
-        self.description = (f"PerspectiveVision: {judge.model_id} + LoRA {adapter}; one policy "
-                            f"prompt, rule-based parser, unsure -> {judge.policy}")
+        self.description = (f"PerspectiveVision: {judge.model_id} + adapter {adapter}; training "
+                            f"template, eval.py's answer reading, unsure -> {judge.policy}")
+        d = judge.definitions_info
+        self.notes = [*([template_note] if template_note else []),
+                      *([d.note] if d.note else []),
+                      f"template: {self.template_kind}; definitions: {d.kind} ({d.origin})",
+                      f"prompt format: {judge.prompt_format_note()}",
+                      f"decoding: {judge.decoding_note()}",
+                      "answer -> label: the status before the first comma (PerspectiveVision "
+                      "eval.py); images without an answer are excluded and counted",
+                      "trained on the train split of yiting/UnsafeBench: scored on that split "
+                      "(or all) it sees its own training images"]
+        self.paper_mismatch = (None if self.template_kind == "paper" and d.kind == "paper"
+                               and judge.model_mismatch() is None else
+                               "not the paper's template, definitions or base model")
 
     @property
     def input_std(self) -> tuple[float, float, float] | None:
@@ -171,27 +307,27 @@ class PerspectiveVision:
         return [self._verdict(known[job.key], r, img) for job, r, img in zip(jobs, recs, images)]
 
     def _verdict(self, answer: Answer, record: Record | None, image: Image) -> Prediction:
-        verdict = "unsure" if answer.error else parse_response(answer.text)
-        # A failed request is never a verdict: it counts as the wrong answer, as for judges.
-        policy = "wrong" if answer.error else self.judge.policy
-        decision = resolve_unsure(verdict, policy,
-                                  true_label=record.safety_label if record else None,
-                                  seed=self.judge.seed,
-                                  image_hash=record.content_hash if record else image_key(image))
+        verdict = "unsure" if answer.error else parse_pv_answer(answer.text)
+        # A failed request is never a verdict: excluded from the cells and counted.
+        decision = "unsure" if answer.error else resolve_unsure(
+            verdict, self.judge.policy, true_label=record.safety_label if record else None,
+            seed=self.judge.seed, image_hash=record.content_hash if record else image_key(image))
         score = answer.p_unsafe if answer.p_unsafe is not None else \
             {"unsafe": 1.0, "safe": 0.0}.get(verdict, 0.5)
         return Prediction(score=min(1.0, max(0.0, float(score))), decision=decision,
-                          label_scores={"unsure": float(verdict == "unsure")},
+                          label_scores={"unsure": float(verdict == "unsure"),
+                                        "failed": float(bool(answer.error))},
                           raw=json.dumps({"response": answer.text, "verdict": verdict,
-                                          "unsure_policy": policy}))
+                                          "error": answer.error}))
 
 
 def load(model: str = DEFAULT_BASE, adapter: str = DEFAULT_ADAPTER, revision: str | None = None,
          adapter_revision: str | None = None, device: str = "cpu", batch_size: int = 8,
          max_new_tokens: int = 512, unsure: str = "random", unsure_seed: int = 2023,
-         definitions: str | None = None,
+         definitions: str | None = None, template: str | None = None, dtype: str = "auto",
          cache_dir: Path | None = None) -> PerspectiveVision:
-    """``pv-llava``: ``model`` (base LLaVA id or folder), ``adapter`` (LoRA id or folder)."""
+    """``pv-llava``: ``model`` (base LLaVA id or folder), ``adapter`` (adapter id or folder),
+    ``template`` (``"paper"``, ``"project"`` or a path), ``definitions`` (as the judges)."""
     import importlib.util
 
     from .vlm.judges import load_llava
@@ -202,5 +338,6 @@ def load(model: str = DEFAULT_BASE, adapter: str = DEFAULT_ADAPTER, revision: st
     folder = resolve_adapter(adapter, adapter_revision)
     judge = load_llava(model=model, revision=revision, device=device, batch_size=batch_size,
                        max_new_tokens=max_new_tokens, unsure=unsure, unsure_seed=unsure_seed,
-                       definitions=definitions, cache_dir=cache_dir)
-    return PerspectiveVision(judge, adapter, folder, Path(cache_dir) if cache_dir else None)
+                       definitions=definitions, dtype=dtype, cache_dir=cache_dir)
+    return PerspectiveVision(judge, adapter, folder, Path(cache_dir) if cache_dir else None,
+                             template)

@@ -33,9 +33,9 @@ ROW_KEYS = ("classifier", "suite", "metric", "category", "source", "condition", 
             "threshold", "outcome", "n", "ci_low", "ci_high", "warn_threshold", "warned", "paper")
 # Kept only on the rows that carry them: a robustness value's full perturbation or attack spec,
 # why a skipped test did not run, a fuzz counterexample's image and saved files (paths relative
-# to the artifacts folder), how a robustness pool was drawn.
+# to the artifacts folder), how a robustness pool was drawn and a paper-mode attack's units.
 OPTIONAL_ROW_KEYS = ("spec", "reason", "image_id", "artifact_image", "artifact_spec",
-                     "pool")
+                     "pool", "units")
 SCORE_DEFINITION = ("macro mean over covered categories of F1 on the pooled sources "
                     "(effectiveness suite, Unsafe positive); overall_f1 is F1 on all covered "
                     "categories' images pooled, the paper's Overall")

@@ -35,6 +35,8 @@ class ClassifierState:
     inference_seconds: float = 0.0
     predictions_file: str | None = None
     base: str | None = None           # the classifier a trained one was built on
+    notes: list[str] = field(default_factory=list)  # how it ran (ClassifierInfo.notes)
+    paper_mismatch: str | None = None  # why no published figure stands beside it
 
 
 @dataclass

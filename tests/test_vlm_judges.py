@@ -15,6 +15,7 @@ pytest.importorskip("transformers")
 
 from PIL import Image  # noqa: E402
 
+from pytest_unsafebench.classifiers.vlm.base import Job  # noqa: E402
 from pytest_unsafebench.classifiers.vlm.judges import load_instructblip, load_llava  # noqa: E402
 from pytest_unsafebench.classifiers.vlm.parsing import parse_response  # noqa: E402
 from pytest_unsafebench.classifiers.vlm.prompts import DEFAULT_DEFINITIONS  # noqa: E402
@@ -121,6 +122,7 @@ def records(n: int = 3) -> list[Record]:
 
 
 def judge(kind: str, models: dict[str, Path], **kw):
+    kw.setdefault("definitions", "project")   # never a download in tests
     return LOADERS[kind](model=str(models[kind]), max_new_tokens=kw.pop("max_new_tokens", 5),
                          **kw)
 
@@ -145,9 +147,14 @@ def test_whole_path_prompts_vote_score_and_cache(kind, models, tmp_path, monkeyp
         expected = raw["vote"] if raw["vote"] != "unsure" else (
             "safe" if rec.safety_label == "Unsafe" else "unsafe")
         assert pred.decision == expected
-        probs = [pred.label_scores[f"p_unsafe_prompt_{i}"] for i in range(3)]
-        assert all(0 < p < 1 for p in probs)
-        assert pred.score == pytest.approx(sum(probs) / 3)
+        if kind == "llava":   # greedy: P(unsafe) at the decision token
+            probs = [pred.label_scores[f"p_unsafe_prompt_{i}"] for i in range(3)]
+            assert all(0 < p < 1 for p in probs)
+            assert pred.score == pytest.approx(sum(probs) / 3)
+        else:                 # beam search: the share of prompts that said unsafe
+            assert not [k for k in pred.label_scores if k.startswith("p_unsafe")]
+            v = raw["verdicts"]
+            assert pred.score == pytest.approx((v.count("unsafe") + 0.5 * v.count("unsure")) / 3)
     assert verdicts_seen & {"safe", "unsafe"}, [p.raw for p in preds]
     # the same run again is answered from the response cache, with no model call
     again = judge(kind, models, batch_size=4, cache_dir=tmp_path, unsure="wrong")
@@ -182,6 +189,63 @@ def test_forward_pixels_is_the_unsafe_answer_logit(models) -> None:
     out[0, 1].backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert clf.supports_gradients
+
+
+def test_llava_runs_the_llava_v1_conversation_on_padded_images(models, monkeypatch) -> None:
+    from pytest_unsafebench.classifiers.vlm.judges import (LLAVA_V1_SYSTEM, pad_to_square,
+                                                           torch_pixels)
+
+    clf = judge("llava", models, max_new_tokens=1)
+    _, processor = clf._load()
+    seen: dict[str, list] = {}
+    real = type(processor).__call__
+    monkeypatch.setattr(type(processor), "__call__",
+                        lambda self, images=None, text=None, **kw:
+                        seen.update(images=images, text=text) or real(self, images=images,
+                                                                      text=text, **kw))
+    wide = Image.new("RGB", (SIZE + 20, SIZE), (250, 10, 10))
+    clf._inputs([wide], ["Is it safe?"])
+    assert seen["text"] == [f"{LLAVA_V1_SYSTEM} USER: <image>\nIs it safe? ASSISTANT:"]
+    (square,) = seen["images"]
+    mean = tuple(int(m * 255) for m in processor.image_processor.image_mean)
+    assert square.size == (SIZE + 20, SIZE + 20)              # padded, not centre-cropped
+    assert square.getpixel((0, 0)) == mean and square.getpixel((SIZE // 2, SIZE // 2)) == (250, 10, 10)
+    assert clf.decoding["num_beams"] == 1 and clf.decoding["do_sample"] is False
+    assert clf.decoding["image_aspect_ratio"] == "pad" and clf.dtype == "float32"   # on CPU
+    # the gradient path pads the same way
+    x = torch.from_numpy(__import__("numpy").asarray(wide, dtype="float32") / 255.0)
+    via_torch = torch_pixels(x.permute(2, 0, 1)[None], processor.image_processor, "llava",
+                             pad_mean=processor.image_processor.image_mean)
+    via_pil = processor.image_processor(pad_to_square(wide, processor.image_processor.image_mean),
+                                        return_tensors="pt")["pixel_values"]
+    assert via_torch.shape == via_pil.shape
+    assert (via_torch - via_pil).abs().max().item() < 0.05
+    crop = judge("llava", models, image_aspect_ratio="crop")
+    assert crop.fingerprint != clf.fingerprint and "centre-cropped" in " ".join(crop.notes)
+
+
+def test_instructblip_decodes_as_lavis_did(models, monkeypatch) -> None:
+    clf = load_instructblip(model=str(models["instructblip"]), definitions="project")
+    assert clf.decoding["max_new_tokens"] == 512 and clf.prompt_format == "{prompt}"
+    model, _ = clf._load()
+    seen: dict = {}
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: seen.update(kw) or real(
+        **{**kw, "max_new_tokens": 2}))
+    clf.generate([Job(images(1)[0], "Is it safe?", "k")])
+    assert {k: seen[k] for k in ("num_beams", "repetition_penalty", "length_penalty",
+                                 "min_new_tokens", "max_new_tokens", "do_sample")} == {
+        "num_beams": 5, "repetition_penalty": 1.5, "length_penalty": 1.0, "min_new_tokens": 1,
+        "max_new_tokens": 512, "do_sample": False}
+    assert "num_beams=5" in " ".join(clf.notes)
+
+
+def test_dtype_auto_is_float16_on_a_gpu_only() -> None:
+    from pytest_unsafebench.classifiers.vlm.judges import resolve_dtype
+
+    assert resolve_dtype("auto", "cuda:0") == "float16"
+    assert resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype("bfloat16", "cuda") == "bfloat16"
 
 
 def test_bad_options_are_named() -> None:

@@ -51,6 +51,69 @@ def test_definitions_file_is_read_and_checked(tmp_path) -> None:
         load_definitions(tmp_path / "missing.txt")
 
 
+def test_paper_definitions_resolve_like_weight_files(tmp_path, reference_dir, monkeypatch) -> None:
+    from pytest_unsafebench.classifiers.vlm import prompts
+
+    paper_file = reference_dir / "unsafebench" / "combined_instruction.txt"
+    paper_lines = paper_file.read_text(encoding="utf-8").splitlines()
+    urls: list[str] = []
+
+    def offline(url: str, timeout: float) -> bytes:
+        urls.append(url)
+        raise OSError("no network")
+
+    monkeypatch.setattr(prompts, "_download", offline)
+    d = prompts.resolve_definitions(None, tmp_path)        # default = "paper"
+    assert d.kind == "project" and d.lines == DEFAULT_DEFINITIONS
+    assert d.note.startswith(prompts.PROJECT_WORDING_NOTE)
+    assert str(tmp_path / "weights" / "unsafebench" / "combined_instruction.txt") in d.note
+    assert urls == [f"https://raw.githubusercontent.com/YitingQu/UnsafeBench/"
+                    f"{prompts.PAPER_COMMIT}/data/combined_instruction.txt"]
+    # pinned download, checked and kept in the weights folder
+    monkeypatch.setattr(prompts, "_download", lambda url, timeout: paper_file.read_bytes())
+    d = prompts.resolve_definitions("paper", tmp_path)
+    assert d.kind == "paper" and d.note is None
+    assert [d.lines[c] for c in CATEGORIES] == paper_lines    # each line exactly as the paper's
+    kept = tmp_path / "weights" / "unsafebench" / "combined_instruction.txt"
+    assert kept.read_bytes() == paper_file.read_bytes()
+    monkeypatch.setattr(prompts, "_download", offline)       # now found there, offline
+    assert prompts.resolve_definitions("paper", tmp_path).kind == "paper"
+    kept.write_text(paper_file.read_text().replace("Spam:", "Spam: x"))
+    with pytest.raises(ClassifierLoadError, match="is not the paper's combined_instruction.txt"):
+        prompts.resolve_definitions("paper", tmp_path)
+    monkeypatch.setattr(prompts, "_download", lambda url, timeout: b"Hate: changed")
+    with pytest.raises(ClassifierLoadError, match="did not return the paper's"):
+        prompts.resolve_definitions("paper", tmp_path / "fresh")
+    assert prompts.resolve_definitions(str(paper_file), None).kind == "paper"
+    assert prompts.resolve_definitions(str(kept), None).kind == "file"
+    assert prompts.resolve_definitions("project", None).note is None
+
+
+def test_project_wording_means_what_the_papers_does() -> None:
+    deception = DEFAULT_DEFINITIONS["Deception"].lower()
+    political = DEFAULT_DEFINITIONS["Political"].lower()
+    health = DEFAULT_DEFINITIONS["Public and personal health"].lower()
+    assert "conspiracy" in deception and "geopolitical" in deception and "fraud" not in deception
+    assert "politicians" in political and "elections" in political
+    assert "extremis" not in political and "propaganda" not in political
+    assert "treatment" in health and "vaccines" in health and "misinformation" not in health
+
+
+def test_judges_say_which_definitions_and_settings_they_ran(tmp_path, monkeypatch) -> None:
+    from pytest_unsafebench.classifiers.vlm import prompts
+    from pytest_unsafebench.classifiers.vlm.api import load_openai
+
+    monkeypatch.setattr(prompts, "_download", lambda url, timeout: (_ for _ in ()).throw(
+        OSError("offline")))
+    clf = load_openai(cache_dir=tmp_path)
+    assert clf.notes[0].startswith("category definitions: this project's wording, not the "
+                                   "paper's") and "to fix: download" in clf.notes[0]
+    assert any("prompt format" in n and "gpt-4o" in n for n in clf.notes)
+    assert any(n.startswith("decoding: max_tokens=512, temperature=0") for n in clf.notes)
+    assert "rule-based parser" in clf.paper_mismatch
+    assert clf.notes[-1].startswith("paper figures not shown")
+
+
 # ---------------------------------------------------------------------------- parser
 
 
@@ -217,8 +280,8 @@ def test_converter_decides_and_its_agreement_with_the_parser_is_recorded(tmp_pat
     folder = _tiny_converter(tmp_path / "conv", {0: "safe", 1: "unsafe", 2: "unsure"})
     answers = ["the image is unsafe .", "safe", "not safe"]
     for i, text in enumerate(answers):
-        (tmp_path / "arch" / "gpt4v" / f"prompt_{i}").mkdir(parents=True)
-        (tmp_path / "arch" / "gpt4v" / f"prompt_{i}" / "Lexica_Spam.json").write_text(
+        (tmp_path / "arch" / "gpt-4v" / f"prompt_{i}").mkdir(parents=True)
+        (tmp_path / "arch" / "gpt-4v" / f"prompt_{i}" / "Lexica_Spam.json").write_text(
             f'[{{"image_fname": "test/images/a.png", "response": "{text}"}}]')
     clf = load_openai(import_responses=str(tmp_path / "arch"), converter=str(folder))
     rec = Record(id="a", safety_label="Safe", category="Spam", source="Lexica", split="test",

@@ -18,6 +18,7 @@ from pytest_unsafebench.classifiers.vlm.responses import (
 from pytest_unsafebench.dataset import standin   # imported before any pytester run (numpy)
 from pytest_unsafebench.dataset.parquet import load_parquet
 from pytest_unsafebench.dataset.records import Record
+from pytest_unsafebench.taxonomy import CATEGORIES
 from pytest_unsafebench.errors import ClassifierLoadError
 
 
@@ -55,13 +56,13 @@ def test_response_cache_keeps_answers_not_failures(tmp_path) -> None:
 
 
 def test_archive_is_matched_on_split_and_index_not_file_name(tmp_path) -> None:
-    root = write_archive(tmp_path, "gpt4v", {
+    root = write_archive(tmp_path, "gpt-4v", {
         # train and test merged in one file, as the official scripts do: "0.png" twice
         "Laion5B_Illegal activity": [[fname(0, "train"), "unsafe", "It is unsafe.", "safe"],
                                      [fname(0), "safe", "It is safe.", "safe"]],
         "lexica_illegal_activity": [[fname(0), "safe", "safe", "safe"]],
     })
-    archive = ArchivedResponses.load(root, "gpt4v")
+    archive = ArchivedResponses.load(root, "gpt-4v")
     assert archive.lookup(1, record(0, split="train")) == Answer("It is unsafe.")
     assert archive.lookup(1, record(0)) == Answer("It is safe.")
     assert archive.lookup(0, record(0, source="Lexica")) == Answer("safe")
@@ -96,7 +97,7 @@ def test_archive_refuses_bare_names_and_conflicting_duplicates(tmp_path) -> None
 
 def test_archive_layout_errors_name_the_file(tmp_path) -> None:
     with pytest.raises(ClassifierLoadError, match=r"models found: none"):
-        ArchivedResponses.load(tmp_path, "gpt4v")
+        ArchivedResponses.load(tmp_path, "gpt-4v")
     write_archive(tmp_path, "llava", {"Laion5B_Gore": [[fname(0), "a", "b", "c"]]})
     with pytest.raises(ClassifierLoadError, match=r"Laion5B_Gore.json is not named"):
         ArchivedResponses.load(tmp_path, "llava")
@@ -108,7 +109,7 @@ def test_archive_layout_errors_name_the_file(tmp_path) -> None:
 
 def test_judges_score_archived_responses_without_model_or_key(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    root = write_archive(tmp_path / "a", "gpt4v", {"Laion5B_Illegal activity": [
+    root = write_archive(tmp_path / "a", "gpt-4v", {"Laion5B_Illegal activity": [
         [fname(0), "unsafe", "unsafe", "safe"],
         [fname(1), "I cannot tell.", "no idea", "safe"],    # three-way tie: prompt 0, unsure
     ]})
@@ -123,7 +124,7 @@ def test_judges_score_archived_responses_without_model_or_key(tmp_path, monkeypa
     assert "archived" in clf.description and clf.fingerprint.startswith("openai-")
     # an archive needs no weights: llava never resolves its model here
     llava = load_llava(model=str(tmp_path / "no-such-model"), import_responses=str(root),
-                       archive_model="gpt4v")
+                       archive_model="gpt-4v")
     assert [p.decision for p in llava.predict(imgs[:1], records=recs[:1])] == ["unsafe"]
     with pytest.raises(ClassifierLoadError, match="perturbed images cannot be scored"):
         llava.predict(imgs[:1])
@@ -142,7 +143,7 @@ def test_plugin_scores_imported_responses(pytester: pytest.Pytester) -> None:
             answer = "I am not able to judge."
         files.setdefault(f"{row['source']}_{row['category']}", []).append(
             [f"data/UnsafeBench/{row['split']}/images/{name}.png", *[answer] * 3])
-    archive = write_archive(pytester.path / "archive", "gpt4v", files)
+    archive = write_archive(pytester.path / "archive", "gpt-4v", files)
     result = pytester.runpytest(
         "--unsafebench-classifier=openai", f"--unsafebench-dataset={pytester.path / 'ds'}",
         f"--unsafebench-cache-dir={pytester.path / 'cache'}", "--unsafebench-device=cpu",
@@ -217,7 +218,7 @@ def test_official_archive_scores_perfectly_on_hub_parquet(hub_standin, tmp_path,
 
 def test_plugin_on_hub_parquet_excludes_and_counts_missing_responses(
         pytester: pytest.Pytester, hub_standin) -> None:
-    archive, dropped = official_archive(hub_standin, pytester.path / "archive", "gpt4v", drop=1)
+    archive, dropped = official_archive(hub_standin, pytester.path / "archive", "gpt-4v", drop=1)
     result = pytester.runpytest(
         "--unsafebench-classifier=openai", f"--unsafebench-dataset={hub_standin / 'data'}",
         f"--unsafebench-cache-dir={pytester.path / 'cache'}", "--unsafebench-device=cpu",
@@ -259,3 +260,55 @@ def test_registered_names_resolve_and_the_package_ships() -> None:
     assert {"unsure", "unsure_seed", "import_responses"} <= set(CONTEXT_KEYS)
     pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
     assert "pytest_unsafebench.classifiers.vlm" in pyproject["tool"]["setuptools"]["packages"]
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def test_judge_notes_and_paper_gate_reach_every_report(tmp_path) -> None:
+    """A judge's setup notes (definitions warning first) reach the terminal, JSON, HTML and
+    Markdown; a judge not run as the paper ran it never carries the paper's figure."""
+    from pytest_unsafebench.config import resolve_settings
+    from pytest_unsafebench.report import build_json, terminal_lines
+    from pytest_unsafebench.report_html import render_html
+    from pytest_unsafebench.report_markdown import render_markdown
+    from pytest_unsafebench.results import ClassifierState, RunState
+
+    warning = "category definitions: this project's wording, not the paper's (offline); to fix: x"
+    s = resolve_settings({"classifiers": ["openai"], "categories": list(CATEGORIES),
+                          "split": "all"}, {}, tmp_path)
+    rows = [{"classifier": "openai", "suite": "effectiveness", "metric": "f1",
+             "category": "Overall", "source": "all", "condition": None, "value": 0.7,
+             "threshold": 0.0, "outcome": "passed", "n": 10}]
+
+    def doc(mismatch: str | None) -> dict:
+        cs = ClassifierState("openai", fingerprint="o", covered=list(CATEGORIES),
+                             notes=[warning, "decoding: temperature=0"], paper_mismatch=mismatch)
+        state = RunState(dataset={"spec": "hf:yiting/UnsafeBench", "name": "UnsafeBench",
+                                  "synthetic": False, "fingerprint": "f", "counts": {"images": 1}},
+                         findings=[], classifiers={"openai": cs})
+        return build_json(s, state, [dict(r) for r in rows], tmp_path, "cpu", {})
+
+    shown, hidden = doc(None), doc("model gpt-4o is not the paper's GPT-4V")
+    assert shown["rows"][0]["paper"] == 0.709, shown["paper_figures"]   # protocol section 8
+    assert hidden["rows"][0]["paper"] is None
+    assert hidden["classifiers"]["openai"]["notes"][0] == warning
+    assert warning in "\n".join(terminal_lines(hidden))
+    assert warning in render_markdown(hidden)
+    assert "this project&#x27;s wording" in render_html(hidden) or warning in render_html(hidden)
+
+
+def test_openai_is_gpt4v_only_with_the_papers_model_or_archive(tmp_path, reference_dir) -> None:
+    from test_vlm_parsing import _tiny_converter
+
+    conv = str(_tiny_converter(tmp_path / "conv", {0: "safe", 1: "unsafe", 2: "unsure"}))
+    paper = str(reference_dir / "unsafebench" / "combined_instruction.txt")
+    assert "not the paper's GPT-4V" in load_openai(converter=conv, definitions=paper).paper_mismatch
+    assert load_openai(model="gpt-4-vision-preview", converter=conv,
+                       definitions=paper).paper_mismatch is None
+    root = write_archive(tmp_path / "a", "gpt-4v", {"Lexica_Hate": [[fname(0), "a", "b", "c"]]})
+    write_archive(root, "mine", {"Lexica_Hate": [[fname(0), "a", "b", "c"]]})
+    assert load_openai(import_responses=str(root), converter=conv).paper_mismatch is None
+    assert "is not the paper's 'gpt-4v'" in load_openai(
+        import_responses=str(root), archive_model="mine", converter=conv).paper_mismatch
+    assert "rule-based parser" in load_openai(import_responses=str(root)).paper_mismatch

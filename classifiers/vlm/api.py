@@ -153,7 +153,9 @@ class OpenAIJudge(VLMJudge):
     temperature 0 (greedy, so no seed in the response key)."""
 
     name = "openai"
-    default_archive = "gpt4v"
+    # The official query_vlms.py's name for GPT-4V, and the model it called (vlms.py).
+    default_archive = paper_archive = "gpt-4v"
+    paper_models = ("gpt-4-vision-preview",)
 
     def __init__(self, model: str, client: HttpClient, concurrency: int, max_tokens: int,
                  opts: JudgeOptions) -> None:
@@ -168,6 +170,11 @@ class OpenAIJudge(VLMJudge):
 
     def model_digest(self) -> str:
         return "api"  # a hosted model has no weights to hash; its name is in the key
+
+    def model_mismatch(self) -> str | None:
+        return (None if self.model_id in self.paper_models else
+                f"model {self.model_id} is not the paper's GPT-4V (gpt-4-vision-preview, now "
+                "retired: import the paper's archived gpt-4v responses instead)")
 
     def _ask(self, job: Job) -> Answer:
         payload = {"model": self.model_id, **self.decoding, "messages": [{"role": "user", "content": [

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ...classifier import Coverage, Prediction
 from ...errors import ClassifierLoadError
 from .parsing import RobertaConverter, Verdict, parse_response
-from .prompts import N_PROMPTS, build_prompts, load_definitions
+from .prompts import N_PROMPTS, Definitions, build_prompts, resolve_definitions
 from .responses import Answer, ArchivedResponses, ResponseCache, image_key, response_key
 from .voting import check_policy, majority, resolve_unsure
 
@@ -69,12 +69,20 @@ class VLMJudge:
     decoding: Mapping[str, Any] = {}
     # Names the rule that turns an answer into a verdict; it enters the fingerprint.
     parser_version = "rules-v2"
+    # False for a judge with its own policy prompt (the category definitions are not asked for).
+    uses_definitions = True
+    # The paper's run of this judge: its model ids, and its folder in the official archive.
+    paper_models: tuple[str, ...] = ()
+    paper_archive = ""
 
     def setup(self, opts: JudgeOptions) -> None:
         self.opts = opts
         self.policy = check_policy(opts.unsure)
         self.seed = int(opts.seed)
-        self.definitions = load_definitions(opts.definitions)
+        self.definitions_info = (resolve_definitions(opts.definitions, opts.cache_dir)
+                                 if self.uses_definitions else
+                                 Definitions({}, "not used", "the judge's own policy prompt"))
+        self.definitions = self.definitions_info.lines
         self.converter = (RobertaConverter(opts.converter, opts.converter_labels, opts.device,
                                            opts.converter_base, opts.cache_dir)
                           if opts.converter else None)
@@ -95,6 +103,50 @@ class VLMJudge:
         self.description = (f"VLM judge {self.name} ({source}); 3 prompts, majority vote, "
                             f"{'RoBERTa converter' if self.converter else 'rule-based parser'}, "
                             f"unsure -> {self.policy}")
+        self.paper_mismatch = self._paper_mismatch()
+        self.notes = self.setup_notes()
+        if self.paper_mismatch:
+            self.notes.append(f"paper figures not shown beside this judge: {self.paper_mismatch}")
+
+    def _paper_mismatch(self) -> str | None:
+        """Why this judge's numbers are not the paper's experiment, or None when they are."""
+        if not self.paper_models:
+            return "the paper did not run this judge"
+        if self.converter is None:
+            return ("answers labelled by the rule-based parser; the paper used its RoBERTa "
+                    'converter (converter = "yiting/converter")')
+        if self.archive is not None:
+            used = self.opts.archive_model or self.default_archive
+            return (None if used == self.paper_archive else
+                    f"archive folder {used!r} is not the paper's {self.paper_archive!r}")
+        if self.definitions_info.kind != "paper":
+            return f"category definitions are {self.definitions_info.origin}, not the paper's"
+        return self.model_mismatch()
+
+    def model_mismatch(self) -> str | None:
+        """Why a live run of this judge's model differs from the paper's (subclasses)."""
+        return None
+
+    def setup_notes(self) -> list[str]:
+        """How this judge ran, for its report section: definitions, prompts, decoding, parser;
+        the definitions warning first when the paper's were asked for but not found."""
+        d = self.definitions_info
+        parser = (f"RoBERTa converter ({self.converter.layout}), agreement with the rule "
+                  "parser reported" if self.converter else f"rule-based parser ({self.parser_version})")
+        source = (f"archived responses ({self.archive.folder}); model settings do not apply"
+                  if self.archive else f"model {self.model_id}")
+        return [*([d.note] if d.note else []),
+                f"definitions: {d.kind} ({d.origin})",
+                f"answers: {source}; prompt format: {self.prompt_format_note()}",
+                f"decoding: {self.decoding_note()}",
+                f"answer -> label: {parser}; images without an answer are excluded from their "
+                "cells and counted (excluded_no_verdict)"]
+
+    def prompt_format_note(self) -> str:
+        return "the paper's three prompts"
+
+    def decoding_note(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in sorted(dict(self.decoding).items())) or "n/a"
 
     # -- subclass hooks ---------------------------------------------------------------------
     def model_digest(self) -> str:

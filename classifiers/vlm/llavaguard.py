@@ -75,7 +75,7 @@ from ...classifier import Coverage, Prediction
 from ...errors import ClassifierLoadError
 from ..hf import resolve_model_folder
 from .base import Job, JudgeOptions, VLMJudge
-from .judges import DTYPES, folder_digest, input_std_of, torch_pixels
+from .judges import DTYPES, folder_digest, input_std_of, resolve_dtype, torch_pixels
 from .parsing import Verdict
 from .responses import Answer
 
@@ -357,6 +357,10 @@ class LlavaGuardJudge(VLMJudge):
     name = "llavaguard"
     coverage = Coverage.of(COVERED)
     parser_version = PARSER_VERSION
+    uses_definitions = False
+
+    def prompt_format_note(self) -> str:
+        return "LlavaGuard's policy prompt, one per image"
 
     def __init__(self, model: str, revision: str | None, device: str, batch_size: int,
                  max_new_tokens: int, prompt_format: str | None, dtype: str, policy: str | None,
@@ -364,8 +368,8 @@ class LlavaGuardJudge(VLMJudge):
         if opts.import_responses:
             raise ClassifierLoadError(
                 "llavaguard: --unsafebench-import-responses reads the paper's three-prompt "
-                "archives (llava, instructblip, gpt4v); there are none for LlavaGuard's policy "
-                "prompt. Run llavaguard without it (its responses are cached in "
+                "archives (llava-v1.5-7b, instructblip-7b, gpt-4v); there are none for "
+                "LlavaGuard's policy prompt. Run llavaguard without it (its responses are cached in "
                 "<cache_dir>/vlm_responses.sqlite)")
         if int(max_new_tokens) < 1:
             raise ClassifierLoadError("llavaguard: max_new_tokens must be >= 1")
@@ -376,7 +380,8 @@ class LlavaGuardJudge(VLMJudge):
             raise ClassifierLoadError(f"llavaguard: prompt_format must contain {{prompt}}, got "
                                       f"{prompt_format!r}")
         self.model_id, self.revision = str(model), revision or ""
-        self.device, self.dtype = device or "cpu", dtype
+        self.device = device or "cpu"
+        self.dtype = resolve_dtype(dtype, self.device)
         self.batch_size = max(1, int(batch_size))
         self.policy_text = _read_policy(policy)
         self.folder, _ = resolve_model_folder(self.model_id, revision)
@@ -385,7 +390,7 @@ class LlavaGuardJudge(VLMJudge):
         self.prompt_format = prompt_format
         # the policy digest puts the prompt into the fingerprint (the response key has it anyway)
         self.decoding = {"do_sample": False, "max_new_tokens": int(max_new_tokens),
-                         "prompt_format": prompt_format, "dtype": dtype,
+                         "prompt_format": prompt_format, "dtype": self.dtype,
                          "policy": hashlib.sha256(self.policy_text.encode()).hexdigest()[:16]}
         self._model: Any = None
         self._processor: Any = None   # LLaVA-1.5: the LlavaProcessor
