@@ -252,9 +252,13 @@ class FuzzTarget:
         return self._images[image_id]
 
     def check(self, row: dict[str, Any], chain: Chain) -> tuple[Prediction, Image]:
+        from .dataset.images import readonly_view
+
         record = self.records[row["id"]]
-        perturbed = perturb(chain, self.image(row["id"]), record.content_hash)
-        return self.clf.predict([perturbed])[0], perturbed
+        # Read-only views: neither the chain nor the classifier can change the decoded image
+        # kept for the next examples, or the perturbed one saved as the counterexample.
+        perturbed = perturb(chain, readonly_view(self.image(row["id"])), record.content_hash)
+        return self.clf.predict([readonly_view(perturbed)])[0], perturbed
 
     def counterexample(self, row: dict[str, Any], chain: Chain | str,
                        pred: Prediction) -> Counterexample:

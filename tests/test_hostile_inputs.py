@@ -453,3 +453,36 @@ def test_nothing_covered_fails_even_with_findings_allowed(run: Run) -> None:
 def test_a_run_with_scored_cells_still_passes_integrity(run: Run) -> None:
     result = run("-k", "test_data_integrity")
     result.assert_outcomes(passed=1, deselected=result.parseoutcomes()["deselected"])
+
+
+def test_fuzzing_keeps_the_perturbed_image_the_classifier_saw(tmp_path: Path) -> None:
+    """The fuzz suite saves the perturbed image as the counterexample and reuses the decoded
+    one for the next examples: a classifier that draws on its input changes neither."""
+    from pytest_unsafebench.fuzzing import FuzzTarget
+    from pytest_unsafebench.perturbations import Chain, apply
+
+    record = _record("img0", _png(0, (32, 32)))
+    target = FuzzTarget(classifier="vandal", source="all", clf=Vandal("paste"), pool=[],
+                        records={"img0": record}, artifacts_dir=tmp_path)
+    chain = Chain.parse("brightness:2:s2023")
+    row = {"id": "img0", "label": "Unsafe"}
+    first, perturbed = target.check(row, chain)
+    again, _ = target.check(row, chain)
+    expected = apply(chain, record.load_image(), record.content_hash)
+    assert np.array_equal(np.asarray(perturbed), np.asarray(expected))
+    assert np.array_equal(np.asarray(target.image("img0")), np.asarray(record.load_image()))
+    assert again.score == first.score
+
+
+def test_bench_memory_smoke(tmp_path: Path) -> None:
+    """The memory benchmark runs end to end (tiny images here; see the README for the figure)."""
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_memory.py"
+    out = subprocess.run([sys.executable, str(script), "--images", "3", "--side", "64"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads(out.stdout)
+    assert result["usable_images"] == 3 and result["peak_rss_mb"] > 0
