@@ -138,10 +138,10 @@ def _import_target(name: str, target: str) -> Callable[..., Classifier]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         missing = getattr(exc, "name", None) or ""
-        if not target.startswith("pytest_unsafebench.") and missing and (
+        if name == target and missing and (
                 module_name == missing or module_name.startswith(missing + ".")):
-            # The user's own module is not importable: where Python looked is the useful
-            # hint, not an extra of this package.
+            # A module:callable the user typed is not importable: where Python looked is the
+            # useful hint, not an extra of this package.
             raise ClassifierLoadError(
                 f"classifier {name!r}: no module {module_name!r} on the module search path "
                 f"({', '.join(p or '.' for p in sys.path)}); run pytest from the folder that "

@@ -135,7 +135,7 @@ def test_selecting_a_suite_that_is_not_enabled_says_how(
     assert hint in result.outlines, out
     assert sum("selects the" in line for line in result.outlines) == 1
     assert result.ret == NO_TESTS
-    assert not counter.exists()  # nothing deselected everything... and nothing was classified
+    assert not counter.exists()  # every test deselected: nothing was classified
     assert "decoded and classified" not in out
 
 

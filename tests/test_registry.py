@@ -192,8 +192,21 @@ def test_not_callable(fake_module: str) -> None:
 
 
 def test_missing_module() -> None:
-    with pytest.raises(ClassifierLoadError, match="cannot import 'ub_absent_module_42'"):
+    # A module:callable the user typed: the hint is where Python looked, not an extra.
+    with pytest.raises(ClassifierLoadError) as info:
         load_classifier("ub_absent_module_42:load")
+    message = str(info.value)
+    assert "no module 'ub_absent_module_42' on the module search path (" in message
+    assert sys.path[0] in message and "pip install 'pytest-unsafebench[" not in message
+
+
+def test_missing_dependency_of_a_user_module_names_it(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "ub_needs_dep_42.py").write_text("import ub_absent_dependency_42\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ClassifierLoadError, match="cannot import 'ub_needs_dep_42' .*"
+                                                  "No module named 'ub_absent_dependency_42'"):
+        load_classifier("ub_needs_dep_42:load")
 
 
 def test_unknown_bare_name(no_entry_points) -> None:
