@@ -45,7 +45,7 @@ KNOWN_PRIVATE_IMPORTS: set[tuple[str, str, str]] = {
     ("executors", "dataset.parquet", "_import_pyarrow"),  # to remove: issue 15
     ("ray_executor", "engine", "_FILE_KINDS"),  # to remove: issue 15
     ("ray_executor", "engine", "_SharedEmbeddings"),  # to remove: issue 15
-    ("ray_executor", "engine", "_decode"),  # to remove: issue 15
+    ("ray_executor", "engine", "_decoded_batches"),  # to remove: issue 15
     ("ray_executor", "engine", "_predict_batch"),  # to remove: issue 15
     ("ray_executor", "session", "_resolve_device"),  # to remove: issue 15
     ("session", "paper", "_is_real"),  # to remove: issue 15
