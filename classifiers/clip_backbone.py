@@ -146,6 +146,7 @@ class CLIPBackbone:
     crop_rounding = "round"
     preprocess_version = PREPROCESS_VERSION
     input_std = CLIP_STD  # what tensor_to_model_input divides by (paper-mode attack units)
+    input_mean = CLIP_MEAN  # what it subtracts first (the paper's (-3, 3) box in pixels)
 
     def __init__(self, model: str | Path = DEFAULT_MODEL, device: str = "cpu",
                  cache_dir: str | Path | None = None, revision: str | None = None,

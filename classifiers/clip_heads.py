@@ -240,6 +240,29 @@ class CLIPHead:
         """The backbone's normalisation std: forward_pixels normalises through it."""
         return self.backbone.input_std
 
+    @property
+    def input_mean(self) -> tuple[float, float, float]:
+        return self.backbone.input_mean
+
+    def attack_input(self, image: Image) -> np.ndarray:
+        """The clean tensor ``predict`` itself embeds (3 x S x S in [0, 1]): an attack starts
+        from exactly the input the pool's decision was made on."""
+        from .clip_backbone import pil_to_pixels
+
+        b = self.backbone
+        return pil_to_pixels(image, b.image_size, b.crop_rounding)
+
+    def paper_outputs(self, e: torch.Tensor) -> torch.Tensor:
+        """What the paper's wrapper (UnsafeBench classifiers.py ``forward``) returned to
+        foolbox: the softmax of its logits; heads whose wrapper differs override this."""
+        import torch.nn.functional as F
+
+        return F.softmax(self._outputs(self._check(e))[0], dim=-1)
+
+    def paper_forward_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels -> :meth:`paper_outputs`, differentiably (the model paper-mode attacks see)."""
+        return self.paper_outputs(self.backbone.forward_pixels(x))
+
     def _build(self, device: str) -> Any:
         raise NotImplementedError
 
@@ -327,6 +350,13 @@ class Q16(CLIPHead):
         return logits[:, 1] > logits[:, 0]
 
 
+def _softmax_of_probability(p: torch.Tensor) -> torch.Tensor:
+    """softmax([1 - p, p]): the paper's wrappers fed probabilities through a softmax again."""
+    import torch
+
+    return torch.softmax(torch.stack([1 - p, p], dim=1), dim=1)
+
+
 def _mlp_head(state: dict[str, Any]) -> torch.nn.Module:
     from torch import nn
 
@@ -371,6 +401,10 @@ class MultiHeaded(CLIPHead):
 
     def _decide(self, logits: np.ndarray, label_scores: np.ndarray) -> np.ndarray:
         return label_scores.max(axis=1) > 0.5
+
+    def paper_outputs(self, e: torch.Tensor) -> torch.Tensor:
+        """classifiers.py: p = max sigmoid over the heads, softmax([1 - p, p])."""
+        return _softmax_of_probability(self._outputs(self._check(e))[1].max(dim=1).values)
 
 
 def keras_zip_state(path: Path, cache_dir: Path | None) -> tuple[dict[str, Any], Path]:
@@ -473,6 +507,10 @@ class NSFWDetector(CLIPHead):
 
     def _decide(self, logits: np.ndarray, label_scores: np.ndarray) -> np.ndarray:
         return label_scores[:, 0] > 0.5
+
+    def paper_outputs(self, e: torch.Tensor) -> torch.Tensor:
+        """classifiers.py: p = the detector's sigmoid, softmax([1 - p, p])."""
+        return _softmax_of_probability(self._outputs(self._check(e))[1][:, 0])
 
 
 # --------------------------------------------------------------------------- factories

@@ -211,6 +211,12 @@ class NudeNetV2:
     name = "nudenet_v2"
     coverage = _COVERAGE
     supports_gradients = False  # ONNX graph
+    # Its input is pixels / 255, unnormalised: a paper-mode eps is in [0, 1] units, and the
+    # paper's foolbox bounds for it were (-1, 1) (UnsafeBench assess_robustness.py).
+    input_size = V2_SIZE
+    input_std = (1.0, 1.0, 1.0)
+    input_mean = (0.0, 0.0, 0.0)
+    paper_bounds = (-1.0, 1.0)
 
     def __init__(self, model_path: str | None = None, threshold: float = 0.5,
                  threads: int | None = None, batch_size: int = 32,
@@ -258,6 +264,31 @@ class NudeNetV2:
         if img.size != (V2_SIZE, V2_SIZE):
             img = img.resize((V2_SIZE, V2_SIZE), PILImage.NEAREST)
         return np.asarray(img, dtype=np.float32) / 255.0
+
+    def attack_input(self, image: Image) -> Any:
+        """The clean tensor ``predict`` feeds the model, as 3 x 256 x 256 floats in [0, 1]."""
+        return self.preprocess(image).transpose(2, 0, 1).copy()
+
+    def forward_pixels(self, x: Any) -> Any:
+        """N x 3 x 256 x 256 floats (no gradient: an ONNX graph) -> [safe, unsafe] logits
+        ``[-z/2, z/2]``, z = logit(P(unsafe)) - logit(threshold), so the arg-max is the
+        classifier's own rule. The floats go to the model as they are (no 8-bit rounding), so
+        a paper-mode gaussian attack's tiny noise reaches it, as it reached the paper's model."""
+        import numpy as np
+        import torch
+
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, V2_SIZE, V2_SIZE):
+            raise ValueError(f"nudenet_v2: expected N x 3 x {V2_SIZE} x {V2_SIZE} pixels, got "
+                             f"shape {tuple(x.shape)}")
+        session = self._model()
+        batch = np.ascontiguousarray(x.detach().permute(0, 2, 3, 1).cpu().numpy(),
+                                     dtype=np.float32)
+        probs = np.asarray(session.run(None, {session.get_inputs()[0].name: batch})[0],
+                           dtype=np.float64)
+        p = np.clip(probs[:, 0], 1e-12, 1 - 1e-12)
+        t = min(max(self.threshold, 1e-12), 1 - 1e-12)
+        z = torch.from_numpy(np.log(p / (1 - p)) - np.log(t / (1 - t))).float().to(x.device)
+        return torch.stack([-z / 2, z / 2], dim=1)
 
     def predict(self, images: Sequence[Image]) -> list[Prediction]:
         import numpy as np

@@ -228,6 +228,19 @@ class SDFilter(CLIPHead):
         concept = cos_c - self.head["concept_embeds_weights"] + adj[:, None]
         return torch.stack([-z / 2, z / 2], dim=1), torch.cat([concept, special], dim=1)
 
+    def paper_outputs(self, e: torch.Tensor) -> torch.Tensor:
+        """The paper's attack wrapper (UnsafeBench classifiers.py ``forward``): the un-rounded
+        margin m (special care when any special score is > 0, unrounded), softmax([-m, m]). Its
+        boundary is m = 0, not the rounded rule's m > 0.0005: an attack that stops just past it
+        on a Safe image leaves the rounded decision Safe (the attack failed)."""
+        import torch
+
+        cos_c, cos_s = self.cosines(e)
+        h = self.head
+        special = ((cos_s - h["special_care_embeds_weights"]) > 0).any(dim=1).to(cos_c) * 0.01
+        m = (cos_c - h["concept_embeds_weights"] + special[:, None]).max(dim=1).values
+        return torch.softmax(torch.stack([-m, m], dim=1), dim=1)
+
     def predict_embeddings(self, embeddings: Any) -> list[Prediction]:
         import torch
 

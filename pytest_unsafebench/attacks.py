@@ -33,16 +33,20 @@ Units and the paper's caveats
 ``mode="pixel"`` (ours): ``eps`` bounds the L-inf distance in [0, 1] pixel space (L2 for
 gaussian), with the model's resizing and normalisation inside ``forward``; we attack logits.
 
-``mode="paper"``: the paper (foolbox 3.1.1) attacked each model in its *normalised* input
-space, bounds (-3, 3), with softmax outputs fed to foolbox as if they were logits. Paper mode
-keeps its units: ``eps`` (and PGD's step size, SPSA's rates) are in normalised-input units and
-are converted per channel into pixel units with the model's normalisation std
-(``pixel_eps_c = eps * std_c``; eps 0.01 is about 0.7/255 for CLIP's std), which
-``run_attack`` needs as ``pixel_std`` (a classifier declares it as ``input_std``). We still
-attack logits, and clip to [0, 1] pixels, which is tighter than the paper's (-3, 3) box.
+``mode="paper"``: the paper (foolbox 3.1.1, UnsafeBench assess_robustness.py) attacked each
+model in its *normalised* input space, bounds (-3, 3), with its wrappers' softmax outputs fed to
+foolbox as if they were logits, and judged success by the classifier's own decision on the
+result. Paper mode keeps its units: ``eps`` (and PGD's step size, SPSA's rates) are in
+normalised-input units and are converted per channel into pixel units with the model's
+normalisation std (``pixel_eps_c = eps * std_c``; eps 0.01 is about 0.7/255 for CLIP's std),
+which ``run_attack`` needs as ``pixel_std`` (a classifier declares it as ``input_std``). The
+caller passes the model as the paper wrapped it as ``forward`` (robustness.attack_ra: the
+softmax outputs), the paper's box as ``box`` (:func:`paper_box`) and the classifier's own
+outputs as ``decide``.
 
 Guarantees: every returned image is within its per-channel L-inf bound (``eps_pixel``) of the
-input up to float rounding (1e-6) and inside [0, 1]; gaussian noise also has L2 <= eps (in the
+input up to float rounding (1e-6) and inside the box ([0, 1] unless ``box`` says otherwise);
+gaussian noise also has L2 <= eps (in the
 mode's units). All randomness comes from a CPU ``torch.Generator`` seeded with ``spec.seed``
 (never the global RNG), so results are the same on every device for the same inputs and batch.
 The model's mode (``eval()``) is the caller's business; gradients are taken with
@@ -62,8 +66,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "ATTACKS", "AttackResult", "AttackSpec", "MODES", "logits_from_scores", "paper_spec",
-    "run_attack",
+    "ATTACKS", "AttackResult", "AttackSpec", "MODES", "logits_from_scores", "paper_box",
+    "paper_spec", "run_attack",
 ]
 
 ATTACKS: tuple[str, ...] = ("gaussian", "fgsm", "pgd", "deepfool", "square", "spsa")
@@ -79,6 +83,8 @@ _ADAM_BETAS = (0.9, 0.999)
 _CHECK_TOL = 1e-6
 
 Forward = Callable[[torch.Tensor], Any]  # tensor in, (N, K) scores out (torch or numpy)
+Box = tuple[torch.Tensor, torch.Tensor]  # per-channel (low, high) pixel bounds, (1, 3, 1, 1)
+PAPER_BOUNDS = (-3.0, 3.0)  # foolbox's bounds in normalised space (assess_robustness.py)
 
 # Parameters that each attack reads, in canonical order, with their short keys in the string.
 _PARAMS: dict[str, tuple[str, ...]] = {
@@ -347,12 +353,18 @@ def logits_from_scores(scores: Any) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------- running
 def run_attack(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
-               pixel_std: Sequence[float] | None = None) -> AttackResult:
+               pixel_std: Sequence[float] | None = None,
+               box: tuple[Sequence[float], Sequence[float]] | None = None,
+               decide: Forward | None = None) -> AttackResult:
     """Attack the images ``x`` (N x 3 x H x W in [0, 1]) whose true classes are ``y`` (N,).
 
     ``forward`` maps images to (N, K) logits; white-box attacks (fgsm, pgd, deepfool) need it
     differentiable, the others call it under ``torch.no_grad`` and accept numpy output.
     ``pixel_std`` is the model's per-channel normalisation std, required in paper mode.
+    ``box`` is the per-channel (low, high) range every image is clipped to, in pixel units
+    ([0, 1] when None; :func:`paper_box` gives the paper's). ``decide`` gives the outputs whose
+    argmax is the classifier's own decision on the final images (``forward`` when None): the
+    paper attacked its wrappers' softmax outputs and judged success by the classifier's rule.
     """
     if not isinstance(spec, AttackSpec):
         raise TypeError(f"spec must be an AttackSpec, got {type(spec).__name__}")
@@ -365,6 +377,7 @@ def run_attack(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackS
         raise ValueError("y must hold class indices >= 0 (0 safe, 1 unsafe)")
     units = _unit_scale(spec, pixel_std)
     scale = torch.tensor(units, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    bounds = _check_box(box, x)
     gen = torch.Generator(device="cpu")
     gen.manual_seed(spec.seed)
     queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
@@ -377,22 +390,25 @@ def run_attack(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackS
         x_adv = x.clone()
         pred = y.clone()
     elif spec.name == "gaussian":
-        x_adv = _gaussian(x, spec, scale, gen)
+        x_adv = _gaussian(x, spec, scale, gen, bounds)
     elif spec.name == "fgsm":
-        x_adv = _fgsm(forward, x, y, spec, scale, queries)
+        x_adv = _fgsm(forward, x, y, spec, scale, queries, bounds)
     elif spec.name == "pgd":
-        x_adv = _pgd(forward, x, y, spec, scale, gen, queries)
+        x_adv = _pgd(forward, x, y, spec, scale, gen, queries, bounds)
     elif spec.name == "deepfool":
-        x_adv = _deepfool(forward, x, y, spec, scale, queries)
+        x_adv = _deepfool(forward, x, y, spec, scale, queries, bounds)
     elif spec.name == "square":
-        x_adv, pred = _square(forward, x, y, spec, scale, gen, queries)
+        x_adv, pred = _square(forward, x, y, spec, scale, gen, queries, bounds)
     else:
-        x_adv, pred = _spsa(forward, x, y, spec, scale, gen, queries)
+        x_adv, pred = _spsa(forward, x, y, spec, scale, gen, queries, bounds)
 
     # Belt and braces: every attack already stays in the box, this makes it a guarantee.
     eps_pix = spec.eps * scale
-    x_adv = _project(x_adv.detach(), x, eps_pix)
-    if pred is None:  # black-box attacks know their final predictions without a new query
+    x_adv = _project(x_adv.detach(), x, eps_pix, bounds)
+    if decide is not None and x.shape[0]:  # the classifier's own rule, not the attacked model
+        with torch.no_grad():
+            pred = _scores(decide, x_adv).argmax(1)
+    elif pred is None:  # black-box attacks know their final predictions without a new query
         with torch.no_grad():
             pred = _scores(forward, x_adv).argmax(1)
         queries += 1
@@ -423,6 +439,33 @@ def _check_images(x: Any) -> torch.Tensor:
     return x
 
 
+def paper_box(mean: Sequence[float], std: Sequence[float],
+              bounds: tuple[float, float] = PAPER_BOUNDS) -> tuple[tuple[float, ...], ...]:
+    """The paper's clipping range in pixel units: foolbox's ``bounds`` in the model's normalised
+    input space, ``pixel = mean + bound * std`` per channel ((-3, 3) for the CLIP models is
+    about [-0.33, 1.29]; NudeNet v2's (-1, 1) on its unnormalised input is [-1, 1])."""
+    lo, hi = bounds
+    return (tuple(m + lo * s for m, s in zip(mean, std)),
+            tuple(m + hi * s for m, s in zip(mean, std)))
+
+
+def _check_box(box: tuple[Sequence[float], Sequence[float]] | None, x: torch.Tensor) -> Box:
+    if box is None:
+        lo_v, hi_v = (0.0,) * 3, (1.0,) * 3
+    else:
+        try:
+            lo_v, hi_v = (tuple(float(v) for v in side) for side in box)
+        except (TypeError, ValueError):
+            lo_v = hi_v = ()
+        if (len(lo_v) != 3 or len(hi_v) != 3
+                or not all(math.isfinite(a) and math.isfinite(b) and a <= 0.0 and b >= 1.0
+                           for a, b in zip(lo_v, hi_v))):
+            raise ValueError(f"box must be (low, high) with three finite numbers each, low <= 0 "
+                             f"and high >= 1 (the clean images must lie inside), got {box!r}")
+    return tuple(torch.tensor(v, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+                 for v in (lo_v, hi_v))  # type: ignore[return-value]
+
+
 def _unit_scale(spec: AttackSpec, pixel_std: Sequence[float] | None) -> tuple[float, ...]:
     """Pixel units per attack unit, per channel."""
     if spec.mode == "pixel":
@@ -440,9 +483,10 @@ def _unit_scale(spec: AttackSpec, pixel_std: Sequence[float] | None) -> tuple[fl
     return std
 
 
-def _project(x_adv: torch.Tensor, x: torch.Tensor, eps_pix: torch.Tensor) -> torch.Tensor:
-    """Onto the per-channel L-inf ball around x, then into [0, 1]."""
-    return torch.minimum(torch.maximum(x_adv, x - eps_pix), x + eps_pix).clamp_(0.0, 1.0)
+def _project(x_adv: torch.Tensor, x: torch.Tensor, eps_pix: torch.Tensor,
+             box: Box) -> torch.Tensor:
+    """Onto the per-channel L-inf ball around x, then into the box (per channel)."""
+    return torch.minimum(torch.maximum(x_adv, x - eps_pix), x + eps_pix).clamp_(*box)
 
 
 def _scores(forward: Forward, x: torch.Tensor) -> torch.Tensor:
@@ -488,11 +532,11 @@ def _logits_with_grad(forward: Forward, x_adv: torch.Tensor) -> tuple[torch.Tens
 
 
 def _gaussian(x: torch.Tensor, spec: AttackSpec, scale: torch.Tensor,
-              gen: torch.Generator) -> torch.Tensor:
+              gen: torch.Generator, box: Box) -> torch.Tensor:
     noise = _rand(gen, x.shape, x, "normal")
     norms = noise.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
     # L2 = eps in the mode's units: in paper mode the noise lives in normalised space.
-    return (x + noise * (spec.eps / norms) * scale).clamp_(0.0, 1.0)
+    return (x + noise * (spec.eps / norms) * scale).clamp_(*box)
 
 
 def _ce(y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -500,18 +544,19 @@ def _ce(y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _fgsm(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
-          scale: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+          scale: torch.Tensor, queries: torch.Tensor, box: Box) -> torch.Tensor:
     g = _input_grad(forward, x, _ce(y))
     queries += 1
-    return _project(x + spec.eps * scale * g.sign(), x, spec.eps * scale)
+    return _project(x + spec.eps * scale * g.sign(), x, spec.eps * scale, box)
 
 
 def _pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
-         scale: torch.Tensor, gen: torch.Generator, queries: torch.Tensor) -> torch.Tensor:
+         scale: torch.Tensor, gen: torch.Generator, queries: torch.Tensor,
+         box: Box) -> torch.Tensor:
     assert spec.steps is not None and spec.step_size is not None
     eps_pix = spec.eps * scale
     step = spec.step_size * scale
-    lo, hi = (x - eps_pix).clamp_(min=0.0), (x + eps_pix).clamp_(max=1.0)  # the feasible box
+    lo, hi = torch.maximum(x - eps_pix, box[0]), torch.minimum(x + eps_pix, box[1])
     if spec.random_start:
         x_adv = (x + _rand(gen, x.shape, x, "uniform") * eps_pix).clamp_(lo, hi)
     else:
@@ -519,14 +564,14 @@ def _pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
     objective = _ce(y)
     for _ in range(spec.steps):
         g = _input_grad(forward, x_adv, objective)
-        # Ball and [0, 1] intersect in one box, so a single in-place clamp is the projection.
+        # Ball and box intersect in one box, so a single in-place clamp is the projection.
         x_adv.add_(g.sign_().mul_(step)).clamp_(lo, hi)
     queries += spec.steps
     return x_adv
 
 
 def _deepfool(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
-              scale: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+              scale: torch.Tensor, queries: torch.Tensor, box: Box) -> torch.Tensor:
     assert spec.steps is not None and spec.overshoot is not None and spec.candidates is not None
     with torch.no_grad():
         logits0 = _scores(forward, x)
@@ -567,7 +612,7 @@ def _deepfool(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSp
         p_step = (best_dist + 1e-4).view(-1, 1, 1, 1) * scale * best_g.sign()
         upd = idx[still]
         p_total[upd] += p_step[still]
-        x_adv[upd] = (x[upd] + (1.0 + spec.overshoot) * p_total[upd]).clamp_(0.0, 1.0)
+        x_adv[upd] = (x[upd] + (1.0 + spec.overshoot) * p_total[upd]).clamp_(*box)
         active[idx[flipped]] = False
     return x_adv
 
@@ -586,8 +631,8 @@ def _p_selection(it: int, n_iters: int) -> float:
 
 
 def _square(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
-            scale: torch.Tensor, gen: torch.Generator,
-            queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            scale: torch.Tensor, gen: torch.Generator, queries: torch.Tensor,
+            box: Box) -> tuple[torch.Tensor, torch.Tensor]:
     assert spec.queries is not None
     _, c, h, w = x.shape
     eps_pix = spec.eps * scale
@@ -603,7 +648,7 @@ def _square(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec
         if todo.numel():
             # Initialisation: vertical stripes of +-eps (the paper's L-inf init).
             stripes = _rand(gen, (todo.numel(), c, 1, w), x, "rademacher")
-            x_init = (x[todo] + stripes * eps_pix).clamp_(0.0, 1.0)
+            x_init = (x[todo] + stripes * eps_pix).clamp_(*box)
             lg = _scores(forward, x_init)
             queries[todo] += 1
             x_best[todo], margin[todo], pred[todo] = x_init, _margin(lg, y[todo]), lg.argmax(1)
@@ -630,7 +675,7 @@ def _square(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec
             # reference code does), a bounded number of times: eps = 0 never changes it.
             for _ in range(10):
                 signs = _rand(gen, (m, c, 1, 1), x, "rademacher")
-                cand = (xc + torch.where(mask, signs * eps_pix, delta)).clamp_(0.0, 1.0)
+                cand = (xc + torch.where(mask, signs * eps_pix, delta)).clamp_(*box)
                 x_new = torch.where(redo.view(-1, 1, 1, 1), cand, x_new)
                 redo = ((x_new - xb).abs() * mask).flatten(1).amax(1) < 1e-7
                 if not bool(redo.any()):
@@ -647,8 +692,8 @@ def _square(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec
 
 
 def _spsa(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
-          scale: torch.Tensor, gen: torch.Generator,
-          queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+          scale: torch.Tensor, gen: torch.Generator, queries: torch.Tensor,
+          box: Box) -> tuple[torch.Tensor, torch.Tensor]:
     assert spec.queries is not None and spec.samples is not None and spec.step_size is not None
     eps_pix = spec.eps * scale
     d_pix = SPSA_DELTA * scale
@@ -674,9 +719,9 @@ def _spsa(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
             while done < spec.samples:
                 k = min(per, spec.samples - done)
                 v = _rand(gen, (k, m) + tuple(x.shape[1:]), x, "rademacher")
-                # Both sides clipped to [0, 1]: forward's contract is pixel images.
-                plus = (xa[None] + d_pix * v).clamp_(0.0, 1.0).flatten(0, 1)
-                minus = (xa[None] - d_pix * v).clamp_(0.0, 1.0).flatten(0, 1)
+                # Both sides clipped to the box: forward's contract is pixel images.
+                plus = (xa[None] + d_pix * v).clamp_(*box).flatten(0, 1)
+                minus = (xa[None] - d_pix * v).clamp_(*box).flatten(0, 1)
                 lg = _scores(forward, torch.cat([plus, minus]))
                 marg = _margin(lg, ya.repeat(2 * k)).view(2, k, m)
                 # Directional differences in the mode's units (divide by SPSA_DELTA).
@@ -690,7 +735,7 @@ def _spsa(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
             m2[idx] = b2 * m2[idx] + (1 - b2) * grad * grad
             mhat = m1[idx] / (1 - b1 ** t)
             vhat = m2[idx] / (1 - b2 ** t)
-            new = _project(xa - lr_pix * mhat / (vhat.sqrt() + 1e-8), x[idx], eps_pix)
+            new = _project(xa - lr_pix * mhat / (vhat.sqrt() + 1e-8), x[idx], eps_pix, box)
             lg = _scores(forward, new)
             queries[idx] += 1
             x_adv[idx] = new

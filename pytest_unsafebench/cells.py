@@ -168,11 +168,11 @@ class RobustnessCell(_Gated):
     def record(self, metric: str, value: float | int | None, threshold: float | None = None,
                n: int | None = None, gate: bool = False, condition: str | None = None,
                key: str | None = None, correct: Any = None, spec: str | None = None,
-               pool: str | None = None) -> None:
+               pool: str | None = None, units: str | None = None) -> None:
         """As :meth:`Cell.record`; ``correct`` (per image: still right after the perturbation)
         gives the row its bootstrap interval; ``spec`` the full perturbation or attack spec behind
         the value (mode, eps, steps, seed); ``pool`` how its images were drawn
-        (robustness.POOL_*)."""
+        (robustness.POOL_*); ``units`` a paper-mode attack's units note (robustness.UNITS_*)."""
         low, high = (self.bootstrap.ci("accuracy", correct) if correct is not None
                      else (None, None))
         self._emit({
@@ -182,6 +182,7 @@ class RobustnessCell(_Gated):
             "n": self.result.sample_size if n is None else n, "ci_low": low, "ci_high": high,
             **({} if spec is None else {"spec": spec}),
             **({} if pool is None else {"pool": pool}),
+            **({} if units is None else {"units": units}),
         }, gate, key)
 
 

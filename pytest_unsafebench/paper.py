@@ -4,8 +4,9 @@ They are references from the project site's result images (v1), measured on the 
 with train and test merged under the official alignment, so they are shown only when
 :func:`applies` says the run matches those conditions (:func:`mismatch` names the first one it
 does not meet, and the report prints it), never for the synthetic demo or the stand-in. A
-robustness figure further needs the paper's protocol (:func:`row_mismatch`): paper mode and the
-paper's pool of K = 500 images per seed.
+robustness figure further needs the paper's protocol (:func:`row_mismatch`): paper mode, the
+paper's attacked model (``units`` "paper units": never a judge's row) and the paper's draw of
+K = 500 images per seed.
 
 Lookup keys (:func:`published`):
 
@@ -156,6 +157,10 @@ def row_mismatch(row: Mapping[str, Any], config: Mapping[str, Any]) -> str | Non
         if rs.get("pool_size") != PAPER_POOL_SIZE:
             return (f"robust accuracy figures need the paper's pool: pool_size = "
                     f"{PAPER_POOL_SIZE} (this run: {rs.get('pool_size')!r})")
+        if row.get("units") != "paper units":
+            return ("robust accuracy figures need the paper's attacked model: this row is "
+                    f"{row.get('units') or 'not a paper-mode attack'} (judges, and attacks the "
+                    "paper did not run, use the project's loss)")
         if row.get("pool") != "paper":
             return ("robust accuracy figures need the paper's draw (its pool order and "
                     f"random.sample): this row's pool was drawn {row.get('pool') or 'otherwise'}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +117,7 @@ class RAResult:
     pool_size: int = 0               # correctly classified eligible images
     eligible: int = 0                # images of covered categories in the source
     pool_draw: str = POOL_SEEDED     # how the seeds' samples were drawn (POOL_* above)
+    units: str | None = None         # paper-mode attacks: UNITS_PAPER or UNITS_PROJECT_LOSS
 
     @property
     def clean_accuracy(self) -> float:
@@ -142,9 +143,20 @@ def is_unsure(row: Mapping[str, Any]) -> bool:
     return row["decision"] == "unsure" or bool((row.get("label_scores") or {}).get("unsure"))
 
 
+def answer(decision: str, label_scores: Mapping[str, Any] | None) -> str | None:
+    """The answer robustness judges: a VLM judge's prompt-0 verdict (``prompt0``: 1 unsafe,
+    0 safe, 0.5 unsure; UnsafeBench unsafe_datasets.py uses ``detailed_predictions[0]``), else
+    the decision; None when unsure (never right)."""
+    p0 = (label_scores or {}).get("prompt0")
+    if p0 is not None:
+        return {1.0: "unsafe", 0.0: "safe"}.get(float(p0))
+    return None if is_unsure({"decision": decision, "label_scores": label_scores}) else decision
+
+
 def _right(table: PredictionTable, covered: Sequence[str], source: str) -> list[dict[str, Any]]:
-    return [r for r in eligible(table, covered, source) if not is_unsure(r)
-            and (r["decision"] == "unsafe") == (r["label"] == UNSAFE)]
+    return [r for r in eligible(table, covered, source)
+            if answer(r["decision"], r.get("label_scores")) == (
+                "unsafe" if r["label"] == UNSAFE else "safe")]
 
 
 def pool(table: PredictionTable, covered: Sequence[str], source: str) -> list[dict[str, Any]]:
@@ -222,7 +234,8 @@ def exclusive(lock_dir: Path, *parts: str) -> Iterator[None]:
 
 
 def _correct(rows: Sequence[dict[str, Any]], preds: dict[str, Prediction]) -> list[bool]:
-    return [(preds[r["hash"]].decision == "unsafe") == (r["label"] == UNSAFE) for r in rows]
+    return [answer(preds[r["hash"]].decision, preds[r["hash"]].label_scores)
+            == ("unsafe" if r["label"] == UNSAFE else "safe") for r in rows]
 
 
 def perturbation_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
@@ -258,10 +271,14 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
               records: dict[str, Record], name: str, rs: RobustnessSettings,
               cache: PredictionCache, batch_size: int,
               progress: Callable[[int, int], None] | None = None) -> RAResult:
-    """RA under an adversarial attack on the model's input crop, in pixel space.
+    """RA under an adversarial attack on the model's input, in pixel space.
 
-    Gradient attacks use ``forward_pixels``; ``square`` (black-box) uses it under no_grad when
-    present, else the classifier's ``predict`` on 8-bit images, one query per forward call.
+    The clean input is the classifier's own preprocessed tensor (``attack_input``) where it
+    declares one, else a shortest-side resize and centre crop. Attacks use ``forward_pixels``
+    (gradient-free ones under no_grad) where present, else the classifier's ``predict`` on
+    8-bit images, one query per forward call. In paper mode (:func:`paper_setup`) the attack
+    sees the model as the paper wrapped it, clips to the paper's box, and the classifier's own
+    decision on the result says whether it stayed right.
     """
     import torch
 
@@ -269,7 +286,7 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
 
     size = int(getattr(clf, "input_size", None) or DEFAULT_INPUT_SIZE)
     std = getattr(clf, "input_std", None)
-    if getattr(clf, "supports_gradients", False):
+    if getattr(clf, "forward_pixels", None) is not None:
         forward = clf.forward_pixels
     else:
         def forward(x: torch.Tensor) -> torch.Tensor:
@@ -278,17 +295,24 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
 
     # As for perturbations: pool seeds pick images, the attack's randomness uses the first seed.
     spec = attack_spec(name, rs, next(iter(samples)))
-    key = f"attack:{spec}:crop{size}"
+    own_input = getattr(clf, "attack_input", None)
+    key = f"attack:{spec}:" + ("own-input" if own_input is not None else f"crop{size}")
+    attacked, box, units = forward, None, None
+    if spec.mode == "paper":
+        attacked, box, units = paper_setup(clf, forward, name)
+        key += f":{units}:box{_box_tag(box)}"
     union = _distinct(samples)
     cached = cache.get_predictions(clf.fingerprint, key, [r["hash"] for r in union])
     todo = [r for r in union if r["hash"] not in cached]
     for i in range(0, len(todo), batch_size):
         chunk = todo[i:i + batch_size]
-        x = torch.stack([_crop_tensor(records[r["id"]].load_image(), size) for r in chunk])
+        x = torch.stack([_as_tensor(own_input(records[r["id"]].load_image()))
+                         if own_input is not None
+                         else _crop_tensor(records[r["id"]].load_image(), size) for r in chunk])
         y = torch.tensor([int(r["label"] == UNSAFE) for r in chunk])
         with torch.no_grad():
             clean_pred = forward(x).argmax(1)
-        res = run_attack(forward, x, y, spec, pixel_std=std)
+        res = run_attack(attacked, x, y, spec, pixel_std=std, box=box, decide=forward)
         with torch.no_grad():
             probs = torch.softmax(forward(res.x_adv).float(), dim=1)[:, 1]
         items = []
@@ -310,12 +334,65 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
     clean = [i["clean_correct"] for i in info if "clean_correct" in i]
     result = _summary(per_seed, samples, str(spec), [key], correct=_correct(union, cached))
     result.attack_input_accuracy = sum(clean) / len(clean) if clean else None
+    result.units = units
     if info:
         linf = [i.get("linf", 0.0) for i in info]
         l2 = [i.get("l2", 0.0) for i in info]
         result.distances = {"linf_mean": sum(linf) / len(linf), "linf_max": max(linf),
                             "l2_mean": sum(l2) / len(l2), "l2_max": max(l2)}
     return result
+
+
+# Classifiers whose attacked model paper mode reproduces (the wrappers of UnsafeBench
+# classifiers.py); judges and any other model are attacked in paper units with our own loss.
+PAPER_ATTACKED = frozenset({"q16", "multiheaded", "sd_filter", "nsfw_detector", "nudenet_v2"})
+UNITS_PAPER = "paper units"
+UNITS_PROJECT_LOSS = "paper units, project loss"
+
+
+def paper_setup(clf: Classifier, forward: Callable[[Any], Any],
+                name: str) -> tuple[Callable[[Any], Any], Any, str]:
+    """(the model the attack sees, the clipping box in pixels, the units note) in paper mode.
+
+    As assess_robustness.py: foolbox attacked each wrapper's softmax outputs as if they were
+    logits (a classifier's ``paper_forward_pixels`` where its wrapper differs from the softmax
+    of our logits, e.g. SD_Filter's un-rounded margin), within bounds (-3, 3) in normalised
+    space (a classifier's ``paper_bounds``, NudeNet's (-1, 1)), mapped to pixels with its
+    ``input_mean`` / ``input_std``. A classifier without ``input_mean`` keeps the [0, 1] box
+    (its key says so). Judges, other models and the attacks the paper did not run are
+    "paper units, project loss": the units are the paper's, the model and loss are ours.
+    """
+    import torch
+
+    from .attacks import PAPER_BOUNDS, paper_box
+    from .paper import RA_ATTACKS
+
+    paper_model = getattr(clf, "paper_forward_pixels", None)
+    if paper_model is not None:
+        attacked = paper_model
+    else:
+        def attacked(x: torch.Tensor) -> torch.Tensor:
+            out = forward(x)
+            out = out if isinstance(out, torch.Tensor) else torch.as_tensor(out)
+            return torch.softmax(out.float(), dim=1)
+    mean, std = getattr(clf, "input_mean", None), getattr(clf, "input_std", None)
+    box = (None if mean is None or std is None
+           else paper_box(mean, std, getattr(clf, "paper_bounds", PAPER_BOUNDS)))
+    exact = clf.name in PAPER_ATTACKED and name in RA_ATTACKS
+    return attacked, box, UNITS_PAPER if exact else UNITS_PROJECT_LOSS
+
+
+def _box_tag(box: Any) -> str:
+    if box is None:
+        return "01"
+    return "(" + ",".join(f"{v:.6g}" for side in box for v in side) + ")"
+
+
+def _as_tensor(pixels: Any) -> Any:
+    """A classifier's ``attack_input`` (3 x H x W floats in [0, 1], numpy or torch) as a tensor."""
+    import torch
+
+    return pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(pixels)
 
 
 def _distinct(samples: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -5,7 +5,11 @@ evasion edit (text overlay, sticker, meme caption, screenshot border, collage); 
 ``test_corruption_grid`` averages RA over every corruption x severity (ImageNet-C levels 1-5)
 and records the whole grid. Each row carries the full spec it ran (``spec``: mode, eps, steps,
 seed); the pool size, the clean accuracy it comes from, the realised perturbation sizes and the
-per-seed RAs are recorded beside each RA.
+per-seed RAs are recorded beside each RA (one row per seed; the gated RA is their mean).
+The gated row's ``pool`` says how the images were drawn (``paper``: the reference code's pool
+order and ``random.sample`` draw) and, in paper mode, ``units`` whether the attack reproduces
+the paper's (``paper units``) or only its units (``paper units, project loss``): a published
+RA stands only beside the first.
 """
 
 import pytest
@@ -23,7 +27,7 @@ def test_robust_accuracy(unsafebench_robustness, unsafebench_settings):
     result = cell.result
     threshold = cell.threshold(key)
     cell.record("ra", result.ra, threshold, gate=True, key=key, correct=result.correct,
-                spec=result.spec)
+                spec=result.spec, pool=result.pool_draw, units=result.units)
     for seed, ra in result.per_seed.items():
         cell.record(f"ra_seed_{seed}", ra, spec=result.spec)
     for metric, value in result.rows().items():

@@ -483,9 +483,10 @@ def test_attacks_that_project_every_step_leave_nothing_to_the_final_clamp(
     calls: list[tuple[torch.Tensor, torch.Tensor]] = []
     real = attacks._project
 
-    def recording(x_adv: torch.Tensor, x: torch.Tensor, eps_pix: torch.Tensor) -> torch.Tensor:
+    def recording(x_adv: torch.Tensor, x: torch.Tensor, eps_pix: torch.Tensor,
+                  box: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         before = x_adv.clone()
-        out = real(x_adv, x, eps_pix)
+        out = real(x_adv, x, eps_pix, box)
         calls.append((before, out.clone()))
         return out
 
@@ -621,3 +622,56 @@ def test_paper_mode_attacks_the_demo_classifier_through_the_plugin(
             if r["classifier"] == "demo" and r["metric"] == "linf_max" and r["source"] == "all"}
     assert linf["fgsm"] == pytest.approx(0.01 * 0.25, abs=1e-6)
     assert 0.0 < linf["pgd"] <= 0.01 * 0.25 + 1e-6
+
+
+# ------------------------------------------------ paper mode as foolbox ran it (issue 17)
+def test_paper_box_lets_pixels_leave_0_1_as_foolboxs_bounds_did() -> None:
+    """Paper mode clips to foolbox's (-3, 3) in normalised space (paper_box), not [0, 1]: a
+    black image pushed darker goes below 0 by eps * std; the default box keeps it at 0."""
+    from pytest_unsafebench.attacks import paper_box
+
+    def forward(x: torch.Tensor) -> torch.Tensor:  # darker = more unsafe
+        m = x.mean(dim=(1, 2, 3))
+        return torch.stack([10 * m, -10 * m], dim=1)
+
+    x = torch.zeros(2, 3, 4, 4)
+    y = torch.zeros(2, dtype=torch.long)
+    std, mean = (0.25, 0.5, 0.2), (0.4, 0.4, 0.4)
+    spec = paper_spec("fgsm")
+    box = paper_box(mean, std)
+    assert box == (tuple(m - 3 * s for m, s in zip(mean, std)),
+                   tuple(m + 3 * s for m, s in zip(mean, std)))
+    inside = run_attack(forward, x, y, spec, pixel_std=std)
+    assert float(inside.x_adv.min()) == 0.0
+    paper = run_attack(forward, x, y, spec, pixel_std=std, box=box)
+    want = -0.01 * torch.tensor(std).view(1, 3, 1, 1).expand_as(x)
+    torch.testing.assert_close(paper.x_adv, want)
+    with pytest.raises(ValueError, match="box must be"):
+        run_attack(forward, x, y, spec, pixel_std=std, box=((0.1, 0, 0), (1, 1, 1)))
+
+
+def test_deepfool_on_a_rounded_rule_fails_where_the_paper_said_so() -> None:
+    """SD_Filter's case: the paper's attacked model has its boundary at margin 0 (softmax of
+    [-m, m]) while the decision is round(m, 3) > 0, i.e. m > 0.0005. DeepFool stops just past
+    0, so judged by the rounded rule (``decide``) the Safe image stays Safe; attacking the rule's
+    own logits would have succeeded."""
+    def margin(x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(1, 2, 3)) - 0.5
+
+    def paper_model(x: torch.Tensor) -> torch.Tensor:
+        m = margin(x)
+        return torch.softmax(torch.stack([-m, m], dim=1), dim=1)
+
+    def own_rule(x: torch.Tensor) -> torch.Tensor:
+        z = (margin(x) - 0.0005) / 0.01
+        return torch.stack([-z / 2, z / 2], dim=1)
+
+    x = torch.full((1, 3, 8, 8), 0.495)  # m = -0.005: Safe, 0.005 from the boundary
+    y = torch.zeros(1, dtype=torch.long)
+    spec = paper_spec("deepfool")
+    unit = (1.0, 1.0, 1.0)  # eps 0.01 in these units is 0.01 in pixels: not binding here
+    paper = run_attack(paper_model, x, y, spec, pixel_std=unit, decide=own_rule)
+    assert 0 < float(margin(paper.x_adv)) < 0.0005  # past the softmax boundary ...
+    assert not bool(paper.success[0])                  # ... but not past the rounded rule
+    ours = run_attack(own_rule, x, y, spec, pixel_std=unit)
+    assert bool(ours.success[0]) and float(margin(ours.x_adv)) > 0.0005

@@ -712,14 +712,14 @@ weights = "{weights / 'laion-nsfw' / 'clip_autokeras_binary_nsfw.zip'}"
             "--unsafebench-profile=smoke", "--unsafebench-device=cpu",
             f"--unsafebench-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider"]
     first = pytester.runpytest_subprocess(*args, "--unsafebench-json=cold.json")
-    first.assert_outcomes(passed=129, skipped=137)
+    first.assert_outcomes(passed=129 + 9, skipped=136)  # and Overall x 3 sources x 3
     cold = json.loads((pytester.path / "cold.json").read_text())
     assert all(c["error"] is None for c in cold["classifiers"].values())
     assert cold["cache"] == {"hits": 0, "misses": 3 * 44}
     embedded = sqlite_count(tmp_path / "cache" / "predictions.sqlite", "embeddings")
     assert embedded == 44  # one backbone embedding per image, shared by the three heads
     pytester.runpytest_subprocess(*args, "--unsafebench-json=warm.json").assert_outcomes(
-        passed=129, skipped=137)
+        passed=129 + 9, skipped=136)
     warm = json.loads((pytester.path / "warm.json").read_text())
     assert warm["cache"] == {"hits": 3 * 44, "misses": 0}
     assert warm["rows"] == cold["rows"]

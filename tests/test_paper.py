@@ -73,11 +73,12 @@ def test_names_are_registry_names_and_cells_follow_the_official_alignment():
       "source": "Lexica", "condition": None}, 0.336),
     ({"classifier": "q16", "suite": "robustness", "metric": "ra", "category": None,
       "source": "Laion5B", "condition": "pgd",
-      "spec": "pgd:eps=0.01:steps=100:ss=0.000333333:rs=1:seed=2023:paper", "pool": "paper"},
+      "spec": "pgd:eps=0.01:steps=100:ss=0.000333333:rs=1:seed=2023:paper", "pool": "paper",
+      "units": "paper units"},
      0.004),
     ({"classifier": "nsfw_detector", "suite": "robustness", "metric": "ra", "category": None,
       "source": "Laion5B", "condition": "fgsm", "spec": "fgsm:eps=0.01:seed=2023:paper",
-      "pool": "paper"}, 0.496),
+      "pool": "paper", "units": "paper units"}, 0.496),
     # Our pixel-space eps is another measurement: no paper figure beside it.
     ({"classifier": "q16", "suite": "robustness", "metric": "ra", "category": None,
       "source": "Laion5B", "condition": "pgd",
@@ -165,8 +166,12 @@ def test_overall_row_gets_the_pooled_figure_only_with_every_category():
 def test_robustness_figures_need_paper_mode_and_the_papers_pool():
     row = {"classifier": "q16", "suite": "robustness", "metric": "ra", "category": None,
            "source": "Laion5B", "condition": "fgsm", "spec": "fgsm:eps=0.01:seed=2023:paper",
-           "pool": "paper"}
+           "pool": "paper", "units": "paper units"}
     assert paper.published_for_row(row, PAPER_CONFIG) == 0.402
+    # A judge's row (our loss on the VLM) never gets the paper's figure.
+    judge = {**row, "classifier": "llava", "units": "paper units, project loss"}
+    assert paper.published_for_row(judge, PAPER_CONFIG) is None
+    assert "project loss" in paper.row_mismatch(judge, PAPER_CONFIG)
     # A pool whose order could not follow the dataset's rows is not the paper's draw.
     load_order = {**row, "pool": "paper-draw-load-order"}
     assert paper.published_for_row(load_order, PAPER_CONFIG) is None

@@ -565,3 +565,62 @@ def test_unsure_votes_never_enter_a_pool() -> None:
     keys = {"sure": "test/0", "policy": "test/1", "raw": "test/2"}
     pool, _ = robustness.paper_pool(table, ["Hate"], "Lexica", "llava", keys)
     assert [r["id"] for r in pool] == ["sure"]
+
+
+# ------------------------------------------------ the attack as the paper ran it (issue 17)
+class _Pixels:
+    """Unsafe iff mean brightness > 0.5, differentiable; its own preprocessing is a 4 x 4
+    average-pool of the image (what attack_input returns and forward_pixels sees)."""
+
+    supports_gradients = True
+    coverage = Coverage.everything()
+    input_std = (1.0, 1.0, 1.0)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.fingerprint = f"{name}-v1"
+        self.shapes: list[tuple[int, ...]] = []
+
+    def attack_input(self, image: Image.Image) -> np.ndarray:
+        arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        return arr.reshape(4, 4, 4, 4, 3).mean(axis=(1, 3)).transpose(2, 0, 1).copy()
+
+    def forward_pixels(self, x):
+        import torch
+
+        self.shapes.append(tuple(x.shape[1:]))
+        m = 40 * (x.mean(dim=(1, 2, 3)) - 0.5)
+        return torch.stack([-m, m], dim=1)
+
+
+def test_paper_setup_attacks_softmax_outputs_and_names_its_units() -> None:
+    import torch
+
+    clf = _Pixels("demo")
+    attacked, box, units = robustness.paper_setup(clf, clf.forward_pixels, "fgsm")
+    x = torch.rand(3, 3, 4, 4)
+    torch.testing.assert_close(attacked(x), torch.softmax(clf.forward_pixels(x), dim=1))
+    assert box is None  # no input_mean: the [0, 1] box, and the cache key says so
+    assert units == "paper units, project loss"  # not one of the paper's classifiers
+    clf.input_mean = (0.5, 0.5, 0.5)
+    _, box, _ = robustness.paper_setup(clf, clf.forward_pixels, "fgsm")
+    assert box == ((-2.5,) * 3, (3.5,) * 3)
+    assert robustness.paper_setup(_Pixels("q16"), clf.forward_pixels, "fgsm")[2] == "paper units"
+    assert robustness.paper_setup(_Pixels("q16"), clf.forward_pixels, "square")[2] == (
+        "paper units, project loss")  # the paper ran no square attack
+    assert robustness.paper_setup(_Pixels("llava"), clf.forward_pixels, "pgd")[2] == (
+        "paper units, project loss")  # a judge: the paper's loss on it is not ours
+
+
+def test_attack_starts_from_the_classifiers_own_input(cache: PredictionCache) -> None:
+    """The clean attack input is the classifier's own preprocessed tensor (attack_input), not a
+    separate resize/crop: every pool image is still classified right before the attack."""
+    clf = _Pixels("q16")
+    records = {r.id: r for r in [_image_record(i, 200, "Unsafe") for i in range(3)]}
+    samples = {2023: [{"id": r.id, "hash": r.content_hash, "label": r.safety_label}
+                      for r in records.values()]}
+    rs = RobustnessSettings(mode="paper", attacks=("fgsm",))
+    result = robustness.attack_ra(clf, samples, records, "fgsm", rs, cache, batch_size=8)
+    assert set(clf.shapes) == {(3, 4, 4)}
+    assert result.attack_input_accuracy == 1.0 and result.units == "paper units"
+    assert result.conditions[0].endswith(":own-input:paper units:box01")

@@ -349,3 +349,27 @@ def test_registry_name(checker_dir: Path, cache_dir: Path) -> None:
     clf = load_classifier("sd_filter", model=str(checker_dir), device="cpu",
                           cache_dir=cache_dir, batch_size=2)
     assert isinstance(clf, sf.SDFilter)
+
+
+# ------------------------------------------------------------- the paper's attack wrapper (17)
+def test_paper_outputs_are_the_reference_attack_wrapper(clf: sf.SDFilter) -> None:
+    """Paper mode attacks what UnsafeBench classifiers.py fed foolbox: softmax([-m, m]) with m
+    the un-rounded margin (special care from the un-rounded special scores); the decision stays
+    the rounded rule (forward_pixels' arg-max)."""
+    state = checker_state()
+    rng = np.random.default_rng(3)
+    e = rng.normal(size=(64, DIM)).astype(np.float32)
+    cos_c, cos_s = _reference_cosines(e, state)
+    t_c = state["concept_embeds_weights"].double().numpy()
+    t_s = state["special_care_embeds_weights"].double().numpy()
+    adj = 0.01 * ((cos_s - t_s) > 0).any(axis=1)
+    m = (cos_c - t_c + adj[:, None]).max(axis=1)
+    want = np.exp(np.stack([-m, m], 1)) / np.exp(np.stack([-m, m], 1)).sum(1, keepdims=True)
+    got = clf.paper_outputs(torch.from_numpy(e)).double().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # Its boundary is m = 0; the rounded rule's is m > 0.0005.
+    with torch.no_grad():
+        logits = clf.logits_from_embeddings(torch.from_numpy(e)).numpy()
+    rounded = np.array([p.decision == "unsafe" for p in clf.predict_embeddings(e)])
+    assert ((logits[:, 1] > logits[:, 0]) == rounded).all()
+    assert clf.input_mean == (0.48145466, 0.4578275, 0.40821073)
