@@ -48,6 +48,16 @@ DEFAULTS: dict[str, Any] = {
 # values (8 bytes each) and two working copies for the percentiles (stats._resampled).
 MAX_BOOTSTRAP = 100_000
 BOOTSTRAP_BYTES_PER_RESAMPLE = 3 * 8
+# Bounds on the other counts, each error naming what the count would cost, so that a typo
+# (batch_size = 32000) fails at once instead of as an out-of-memory kill an hour in.
+MAX_BATCH_SIZE = 4096
+INPUT_BYTES_PER_IMAGE = 224 * 224 * 3 * 4  # one image as a 224x224 model's float32 input
+MAX_RAY_ACTORS = 256
+ACTOR_BYTES = 1_710_000_000  # each actor loads every classifier: CLIP ViT-L/14 in float32
+MAX_POOL_SIZE = 100_000      # the paper draws 500
+MAX_SEEDS = 100
+MAX_PGD_STEPS = 10_000
+MAX_QUERIES = 100_000
 # Keys of [tool.unsafebench] that are tables rather than settings.
 TABLE_KEYS = ("thresholds", "profiles", "classifiers", "robustness", "tolerances")
 # Benchmark suites a run can select; data integrity always runs.
@@ -121,7 +131,32 @@ def _robustness(table: Any) -> RobustnessSettings:
                 raise ConfigError(f"{path}: expected a list of perturbation names, got {value!r}")
             value = tuple(value)
         values[key] = value
-    return RobustnessSettings(**{**vars(defaults), **values})
+    settings = RobustnessSettings(**{**vars(defaults), **values})
+    _check_robustness_costs(settings, where)
+    return settings
+
+
+def _check_robustness_costs(rs: RobustnessSettings, where: str) -> None:
+    """Upper bounds on the robustness counts; each error says how many model calls (the
+    time) the value would cost for one attack on one source."""
+    n_seeds = len(rs.seeds)
+    per_image = max(rs.pgd_steps, rs.queries)  # model calls an image costs the dearest attack
+    limits = (
+        ("pool_size", rs.pool_size, MAX_POOL_SIZE, rs.pool_size * n_seeds * per_image,
+         f"{rs.pool_size:,} images x {n_seeds} seeds x up to {per_image:,} calls per image"),
+        ("seeds", n_seeds, MAX_SEEDS, rs.pool_size * n_seeds * per_image,
+         f"{n_seeds:,} pools of up to {rs.pool_size:,} images x {per_image:,} calls per image"),
+        ("pgd_steps", rs.pgd_steps, MAX_PGD_STEPS, rs.pool_size * n_seeds * rs.pgd_steps,
+         f"{rs.pgd_steps:,} forward and backward passes x up to {rs.pool_size * n_seeds:,} "
+         "images"),
+        ("queries", rs.queries, MAX_QUERIES, rs.pool_size * n_seeds * rs.queries,
+         f"{rs.queries:,} queries x up to {rs.pool_size * n_seeds:,} images"),
+    )
+    for key, value, limit, calls, how in limits:
+        if value > limit:
+            count = f"{value:,} seeds" if key == "seeds" else f"{value:,}"
+            raise ConfigError(f"{where}.{key}: {count} would take up to {calls:,} model calls "
+                              f"per attack and source ({how}); the limit is {limit:,}")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # Classifier option keys the plugin consumes itself rather than passing to the factory.
 RESERVED_CLASSIFIER_KEYS = ("coverage",)
@@ -353,6 +388,24 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
                        "95% intervals)")
         return value
 
+    def batch(key: str, optional: bool = False) -> int | None:
+        value = integer(key, 1, optional=optional)
+        if value is not None and value > MAX_BATCH_SIZE:
+            raise fail(key, f"{value:,} images per batch would need about "
+                       f"{_bytes(INPUT_BYTES_PER_IMAGE * value)} of memory for a 224x224 "
+                       "model's input tensors alone (activations and decoded images come on "
+                       f"top); the limit is {MAX_BATCH_SIZE:,}")
+        return value
+
+    def actors() -> int:
+        value = integer("ray_actors", 1)
+        assert value is not None
+        if value > MAX_RAY_ACTORS:
+            raise fail("ray_actors", f"{value:,} actors each load every classifier of the run: "
+                       f"about {_bytes(ACTOR_BYTES * value)} of memory for one CLIP ViT-L/14 "
+                       f"({_bytes(ACTOR_BYTES)} each); the limit is {MAX_RAY_ACTORS:,}")
+        return value
+
     allow = merged["allow_findings"]
     all_kinds = tuple(sorted(EXCLUDING_KINDS | KEEPING_KINDS))
     if not isinstance(allow, list) or any(k not in all_kinds for k in allow):
@@ -381,7 +434,7 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
         limit=integer("limit", 1, optional=True),
         seed=integer("seed", 0),  # type: ignore[arg-type]
         device=choice("device", DEVICES),
-        batch_size=integer("batch_size", 1),  # type: ignore[arg-type]
+        batch_size=batch("batch_size"),  # type: ignore[arg-type]
         profile=profile,
         alignment=choice("alignment", ALIGNMENTS),
         cache_dir=cache_path,
@@ -415,9 +468,9 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
         tolerances=_tolerances(pyproject.get("tolerances", {})),
         executor=choice("executor", EXECUTORS),
         ray_address=text("ray_address", optional=True),
-        ray_actors=integer("ray_actors", 1),  # type: ignore[arg-type]
+        ray_actors=actors(),
         ray_gpus_per_actor=number("ray_gpus_per_actor", 0.0, float("inf"), closed_low=True),
-        ray_batch_size=integer("ray_batch_size", 1, optional=True),
+        ray_batch_size=batch("ray_batch_size", optional=True),
         unsure=choice("unsure", UNSURE_POLICIES),
         import_responses=_existing_dir(cli.get("import_responses"),
                                        "--unsafebench-import-responses"),

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_unsafebench.config import MAX_BOOTSTRAP, resolve_settings
+from pytest_unsafebench.config import (MAX_BATCH_SIZE, MAX_BOOTSTRAP, MAX_PGD_STEPS,
+                                         MAX_POOL_SIZE, MAX_QUERIES, MAX_RAY_ACTORS,
+                                         MAX_SEEDS, resolve_settings)
 from pytest_unsafebench.dataset.folder import load_folder
 from pytest_unsafebench.errors import ConfigError, DatasetError
 
@@ -65,6 +67,40 @@ def test_bootstrap_is_bounded_and_names_the_memory() -> None:
                           "about 24,000.0 TB of memory for each confidence interval")
     assert f"the limit is {MAX_BOOTSTRAP:,}" in msg
     assert "--unsafebench-bootstrap: " in error({}, {"bootstrap": MAX_BOOTSTRAP + 1})
+
+
+@pytest.mark.parametrize("cli, pyproject, fragment", [
+    ({}, {"batch_size": 100_000},
+     "tool.unsafebench.batch_size: 100,000 images per batch would need about 60.2 GB of memory"),
+    ({"batch_size": "5000"}, {}, "--unsafebench-batch-size: 5,000 images per batch would need "
+                                 "about 3.0 GB"),
+    ({}, {"ray_batch_size": MAX_BATCH_SIZE + 1}, "tool.unsafebench.ray_batch_size: 4,097 images"),
+    ({}, {"ray_actors": 1000}, "tool.unsafebench.ray_actors: 1,000 actors each load every "
+                               "classifier of the run: about 1.7 TB of memory"),
+    ({}, {"robustness": {"pool_size": 10**6}},
+     "tool.unsafebench.robustness.pool_size: 1,000,000 would take up to 600,000,000 model calls"),
+    ({}, {"robustness": {"seeds": list(range(MAX_SEEDS + 1))}},
+     "tool.unsafebench.robustness.seeds: 101 seeds would take up to 10,100,000 model calls"),
+    ({}, {"robustness": {"pgd_steps": 10**5}},
+     "tool.unsafebench.robustness.pgd_steps: 100,000 would take up to 150,000,000 model calls"),
+    ({}, {"robustness": {"queries": 10**6}},
+     "tool.unsafebench.robustness.queries: 1,000,000 would take up to 1,500,000,000 model"),
+])
+def test_other_counts_are_bounded_and_name_the_cost(cli: dict, pyproject: dict,
+                                                    fragment: str) -> None:
+    msg = error(pyproject, cli)
+    assert msg.startswith(fragment), msg
+    assert "the limit is" in msg
+
+
+def test_counts_at_their_limits_are_accepted() -> None:
+    s = resolve_settings({"classifiers": ["demo"]}, {
+        "batch_size": MAX_BATCH_SIZE, "ray_batch_size": MAX_BATCH_SIZE,
+        "ray_actors": MAX_RAY_ACTORS, "robustness": {
+            "pool_size": MAX_POOL_SIZE, "seeds": list(range(MAX_SEEDS)),
+            "pgd_steps": MAX_PGD_STEPS, "queries": MAX_QUERIES}}, ROOT)
+    assert (s.batch_size, s.ray_actors, s.robustness.queries) == (
+        MAX_BATCH_SIZE, MAX_RAY_ACTORS, MAX_QUERIES)
 
 
 # --------------------------------------------------------------------------- tables name what exists
