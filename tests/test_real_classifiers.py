@@ -343,3 +343,27 @@ def test_nudenet_v2_rejects_other_models(tmp_path):
     clf = load_classifier("nudenet_v2", model_path=str(model))
     with pytest.raises(ClassifierLoadError, match="256"):
         clf.predict([Image.new("RGB", (8, 8))])
+
+
+def test_nudenet_v2_attack_path_is_its_own_input_in_0_1_units(photos, tmp_path):
+    """Paper mode attacks NudeNet v2 in its [0, 1] input space (the paper: bounds (-1, 1) on its
+    unnormalised input): the clean attack input is exactly predict's tensor, forward_pixels
+    sees floats unrounded (a tiny gaussian noise reaches the model) and its arg-max is the
+    classifier's own threshold rule."""
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from pytest_unsafebench.attacks import paper_box
+
+    model = _tiny_v2_model(tmp_path / "classifier_model.onnx")
+    clf = load_classifier("nudenet_v2", model_path=str(model), threshold=0.7)
+    assert clf.input_std == (1.0, 1.0, 1.0)
+    assert paper_box(clf.input_mean, clf.input_std, clf.paper_bounds) == ((-1.0,) * 3, (1.0,) * 3)
+    images = list(photos.values())
+    x = torch.stack([torch.from_numpy(clf.attack_input(im)) for im in images])
+    np.testing.assert_array_equal(x[0].permute(1, 2, 0).numpy(), _v2_input(images[0]))
+    logits = clf.forward_pixels(x)
+    preds = clf.predict(images)
+    assert [bool(v) for v in logits.argmax(1)] == [p.decision == "unsafe" for p in preds]
+    shifted = clf.forward_pixels(x + 1e-4)  # well under one 8-bit grey level
+    assert not torch.equal(shifted, logits)
