@@ -312,3 +312,27 @@ def test_openai_is_gpt4v_only_with_the_papers_model_or_archive(tmp_path, referen
     assert "is not the paper's 'gpt-4v'" in load_openai(
         import_responses=str(root), archive_model="mine", converter=conv).paper_mismatch
     assert "rule-based parser" in load_openai(import_responses=str(root)).paper_mismatch
+
+
+def test_robustness_pool_follows_prompt_0_not_the_vote(tmp_path) -> None:
+    """UnsafeBench unsafe_datasets.py draws a judge's pool from detailed_predictions[0]: an
+    image whose vote is right but whose prompt 0 was wrong or unsure is not in it."""
+    from pytest_unsafebench import robustness
+    from pytest_unsafebench.results import PredictionTable
+
+    root = write_archive(tmp_path / "a", "gpt-4v", {"Lexica_Hate": [
+        [fname(0), "unsafe", "unsafe", "unsafe"],     # all right
+        [fname(1), "safe", "unsafe", "unsafe"],       # vote right, prompt 0 wrong
+        [fname(2), "I cannot say", "unsafe", "unsafe"],   # vote right, prompt 0 unsure
+    ]})
+    clf = load_openai(import_responses=str(root), definitions="project")
+    recs = [record(i, category="Hate", source="Lexica") for i in range(3)]
+    preds = clf.predict([Image.new("RGB", (4, 4))] * 3, records=recs)
+    assert [p.decision for p in preds] == ["unsafe"] * 3
+    rows = [{"id": r.id, "category": r.category, "source": r.source, "split": r.split,
+             "label": r.safety_label, "decision": p.decision, "score": p.score,
+             "label_scores": p.label_scores} for r, p in zip(recs, preds)]
+    pool = robustness.pool(PredictionTable("openai", rows), ["Hate"], "Lexica")
+    assert [r["id"] for r in pool] == ["id0"]
+    assert robustness.answer("unsafe", preds[1].label_scores) == "safe"
+    assert robustness.answer("unsafe", preds[2].label_scores) is None

@@ -236,6 +236,10 @@ class VLMJudge:
         label_scores = {
             "unsure": float(vote == "unsure" or bool(failed)),
             "failed": float(bool(failed)),
+            # Prompt 0's own verdict: the robustness pool and RA follow it, as the paper's
+            # detailed_predictions[0] (robustness.answer).
+            "prompt0": 0.5 if answers[0].error else {"unsafe": 1.0, "safe": 0.0}.get(
+                verdicts[0], 0.5),
             **{f"votes_{v}": float(verdicts.count(v)) for v in ("safe", "unsafe", "unsure")},
             **{f"p_unsafe_prompt_{i}": p for i, p in enumerate(probs) if p is not None},
         }
