@@ -1,14 +1,15 @@
 """The README's recipes as a new user runs them (issue 14): a ``module:callable`` classifier
 beside the test run, one "wrote" line per written file, a marker or -k that names a suite the
-run did not enable, and the small things a first run shows.
+run did not enable, the suite's per-test time limit, and the small things a first run shows
+(source shift, the score under -k, the RA-gap placeholder, one-line failures, node ids).
 
 Each run uses the toy classifier and 48-image dataset of plugin_helpers.py (about a second).
 """
 
 from __future__ import annotations
 
+import json
 import os
-import re
 from pathlib import Path
 
 # Imported before any in-process pytester run (see test_plugin.py): C extensions load once.
@@ -19,7 +20,6 @@ from sklearn.metrics import f1_score  # noqa: F401
 import pytest_unsafebench.session  # noqa: F401
 from plugin_helpers import CLASSIFIER, build_dataset, toyclf_source, write_toyclf
 
-USAGE = pytest.ExitCode.USAGE_ERROR
 NO_TESTS = pytest.ExitCode.NO_TESTS_COLLECTED
 
 
@@ -206,8 +206,6 @@ def test_equal_sources_read_equal_not_none(folder: pytest.Pytester) -> None:
     shift = [line for line in result.outlines if "source shift" in line]
     assert len(shift) == 1 and "None" not in shift[0], shift
     assert ", equal (0 higher on Laion5B, 0 higher on Lexica)" in shift[0]
-    import json
-
     assert json.loads(json_path.read_text())["source_shift"][CLASSIFIER]["direction"] == "equal"
 
 
@@ -243,7 +241,7 @@ def test_a_missed_threshold_fails_in_one_line(folder: pytest.Pytester) -> None:
     message = ("F1 0.571 < 0.9 for toyclf:load on Sexual / Laion5B (tp 2, fp 1, fn 2 over 8 "
                "images)")
     assert _failure_bodies(result) == [message]  # no test source, no assertion reprs
-    result.stdout.fnmatch_lines([f"FAILED *test_f1*Sexual-Laion5B* - AssertionError: F1 0.571*"])
+    result.stdout.fnmatch_lines(["FAILED *test_f1*Sexual-Laion5B* - AssertionError: F1 0.571*"])
 
 
 def test_a_robustness_failure_is_one_line(folder: pytest.Pytester) -> None:
