@@ -271,7 +271,8 @@ def test_shieldgemma2_policies_scores_cache_and_gradients(models, tmp_path, monk
     monkeypatch.setattr(cached, "_yes_logits", lambda *a, **k: pytest.fail("model called"))
     assert cached.predict(imgs, records=recs) == preds
     # the image's own category as the policy
-    by_category = load_shieldgemma2(model=folder, policies="categories")
+    by_category = load_shieldgemma2(model=folder, policies="categories", definitions="project")
+    assert by_category.notes == ["definitions: project (this project's wording)"]
     (hate,) = by_category.predict(imgs[:1], records=recs[:1])
     assert list(hate.label_scores) == ["Hate"] and len(by_category.coverage.official) == 11
     # forward_pixels: [log P(No), log P(Yes)] of the most violated policy, as predict scores it

@@ -336,3 +336,21 @@ def test_robustness_pool_follows_prompt_0_not_the_vote(tmp_path) -> None:
     assert [r["id"] for r in pool] == ["id0"]
     assert robustness.answer("unsafe", preds[1].label_scores) == "safe"
     assert robustness.answer("unsafe", preds[2].label_scores) is None
+
+
+def test_archive_keys_use_the_id_column_where_the_dataset_has_one(hub_standin, tmp_path) -> None:
+    """unsafe_datasets.py names an image item.get("id", str(idx)): a parquet copy whose rows
+    carry an ``id`` column is matched on it, per split."""
+    import pyarrow as pa
+
+    data = tmp_path / "data"
+    data.mkdir()
+    n = 0
+    for shard in sorted((hub_standin / "data").glob("test-*.parquet")):
+        table = pq.read_table(shard)
+        ids = pa.array([f"img{n + i:03d}" for i in range(table.num_rows)])
+        n += table.num_rows
+        pq.write_table(table.append_column("id", ids), data / shard.name)
+    ds = load_parquet(data, str(tmp_path))
+    assert [r.archive_key for r in ds.records][:2] == ["test/img000", "test/img001"]
+    assert len({r.archive_key for r in ds.records}) == len(ds.records)

@@ -6,8 +6,9 @@ probability of "Yes" is the policy score. ``policies``:
 
 - ``"builtin"`` (default): the processor's own policies (dangerous content, sexually explicit,
   violence/gore); coverage Sexual, Violence, Shocking, Self-harm, Illegal activity;
-- ``"categories"``: the UnsafeBench definitions (this project's, or ``definitions`` =
-  a combined_instruction.txt) as custom policies; an image with a record is judged against its
+- ``"categories"``: the UnsafeBench definitions (``definitions`` as the judges take it: the
+  paper's by default, resolved like a weight file, else this project's wording with a report
+  note) as custom policies; an image with a record is judged against its
   own category's definition (as the VLM prompts do), so all 11 categories are covered.
 
 score: the largest P(Yes) over the image's policies; unsafe iff score > ``threshold`` (0.5).
@@ -30,7 +31,7 @@ from ...errors import ClassifierLoadError
 from ...taxonomy import CATEGORIES
 from ..hf import resolve_model_folder
 from .judges import folder_digest, input_std_of, torch_pixels
-from .prompts import load_definitions
+from .prompts import resolve_definitions
 from .responses import Answer, ResponseCache, image_key, response_key
 
 if TYPE_CHECKING:
@@ -60,7 +61,10 @@ class ShieldGemma2:
         self.mode, self.threshold = policies, float(threshold)
         self.device = device or "cpu"
         self.cache_dir = cache_dir
-        self.definitions = load_definitions(definitions) if policies == "categories" else {}
+        info = resolve_definitions(definitions, cache_dir) if policies == "categories" else None
+        self.definitions = info.lines if info else {}
+        self.notes = ([*([info.note] if info.note else []),
+                       f"definitions: {info.kind} ({info.origin})"] if info else [])
         self.coverage = (Coverage.everything() if policies == "categories"
                          else Coverage.of(BUILTIN_COVERAGE))
         self.folder, _ = resolve_model_folder(model, revision)
