@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pytest_unsafebench import progress
 from pytest_unsafebench.dataset import load_dataset
 from pytest_unsafebench.dataset import demo
 from pytest_unsafebench.taxonomy import CATEGORIES, LABELS, SOURCES, SPLITS
@@ -242,13 +243,21 @@ def test_training_is_deterministic(demo_clf_module: Any, folder: Path,
     rng_state = torch.random.get_rng_state()
     deterministic = torch.are_deterministic_algorithms_enabled()
     prints = []
+    lines: list[str] = []
+    display = progress.Display(lines.append)  # training reports its steps (issue 14)
     for name in ("a", "b"):
         # Fresh cache folders, sharing a copy of the generated images to save time.
         shutil.copytree(folder, tmp_path / name / "datasets" / folder.name)
-        c = demo_clf_module.load(cache_dir=tmp_path / name, seed=SEED, epochs=1)
+        progress.activate(display)
+        try:
+            c = demo_clf_module.load(cache_dir=tmp_path / name, seed=SEED, epochs=1)
+        finally:
+            progress.deactivate(display)
         assert not c.from_cache
         prints.append(c.fingerprint)
     assert prints[0] == prints[1]
+    assert display.timing()["demo_training_seconds"] > 0
+    assert all(" steps in " in line for line in lines if "training the demo model" in line)
     other = demo_clf_module.load(cache_dir=tmp_path / "a", seed=SEED, epochs=2)
     assert other.fingerprint != prints[0]
     # Training leaves the caller's torch state alone.

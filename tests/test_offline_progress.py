@@ -242,3 +242,24 @@ def test_robustness_grid_steps_print_a_line_each_and_sum_their_time(
         f"unsafebench: robustness {CLASSIFIER} / brightness:5 / all: * images in *",
     ], consecutive=False)
     assert doc["timing"]["robustness_seconds"] > 0
+
+
+def test_demo_dataset_generation_counts_its_images(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_unsafebench.dataset import demo
+
+    out = Lines()
+    display = progress.Display(out.lines.append, out.redraws.append)
+    monkeypatch.setattr(progress, "LIVE_AFTER_S", 0.0)
+    monkeypatch.setattr(progress, "REDRAW_EVERY_S", 0.0)
+    rows = demo.demo_rows(2023)[:5]
+    progress.activate(display)
+    try:
+        demo.write_dataset(tmp_path, 2023, rows)
+    finally:
+        progress.deactivate(display)
+    assert out.redraws[-1].startswith("unsafebench: generating the demo dataset (seed 2023): "
+                                      "5/5 images (100%")
+    assert out.lines[-1].startswith("unsafebench: generating the demo dataset (seed 2023): "
+                                    "5 images in ")
+    assert display.timing()["demo_dataset_seconds"] > 0
