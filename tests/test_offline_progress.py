@@ -263,3 +263,36 @@ def test_demo_dataset_generation_counts_its_images(tmp_path: Path,
     assert out.lines[-1].startswith("unsafebench: generating the demo dataset (seed 2023): "
                                     "5 images in ")
     assert display.timing()["demo_dataset_seconds"] > 0
+
+
+def test_weight_conversion_and_downloads_are_timed_steps(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch")
+    import huggingface_hub
+    import numpy as np
+
+    from pytest_unsafebench.classifiers import clip_heads, keras_savedmodel
+
+    display = progress.Display(lambda _text: None)
+    progress.activate(display)
+    try:
+        zip_path = tmp_path / "clip_autokeras_binary_nsfw.zip"
+        zip_path.write_bytes(b"stand-in: the converter is replaced below")
+        calls: list[Path] = []
+        monkeypatch.setattr(keras_savedmodel, "convert_nsfw_zip", lambda p: calls.append(p) or {
+            "norm.mean": np.zeros(4, np.float32)})
+        clip_heads.keras_zip_state(zip_path, tmp_path / "cache")
+        first = display.timing()["weight_conversion_seconds"]
+        clip_heads.keras_zip_state(zip_path, tmp_path / "cache")  # cached: no second conversion
+        assert len(calls) == 1 and display.timing()["weight_conversion_seconds"] == first
+
+        fetched = tmp_path / "prompts.p"
+        fetched.write_bytes(b"x")
+        monkeypatch.setattr(weights, "hub_offline_reason", lambda: None)
+        monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: str(fetched))
+        spec = WeightFile("q16", "prompts.p", "origin", "prompts", repo_id="yiting/Q16")
+        assert weights.resolve(spec, None, None) == fetched
+        assert "download_seconds" in display.timing()
+    finally:
+        progress.deactivate(display)
