@@ -51,7 +51,8 @@ def test_module_callable_in_the_current_folder_is_found(pytester: pytest.Pyteste
     out = result.stdout.str()
     assert "No module named" not in out
     assert result.ret == pytest.ExitCode.OK, out
-    result.assert_outcomes(passed=22, skipped=48)  # 3 covered x 3 sources x 2 tests, 3 x 1 gated + integrity
+    # 3 covered categories x 3 sources x (F1, FPR), Overall F1 x 3 sources, data integrity
+    result.assert_outcomes(passed=22, skipped=48)
 
 
 def test_module_callable_at_the_rootdir_is_found_from_a_subfolder(
