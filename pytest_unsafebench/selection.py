@@ -6,7 +6,9 @@ that enables it, instead of a bare "90 deselected".
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterable
 from functools import cache
+from itertools import combinations
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,36 @@ def disabled_suite_hints(config: pytest.Config, enabled: tuple[str, ...], suites
         lines.append(f"unsafebench: {given} selects the {suite} suite, which this run did not "
                      f"enable: add --unsafebench-suites={suite}")
     return lines
+
+
+# Marks a packaged test can carry besides its module's own: the plugin's placeholder skips,
+# Hypothesis' plugin mark, and pytest's built-ins.
+ADDED_MARKS = frozenset({"skip", "skipif", "xfail", "hypothesis", "usefixtures", "filterwarnings"})
+
+
+@cache
+def _marks_in(module: Path) -> frozenset[str]:
+    """Every ``pytest.mark.NAME`` a module names (module marks and decorators alike)."""
+    tree = ast.parse(module.read_text(encoding="utf-8"))
+    return frozenset(node.attr for node in ast.walk(tree)
+                     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                     and node.value.attr == "mark" and isinstance(node.value.value, ast.Name)
+                     and node.value.value.id == "pytest")
+
+
+def markexpr_selects_none(markexpr: str, modules: Iterable[Path]) -> bool:
+    """True only when no test of these modules can match -m ``markexpr``, whichever of the
+    marks it could carry it has (every subset is tried, so ``not slow`` never counts)."""
+    try:
+        expression = Expression.compile(markexpr)
+    except (SyntaxError, pytest.UsageError):
+        return False
+    for module in modules:
+        marks = sorted(_marks_in(module) | ADDED_MARKS)
+        for size in range(len(marks) + 1):
+            for subset in combinations(marks, size):
+                present = set(subset)
+                # mark(arg=...) counts as present whatever its arguments: never too few
+                if expression.evaluate(lambda name, /, **kw: name in present):
+                    return False
+    return True

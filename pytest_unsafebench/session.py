@@ -99,6 +99,9 @@ class UnsafeBenchSession:
         """-m / -k that selected nothing: name the suite option they were probably after."""
         if self.is_worker or items:
             return []
+        return self._suite_hints(config)
+
+    def _suite_hints(self, config: pytest.Config) -> list[str]:
         from . import suites
         from .plugin import SUITE_MODULES
         from .selection import disabled_suite_hints
@@ -114,6 +117,17 @@ class UnsafeBenchSession:
         return disabled_suite_hints(config, self.settings.suites, Path(suites.__file__).parent,
                                     SUITE_MODULES, extra)
 
+    def _markexpr_selects_none(self, config: pytest.Config) -> bool:
+        """-m selects none of the packaged tests this run collects (and nothing else runs)."""
+        from .selection import markexpr_selects_none
+
+        packaged = config.pluginmanager.get_plugin("unsafebench-packaged-suites")
+        markexpr = config.getoption("markexpr", "") or ""
+        if not markexpr or packaged is None or packaged.ids \
+                or config.args != [str(packaged.folder)]:
+            return False
+        return markexpr_selects_none(markexpr, [packaged.folder / m for m in packaged.modules])
+
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         """test_gap_ra needs robustness results: without that suite it is left out, rather
@@ -126,9 +140,16 @@ class UnsafeBenchSession:
     def pytest_runtestloop(self, session: pytest.Session) -> None:
         if self.is_worker or session.config.option.collectonly:
             return
-        # Every test deselected (serial runs; an xdist controller collects nothing itself):
-        # nothing would read the predictions.
-        if not session.items and not session.config.pluginmanager.has_plugin("dsession"):
+        # Every test deselected: nothing would read the predictions. An xdist controller
+        # collects nothing itself; there only -m tells that no packaged test can be selected.
+        config = session.config
+        if not config.pluginmanager.has_plugin("dsession"):
+            if not session.items:
+                return
+        elif self._markexpr_selects_none(config):
+            reporter = config.pluginmanager.get_plugin("terminalreporter")
+            for line in self._suite_hints(config) if reporter else ():
+                reporter.write_line(line)
             return
         if session.testsfailed and not session.config.option.continue_on_collection_errors:
             return

@@ -140,6 +140,23 @@ def test_selecting_a_suite_that_is_not_enabled_says_how(
     assert "decoded and classified" not in out
 
 
+def test_a_marker_of_a_disabled_suite_under_xdist_runs_no_pass(folder: pytest.Pytester) -> None:
+    # The xdist controller collects nothing itself: -m alone must tell it.
+    counter = folder.path / "counter.txt"
+    write_toyclf(folder.path, counter=counter)
+    result = folder.runpytest(*common_args(folder.path, "--unsafebench-suites=effectiveness",
+                                           "-m", "robustness", "-n", "2"))
+    assert result.ret == NO_TESTS, result.stdout.str()
+    assert ("unsafebench: -m 'robustness' selects the robustness suite, which this run did not "
+            "enable: add --unsafebench-suites=robustness") in result.outlines
+    assert not counter.exists()
+    # ... while an expression that can select packaged tests still gets its pass.
+    kept = folder.runpytest(*common_args(folder.path, "--unsafebench-suites=effectiveness",
+                                         "-m", "not slow", "-n", "2"))
+    assert kept.ret == pytest.ExitCode.OK, kept.stdout.str()
+    assert counter.exists()
+
+
 def test_deselecting_everything_runs_no_prediction_pass(folder: pytest.Pytester) -> None:
     counter = folder.path / "counter.txt"
     write_toyclf(folder.path, counter=counter)
@@ -290,3 +307,18 @@ def test_a_local_file_of_the_same_name_wins(folder: pytest.Pytester) -> None:
     result = folder.runpytest(*common_args(folder.path), "test_effectiveness.py::test_f1", "-v")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize(("markexpr", "none"), [
+    ("robustness", True), ("fuzz or slow", True), ("robustness and not slow", True),
+    ("not slow", False), ("effectiveness", False), ("gap or robustness", False),
+    ("not effectiveness", False),  # integrity and gap tests
+    ('unsafebench(suite="effectiveness")', False),  # arguments never narrow it down
+])
+def test_markexpr_selects_none_is_conservative(markexpr: str, none: bool) -> None:
+    from pytest_unsafebench.selection import markexpr_selects_none
+
+    suites = Path(__file__).resolve().parents[1] / "suites"
+    modules = [suites / m for m in ("test_data_integrity.py", "test_effectiveness.py",
+                                    "test_gap.py")]
+    assert markexpr_selects_none(markexpr, modules) is none
