@@ -296,9 +296,10 @@ def _pixels(plan: Plan) -> int:
 
 
 def _plans(pool: ThreadPoolExecutor, todo: Sequence[Record], batch_size: int, pixels: int,
-           max_pixels: int) -> Iterator[Plan]:
+           max_pixels: int, breaks: frozenset[int]) -> Iterator[Plan]:
     """Batches of at most ``batch_size`` records and ``pixels`` decoded pixels, at least one
-    record each; files are read and identified in the pool up to two batches ahead."""
+    record each, each record index in ``breaks`` starting a new one; files are read and
+    identified in the pool up to two batches ahead."""
     window: deque[tuple[Record, Future[Decoded]]] = deque()
     pending = iter(todo)
 
@@ -312,35 +313,40 @@ def _plans(pool: ThreadPoolExecutor, todo: Sequence[Record], batch_size: int, pi
     plan: Plan = []
     total = 0
     fill()
+    index = 0
     while window:
         record, future = window.popleft()
         opened = future.result()
         size = _pixels([(record, opened)])
-        if plan and (len(plan) == batch_size or total + size > pixels):
+        if plan and (len(plan) == batch_size or total + size > pixels or index in breaks):
             yield plan
             plan, total = [], 0
         plan.append((record, opened))
         total += size
+        index += 1
         fill()
     if plan:
         yield plan
 
 
 def _decoded_batches(todo: Sequence[Record], batch_size: int, max_pixels: int, workers: int,
-                     budget: int = DECODE_BUDGET_PIXELS,
+                     budget: int | None = None, breaks: frozenset[int] = frozenset(),
                      ) -> Iterator[tuple[Sequence[Record], list[Decoded], float]]:
     """Yield decoded batches in record order while the next batch decodes in the background.
 
-    Memory: a batch holds at most half of ``budget`` decoded pixels (shrinking, down to one
-    image, to fit), and the next batch decodes ahead only while both fit ``budget``. When the
+    Memory: a batch holds at most half of ``budget`` decoded pixels (default
+    :data:`DECODE_BUDGET_PIXELS`, read at each call), shrinking, down to one image, to fit,
+    and the next batch decodes ahead only while both fit ``budget``. When the
     consumer asks for the next batch, every image of the previous one (and whatever the
     consumer put in its list, e.g. perturbed images) is closed, so lingering references do
-    not hold pixels.
+    not hold pixels. A record index in ``breaks`` always starts a batch (the Ray actor's
+    work batches).
     """
     if not todo:
         return
+    budget = DECODE_BUDGET_PIXELS if budget is None else budget
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        plans = _plans(pool, todo, batch_size, budget // 2, max_pixels)
+        plans = _plans(pool, todo, batch_size, budget // 2, max_pixels, breaks)
 
         def submit(plan: Plan) -> tuple[float, list[Future[Decoded]]]:
             return time.perf_counter(), [pool.submit(_finish, opened) for _, opened in plan]

@@ -7,7 +7,8 @@ reads, decodes (the same safe decoding), perturbs (the same transform) and class
 batches with the engine's own helpers. Results stream back to the driver, the only writer of
 the SQLite cache; the normal local pass then runs against the warm cache. Work batches are the
 local pass's batches (same images, same order), so batch-sensitive models give bit-identical
-predictions on CPU.
+predictions on CPU; only a batch of images too large for the decoded-pixel budget is split
+(engine.py), locally and on the actors alike, though after a split the local batches shift.
 
 Fault tolerance is Ray's: Ray Data creates pool actors with ``max_restarts=-1`` and
 ``max_task_retries=-1``, so a lost actor is restarted and its in-flight batches retried (Ray
@@ -24,7 +25,6 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -244,6 +244,17 @@ class _Collector:
         self.embeddings.append((backbone, list(items)))
 
 
+def _merged(parts: list[BatchResult]) -> BatchResult:
+    """One work batch's result from the results of its parts."""
+    out = BatchResult([d for part in parts for d in part.decodes])
+    for part in parts:
+        for fingerprint, items in part.predictions.items():
+            out.predictions.setdefault(fingerprint, []).extend(items)
+        out.embeddings.extend(part.embeddings)
+        out.errors.update(part.errors)
+    return out
+
+
 class _Predictor:
     """The actor: every classifier of the run, loaded once, applied to work batches."""
 
@@ -259,7 +270,6 @@ class _Predictor:
         self.transform = transform
         self.max_pixels = max_pixels
         self.refs = RefReader()
-        self.decoders = ThreadPoolExecutor(max_workers=4)
         # On a GPU node each actor owns its GPU(s); elsewhere Ray hides the GPUs from it.
         device = _resolve_device(device) if device != "auto" or gpus else "cpu"
         self.models: dict[str, tuple[Classifier, Any]] = {}
@@ -279,28 +289,27 @@ class _Predictor:
                 ClassifierInfo.of(spec.name, clf)))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Several work batches per call, so that, as in the local pass, the next batch
-        decodes in the background while this one is classified."""
-        works: list[list[WorkItem]] = [pickle.loads(w) for w in batch["work"]]  # noqa: S301
-        results = []
-        pending = self._decode(works[0]) if works else None
-        for i, items in enumerate(works):
-            assert pending is not None
-            records, futures = pending
-            decoded = [f.result() for f in futures]
-            if i + 1 < len(works):
-                pending = self._decode(works[i + 1])
-            results.append(pickle.dumps(self._classify(items, records, decoded)))
-        return {"result": results}
-
-    def _decode(self, items: list[WorkItem]) -> tuple[list[Record], list[Future]]:
+        """Several work batches per call, decoded as the local pass decodes (the next batch in
+        the background, within the decoded-pixel budget, a batch shrinking to fit it), so a
+        work batch may be classified in parts; one result per work batch."""
         from .dataset.records import Record
-        from .engine import _decode
+        from .engine import _decoded_batches
 
+        works: list[list[WorkItem]] = [pickle.loads(w) for w in batch["work"]]  # noqa: S301
+        items = [it for work in works for it in work]
         records = [Record(**it.record, reader=partial(self.refs.read, it.ref,
                                                        it.record["content_hash"]))
                    for it in items]
-        return records, [self.decoders.submit(_decode, r, self.max_pixels) for r in records]
+        owner = [i for i, work in enumerate(works) for _ in work]
+        starts = frozenset(i for i in range(1, len(items)) if owner[i] != owner[i - 1])
+        parts: list[list[BatchResult]] = [[] for _ in works]
+        done = 0
+        for plan, decoded, _ in _decoded_batches(records, max(map(len, works), default=1),
+                                                 self.max_pixels, 4, breaks=starts):
+            end = done + len(plan)
+            parts[owner[done]].append(self._classify(items[done:end], list(plan), decoded))
+            done = end
+        return {"result": [pickle.dumps(_merged(p)) for p in parts]}
 
     def _classify(self, items: list[WorkItem], records: list[Record],
                   decoded: list[tuple[Any, str | None, str | None]]) -> BatchResult:
@@ -309,10 +318,10 @@ class _Predictor:
 
         result = BatchResult([(r.content_hash, kind, detail)
                               for r, (_, kind, detail) in zip(records, decoded)])
-        if self.transform is not None:
-            decoded = [(self.transform(readonly_view(img), r.content_hash) if img is not None
-                        else None, k, d)
-                       for r, (img, k, d) in zip(records, decoded)]
+        if self.transform is not None:  # in place: the batch's list, whose images get closed
+            decoded[:] = [(self.transform(readonly_view(img), r.content_hash) if img is not None
+                           else None, k, d)
+                          for r, (img, k, d) in zip(records, decoded)]
         sink = _Collector()
         embeddings = _SharedEmbeddings(sink, self.condition)  # type: ignore[arg-type]
         for fingerprint, (clf, outcome) in self.models.items():

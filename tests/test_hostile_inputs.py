@@ -486,3 +486,54 @@ def test_bench_memory_smoke(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads(out.stdout)
     assert result["usable_images"] == 3 and result["peak_rss_mb"] > 0
+
+
+RAY_CLASSIFIER = '''
+from pytest_unsafebench import Coverage, Prediction
+
+BATCHES = []
+
+
+class Sizes:
+    name = "sizes"
+    fingerprint = "sizes-v1"
+    supports_gradients = False
+    coverage = Coverage.everything()
+
+    def predict(self, images):
+        BATCHES.append([im.size for im in images])
+        return [Prediction.from_score(0.5) for _ in images]
+
+
+def load(**_context):
+    return Sizes()
+'''
+
+
+def test_ray_actor_decodes_within_the_budget(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The actor splits a work batch that does not fit the budget, never mixes two work
+    batches, and still answers with one complete result per work batch (no Ray needed)."""
+    import importlib
+    import pickle
+
+    from pytest_unsafebench.executors import ImageRef
+    from pytest_unsafebench.ray_executor import _RECORD_FIELDS, ClassifierSpec, WorkItem, _Predictor
+
+    (tmp_path / "sizesclf.py").write_text(RAY_CLASSIFIER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(engine, "DECODE_BUDGET_PIXELS", 500)  # half: two 10x10 images a batch
+    works = [[_sized("a0", (10, 10)), _sized("a1", (10, 10)), _sized("a2", (10, 10))],
+             [_sized("b0", (10, 10)), _sized("b1", (30, 30)), _sized("b2", (10, 10))]]
+    items = [[WorkItem({f: getattr(r, f) for f in _RECORD_FIELDS},
+                       ImageRef("bytes", data=r.read_bytes()), ("sizes-v1",)) for r in work]
+             for work in works]
+    actor = _Predictor([ClassifierSpec("sizesclf:load", {}, "sizes-v1")], "clean", None, 0,
+                       "cpu", 0.0)
+    out = actor({"work": [pickle.dumps(w) for w in items]})
+    results = [pickle.loads(r) for r in out["result"]]
+    assert [[h for h, _, _ in r.decodes] for r in results] == [
+        [r.content_hash for r in work] for work in works]
+    assert [len(r.predictions["sizes-v1"]) for r in results] == [3, 3]
+    batches = importlib.import_module("sizesclf").BATCHES
+    assert batches == [[(10, 10)] * 2, [(10, 10)], [(10, 10)], [(30, 30)], [(10, 10)]]
