@@ -4,6 +4,7 @@ run down or its memory past the budget, and a run that measured nothing never pa
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import struct
@@ -537,3 +538,27 @@ def test_ray_actor_decodes_within_the_budget(tmp_path: Path,
     assert [len(r.predictions["sizes-v1"]) for r in results] == [3, 3]
     batches = importlib.import_module("sizesclf").BATCHES
     assert batches == [[(10, 10)] * 2, [(10, 10)], [(10, 10)], [(30, 30)], [(10, 10)]]
+
+
+# Found by mutating valid files (the fuzz test's strategy) against the decoder before this
+# fix: each raised outside its try and took the run down.
+MALFORMED = {"index-error.qoi": "IndexError", "not-implemented.dds": "NotImplementedError",
+             "type-error.tif": "TypeError"}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about the corrupt TIFF
+def test_malformed_files_are_findings_and_the_report_is_written(run: Run) -> None:
+    data = Path(__file__).parent / "data" / "malformed"
+    victims = run.rows[:len(MALFORMED)]
+    for row, name in zip(victims, MALFORMED):
+        (run.dataset / row["file_name"]).write_bytes((data / name).read_bytes())
+    report = run.pytester.path / "out.json"
+    result = run(f"--unsafebench-json={report}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["FAILED *test_data_integrity*"])
+    assert result.parseoutcomes()["passed"] > 0  # the run went on
+    findings = json.loads(report.read_text())["dataset"]["integrity"]["items"]
+    assert sorted(f["kind"] for f in findings) == ["unreadable"] * len(MALFORMED)
+    for row, exc in zip(victims, MALFORMED.values()):
+        (finding,) = [f for f in findings if f"({row['file_name']})" in f["locator"]]
+        assert f"{exc}: " in finding["detail"]
