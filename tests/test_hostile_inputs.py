@@ -562,3 +562,25 @@ def test_malformed_files_are_findings_and_the_report_is_written(run: Run) -> Non
     for row, exc in zip(victims, MALFORMED.values()):
         (finding,) = [f for f in findings if f"({row['file_name']})" in f["locator"]]
         assert f"{exc}: " in finding["detail"]
+
+
+def test_file_that_becomes_a_fifo_while_the_manifest_is_read_is_a_finding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pytest_unsafebench.dataset.images as images
+
+    root = _folder(tmp_path / "ds", ["a.png", "b.png"], {"a.png": _png(0), "b.png": _png(1)})
+    real_stat = os.stat
+
+    def swap_after_stat(path, *args, **kwargs):  # the race: checked as a file, then replaced
+        result = real_stat(path, *args, **kwargs)
+        if str(path).endswith("a.png") and not os.path.exists(str(path) + ".swapped"):
+            Path(str(path) + ".swapped").touch()
+            os.unlink(path)
+            os.mkfifo(path)
+        return result
+
+    monkeypatch.setattr(images.os, "stat", swap_after_stat)
+    ds = load_folder(root)
+    (finding,) = ds.findings
+    assert finding.kind == "not-a-regular-file" and "FIFO" in finding.detail
+    assert [r.locator for r in ds.records] == ["metadata.csv:3 (b.png)"]

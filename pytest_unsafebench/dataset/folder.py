@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import DatasetError
 from ..taxonomy import CATEGORIES, LABELS, SOURCES, SPLITS, suggest
-from .images import file_kind
+from .images import ImageProblem, file_kind
 from .records import Dataset, Finding, Record, assign_ids, file_hash
 
 MANIFEST_NAMES = ("metadata.csv", "metadata.jsonl")
@@ -159,6 +159,8 @@ def load_folder(root: Path, spec: str | None = None) -> Dataset:
                 continue
             kept.append((row, path, where, file_hash(path)))
             first[path] = (row, where)
+        except ImageProblem as exc:  # it stopped being a regular file after the check above
+            findings.append(Finding(exc.kind, where, exc.detail))
         except (OSError, ValueError) as exc:  # permissions, a NUL in the name, ...
             findings.append(Finding("unreadable", where, f"cannot read the file: {exc}"))
     kept = [k for k in kept if k[1] not in contradicted]
