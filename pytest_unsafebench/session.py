@@ -484,7 +484,10 @@ class UnsafeBenchSession:
                 pytest.skip(f"not covered: {classifier} is not scored on {subject} under the "
                             f"{s.alignment} alignment")
             table = self.table(classifier)
-            real, generated = (table.select(subject, src) for src in (REAL_SOURCE, GENERATED_SOURCE))
+            # images with no verdict are left out, as in the effectiveness cells
+            real, generated = ({k: v[~c["failed"]] for k, v in c.items()}
+                               for c in (table.select(subject, src)
+                                         for src in (REAL_SOURCE, GENERATED_SOURCE)))
         t = s.thresholds
         category = None if metric == "gap_ra" else subject
         return GapCell(classifier=classifier, subject=subject, suite_metric=metric, real=real,
@@ -553,7 +556,8 @@ class UnsafeBenchSession:
                     unit="images") as bar:
                 if is_attack:
                     result = robustness.attack_ra(clf, samples, records, condition, rs, cache,
-                                                  s.batch_size, progress=bar.update)
+                                                  s.batch_size, progress=bar.update,
+                                                  timeout=s.timeout)
                 else:
                     with self._executor():
                         result = robustness.perturbation_ra(

@@ -223,7 +223,7 @@ def test_plugin_on_hub_parquet_excludes_and_counts_missing_responses(
         "--unsafebench-classifier=openai", f"--unsafebench-dataset={hub_standin / 'data'}",
         f"--unsafebench-cache-dir={pytester.path / 'cache'}", "--unsafebench-device=cpu",
         f"--unsafebench-import-responses={archive}", "--unsafebench-bootstrap=0",
-        f"--unsafebench-json={pytester.path / 'out.json'}", "-k", "effectiveness",
+        f"--unsafebench-json={pytester.path / 'out.json'}", "-k", "effectiveness or gap_f1",
         "-p", "no:randomly")
     doc = read_json(pytester.path / "out.json")
     assert doc["classifiers"]["openai"]["error"] is None, doc["classifiers"]["openai"]
@@ -233,6 +233,9 @@ def test_plugin_on_hub_parquet_excludes_and_counts_missing_responses(
     excluded = {(r["category"], r["source"]): r["value"] for r in doc["rows"]
                 if r["metric"] == "excluded_no_verdict"}
     assert excluded[("Overall", "all")] == dropped and excluded[("Hate", "Lexica")] == 1
+    # the gap cells leave them out too: both sources score F1 1.0, so no gap
+    gaps = [r["value"] for r in doc["rows"] if r["metric"] == "gap_f1" and r["value"] is not None]
+    assert gaps and all(g == 0.0 for g in gaps)
     # one image missing out of each small cell is far more than 5%: the cell fails saying so
     result.stdout.fnmatch_lines(["*have no verdict (failed requests or no archived response), "
                                  "more than 5%*"])
