@@ -556,8 +556,7 @@ class UnsafeBenchSession:
                     unit="images") as bar:
                 if is_attack:
                     result = robustness.attack_ra(clf, samples, records, condition, rs, cache,
-                                                  s.batch_size, progress=bar.update,
-                                                  timeout=s.timeout)
+                                                  s.batch_size, progress=bar.update)
                 else:
                     with self._executor():
                         result = robustness.perturbation_ra(
