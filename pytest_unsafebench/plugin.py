@@ -274,10 +274,16 @@ def _parametrize_robustness(metafunc: pytest.Metafunc) -> None:
             ("-", "-", "-"), marks=pytest.mark.skip(reason=reason), id="not-selected")],
             indirect=True)
         return
-    from .robustness import condition_names
+    from .robustness import condition_names, corruptions
 
     sources = (*s.sources, POOLED)
     grid = metafunc.function.__name__ == "test_corruption_grid"
+    if grid and not corruptions(s.robustness):  # a mean over no cells is not a result
+        metafunc.parametrize("unsafebench_robustness", [pytest.param(
+            ("-", "-", "-"), marks=pytest.mark.skip(
+                reason="no corruption grid: [tool.unsafebench.robustness] corruptions = []"),
+            id="no-corruptions")], indirect=True)
+        return
     conditions = ["grid"] if grid else condition_names(s.robustness)
     cells = [(k, c, src) for k in s.classifiers for c in conditions for src in sources]
     ids = [f"{k}-{src}" if grid else f"{k}-{c}-{src}" for k, c, src in cells]

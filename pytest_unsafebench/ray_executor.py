@@ -138,7 +138,8 @@ class RayExecutor:
             num_gpus=gpus or None,
             fn_constructor_kwargs={
                 "specs": list(specs.values()), "condition": condition, "transform": transform,
-                "max_pixels": pixel_limit, "device": self.settings.device, "gpus": gpus},
+                "max_pixels": pixel_limit, "device": self.settings.device, "gpus": gpus,
+                "timeout": self.settings.timeout},
         )
         errors: dict[str, str] = {}
         done = 0
@@ -260,7 +261,7 @@ class _Predictor:
 
     def __init__(self, specs: Sequence[ClassifierSpec], condition: str,
                  transform: Transform | None, max_pixels: int, device: str,
-                 gpus: float) -> None:
+                 gpus: float, timeout: float | None = None) -> None:
         from .classifier import ClassifierInfo
         from .engine import ClassifierOutcome
         from .registry import load_classifier
@@ -269,6 +270,7 @@ class _Predictor:
         self.condition = condition
         self.transform = transform
         self.max_pixels = max_pixels
+        self.timeout = timeout  # per batch, as locally: a hang must not stall the whole pass
         self.refs = RefReader()
         # On a GPU node each actor owns its GPU(s); elsewhere Ray hides the GPUs from it.
         device = _resolve_device(device) if device != "auto" or gpus else "cpu"
@@ -331,7 +333,7 @@ class _Predictor:
                       if img is not None and fingerprint in it.fingerprints]
             if wanted:
                 _predict_batch(clf, wanted, outcome, sink,  # type: ignore[arg-type]
-                               self.condition, embeddings)
+                               self.condition, embeddings, self.timeout)
         result.predictions = sink.predictions
         result.embeddings = sink.embeddings
         result.errors = {**self.errors, **{fp: o.error for fp, (_, o) in self.models.items()

@@ -270,7 +270,8 @@ def perturbation_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
 def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
               records: dict[str, Record], name: str, rs: RobustnessSettings,
               cache: PredictionCache, batch_size: int,
-              progress: Callable[[int, int], None] | None = None) -> RAResult:
+              progress: Callable[[int, int], None] | None = None,
+              timeout: float | None = None) -> RAResult:
     """RA under an adversarial attack on the model's input, in pixel space.
 
     The clean input is the classifier's own preprocessed tensor (``attack_input``) where it
@@ -278,7 +279,8 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
     (gradient-free ones under no_grad) where present, else the classifier's ``predict`` on
     8-bit images, one query per forward call. In paper mode (:func:`paper_setup`) the attack
     sees the model as the paper wrapped it, clips to the paper's box, and the classifier's own
-    decision on the result says whether it stayed right.
+    decision on the result says whether it stayed right. ``timeout``: seconds each model call
+    on a batch gets (an attack makes many; None: no limit).
     """
     import torch
 
@@ -292,6 +294,7 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
         def forward(x: torch.Tensor) -> torch.Tensor:
             preds = clf.predict(_to_images(x))
             return logits_from_scores([p.score for p in preds])
+    forward = _guarded(forward, timeout)
 
     # As for perturbations: pool seeds pick images, the attack's randomness uses the first seed.
     spec = attack_spec(name, rs, next(iter(samples)))
@@ -300,6 +303,8 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
     attacked, box, units = forward, None, None
     if spec.mode == "paper":
         attacked, box, units = paper_setup(clf, forward, name)
+        if attacked == getattr(clf, "paper_forward_pixels", None):  # its code, unguarded
+            attacked = _guarded(attacked, timeout)
         key += f":{units}:box{_box_tag(box)}"
     union = _distinct(samples)
     cached = cache.get_predictions(clf.fingerprint, key, [r["hash"] for r in union])
@@ -341,6 +346,24 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
         result.distances = {"linf_mean": sum(linf) / len(linf), "linf_max": max(linf),
                             "l2_mean": sum(l2) / len(l2), "l2_max": max(l2)}
     return result
+
+
+def _guarded(forward: Callable[[Any], Any], timeout: float | None) -> Callable[[Any], Any]:
+    """``forward`` with each call held to ``timeout`` seconds and what it raises contained, as
+    the prediction pass holds ``predict`` (engine.Guard): a hang errors this test, not the run.
+    The call may run in another thread, so it gets the caller's grad mode (thread-local)."""
+    import torch
+
+    from .engine import Guard
+
+    def call(x: Any) -> Any:
+        enabled = torch.is_grad_enabled()
+
+        def run() -> Any:
+            with torch.set_grad_enabled(enabled):
+                return forward(x)
+        return Guard(timeout)(run)
+    return call
 
 
 # Classifiers whose attacked model paper mode reproduces (the wrappers of UnsafeBench

@@ -556,7 +556,8 @@ class UnsafeBenchSession:
                     unit="images") as bar:
                 if is_attack:
                     result = robustness.attack_ra(clf, samples, records, condition, rs, cache,
-                                                  s.batch_size, progress=bar.update)
+                                                  s.batch_size, progress=bar.update,
+                                                  timeout=s.timeout)
                 else:
                     with self._executor():
                         result = robustness.perturbation_ra(

@@ -40,6 +40,7 @@ class Faulty:
     def __init__(self, mode, fingerprint="faulty-v1"):
         self.mode = mode
         self.fingerprint = fingerprint
+        self.supports_gradients = mode == "hang-pixels"
 
     def predict(self, images):
         if self.mode == "exit":
@@ -54,6 +55,13 @@ class Faulty:
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)
         return [Prediction.from_score(0.5) for _ in images]
+
+    def forward_pixels(self, x):  # what gradient attacks call
+        import torch
+
+        if self.mode == "hang-pixels":
+            time.sleep(600)
+        return torch.stack([x.mean(dim=(1, 2, 3)), -x.mean(dim=(1, 2, 3))], dim=1)
 
 
 def load(mode="ok", fingerprint="faulty-v1"):
@@ -160,6 +168,86 @@ def test_bad_timeout_is_a_usage_error(pytester: pytest.Pytester, folder: Path, v
     result = pytester.runpytest(*_args(folder, "faultyclf:load"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert message in result.stderr.str()
+
+
+ATTACK_ONLY = ('[tool.unsafebench.robustness]\nattacks = ["fgsm"]\nevasions = []\n'
+               'corruptions = []\npool_size = 4\nseeds = [1]\n')
+
+
+@pytest.mark.timeout(200)
+def test_a_hanging_gradient_attack_times_out_and_the_run_goes_on(folder: Path) -> None:
+    # forward_pixels is the classifier's code too: each call on a batch gets the timeout.
+    _pyproject(folder, "hang-pixels", extra=f"timeout = 0.5\n{ATTACK_ONLY}")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE",
+           *_args(folder, "faultyclf:load", "--unsafebench-suites=robustness")]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, cwd=folder, env=_subprocess_env(folder), capture_output=True,
+                          text=True, timeout=150)
+    out = proc.stdout + proc.stderr
+    assert time.monotonic() - started < 120
+    assert proc.returncode == pytest.ExitCode.TESTS_FAILED, out
+    assert "INTERNALERROR" not in out
+    assert "no answer within the 0.5 s timeout" in out
+    doc = read_json(folder / "out.json")
+    fgsm = [r for r in doc["rows"] if r.get("condition") == "fgsm"
+            and r["classifier"] == "faultyclf:load"]
+    assert fgsm and all(r["outcome"] in ("error", "failed") for r in fgsm), fgsm
+
+
+class _Rows:
+    """Just enough of a Ray dataset for RayExecutor.warm: the actor runs in this process."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows = rows
+
+    def map_batches(self, actor_class: type, *, batch_size: int, fn_constructor_kwargs: dict,
+                    **_ray: object) -> _Rows:
+        actor = actor_class(**fn_constructor_kwargs)
+        out = []
+        for i in range(0, len(self.rows), batch_size):
+            work = [row["work"] for row in self.rows[i:i + batch_size]]
+            out += [{"result": r} for r in actor({"work": work})["result"]]
+        return _Rows(out)
+
+    def iter_rows(self) -> list[dict]:
+        return self.rows
+
+
+def test_a_hanging_classifier_times_out_on_the_ray_executor_too(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import warnings
+    from types import SimpleNamespace
+
+    from pytest_unsafebench.cache import PredictionCache
+    from pytest_unsafebench.config import resolve_settings
+    from pytest_unsafebench.dataset.folder import load_folder
+    from pytest_unsafebench.ray_executor import ClassifierSpec, RayExecutor
+    from pytest_unsafebench.registry import load_classifier
+
+    fake_ray = SimpleNamespace(data=SimpleNamespace(
+        from_items=lambda rows, **_: _Rows(rows), ActorPoolStrategy=lambda size: None))
+    monkeypatch.setattr(RayExecutor, "_connect", lambda self: fake_ray)
+    settings = resolve_settings({"classifiers": ["faultyclf:load"], "executor": "ray"},
+                                {"timeout": 0.5}, folder)
+    spec = ClassifierSpec("faultyclf:load", {"mode": "hang"}, "faulty-v1")
+    executor = RayExecutor(settings, lambda clf: spec)
+    records = load_folder(folder / "ds").records
+    loaders = {"faultyclf:load": lambda: load_classifier("faultyclf:load", mode="hang")}
+
+    def warm() -> None:  # SQLite connections stay in the thread that opened them
+        executor.warm(records, loaders, PredictionCache(folder / "cache.sqlite"),
+                      condition="clean", batch_size=8, max_pixels=None, transform=None)
+
+    worker = threading.Thread(target=warm, daemon=True)
+    with warnings.catch_warnings(record=True) as caught:  # the warning comes from the thread
+        warnings.simplefilter("always")
+        worker.start()
+        worker.join(60)  # the hang is 600 s: without the timeout on the workers, still running
+    assert not worker.is_alive(), "the remote pass did not apply --unsafebench-timeout"
+    messages = [str(w.message) for w in caught]
+    assert any("failed on a worker (no answer within the 0.5 s timeout per batch" in m
+               for m in messages), messages
 
 
 def _subprocess_env(folder: Path) -> dict[str, str]:

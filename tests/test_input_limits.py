@@ -216,3 +216,13 @@ def test_hostile_jsonl_manifest_exits_4(run, pytester: pytest.Pytester, line: st
     assert result.ret == USAGE
     result.stderr.fnmatch_lines([f"ERROR: *metadata.jsonl:3: {fragment}*"])
     assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_an_empty_corruption_list_skips_the_grid_with_its_reason(run) -> None:
+    # A mean over no corruption cells was a ZeroDivisionError in every grid test.
+    result = run('[tool.unsafebench.robustness]\nattacks = []\nevasions = []\n'
+                 "corruptions = []\n", "--unsafebench-suites=robustness", "-rs",
+                 "-k", "corruption_grid")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["SKIPPED *no corruption grid: [[]tool.unsafebench.robustness[]] "
+                                 "corruptions = []*"])
