@@ -256,14 +256,9 @@ def terminal_lines(doc: dict[str, Any], verdict: bool = True) -> list[str]:
                          f"{', '.join(uncovered)}")
         lines += _robustness_lines(name, rows, sources, cfg.get("robustness") or {})
         lines += _gap_lines(name, rows, doc.get("source_shift", {}).get(name))
-        judge = doc.get("judges", {}).get(name)
+        judge = judge_line(doc.get("judges", {}).get(name))
         if judge:
-            agree = judge["parser_converter_agreement"]
-            lines.append(f"  judge: unsure on {judge['unsure_rate']:.1%} of images (before the "
-                         f"unsure policy), {judge['failed']} image(s) without an answer "
-                         "(failed request or no archived response: excluded from their cells)"
-                         + ("" if agree is None else
-                            f"; converter agreed with the rule parser on {agree:.1%} of answers"))
+            lines.append(f"  {judge}")
     lines += _comparison_lines(doc.get("comparisons", []), cfg.get("bootstrap"))
     warned = [r for r in rows if r.get("warned")]
     if warned:
@@ -363,6 +358,19 @@ def _robustness_lines(name: str, rows: list[dict[str, Any]], sources: tuple[str,
             f"{src} {_fmt(clean[src])}" for src in sources if src in clean))
     out += [f"  not run ({conditions}): {reason}" for conditions, reason in not_run(gated.values())]
     return out
+
+
+def judge_line(judge: dict[str, Any] | None) -> str | None:
+    """A VLM judge's run summary (analysis.judge_summary): unsure rate, images without an answer
+    (excluded from their cells), converter agreement; None for other classifiers."""
+    if not judge:
+        return None
+    agree = judge.get("parser_converter_agreement")
+    return (f"judge: unsure on {judge['unsure_rate']:.1%} of images (before the unsure policy), "
+            f"{judge['failed']} image(s) without an answer (failed request or no archived "
+            "response: excluded from their cells)"
+            + ("" if agree is None else
+               f"; converter agreed with the rule parser on {agree:.1%} of answers"))
 
 
 def attack_units(rcfg: dict[str, Any]) -> str:

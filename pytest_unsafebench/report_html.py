@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import paper
 from .errors import UnsafeBenchError
-from .report import attack_units, not_run
+from .report import attack_units, judge_line, not_run
 from .taxonomy import CATEGORIES, CELL_SOURCES, OVERALL, POOLED, SHORT_NAMES
 
 if TYPE_CHECKING:
@@ -436,6 +436,8 @@ def _effectiveness(doc: Mapping[str, Any]) -> str:
         sources = sorted({r["source"] for r in mine}, key=lambda s: _order(s, CELL_SOURCES))
         out.append(f"<h3>{_e(name)}</h3>")
         notes = ((doc.get("classifiers") or {}).get(name) or {}).get("notes") or []
+        judge = judge_line((doc.get("judges") or {}).get(name))
+        notes = [*notes, judge] if judge else notes
         if notes:   # how it ran (a VLM judge's setup); the definitions warning comes first
             out.append("<ul class=\"notes\">" + "".join(f"<li>{_e(n)}</li>" for n in notes)
                        + "</ul>")

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from . import paper
-from .report import attack_units
+from .report import attack_units, judge_line
 from .taxonomy import CATEGORIES, CELL_SOURCES, OVERALL, POOLED, SHORT_NAMES
 from .text import printable
 
@@ -115,6 +115,8 @@ def _summary(doc: Mapping[str, Any]) -> list[str]:
             cells.insert(1, ref)
         out += _table(headers, [cells])
         notes = (info.get(name) or {}).get("notes") or []   # how it ran (a VLM judge's setup)
+        judge = judge_line((doc.get("judges") or {}).get(name))
+        notes = [*notes, judge] if judge else notes
         out += ["", *(f"- {md(n)}" for n in notes)] if notes else []
         if error:
             out += ["", f"**error**: {md(error)}"]

@@ -290,7 +290,10 @@ def test_judge_notes_and_paper_gate_reach_every_report(tmp_path) -> None:
         state = RunState(dataset={"spec": "hf:yiting/UnsafeBench", "name": "UnsafeBench",
                                   "synthetic": False, "fingerprint": "f", "counts": {"images": 1}},
                          findings=[], classifiers={"openai": cs})
-        return build_json(s, state, [dict(r) for r in rows], tmp_path, "cpu", {})
+        judges = {"openai": {"images": 10, "unsure_rate": 0.1, "failed": 3,
+                             "parser_converter_agreement": 0.75}}
+        return build_json(s, state, [dict(r) for r in rows], tmp_path, "cpu",
+                          {}, {"judges": judges})
 
     shown, hidden = doc(None), doc("model gpt-4o is not the paper's GPT-4V")
     assert shown["rows"][0]["paper"] == 0.709, shown["paper_figures"]   # protocol section 8
@@ -299,6 +302,9 @@ def test_judge_notes_and_paper_gate_reach_every_report(tmp_path) -> None:
     assert warning in "\n".join(terminal_lines(hidden))
     assert warning in render_markdown(hidden)
     assert "this project&#x27;s wording" in render_html(hidden) or warning in render_html(hidden)
+    excluded = "3 image(s) without an answer (failed request or no archived response"
+    for text in ("\n".join(terminal_lines(hidden)), render_markdown(hidden), render_html(hidden)):
+        assert excluded in text and "converter agreed with the rule parser on 75.0%" in text
 
 
 def test_openai_is_gpt4v_only_with_the_papers_model_or_archive(tmp_path, reference_dir) -> None:
