@@ -6,7 +6,7 @@ backoff on 429 / 5xx / timeouts (honouring ``Retry-After`` up to ``max_backoff``
 ``concurrency`` requests in flight. The key is read from ``OPENAI_API_KEY`` when the first
 request is made, is sent only in the Authorization header, and never reaches a cache, report
 or error message. A request that still fails is reported on its image (the raw field names the
-reason) and counted as a wrong answer, never as safe.
+reason) and has no verdict: the cells exclude and count it, never score it as safe or unsafe.
 """
 
 from __future__ import annotations
