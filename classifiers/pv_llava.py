@@ -215,8 +215,9 @@ def apply_lora(model: Any, folder: Path) -> Any:
         peft_model = PeftModel(model, config)
         result = set_peft_model_state_dict(peft_model, state)
     except Exception as exc:
+        why = " ".join(str(exc).split())[:300]
         raise ClassifierLoadError(f"pv-llava: adapter {folder} does not fit the base model: "
-                                  f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
+                                  f"{type(exc).__name__}: {why}") from exc
     unused = sorted(result.unexpected_keys)
     if unused:
         raise ClassifierLoadError(

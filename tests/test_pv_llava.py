@@ -214,7 +214,8 @@ def test_scoring_its_training_split_is_refused(stand_ins: dict[str, Path],
                                  "--unsafebench-allow-train-overlap*"])
     # with the override it runs, and its report section says what it saw
     out = pytester.path / "out.json"
-    ran = pytester.runpytest(*args, "--unsafebench-allow-train-overlap", f"--unsafebench-json={out}")
+    ran = pytester.runpytest(*args, "--unsafebench-allow-train-overlap",
+                             f"--unsafebench-json={out}")
     assert out.is_file(), ran.stdout.str()[-3000:] + ran.stderr.str()[-2000:]
     doc = json.loads(out.read_text())
     assert doc["classifiers"]["pv-llava"]["error"] is None, doc["classifiers"]["pv-llava"]

@@ -132,7 +132,8 @@ class VLMJudge:
         the definitions warning first when the paper's were asked for but not found."""
         d = self.definitions_info
         parser = (f"RoBERTa converter ({self.converter.layout}), agreement with the rule "
-                  "parser reported" if self.converter else f"rule-based parser ({self.parser_version})")
+                  "parser reported" if self.converter
+                  else f"rule-based parser ({self.parser_version})")
         source = (f"archived responses ({self.archive.folder}); model settings do not apply"
                   if self.archive else f"model {self.model_id}")
         return [*([d.note] if d.note else []),

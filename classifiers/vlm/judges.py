@@ -74,7 +74,9 @@ _MODEL_FILE_SUFFIXES = (".json", ".model", ".txt", ".jinja")
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
-    return ("float16" if str(device).startswith("cuda") else "float32") if dtype == "auto" else dtype
+    if dtype != "auto":
+        return dtype
+    return "float16" if str(device).startswith("cuda") else "float32"
 
 
 def pad_to_square(image: Any, mean: Sequence[float]) -> Any:

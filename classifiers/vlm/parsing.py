@@ -213,6 +213,7 @@ def _load_paper_converter(path: Path, base: Path) -> Any:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
+        why = " ".join(str(exc).split())[:300]
         raise ClassifierLoadError(f"converter: {path} has tensors of the wrong shape for the "
-                                  f"config of {base} ({' '.join(str(exc).split())[:300]})") from None
+                                  f"config of {base} ({why})") from None
     return model
