@@ -349,8 +349,11 @@ def test_hub_rows_become_the_same_records_as_the_parquet_copy(monkeypatch, tmp_p
     monkeypatch.setitem(sys.modules, "datasets", _fake_datasets(lambda repo_id, **kw: splits))
     ds = load_hub("yiting/UnsafeBench", cache_dir=tmp_path)
     local = load_parquet(hub_copy["data"], spec="x")
-    assert [(r.id, r.split, r.safety_label, r.category, r.source) for r in ds.records] == [
-        (r.id, r.split, r.safety_label, r.category, r.source) for r in local.records]
+    # archive_key too: archived VLM responses match either copy on split and row index
+    assert [(r.id, r.split, r.safety_label, r.category, r.source, r.archive_key)
+            for r in ds.records] == [(r.id, r.split, r.safety_label, r.category, r.source,
+                                      r.archive_key) for r in local.records]
+    assert all(r.archive_key.startswith(f"{r.split}/") for r in ds.records)
     assert ds.records[0].locator == "yiting/UnsafeBench[test]:row 0"
     assert ds.spec == "hf:yiting/UnsafeBench"
     for rec in ds.records:
