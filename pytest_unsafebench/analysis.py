@@ -70,6 +70,9 @@ def comparisons(tables: Mapping[str, PredictionTable], covered: Mapping[str, lis
         for category in (c for c in covered[a] if c in covered[b]):
             ca, cb = ta.select(category, POOLED), tb.select(category, POOLED)
             cb = {k: v[order[category]] for k, v in cb.items()}
+            # Pairs where either classifier gave no verdict (a failed request) are left out.
+            keep = ~(ca["failed"] | cb["failed"])
+            ca, cb = ({k: v[keep] for k, v in c.items()} for c in (ca, cb))
             if not ca["y_true"].any():
                 continue
             paired = stats.paired_bootstrap(
@@ -81,6 +84,7 @@ def comparisons(tables: Mapping[str, PredictionTable], covered: Mapping[str, lis
                 "a_value": paired.a, "b_value": paired.b, "diff": paired.diff,
                 "ci_low": paired.ci_low, "ci_high": paired.ci_high, "p_value": paired.p_value,
                 "mcnemar": {"b": mc.b, "c": mc.c, "n": mc.n, "p_value": mc.p_value},
+                "excluded_no_verdict": int((~keep).sum()),
             })
     return out
 

@@ -363,3 +363,21 @@ def test_archive_keys_use_the_id_column_where_the_dataset_has_one(hub_standin, t
     ds = load_parquet(data, str(tmp_path))
     assert [r.archive_key for r in ds.records][:2] == ["test/img000", "test/img001"]
     assert len({r.archive_key for r in ds.records}) == len(ds.records)
+
+
+def test_paired_comparisons_leave_out_images_without_a_verdict() -> None:
+    from pytest_unsafebench.analysis import comparisons
+    from pytest_unsafebench.cells import Bootstrap
+    from pytest_unsafebench.results import PredictionTable
+
+    def rows(decisions: list[str], failed: set[int]) -> list[dict]:
+        return [{"id": f"i{n}", "category": "Hate", "source": "Lexica", "split": "test",
+                 "label": "Unsafe", "decision": d, "score": 1.0,
+                 "label_scores": {"failed": float(n in failed)}} for n, d in enumerate(decisions)]
+
+    judge = PredictionTable("judge", rows(["unsafe", "unsure", "unsure", "unsafe"], {1, 2}))
+    other = PredictionTable("other", rows(["unsafe"] * 4, set()))
+    (c,) = comparisons({"judge": judge, "other": other}, {"judge": ["Hate"], "other": ["Hate"]},
+                       Bootstrap(resamples=50))
+    # the two failed images are not scored as wrong answers of the judge
+    assert c["excluded_no_verdict"] == 2 and c["a_value"] == c["b_value"] == 1.0
