@@ -16,7 +16,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -155,7 +155,7 @@ class UnsafeBenchSession:
             return
         try:
             self.prepare()
-        except UnsafeBenchError as exc:
+        except UnsafeBenchError as exc:  # may quote a manifest's or a baseline's text
             raise pytest.UsageError(str(exc)) from None
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
@@ -795,22 +795,39 @@ def _terminal_display(config: pytest.Config, is_worker: bool) -> progress.Displa
     """Progress on pytest's terminal: live on a tty, one line per step in logs and under -q;
     an xdist worker has no terminal, so it only keeps the steps' times."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if is_worker or reporter is None:
+    tw = getattr(reporter, "_tw", None)
+    if is_worker or reporter is None or tw is None:
         return progress.Display(lambda _text: None)
     live = reporter.isatty() and config.get_verbosity() >= 0
+    drawing = [False]  # the terminal's current line is our live line
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def uncaptured() -> Any:
+        # Steps inside a test (the robustness grid) would write into the test's captured
+        # output: suspend capturing, as pytest's live logging does.
+        return capture.global_and_fixture_disabled() if capture is not None else nullcontext()
+
+    def fresh_line() -> None:
+        # Mid-run (the robustness grid runs inside tests) the line may hold pytest's progress
+        # dots: end it rather than draw over it.
+        if not drawing[0] and tw.width_of_current_line:
+            tw.line()
 
     def redraw(text: str) -> None:
-        reporter.rewrite(text, erase=True)
+        with uncaptured():
+            fresh_line()
+            reporter.rewrite(text, erase=True)
+        drawing[0] = True
 
     def line(text: str) -> None:
-        if live:
-            reporter.rewrite(text, erase=True)
-            reporter.write_line("")
-            return
-        # Mid-run (robustness tests) the line may hold progress dots: start a fresh one.
-        if getattr(getattr(reporter, "_tw", None), "width_of_current_line", 0):
-            reporter.write_line("")
-        reporter.write_line(text)
+        with uncaptured():
+            fresh_line()
+            if live:
+                reporter.rewrite(text, erase=True)
+                tw.line()
+            else:
+                tw.line(text)
+        drawing[0] = False
 
     return progress.Display(line, redraw if live else None)
 
