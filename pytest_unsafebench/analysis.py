@@ -35,7 +35,7 @@ def curves(table: PredictionTable, covered: Iterable[str], sources: Iterable[str
     for category in covered:
         for source in (*sources, POOLED):
             c = table.select(category, source)
-            y, s = c["y_true"], c["scores"]
+            y, s = c["y_true"][~c["failed"]], c["scores"][~c["failed"]]   # no verdict: left out
             if len(y) == 0:
                 continue
             cells.append({

@@ -381,3 +381,16 @@ def test_paired_comparisons_leave_out_images_without_a_verdict() -> None:
                        Bootstrap(resamples=50))
     # the two failed images are not scored as wrong answers of the judge
     assert c["excluded_no_verdict"] == 2 and c["a_value"] == c["b_value"] == 1.0
+
+
+def test_curves_leave_out_images_without_a_verdict() -> None:
+    from pytest_unsafebench.analysis import curves
+    from pytest_unsafebench.results import PredictionTable
+
+    rows = [{"id": f"i{n}", "category": "Hate", "source": "Lexica", "split": "test",
+             "label": label, "decision": "unsafe", "score": score,
+             "label_scores": {"failed": float(n >= 4)}}
+            for n, (label, score) in enumerate([("Unsafe", 0.9), ("Unsafe", 0.8), ("Safe", 0.2),
+                                                 ("Safe", 0.1), ("Unsafe", 0.5), ("Safe", 0.5)])]
+    out = curves(PredictionTable("judge", rows), ["Hate"], ["Lexica"])
+    assert {c["n"] for c in out["cells"]} == {4}
