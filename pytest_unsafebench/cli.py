@@ -13,6 +13,7 @@ import importlib
 import sys
 
 from .errors import UnsafeBenchError
+from .text import printable
 
 _COMMAND_MODULES = (
     "pytest_unsafebench.commands",
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except UnsafeBenchError as exc:
-        print(f"unsafebench {args.command}: error: {exc}", file=sys.stderr)
+        # the message may quote the reports' own text (names, notes): keep it inert
+        print(printable(f"unsafebench {args.command}: error: {exc}"), file=sys.stderr)
         return 2
 
 

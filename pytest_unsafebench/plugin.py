@@ -183,7 +183,9 @@ def pytest_configure(config: pytest.Config) -> None:
             condition_names(settings.robustness)
             corruptions(settings.robustness)
     except UnsafeBenchError as exc:
-        raise pytest.UsageError(str(exc)) from None
+        from .text import printable  # the message may quote a file's text
+
+        raise pytest.UsageError(printable(exc)) from None
     if "fuzz" in settings.suites or settings.fuzz_replay:
         from .fuzzing import register_profiles
 

@@ -156,7 +156,7 @@ class UnsafeBenchSession:
         try:
             self.prepare()
         except UnsafeBenchError as exc:  # may quote a manifest's or a baseline's text
-            raise pytest.UsageError(str(exc)) from None
+            raise pytest.UsageError(printable(exc)) from None
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         progress.deactivate(self._display)

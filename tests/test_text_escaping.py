@@ -140,3 +140,69 @@ def test_show_and_markdown_of_a_saved_report_escape_file_text(
     text = (folder / "out.md").read_text()
     assert not RAW.search(text)
     assert "RuntimeError: \\\\x1b\\]0;pwned\\\\x07\\\\x1b\\[31mred\\\\x9b2J" in text
+
+
+def test_compare_escapes_file_text_in_its_table_notes_and_errors(
+        hostile_run: tuple[pytest.RunResult, Path], capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``unsafebench compare`` prints names, notes and errors read from two saved reports."""
+    import json
+
+    _, folder = hostile_run
+    monkeypatch.chdir(folder)
+    doc = read_json(folder / "out.json")
+    evil = f"toy{HOSTILE}"
+    for row in doc["rows"]:
+        if row.get("classifier") == CLASSIFIER:
+            row["classifier"] = evil
+    doc["config"]["classifiers"] = [evil if c == CLASSIFIER else c
+                                    for c in doc["config"]["classifiers"]]
+    doc["classifiers"][evil] = doc["classifiers"].pop(CLASSIFIER)
+    fingerprint = doc["dataset"]["fingerprint"]
+    doc["dataset"]["fingerprint"] = f"fp{HOSTILE}"  # another dataset: a printed note
+    (folder / "base.json").write_text(json.dumps(doc))
+    doc["dataset"]["fingerprint"] = fingerprint
+    f1 = [r for r in doc["rows"] if r["classifier"] == evil and r["metric"] == "f1"
+          and (r.get("value") or 0) > 0.1]
+    assert f1
+    for row in f1:  # the current run scored lower: it regresses
+        row["value"] = 0.0
+    (folder / "current.json").write_text(json.dumps(doc))
+    capsys.readouterr()
+
+    code = cli_main(["compare", "base.json", "current.json", "--allow-mismatch"])
+    shown = capsys.readouterr()
+    assert code == 1, shown.out + shown.err
+    assert not RAW.search(shown.out + shown.err), shown.out
+    assert f"toy{ESCAPED}" in shown.out            # the regression table's classifier
+    assert f"fp{ESCAPED} in the baseline" in shown.out  # the dataset note
+
+    # a usage error quoting a name from the command line and the baseline's names
+    assert cli_main(["compare", "base.json", "current.json", "--allow-mismatch",
+                     "--classifier", f"old{HOSTILE}={evil}"]) == 2
+    shown = capsys.readouterr()
+    assert not RAW.search(shown.out + shown.err), shown.err
+    assert f"--classifier old{ESCAPED}=toy{ESCAPED}: the baseline has no classifier" in shown.err
+
+
+def test_usage_errors_quoting_a_baseline_are_escaped(
+        hostile_run: tuple[pytest.RunResult, Path], pytester: pytest.Pytester) -> None:
+    """A usage error raised in the pass (here: a rename the baseline cannot match, listing the
+    baseline's own classifier names) reaches pytest's ERROR line escaped."""
+    import json
+
+    _, folder = hostile_run
+    doc = read_json(folder / "out.json")
+    for row in doc["rows"]:
+        row["classifier"] = f"toy{HOSTILE}"
+    (folder / "base.json").write_text(json.dumps(doc))
+    result = pytester.runpytest(
+        f"--unsafebench-classifier={CLASSIFIER}", f"--unsafebench-dataset={folder / 'ds'}",
+        f"--unsafebench-cache-dir={folder / 'cache'}", "--unsafebench-device=cpu",
+        f"--unsafebench-baseline={folder / 'base.json'}",
+        f"--unsafebench-baseline-classifier=old{HOSTILE}={CLASSIFIER}", "-p", "no:randomly")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert not RAW.search(err), err
+    assert f"old{ESCAPED}={CLASSIFIER}: the baseline has no classifier" in err
+    assert f"it has: toy{ESCAPED}" in err
