@@ -136,9 +136,11 @@ def judge_summary(tables: Mapping[str, PredictionTable]) -> dict[str, dict[str, 
         if not scores or not any("unsure" in s for s in scores):
             continue
         agreement = [s["parser_agreement"] for s in scores if "parser_agreement" in s]
+        # among the images with an answer (the failed ones are counted apart); None: none
+        answered = table.columns["unsure"][~table.columns["failed"]]
         out[name] = {
             "images": len(scores),
-            "unsure_rate": round(float(table.columns["unsure"].mean()), 6),
+            "unsure_rate": round(float(answered.mean()), 6) if len(answered) else None,
             "failed": sum(bool(s.get("failed")) for s in scores),
             "parser_converter_agreement": (round(sum(agreement) / len(agreement), 6)
                                            if agreement else None),

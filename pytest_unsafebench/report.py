@@ -365,8 +365,10 @@ def judge_line(judge: dict[str, Any] | None) -> str | None:
     (excluded from their cells), converter agreement; None for other classifiers."""
     if not judge:
         return None
-    agree = judge.get("parser_converter_agreement")
-    return (f"judge: unsure on {judge['unsure_rate']:.1%} of images (before the unsure policy), "
+    agree, unsure = judge.get("parser_converter_agreement"), judge.get("unsure_rate")
+    rate = ("no image answered" if unsure is None else
+            f"unsure on {unsure:.1%} of the answered images (before the unsure policy)")
+    return (f"judge: {rate}, "
             f"{judge['failed']} image(s) without an answer (failed request or no archived "
             "response: excluded from their cells)"
             + ("" if agree is None else

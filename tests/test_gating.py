@@ -724,7 +724,8 @@ def test_judge_summary_counts_unsure_failed_and_agreement() -> None:
                                   row(3, unsure=1.0, failed=0.0)])
     plain = PredictionTable("p", [row(0), row(1)])
     summary = judge_summary({"j": judge, "p": plain})
-    assert summary == {"j": {"images": 4, "unsure_rate": 0.5, "failed": 1,
+    # the unsure rate is over the answered images (row 1 failed: counted apart)
+    assert summary == {"j": {"images": 4, "unsure_rate": round(2 / 3, 6), "failed": 1,
                              "parser_converter_agreement": 0.75}}
     assert judge.columns["unsure"].tolist() == [True, False, False, True]
 

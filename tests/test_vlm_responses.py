@@ -394,3 +394,16 @@ def test_curves_leave_out_images_without_a_verdict() -> None:
                                                  ("Safe", 0.1), ("Unsafe", 0.5), ("Safe", 0.5)])]
     out = curves(PredictionTable("judge", rows), ["Hate"], ["Lexica"])
     assert {c["n"] for c in out["cells"]} == {4}
+
+
+def test_judge_summary_never_invents_an_unsure_rate() -> None:
+    from pytest_unsafebench.analysis import judge_summary
+    from pytest_unsafebench.report import judge_line
+    from pytest_unsafebench.results import PredictionTable
+
+    rows = [{"id": str(i), "label": "Unsafe", "category": "Hate", "source": "Lexica",
+             "score": 0.5, "decision": "unsure", "label_scores": {"unsure": 1.0, "failed": 1.0}}
+            for i in range(2)]
+    summary = judge_summary({"j": PredictionTable("j", rows)})["j"]
+    assert summary["unsure_rate"] is None and summary["failed"] == 2
+    assert judge_line(summary).startswith("judge: no image answered, 2 image(s) without an answer")
