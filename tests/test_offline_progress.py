@@ -222,19 +222,31 @@ corruptions = ["brightness"]
 """
 
 
-def _robustness_run(pytester: pytest.Pytester, *extra: str) -> tuple[pytest.RunResult, dict]:
+def _robustness_run(pytester: pytest.Pytester, *extra: str,
+                    subprocess: bool = False) -> tuple[pytest.RunResult, dict]:
     build_dataset(pytester.path / "ds")
     write_toyclf(pytester.path)
     pytester.syspathinsert()
     pytester.makepyprojecttoml(ROBUSTNESS_TOML)
     out_json = pytester.path / "out.json"
-    result = pytester.runpytest(
+    run = pytester.runpytest_subprocess if subprocess else pytester.runpytest
+    result = run(
         f"--unsafebench-classifier={CLASSIFIER}", f"--unsafebench-dataset={pytester.path / 'ds'}",
         f"--unsafebench-cache-dir={pytester.path / 'cache'}", "--unsafebench-device=cpu",
         "--unsafebench-suites=robustness", "--unsafebench-profile=smoke", "-p", "no:randomly",
         f"--unsafebench-json={out_json}", *extra)
     assert result.ret == 0, result.stdout.str()
     return result, json.loads(out_json.read_text())
+
+
+def test_steps_inside_tests_are_not_swallowed_by_output_capture(
+        pytester: pytest.Pytester) -> None:
+    # A real process (its own capture manager); the conftest makes every step say its line.
+    pytester.makeconftest("import pytest_unsafebench.progress as p\np.QUIET_BELOW_S = 0.0\n")
+    result, _ = _robustness_run(pytester, subprocess=True)
+    result.stdout.fnmatch_lines([f"unsafebench: robustness {CLASSIFIER} / text_overlay / "
+                                 "Laion5B: 10 images in *"])
+    assert "Captured stdout" not in result.stdout.str()
 
 
 def test_robustness_time_of_xdist_workers_reaches_the_report(pytester: pytest.Pytester) -> None:
