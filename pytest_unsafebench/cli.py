@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 
+from . import progress
 from .errors import UnsafeBenchError
 from .text import printable
 
@@ -35,12 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Long steps (demo data, downloads, weight conversion) report on stderr, as under pytest.
+    display = progress.stderr_display()
+    progress.activate(display)
     try:
         return int(args.run(args))
     except UnsafeBenchError as exc:
         # the message may quote the reports' own text (names, notes): keep it inert
         print(printable(f"unsafebench {args.command}: error: {exc}"), file=sys.stderr)
         return 2
+    finally:
+        progress.deactivate(display)
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m pytest_unsafebench.cli

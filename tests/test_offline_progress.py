@@ -318,3 +318,21 @@ def test_weight_conversion_and_downloads_are_timed_steps(
         assert "download_seconds" in display.timing()
     finally:
         progress.deactivate(display)
+
+
+def test_the_cli_reports_long_steps_on_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_unsafebench import cli, commands
+
+    def slow_show(_args: object) -> int:
+        with progress.step("demo_dataset", "generating the demo dataset", total=2,
+                           unit="images") as bar:
+            bar.update(2)
+        return 0
+
+    monkeypatch.setattr(progress, "QUIET_BELOW_S", 0.0)
+    monkeypatch.setattr(commands, "_show", slow_show)
+    assert cli.main(["show", str(tmp_path / "run.json")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("unsafebench: generating the demo dataset: 2 images in ")
+    assert progress.active() is None  # deactivated after the command
