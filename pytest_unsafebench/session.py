@@ -93,6 +93,10 @@ class UnsafeBenchSession:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self._display = _terminal_display(self.config, self.is_worker)
         progress.activate(self._display)
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        note = None if self.is_worker else _timeout_method_note(self.config)
+        if note and reporter is not None:  # now: a timeout would end the run before the end
+            reporter.write_line(note, yellow=True)
 
     def pytest_report_collectionfinish(self, config: pytest.Config,
                                        items: list[pytest.Item]) -> list[str]:
@@ -789,6 +793,30 @@ def _pass_note(result: PassResult) -> str:
     if failed:
         note += f"; none from {', '.join(failed)} (failed: see its tests)"
     return note
+
+
+def _timeout_method_note(config: pytest.Config) -> str | None:
+    """A warning for a run under pytest-timeout's thread method, which ends the process at a
+    test's timeout (os._exit): the report would never be written. The signal method fails only
+    that test and the run goes on to its report."""
+    import os
+    import signal
+
+    if not config.pluginmanager.has_plugin("timeout"):
+        return None
+    method = (config.getoption("timeout_method", None) or config.getini("timeout_method")
+              or ("signal" if hasattr(signal, "SIGALRM") else "thread"))
+    limit = (config.getoption("timeout", None) or config.getini("timeout")
+             or os.environ.get("PYTEST_TIMEOUT"))
+    try:
+        seconds = float(limit or 0)
+    except ValueError:
+        return None  # pytest-timeout refuses it itself
+    if method != "thread" or seconds <= 0:
+        return None
+    return ("unsafebench: pytest-timeout's thread method ends the run at a test's timeout, "
+            "before the report is written; set timeout_method = \"signal\" (a test that "
+            "hangs then fails alone) and --unsafebench-timeout for the classifiers' batches")
 
 
 def _terminal_display(config: pytest.Config, is_worker: bool) -> progress.Display:

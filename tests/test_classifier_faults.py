@@ -270,6 +270,45 @@ def test_under_pytest_timeout_a_hang_still_gives_the_report(folder: Path) -> Non
     assert doc["summary"][CLASSIFIER]["passed"] > 0
 
 
+def _hang_in_a_test(folder: Path, method: str) -> subprocess.CompletedProcess[str]:
+    """A run whose attack hangs inside a robustness test, under pytest-timeout's ``method``
+    and no --unsafebench-timeout: pytest-timeout's per-test timer is what stops it."""
+    pytest.importorskip("pytest_timeout")
+    _pyproject(folder, "hang-pixels", extra=ATTACK_ONLY)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout=5",
+           f"--timeout-method={method}",
+           *_args(folder, "faultyclf:load", "--unsafebench-suites=robustness")]
+    return subprocess.run(cmd, cwd=folder, env=_subprocess_env(folder), capture_output=True,
+                          text=True, timeout=150)
+
+
+NOTE = "unsafebench: pytest-timeout's thread method ends the run at a test's timeout"
+
+
+@pytest.mark.timeout(200)
+def test_under_pytest_timeout_signal_a_hanging_test_fails_alone_and_the_report_is_written(
+        folder: Path) -> None:
+    proc = _hang_in_a_test(folder, "signal")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == pytest.ExitCode.TESTS_FAILED, out
+    assert "Timeout" in out and NOTE not in out
+    doc = read_json(folder / "out.json")
+    fgsm = [r for r in doc["rows"] if r.get("condition") == "fgsm"
+            and r["classifier"] == "faultyclf:load"]
+    assert fgsm and all(r["outcome"] in ("error", "failed") for r in fgsm), fgsm
+    assert doc["summary"][CLASSIFIER]["passed"] > 0
+
+
+@pytest.mark.timeout(200)
+def test_under_pytest_timeout_thread_the_run_says_up_front_it_will_lose_the_report(
+        folder: Path) -> None:
+    proc = _hang_in_a_test(folder, "thread")
+    out = proc.stdout + proc.stderr
+    assert NOTE in proc.stdout.splitlines()[0], out  # before anything can time out
+    assert 'set timeout_method = "signal"' in proc.stdout
+    assert "Timeout" in out and not (folder / "out.json").exists()  # what it warned of
+
+
 def test_a_real_ctrl_c_still_interrupts_the_run(folder: Path) -> None:
     _pyproject(folder, "ctrl-c")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
