@@ -347,3 +347,28 @@ def test_recorded_artifacts_folder_is_used_only_inside_the_reports_folder(tmp_pa
     for hostile_value in ("../elsewhere", str(outside), "link", "", 3, "missing", "a\\..\\b"):
         folder, why = recorded_artifacts({"artifacts_folder": hostile_value}, report)
         assert folder is None and "pass --artifacts DIR" in why, hostile_value
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="no chromium, chromium-browser or google-chrome "
+                    "on PATH (apt-get install chromium to run this test)")
+def test_browser_shows_the_issue_14_layout(full_doc, html, tmp_path):
+    """In Chromium: the full report has the operating-points table, the per-category
+    reliability panels and a wide heatmap; a fuzz-only report has no ROC or calibration."""
+    base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+            "--disable-background-networking", "--disable-component-update", "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom"]
+
+    def dom(page_html: str, name: str) -> str:
+        page = tmp_path / name
+        page.write_text(page_html, encoding="utf-8")
+        return subprocess.run([*base, page.as_uri()], capture_output=True, text=True,
+                              timeout=60, check=True).stdout
+
+    full = dom(html, "full.html")
+    ops = _section(full, "operating-points")
+    assert "<th>operating point</th>" in ops and "max F1" in ops
+    assert 'alt="Reliability of ' in _section(full, "calibration")
+    fuzz_only = {**full_doc, "config": {**full_doc["config"], "suites": ["fuzz"]}}
+    page = dom(render_html(fuzz_only), "fuzz.html")
+    assert 'id="fuzz"' in page and 'id="curves"' not in page and 'id="calibration"' not in page
