@@ -353,8 +353,8 @@ def test_recorded_artifacts_folder_is_used_only_inside_the_reports_folder(tmp_pa
 @pytest.mark.skipif(_chromium() is None, reason="no chromium, chromium-browser or google-chrome "
                     "on PATH (apt-get install chromium to run this test)")
 def test_browser_shows_the_issue_14_layout(full_doc, html, tmp_path):
-    """In Chromium: the full report has the operating-points table, the per-category
-    reliability panels and a wide heatmap; a fuzz-only report has no ROC or calibration."""
+    """In Chromium: the full report has the operating-points table and the per-category
+    reliability panels; a fuzz-only report has no ROC or calibration section."""
     base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
             "--disable-background-networking", "--disable-component-update", "--no-first-run",
             f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom"]
