@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from .dataset.records import EXCLUDING_KINDS
 from .errors import UnsafeBenchError
 from .executors import ImageRef, RefReader, image_ref
+from .text import printable
 
 if TYPE_CHECKING:
     from .cache import PredictionCache
@@ -161,9 +162,9 @@ class RayExecutor:
             self.seconds += time.perf_counter() - started
         for fingerprint, error in errors.items():
             # The local pass redoes this work: it reports the error if it is the classifier's.
-            warnings.warn(f"ray executor: classifier {specs[fingerprint].name!r} failed on a "
-                          f"worker ({error}); its remaining {condition} predictions are "
-                          "computed locally", stacklevel=2)
+            warnings.warn(printable(f"ray executor: classifier {specs[fingerprint].name!r} "
+                                    f"failed on a worker ({error}); its remaining {condition} "
+                                    "predictions are computed locally"), stacklevel=2)
         return added
 
     def _connect(self) -> Any:
@@ -263,7 +264,7 @@ class _Predictor:
                  transform: Transform | None, max_pixels: int, device: str,
                  gpus: float, timeout: float | None = None) -> None:
         from .classifier import ClassifierInfo
-        from .engine import ClassifierOutcome
+        from .engine import ClassifierOutcome, Guard, _describe
         from .registry import load_classifier
         from .session import _resolve_device
 
@@ -277,15 +278,16 @@ class _Predictor:
         self.models: dict[str, tuple[Classifier, Any]] = {}
         self.errors: dict[str, str] = {}
         for spec in specs:
-            try:
-                clf = load_classifier(spec.name, **{**spec.options, "device": device})
+            try:  # Guard: a SystemExit from a factory is that classifier's error, as locally
+                clf = Guard(None)(partial(load_classifier, spec.name,
+                                          **{**spec.options, "device": device}))
                 if clf.fingerprint != spec.fingerprint:
                     raise UnsafeBenchError(
                         f"loads as fingerprint {clf.fingerprint!r} on the worker but "
                         f"{spec.fingerprint!r} on the driver; install the same weights and "
                         "package versions on both")
             except Exception as exc:  # noqa: BLE001 - reported per classifier
-                self.errors[spec.fingerprint] = f"{type(exc).__name__}: {exc}"
+                self.errors[spec.fingerprint] = _describe(exc)
                 continue
             self.models[spec.fingerprint] = (clf, ClassifierOutcome(
                 ClassifierInfo.of(spec.name, clf)))

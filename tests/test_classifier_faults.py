@@ -51,6 +51,8 @@ class Faulty:
             raise Leave("a BaseException subclass")
         if self.mode == "hang":
             time.sleep(600)
+        if self.mode == "escapes":  # an error text that would retitle the terminal
+            raise RuntimeError("\x1b]0;pwned\x07")
         if self.mode == "ctrl-c":  # what the user's Ctrl-C does: SIGINT to the process
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)
@@ -248,6 +250,51 @@ def test_a_hanging_classifier_times_out_on_the_ray_executor_too(
     messages = [str(w.message) for w in caught]
     assert any("failed on a worker (no answer within the 0.5 s timeout per batch" in m
                for m in messages), messages
+
+
+def _warm_on_fake_ray(folder: Path, mode: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """RayExecutor.warm with the actor in this process; the warnings it gave."""
+    import warnings
+    from types import SimpleNamespace
+
+    from pytest_unsafebench.cache import PredictionCache
+    from pytest_unsafebench.config import resolve_settings
+    from pytest_unsafebench.dataset.folder import load_folder
+    from pytest_unsafebench.ray_executor import ClassifierSpec, RayExecutor
+    from pytest_unsafebench.registry import load_classifier
+
+    fake_ray = SimpleNamespace(data=SimpleNamespace(
+        from_items=lambda rows, **_: _Rows(rows), ActorPoolStrategy=lambda size: None))
+    monkeypatch.setattr(RayExecutor, "_connect", lambda self: fake_ray)
+    settings = resolve_settings({"classifiers": ["faultyclf:load"], "executor": "ray"}, {},
+                                folder)
+    executor = RayExecutor(settings, lambda clf: ClassifierSpec("faultyclf:load",
+                                                                {"mode": mode}, "faulty-v1"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        executor.warm(load_folder(folder / "ds").records,
+                      {"faultyclf:load": lambda: load_classifier("faultyclf:load", mode=mode)},
+                      PredictionCache(folder / "cache.sqlite"), condition="clean",
+                      batch_size=8, max_pixels=None, transform=None)
+    return [str(w.message) for w in caught]
+
+
+def test_a_classifier_error_on_a_ray_worker_is_escaped_in_its_warning(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    messages = _warm_on_fake_ray(folder, "escapes", monkeypatch)
+    assert any("failed on a worker (RuntimeError: \\x1b]0;pwned\\x07)" in m
+               for m in messages), messages
+    assert not any("\x1b" in m or "\x07" in m for m in messages)
+
+
+def test_system_exit_from_a_factory_on_a_ray_worker_is_that_classifiers_error(
+        folder: Path) -> None:
+    from pytest_unsafebench.ray_executor import ClassifierSpec, _Predictor
+
+    actor = _Predictor([ClassifierSpec("faultyclf:load_exit", {}, "faulty-v1")], "clean", None,
+                       0, "cpu", 0.0)
+    assert actor.errors == {"faulty-v1": "SystemExit: the factory called sys.exit (raised by "
+                                         "the classifier)"}
 
 
 def _subprocess_env(folder: Path) -> dict[str, str]:
