@@ -89,6 +89,17 @@ def test_paper_definitions_resolve_like_weight_files(tmp_path, reference_dir, mo
     assert prompts.resolve_definitions("project", None).note is None
 
 
+def test_unsafebench_offline_forbids_the_download(monkeypatch) -> None:
+    from pytest_unsafebench.classifiers.vlm import prompts
+
+    monkeypatch.setattr(prompts.urllib.request, "urlopen",
+                        lambda *a, **k: pytest.fail("a download was attempted"))
+    monkeypatch.setenv("UNSAFEBENCH_OFFLINE", "1")
+    with pytest.raises(OSError, match="UNSAFEBENCH_OFFLINE is set"):
+        prompts._download(prompts.DEFINITIONS_FILE.url, 1.0)
+    assert prompts.resolve_paper_text(prompts.DEFINITIONS_FILE, None) is None
+
+
 def test_project_wording_means_what_the_papers_does() -> None:
     deception = DEFAULT_DEFINITIONS["Deception"].lower()
     political = DEFAULT_DEFINITIONS["Political"].lower()
