@@ -501,6 +501,13 @@ def _check_outputs(s: Settings) -> None:
         if where.is_dir():
             raise ConfigError(f"--unsafebench-{option}: {path} is a folder; name a file in it")
         seen[where] = option
+    if "fuzz" in s.suites:  # counterexamples are saved mid-test: a file there would error them
+        for path in (s.artifacts_path, *s.artifacts_path.parents):
+            if path.exists():
+                if not path.is_dir():
+                    raise ConfigError(f"artifacts folder {s.artifacts_path}: {path} is not a "
+                                      "folder; point --unsafebench-artifacts at a folder")
+                break
 
 
 def _existing_dir(value: Any, option: str) -> Path | None:

@@ -308,3 +308,15 @@ def test_tampered_cache_row_is_recomputed_in_a_run(bench: Bench) -> None:
     with sqlite3.connect(db) as conn:  # replaced by the recomputed predictions
         assert conn.execute("SELECT COUNT(*) FROM predictions WHERE score > 1 OR decision "
                             "NOT IN ('safe', 'unsafe')").fetchone()[0] == 0
+
+
+def test_artifacts_folder_that_is_a_file_is_a_usage_error(bench: Bench) -> None:
+    # Fuzz counterexamples are saved inside tests: a file there was an OSError in each of them.
+    (bench.path / "blocker").write_text("a file, not a folder")
+    for folder in ("blocker", "blocker/fuzz"):
+        result = bench.run("--unsafebench-suites=fuzz", f"--unsafebench-artifacts={folder}")
+        _no_traceback(result)
+        assert result.ret == USAGE
+        assert (f"artifacts folder {folder}: blocker is not a folder; point "
+                "--unsafebench-artifacts at a folder") in result.stderr.str()
+    assert bench.run("--unsafebench-artifacts=blocker").ret == 0  # no fuzz suite: unused
