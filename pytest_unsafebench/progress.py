@@ -103,7 +103,7 @@ class Bar:
 
     def final_text(self, elapsed: float) -> str:
         unit = f" {self.unit}" if self.unit else ""
-        count = f"{self.done}{unit} " if self.done or self.total else ""
+        count = f"{self.done}{unit} " if self.done or self.total else "done "
         rate = (f", {_rate(self.done / elapsed, self.unit)}"
                 if self.done and elapsed > 0 and self.unit else "")
         note = f"; {self.note}" if self.note else ""

@@ -182,7 +182,7 @@ class UnsafeBenchSession:
             self._baseline = load(s.baseline_path)  # fail before the pass, not after it
             check_renames(self._baseline, s.baseline_classifiers, s.classifiers,
                           "--unsafebench-baseline-classifier")
-        with progress.step("dataset", f"dataset {s.dataset}"):
+        with progress.step("dataset", f"loading the dataset ({s.dataset})"):
             dataset = self._load_dataset()
         if self._baseline is not None:
             from .baseline import check_dataset

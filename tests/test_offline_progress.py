@@ -206,7 +206,8 @@ def test_run_prints_one_line_per_step_and_times_them_in_the_json(
     assert len(pass_lines) == 1, result.stdout.str()
     assert pass_lines[0].startswith(f"unsafebench: prediction pass ({CLASSIFIER}): 48 images in ")
     assert pass_lines[0].endswith("; 48 new predictions")
-    assert [line for line in result.outlines if line.startswith("unsafebench: dataset ")]
+    assert [line for line in result.outlines
+            if line.startswith("unsafebench: loading the dataset (") and ": done in " in line]
     timing = json.loads(out_json.read_text())["timing"]
     assert {"dataset_seconds", "pass_seconds"} <= set(timing)
 
