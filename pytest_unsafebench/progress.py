@@ -6,7 +6,7 @@ then ``bar.advance()`` (or ``bar.update(done, total)``). Where the lines go is s
 runs the steps (:func:`activate`): the pytest session points it at the terminal, the CLI at
 stderr. On a live terminal a step redraws one line (count, rate, time left); in logs (not a
 terminal) and under ``-q`` it writes one line when it ends, and only if it took at least
-:data:`QUIET_BELOW_S`. Every step's seconds are added to the active :class:`Timings` under its
+:data:`QUIET_BELOW_S`. Every step's seconds are added to the active :class:`Display` under its
 key, which the session copies into the JSON report's ``timing``. With nothing active (library
 use) steps cost nothing and write nothing.
 """
@@ -24,7 +24,7 @@ REDRAW_EVERY_S = 0.25  # live-terminal redraw interval
 LIVE_AFTER_S = 0.5     # a live line appears only once a step has run this long
 
 
-@dataclass
+@dataclass(eq=False)  # identity: activate/deactivate find this very display
 class Display:
     """Where progress goes: ``line`` writes a finished line; ``redraw`` (None when the output is
     not a live terminal, or is quiet) replaces the current line in place."""
