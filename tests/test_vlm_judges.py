@@ -147,14 +147,12 @@ def test_whole_path_prompts_vote_score_and_cache(kind, models, tmp_path, monkeyp
         expected = raw["vote"] if raw["vote"] != "unsure" else (
             "safe" if rec.safety_label == "Unsafe" else "unsafe")
         assert pred.decision == expected
-        if kind == "llava":   # greedy: P(unsafe) at the decision token
-            probs = [pred.label_scores[f"p_unsafe_prompt_{i}"] for i in range(3)]
-            assert all(0 < p < 1 for p in probs)
-            assert pred.score == pytest.approx(sum(probs) / 3)
-        else:                 # beam search: the share of prompts that said unsafe
-            assert not [k for k in pred.label_scores if k.startswith("p_unsafe")]
-            v = raw["verdicts"]
-            assert pred.score == pytest.approx((v.count("unsafe") + 0.5 * v.count("unsure")) / 3)
+        # P(unsafe) at the decision token; under beam search, on the answer's own beam
+        probs = [pred.label_scores[f"p_unsafe_prompt_{i}"] for i in range(3)]
+        assert all(0 < p < 1 for p in probs)
+        assert pred.score == pytest.approx(sum(probs) / 3)
+        for p, verdict in zip(probs, raw["verdicts"]):   # the score agrees with the answer
+            assert verdict == "unsure" or (p > 0.5) == (verdict == "unsafe")
     assert verdicts_seen & {"safe", "unsafe"}, [p.raw for p in preds]
     # the same run again is answered from the response cache, with no model call
     again = judge(kind, models, batch_size=4, cache_dir=tmp_path, unsure="wrong")

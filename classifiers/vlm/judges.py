@@ -21,8 +21,8 @@ prompt) pairs with left padding.
 Score: at the decision point (the first generated token that starts a "safe" or "unsafe"
 word, else the first generated token) P(unsafe) = softmax over the two words' first tokens;
 the image's score is the mean over its three prompts, so AUROC and threshold sweeps work.
-Beam search keeps no single token path to read it from: there the score is the share of
-prompts that answered unsafe. ``forward_pixels`` returns the same two logits for prompt 0 at
+Under beam search the logits are read along the beam the answer came from.
+``forward_pixels`` returns the same two logits for prompt 0 at
 the first answer position, with the image processor's pad / resize / crop / normalise done as
 differentiable torch ops, so the robustness suite's gradient attacks apply.
 """
@@ -197,13 +197,9 @@ class TransformersJudge(VLMJudge):
                                      output_logits=True, return_dict_in_generate=True,
                                      pad_token_id=tok.pad_token_id)
             new = gen.sequences[:, inputs["input_ids"].shape[1]:]
-            # Beam search's logits are per beam, not per answer: no token path to read.
-            beams = int(self.decoding.get("num_beams", 1)) > 1
-            logits = None if beams else torch.stack(gen.logits, dim=1).float()
             texts = tok.batch_decode(new, skip_special_tokens=True)
             for row, text in enumerate(texts):
-                p = None if logits is None else self._p_unsafe(new[row], logits[row])
-                out.append(Answer(text.strip(), p))
+                out.append(Answer(text.strip(), self._p_unsafe(new[row], _answer_logits(gen, row))))
         return out
 
     def _generate_kwargs(self) -> dict[str, Any]:
@@ -256,6 +252,21 @@ class TransformersJudge(VLMJudge):
         last = model(**inputs).logits[:, -1, :].float()
         pair = torch.stack([torch.logsumexp(last[:, safe], 1), torch.logsumexp(last[:, unsafe], 1)], 1)
         return torch.log_softmax(pair, dim=1)
+
+def _answer_logits(gen: Any, row: int) -> torch.Tensor:
+    """The raw logits behind answer ``row``'s tokens, step by step: under beam search the
+    logits are per beam, so each step's row is the beam that answer came from
+    (``beam_indices``; -1 once it ended)."""
+    import torch
+
+    steps = torch.stack(gen.logits, dim=0)            # (steps, rows or rows x beams, vocab)
+    beams = getattr(gen, "beam_indices", None)
+    if beams is None:
+        return steps[:, row].float()
+    path = beams[row, :steps.shape[0]]
+    n = int((path >= 0).sum())
+    return steps[torch.arange(n), path[:n]].float()
+
 
 def folder_digest(folder: Path, cache_dir: Path | None) -> str:
     """sha256 over what from_pretrained reads: configs, tokenizer files and weights (the
