@@ -108,6 +108,10 @@ def environment(settings: Settings, root: Path, device: str) -> dict[str, Any]:
     }
 
 
+# How a classifier's note starts when it ran on this project's wording instead of the paper's.
+NOT_PAPER_TEXT = ("category definitions: this project's", "prompt template: this project's")
+
+
 def build_json(settings: Settings, state: RunState, rows: list[dict[str, Any]],
                root: Path, device: str, timing: dict[str, float],
                extras: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -126,6 +130,11 @@ def build_json(settings: Settings, state: RunState, rows: list[dict[str, Any]],
             r["paper"] = (None if cs is not None and cs.paper_mismatch
                           else paper.published_for_row(r, config))
     findings = [f.to_dict() for f in state.findings]
+    # A judge that ran without the paper's text (definitions, template) says so here too.
+    not_paper = {name: [n for n in cs.notes if n.startswith(NOT_PAPER_TEXT)]
+                 for name, cs in state.classifiers.items()}
+    if any(not_paper.values()):
+        config = {**config, "not_paper_text": {k: v for k, v in not_paper.items() if v}}
     extras = dict(extras or {})
     return {
         "schema_version": SCHEMA_VERSION,

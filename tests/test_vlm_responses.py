@@ -299,6 +299,7 @@ def test_judge_notes_and_paper_gate_reach_every_report(tmp_path) -> None:
     assert shown["rows"][0]["paper"] == 0.709, shown["paper_figures"]   # protocol section 8
     assert hidden["rows"][0]["paper"] is None
     assert hidden["classifiers"]["openai"]["notes"][0] == warning
+    assert hidden["config"]["not_paper_text"] == {"openai": [warning]}
     assert warning in "\n".join(terminal_lines(hidden))
     assert warning in render_markdown(hidden)
     assert "this project&#x27;s wording" in render_html(hidden) or warning in render_html(hidden)
