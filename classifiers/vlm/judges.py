@@ -43,7 +43,7 @@ from .responses import Answer
 if TYPE_CHECKING:
     import torch
 
-# LLaVA's llava_v1 conversation (llava/conversation.py, conv_vicuna_v1 / SeparatorStyle.TWO:
+# LLaVA's llava_v1 conversation (llava/conversation.py, conv_llava_v1, SeparatorStyle.TWO:
 # system, " USER: <image>\n{prompt}", " ASSISTANT:"), which UnsafeBench vlms.py uses.
 LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
                    "The assistant gives helpful, detailed, and polite answers to the human's "
