@@ -3,6 +3,10 @@ hash + condition, so a rerun with the same weights and images does no inference 
 
 Decode outcomes are cached too (per image hash and pixel limit), so a warm run neither decodes
 images nor loses the data-integrity findings that decoding produced.
+
+Under a non-default alpha rule (images.ALPHA_RULES) a transparent image decodes to other pixels,
+so every key then carries the rule: its conditions and decode keys end ``|alpha=<rule>``, and the
+default's keys are those of caches written before the rule existed.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .classifier import Prediction
+from .dataset.images import ALPHA_RULES, DEFAULT_ALPHA
 from .errors import ConfigError, UnsafeBenchError
 
 SCHEMA_VERSION = 2
@@ -64,9 +69,14 @@ class PredictionCache:
     """One SQLite file; safe for several processes (WAL journal, busy timeout).
 
     Raises ConfigError when the cache folder is a file, CacheUnwritable when the file or
-    folder is read-only."""
+    folder is read-only. ``alpha``: the decoding rule of every row this object reads and
+    writes (see the module docstring)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, alpha: str = DEFAULT_ALPHA) -> None:
+        if alpha not in ALPHA_RULES:
+            raise ValueError(f"alpha rule {alpha!r} is not one of {', '.join(ALPHA_RULES)}")
+        self.alpha = alpha
+        self._rule = "" if alpha == DEFAULT_ALPHA else f"|alpha={alpha}"
         self.path = Path(path)
         check_folder(self.path.parent)
         if self.path.is_dir():
@@ -129,7 +139,7 @@ class PredictionCache:
         for h, score, decision, labels, raw in self._rows_in(
                 "SELECT image_hash, score, decision, label_scores, raw FROM predictions "
                 "WHERE fingerprint = ? AND condition = ? AND image_hash IN ({marks})",
-                (fingerprint, condition), hashes):
+                (fingerprint, condition + self._rule), hashes):
             try:
                 out[h] = _cached_prediction(score, decision, labels, raw)
             except ValueError as exc:
@@ -143,7 +153,7 @@ class PredictionCache:
     def put_predictions(self, fingerprint: str, condition: str,
                         items: Sequence[tuple[str, Prediction]]) -> None:
         rows = [
-            (fingerprint, h, condition, p.score, p.decision,
+            (fingerprint, h, condition + self._rule, p.score, p.decision,
              json.dumps(dict(p.label_scores), sort_keys=True) if p.label_scores else None, p.raw)
             for h, p in items
         ]
@@ -160,7 +170,7 @@ class PredictionCache:
         bad = 0
         for h, blob in self._rows_in(
                 "SELECT image_hash, vector FROM embeddings WHERE backbone = ? AND condition = ? "
-                "AND image_hash IN ({marks})", (backbone, condition), hashes):
+                "AND image_hash IN ({marks})", (backbone, condition + self._rule), hashes):
             vector = (np.frombuffer(blob, dtype="<f4")
                       if isinstance(blob, bytes) and blob and len(blob) % 4 == 0 else None)
             if vector is None or not np.isfinite(vector).all():
@@ -179,7 +189,8 @@ class PredictionCache:
         with self._transaction():
             self._conn.executemany(
                 "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)",
-                [(backbone, h, condition, np.asarray(v, dtype="<f4").tobytes()) for h, v in items])
+                [(backbone, h, condition + self._rule, np.asarray(v, dtype="<f4").tobytes())
+                 for h, v in items])
 
     def get_decodes(self, hashes: Iterable[str], max_pixels: int) -> dict[str, tuple[str | None, str | None]]:
         """image hash -> (finding kind or None, detail or None) for images decoded before; a
@@ -188,9 +199,11 @@ class PredictionCache:
 
         out: dict[str, tuple[str | None, str | None]] = {}
         bad = 0
-        for h, kind, detail in self._rows_in(
+        keys = {h + self._rule: h for h in hashes}
+        for key, kind, detail in self._rows_in(
                 "SELECT image_hash, kind, detail FROM decodes WHERE max_pixels = ? "
-                "AND image_hash IN ({marks})", (max_pixels,), hashes):
+                "AND image_hash IN ({marks})", (max_pixels,), keys):
+            h = keys[key]
             if ((kind is None or kind in EXCLUDING_KINDS or kind in KEEPING_KINDS)
                     and (detail is None or isinstance(detail, str))):
                 out[h] = (kind, detail)
@@ -205,7 +218,7 @@ class PredictionCache:
         with self._transaction():
             self._conn.executemany(
                 "INSERT OR REPLACE INTO decodes VALUES (?, ?, ?, ?)",
-                [(h, max_pixels, kind, detail) for h, kind, detail in items])
+                [(h + self._rule, max_pixels, kind, detail) for h, kind, detail in items])
 
     def _rows_in(self, sql: str, params: tuple[Any, ...], hashes: Iterable[str]) -> Iterator[tuple]:
         """Run ``sql`` (ending in ``IN ({marks})``) over the hashes, in chunks below SQLite's

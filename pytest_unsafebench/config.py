@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .dataset.images import DEFAULT_MAX_PIXELS
+from .dataset.images import ALPHA_RULES, DEFAULT_ALPHA, DEFAULT_MAX_PIXELS
 from .dataset.records import EXCLUDING_KINDS, KEEPING_KINDS
 from .errors import ConfigError
 from .executors import EXECUTORS
@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "alignment": "official",
     "cache_dir": None,
     "max_image_pixels": DEFAULT_MAX_PIXELS,
+    "alpha": None,          # transparent images: "white" or "drop"; None: "drop" in paper mode
     "allow_findings": [],
     "suites": ["effectiveness", "gap"],
     "bootstrap": 1000,      # resamples behind every confidence interval; 0 turns CIs off
@@ -209,6 +210,7 @@ class Settings:
     unsure: str = "random"                 # VLM judges' unsure policy
     import_responses: Path | None = None   # archived VLM responses to score instead of querying
     timeout: float | None = None           # seconds per classifier batch; None: no limit
+    alpha: str = DEFAULT_ALPHA             # how transparent images decode (images.ALPHA_RULES)
 
     def tolerance_for(self, metric: str) -> float:
         return self.tolerances.get(metric, self.tolerance)
@@ -255,6 +257,7 @@ class Settings:
             "unsure": self.unsure,
             "import_responses": self.import_responses is not None,
             "timeout": self.timeout,
+            "alpha": self.alpha,
         }
 
 
@@ -422,6 +425,14 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
     except ConfigError as exc:
         raise ConfigError(f"{where['profile']}: {exc}" if "unknown profile" in str(exc) else str(exc)) from None
 
+    def alpha_rule(rs: RobustnessSettings) -> str:
+        # Paper mode decodes as the official loader for the whole run, not only for attacks:
+        # its pool is drawn from the clean predictions, which must see the attacked pixels.
+        if merged["alpha"] is None:
+            return "drop" if rs.mode == "paper" else DEFAULT_ALPHA
+        return choice("alpha", ALPHA_RULES)
+
+    robustness = _robustness(pyproject.get("robustness", {}))
     cache_dir = text("cache_dir", optional=True)
     cache_path = (rootpath / Path(cache_dir).expanduser() if cache_dir
                   else rootpath / ".pytest_cache" / "unsafebench")
@@ -446,7 +457,7 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
         thresholds=thresholds,
         classifier_options=classifier_options,
         suites=members("suites", SUITES),
-        robustness=_robustness(pyproject.get("robustness", {})),
+        robustness=robustness,
         artifacts_dir=Path(cli["artifacts"]) if cli.get("artifacts") else None,
         blur_unsafe=not cli.get("no_blur", False),
         fuzz_replay=_replay_path(cli.get("fuzz_replay")),
@@ -475,6 +486,7 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
         import_responses=_existing_dir(cli.get("import_responses"),
                                        "--unsafebench-import-responses"),
         timeout=None if merged["timeout"] is None else number("timeout", 0.0, float("inf")),
+        alpha=alpha_rule(robustness),
     )
     _check_outputs(settings)
     return settings

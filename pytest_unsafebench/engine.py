@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .cache import PredictionCache
 from .classifier import Backbone, Classifier, ClassifierInfo, HeadClassifier, Prediction
-from .dataset.images import (DEFAULT_MAX_PIXELS, ImageProblem, finish_decode, max_file_bytes,
-                             open_image, readonly_view)
+from .dataset.images import (DEFAULT_ALPHA, DEFAULT_MAX_PIXELS, ImageProblem, finish_decode,
+                             max_file_bytes, open_image, readonly_view)
 from .dataset.records import EXCLUDING_KINDS, Finding, Record
 
 if TYPE_CHECKING:
@@ -127,7 +127,9 @@ def run_pass(
     decode_status: dict[str, tuple[str | None, str | None]] = dict(statuses)
     embeddings = _SharedEmbeddings(cache, condition)
     done = 0
-    for batch, decoded, seconds in _decoded_batches(todo, batch_size, pixel_limit, workers):
+    # Decoded under the cache's alpha rule, which keys what the cache returns and keeps.
+    for batch, decoded, seconds in _decoded_batches(todo, batch_size, pixel_limit, workers,
+                                                    alpha=cache.alpha):
         result.decode_seconds += seconds
         result.decoded += len(batch)
         # A file that could not be read says nothing about the content its hash names:
@@ -268,13 +270,13 @@ def _open(record: Record, max_pixels: int) -> Decoded:
         return None, "unreadable", f"reading failed: {_describe(exc)}"
 
 
-def _finish(opened: Decoded) -> Decoded:
-    """Decode an :func:`_open` result to RGB, naming any conversion."""
+def _finish(opened: Decoded, alpha: str = DEFAULT_ALPHA) -> Decoded:
+    """Decode an :func:`_open` result to RGB under the ``alpha`` rule, naming any conversion."""
     lazy = opened[0]
     if lazy is None:
         return opened
     try:
-        image, note = finish_decode(lazy)
+        image, note = finish_decode(lazy, alpha)
     except ImageProblem as exc:
         return None, exc.kind, exc.detail
     kind = None
@@ -331,6 +333,7 @@ def _plans(pool: ThreadPoolExecutor, todo: Sequence[Record], batch_size: int, pi
 
 def _decoded_batches(todo: Sequence[Record], batch_size: int, max_pixels: int, workers: int,
                      budget: int | None = None, breaks: frozenset[int] = frozenset(),
+                     alpha: str = DEFAULT_ALPHA,
                      ) -> Iterator[tuple[Sequence[Record], list[Decoded], float]]:
     """Yield decoded batches in record order while the next batch decodes in the background.
 
@@ -349,7 +352,8 @@ def _decoded_batches(todo: Sequence[Record], batch_size: int, max_pixels: int, w
         plans = _plans(pool, todo, batch_size, budget // 2, max_pixels, breaks)
 
         def submit(plan: Plan) -> tuple[float, list[Future[Decoded]]]:
-            return time.perf_counter(), [pool.submit(_finish, opened) for _, opened in plan]
+            return time.perf_counter(), [pool.submit(_finish, opened, alpha)
+                                         for _, opened in plan]
 
         plan: Plan | None = next(plans)
         pending = submit(plan)

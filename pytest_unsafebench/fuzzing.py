@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .dataset.images import DEFAULT_ALPHA
 from .taxonomy import CATEGORIES, LABELS, SOURCES, UNSAFE
 
 if TYPE_CHECKING:
@@ -240,6 +241,7 @@ class FuzzTarget:
     artifacts_dir: Path
     blur_unsafe: bool = True
     max_pixels: int | None = None
+    alpha: str = DEFAULT_ALPHA          # the run's decoding rule, as the pool's predictions saw
     database_key: str = ""
     sink: Callable[[dict[str, Any]], None] | None = None
     case: dict[str, Any] | None = None  # a pinned counterexample (the replay test)
@@ -248,7 +250,8 @@ class FuzzTarget:
 
     def image(self, image_id: str) -> Image:
         if image_id not in self._images:
-            self._images[image_id] = self.records[image_id].load_image(self.max_pixels)
+            self._images[image_id] = self.records[image_id].load_image(self.max_pixels,
+                                                                       self.alpha)
         return self._images[image_id]
 
     def check(self, row: dict[str, Any], chain: Chain) -> tuple[Prediction, Image]:
@@ -369,7 +372,7 @@ def fuzz_target(session: Any, item: Any, classifier: str, condition: str | None,
     return FuzzTarget(classifier=classifier, source=source or "all",
                       clf=session.classifier(classifier), pool=pool, records=records,
                       artifacts_dir=s.artifacts_path, blur_unsafe=s.blur_unsafe,
-                      max_pixels=s.max_image_pixels, database_key=item.nodeid,
+                      max_pixels=s.max_image_pixels, alpha=s.alpha, database_key=item.nodeid,
                       sink=partial(record_row, item), case=case)
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from .dataset.images import DEFAULT_ALPHA
 from .dataset.records import EXCLUDING_KINDS
 from .errors import UnsafeBenchError
 from .executors import ImageRef, RefReader, image_ref
@@ -140,7 +141,7 @@ class RayExecutor:
             fn_constructor_kwargs={
                 "specs": list(specs.values()), "condition": condition, "transform": transform,
                 "max_pixels": pixel_limit, "device": self.settings.device, "gpus": gpus,
-                "timeout": self.settings.timeout},
+                "timeout": self.settings.timeout, "alpha": cache.alpha},
         )
         errors: dict[str, str] = {}
         done = 0
@@ -262,7 +263,7 @@ class _Predictor:
 
     def __init__(self, specs: Sequence[ClassifierSpec], condition: str,
                  transform: Transform | None, max_pixels: int, device: str,
-                 gpus: float, timeout: float | None = None) -> None:
+                 gpus: float, timeout: float | None = None, alpha: str = DEFAULT_ALPHA) -> None:
         from .classifier import ClassifierInfo
         from .engine import ClassifierOutcome, Guard, _describe
         from .registry import load_classifier
@@ -271,6 +272,7 @@ class _Predictor:
         self.condition = condition
         self.transform = transform
         self.max_pixels = max_pixels
+        self.alpha = alpha  # the driver cache's rule: its keys say how these images decoded
         self.timeout = timeout  # per batch, as locally: a hang must not stall the whole pass
         self.refs = RefReader()
         # On a GPU node each actor owns its GPU(s); elsewhere Ray hides the GPUs from it.
@@ -309,7 +311,8 @@ class _Predictor:
         parts: list[list[BatchResult]] = [[] for _ in works]
         done = 0
         for plan, decoded, _ in _decoded_batches(records, max(map(len, works), default=1),
-                                                 self.max_pixels, 4, breaks=starts):
+                                                 self.max_pixels, 4, breaks=starts,
+                                                 alpha=self.alpha):
             end = done + len(plan)
             parts[owner[done]].append(self._classify(items[done:end], list(plan), decoded))
             done = end

@@ -203,6 +203,9 @@ def terminal_lines(doc: dict[str, Any], verdict: bool = True) -> list[str]:
                  f"fingerprint {ds['fingerprint']})")
     if ds.get("synthetic"):
         lines.append("  SYNTHETIC DATA: " + ds["description"])
+    alpha = alpha_line(cfg)
+    if alpha:
+        lines.append(f"  {alpha}")
     reason = (doc.get("paper_figures") or {}).get("reason")
     if reason:
         lines.append(f"  paper figures not shown: {reason}")
@@ -382,6 +385,18 @@ def judge_line(judge: dict[str, Any] | None) -> str | None:
             "response: excluded from their cells)"
             + ("" if agree is None else
                f"; converter agreed with the rule parser on {agree:.1%} of answers"))
+
+
+def alpha_line(cfg: dict[str, Any]) -> str | None:
+    """How transparent images were decoded, when that is not the default or not the paper's."""
+    paper = (cfg.get("robustness") or {}).get("mode") == "paper"
+    if cfg.get("alpha") == "drop":
+        return ('transparent images: alpha dropped, colours kept (alpha = "drop", the official '
+                'loader\'s convert("RGB")' + (", as paper mode sets it" if paper else "") + ")")
+    if paper and cfg.get("alpha") == "white":
+        return ('transparent images: composited over white (alpha = "white"), not as the '
+                "official loader: paper-mode numbers on them are not the paper's setup")
+    return None
 
 
 def attack_units(rcfg: dict[str, Any]) -> str:

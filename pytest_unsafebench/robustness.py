@@ -311,9 +311,10 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
     todo = [r for r in union if r["hash"] not in cached]
     for i in range(0, len(todo), batch_size):
         chunk = todo[i:i + batch_size]
-        x = torch.stack([_as_tensor(own_input(records[r["id"]].load_image()))
-                         if own_input is not None
-                         else _crop_tensor(records[r["id"]].load_image(), size) for r in chunk])
+        # Decoded under the cache's alpha rule: the rule the pool's clean predictions saw.
+        images = [records[r["id"]].load_image(alpha=cache.alpha) for r in chunk]
+        x = torch.stack([_as_tensor(own_input(img)) if own_input is not None
+                         else _crop_tensor(img, size) for img in images])
         y = torch.tensor([int(r["label"] == UNSAFE) for r in chunk])
         with torch.no_grad():
             clean_pred = forward(x).argmax(1)

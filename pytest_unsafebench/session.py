@@ -224,7 +224,7 @@ class UnsafeBenchSession:
         from .cache import CacheUnwritable, PredictionCache
 
         try:
-            return PredictionCache(self.cache_path)
+            return PredictionCache(self.cache_path, alpha=self.settings.alpha)
         except CacheUnwritable as exc:
             if not self.settings.use_cache:
                 raise  # the session folder itself: nothing to fall back to
@@ -232,7 +232,8 @@ class UnsafeBenchSession:
                 self._cache_warned = True
                 warnings.warn(f"{exc}; this run goes on without the cache (nothing is read "
                               "from it or kept)", stacklevel=2)
-            return PredictionCache(self.session_dir / "predictions.sqlite")
+            return PredictionCache(self.session_dir / "predictions.sqlite",
+                                   alpha=self.settings.alpha)
 
     @contextmanager
     def _executor(self) -> Iterator[None]:
@@ -759,7 +760,7 @@ class UnsafeBenchSession:
 
             predictions = [r for t in tables.values() for r in t.rows]
             out["examples"] = make_examples(self.records(), predictions,
-                                            blur=s.blur_unsafe, seed=s.seed)
+                                            blur=s.blur_unsafe, seed=s.seed, alpha=s.alpha)
         return out
 
 

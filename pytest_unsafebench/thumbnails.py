@@ -15,7 +15,7 @@ import random
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .dataset.images import ImageProblem
+from .dataset.images import DEFAULT_ALPHA, ImageProblem
 from .taxonomy import SAFE, UNSAFE
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def _ordered(rows: Iterable[Mapping[str, Any]], rng: random.Random) -> list[Mapp
 
 def make_examples(records: Mapping[str, Record], predictions: Iterable[Mapping[str, Any]], *,
                   per_classifier: int = 8, blur: bool = True, size: int = 96,
-                  seed: int = 2023) -> list[dict[str, Any]]:
+                  seed: int = 2023, alpha: str = DEFAULT_ALPHA) -> list[dict[str, Any]]:
     """Thumbnails of up to ``per_classifier`` errors per classifier (see the module docstring).
 
     ``records`` maps record id to Record; ``predictions`` are the session's per-image rows
@@ -80,24 +80,24 @@ def make_examples(records: Mapping[str, Record], predictions: Iterable[Mapping[s
         false_pos = _ordered((r for r in rows if r["label"] == SAFE), rng)
         # Half each; a short side leaves its share to the other.
         want_fn = min(len(false_neg), max(per_classifier // 2, per_classifier - len(false_pos)))
-        chosen = _take(false_neg, want_fn, records, blur, size)
-        chosen += _take(false_pos, per_classifier - len(chosen), records, blur, size)
+        chosen = _take(false_neg, want_fn, records, blur, size, alpha)
+        chosen += _take(false_pos, per_classifier - len(chosen), records, blur, size, alpha)
         if len(chosen) < per_classifier:  # false positives ran out or failed to decode
             taken = {e["id"] for e in chosen}
             chosen += _take([r for r in false_neg if r["id"] not in taken],
-                            per_classifier - len(chosen), records, blur, size)
+                            per_classifier - len(chosen), records, blur, size, alpha)
         examples += chosen
     return examples
 
 
 def _take(rows: list[Mapping[str, Any]], count: int, records: Mapping[str, Record],
-          blur: bool, size: int) -> list[dict[str, Any]]:
+          blur: bool, size: int, alpha: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for row in rows:
         if len(out) >= count:
             break
         try:
-            image = records[row["id"]].load_image()
+            image = records[row["id"]].load_image(alpha=alpha)  # as the classifier saw it
         except (ImageProblem, OSError, ValueError):
             continue  # a bad file is an integrity finding elsewhere, not a report crash
         blurred = blur and row["label"] == UNSAFE

@@ -345,8 +345,8 @@ def test_batches_shrink_to_the_pixel_budget(monkeypatch: pytest.MonkeyPatch) -> 
     lock = threading.Lock()
     finish = engine._finish
 
-    def logged(opened):
-        out = finish(opened)
+    def logged(opened, *rule):
+        out = finish(opened, *rule)
         with lock:
             events.append(("decoded", f"{out[0].width}x{out[0].height}"))
         return out

@@ -1,7 +1,8 @@
 """Safe image decoding: every way an image file can be bad becomes a named ImageProblem.
 
-Unusual but decodable images are converted to RGB by fixed rules (alpha over white, first frame
-of an animation, 16-bit scaled to 8-bit) and the conversion is reported, never hidden.
+Unusual but decodable images are converted to RGB by fixed rules (alpha over white, or dropped
+under ``alpha = "drop"``; first frame of an animation; 16-bit scaled to 8-bit) and the
+conversion is reported, never hidden.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ DEFAULT_MAX_PIXELS = 89_478_485
 # embedded thumbnails) gets a fixed allowance. A bigger file is refused before it is read.
 FILE_BYTES_PER_PIXEL = 9
 METADATA_BYTES = 16 * 1024 * 1024
+# What a transparent image decodes to: "white" composites it over white (what it looks like);
+# "drop" keeps each pixel's colour and discards alpha, as the official loader's
+# ``image.convert("RGB")`` (UnsafeBench unsafe_datasets.py: UnsafeBenchDataset._download_and_save,
+# decode_base64_to_image). Opaque images decode to the same pixels under both.
+ALPHA_RULES = ("white", "drop")
+DEFAULT_ALPHA = "white"
 
 
 class ImageProblem(Exception):
@@ -124,26 +131,29 @@ def open_image(data: bytes, max_pixels: int | None = None) -> Image:
     return img
 
 
-def finish_decode(img: Image) -> tuple[Image, str | None]:
+def finish_decode(img: Image, alpha: str = DEFAULT_ALPHA) -> tuple[Image, str | None]:
     """Decode an :func:`open_image` result to RGB; returns (image, conversion note or None).
     Every exception of a malformed file (Pillow raises IndexError, TypeError,
     NotImplementedError... as well as OSError) becomes an ImageProblem."""
     from PIL import Image as PILImage
 
+    if alpha not in ALPHA_RULES:  # the caller's mistake, not the file's: never a finding
+        raise ValueError(f"alpha rule {alpha!r} is not one of {', '.join(ALPHA_RULES)}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
         try:
             img.load()
-            return _to_rgb(img)
+            return _to_rgb(img, alpha)
         except PILImage.DecompressionBombError as exc:  # e.g. a GIF frame larger than its canvas
             raise ImageProblem("decompression-bomb", str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - any failure of one file is that file's finding
             raise _problem(exc) from None
 
 
-def decode_image(data: bytes, max_pixels: int | None = None) -> tuple[Image, str | None]:
+def decode_image(data: bytes, max_pixels: int | None = None,
+                 alpha: str = DEFAULT_ALPHA) -> tuple[Image, str | None]:
     """Decode encoded bytes to an RGB image; returns (image, conversion note or None)."""
-    return finish_decode(open_image(data, max_pixels))
+    return finish_decode(open_image(data, max_pixels), alpha)
 
 
 def _problem(exc: Exception) -> ImageProblem:
@@ -192,7 +202,7 @@ def _readonly_class() -> type:
     return ReadOnlyImage
 
 
-def _to_rgb(img: Image) -> tuple[Image, str | None]:
+def _to_rgb(img: Image, alpha: str) -> tuple[Image, str | None]:
     from PIL import Image as PILImage
 
     notes = []
@@ -217,10 +227,16 @@ def _to_rgb(img: Image) -> tuple[Image, str | None]:
         has_alpha = "A" in mode or (mode == "P" and "transparency" in img.info)
         if has_alpha:
             rgba = img.convert("RGBA")
-            background = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
-            out = PILImage.alpha_composite(background, rgba).convert("RGB")
-            if rgba.getextrema()[3][0] < 255:
-                notes.append(f"{mode} with transparency composited over white")
+            transparent = rgba.getextrema()[3][0] < 255
+            if alpha == "drop":
+                out = img.convert("RGB")
+                if transparent:
+                    notes.append(f"{mode} with transparency: alpha dropped (alpha = \"drop\")")
+            else:
+                background = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
+                out = PILImage.alpha_composite(background, rgba).convert("RGB")
+                if transparent:
+                    notes.append(f"{mode} with transparency composited over white")
         else:
             out = img.convert("RGB")
             if mode not in ("P",):

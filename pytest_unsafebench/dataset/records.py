@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..taxonomy import UNSAFE
-from .images import check_size, decode_image, max_file_bytes, open_regular, read_file
+from .images import (DEFAULT_ALPHA, check_size, decode_image, max_file_bytes, open_regular,
+                     read_file)
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -103,10 +104,11 @@ class Record:
             return read_file(owner, max_bytes)  # the folder loader's reader: a path
         return check_size(self.reader(), max_bytes)
 
-    def load_image(self, max_pixels: int | None = None) -> Image:
-        """Decode to an RGB PIL image; raises ImageProblem for a bad file."""
+    def load_image(self, max_pixels: int | None = None, alpha: str = DEFAULT_ALPHA) -> Image:
+        """Decode to an RGB PIL image under the run's ``alpha`` rule (images.ALPHA_RULES);
+        raises ImageProblem for a bad file."""
         image, _note = decode_image(self.read_bytes(max_file_bytes(max_pixels)),
-                                    max_pixels=max_pixels)
+                                    max_pixels=max_pixels, alpha=alpha)
         return image
 
     def meta(self) -> dict[str, str]:
