@@ -246,6 +246,8 @@ class FuzzTarget:
     sink: Callable[[dict[str, Any]], None] | None = None
     case: dict[str, Any] | None = None  # a pinned counterexample (the replay test)
     examples: int = 0  # (image, chain) pairs the last search classified, shrinking included
+    timeout: float | None = None  # seconds per predict call, as in the pass
+    fault: str | None = None      # the classifier's first fault: it is not asked again
     _images: dict[str, Image] = field(default_factory=dict, repr=False)
 
     def image(self, image_id: str) -> Image:
@@ -255,13 +257,27 @@ class FuzzTarget:
         return self._images[image_id]
 
     def check(self, row: dict[str, Any], chain: Chain) -> tuple[Prediction, Image]:
+        from functools import partial
+
         from .dataset.images import readonly_view
+        from .engine import ClassifierFault, Guard
 
         record = self.records[row["id"]]
         # Read-only views: neither the chain nor the classifier can change the decoded image
         # kept for the next examples, or the perturbed one saved as the counterexample.
         perturbed = perturb(chain, readonly_view(self.image(row["id"])), record.content_hash)
-        return self.clf.predict([readonly_view(perturbed)])[0], perturbed
+        # Guarded as in the pass: a hang, or a SystemExit / KeyboardInterrupt of the
+        # classifier's own, fails this test only; replays while hypothesis shrinks are instant.
+        if self.fault is None:
+            try:
+                pred = Guard(self.timeout)(partial(self.clf.predict, [readonly_view(perturbed)]))
+            except Exception as exc:
+                self.fault = (str(exc) if isinstance(exc, ClassifierFault)
+                              else f"{type(exc).__name__}: {exc}")
+            else:
+                return pred[0], perturbed
+        # One raise site with no chained exception: hypothesis sees every replay fail alike.
+        raise ClassifierFault(self.fault)
 
     def counterexample(self, row: dict[str, Any], chain: Chain | str,
                        pred: Prediction) -> Counterexample:
@@ -282,6 +298,8 @@ class FuzzTarget:
         from hypothesis import given, settings, target
         from hypothesis import strategies as st
 
+        from .engine import ClassifierFault
+
         pool = self.pool
         self.examples = 0
 
@@ -301,8 +319,15 @@ class FuzzTarget:
             decision_is_stable()
         except Flip as exc:
             return exc.cx
+        except ClassifierFault:  # not a counterexample: the classifier's own error (below)
+            pass
         except unittest.SkipTest:  # hypothesis "told to run no test cases": examples stays 0
             pass
+        if self.fault is not None:
+            import pytest
+
+            pytest.fail(f"{self.classifier} failed during the fuzz search: {self.fault}",
+                        pytrace=False)
         return None
 
     def save(self, cx: Counterexample) -> tuple[Path, Path]:
@@ -373,7 +398,7 @@ def fuzz_target(session: Any, item: Any, classifier: str, condition: str | None,
                       clf=session.classifier(classifier), pool=pool, records=records,
                       artifacts_dir=s.artifacts_path, blur_unsafe=s.blur_unsafe,
                       max_pixels=s.max_image_pixels, alpha=s.alpha, database_key=item.nodeid,
-                      sink=partial(record_row, item), case=case)
+                      sink=partial(record_row, item), case=case, timeout=s.timeout)
 
 
 def _parse(chain: str) -> Chain:

@@ -265,7 +265,7 @@ class _Predictor:
                  transform: Transform | None, max_pixels: int, device: str,
                  gpus: float, timeout: float | None = None, alpha: str = DEFAULT_ALPHA) -> None:
         from .classifier import ClassifierInfo
-        from .engine import ClassifierOutcome, Guard, _describe
+        from .engine import ClassifierFault, ClassifierOutcome, Guard
         from .registry import load_classifier
         from .session import _resolve_device
 
@@ -289,7 +289,8 @@ class _Predictor:
                         f"{spec.fingerprint!r} on the driver; install the same weights and "
                         "package versions on both")
             except Exception as exc:  # noqa: BLE001 - reported per classifier
-                self.errors[spec.fingerprint] = _describe(exc)
+                self.errors[spec.fingerprint] = (str(exc) if isinstance(exc, ClassifierFault)
+                                                 else f"{type(exc).__name__}: {exc}")
                 continue
             self.models[spec.fingerprint] = (clf, ClassifierOutcome(
                 ClassifierInfo.of(spec.name, clf)))

@@ -51,6 +51,10 @@ class Faulty:
             raise Leave("a BaseException subclass")
         if self.mode == "hang":
             time.sleep(600)
+        if self.mode == "kbd-single" and len(images) == 1:  # the fuzz suite's calls only
+            raise KeyboardInterrupt("raised by the model, not by the user")
+        if self.mode == "hang-single" and len(images) == 1:
+            time.sleep(600)
         if self.mode == "escapes":  # an error text that would retitle the terminal
             raise RuntimeError("\x1b]0;pwned\x07")
         if self.mode == "ctrl-c":  # what the user's Ctrl-C does: SIGINT to the process
@@ -295,6 +299,31 @@ def test_system_exit_from_a_factory_on_a_ray_worker_is_that_classifiers_error(
                        0, "cpu", 0.0)
     assert actor.errors == {"faulty-v1": "SystemExit: the factory called sys.exit (raised by "
                                          "the classifier)"}
+
+
+@pytest.mark.parametrize(("mode", "extra", "problem"), [
+    ("kbd-single", "", "KeyboardInterrupt: raised by the model, not by the user (raised by "
+                       "the classifier)"),
+    ("hang-single", "timeout = 0.5", "no answer within the 0.5 s timeout per batch"),
+])
+@pytest.mark.timeout(200)
+def test_classifier_faults_in_the_fuzz_search_fail_that_test_only(
+        pytester: pytest.Pytester, folder: Path, mode: str, extra: str, problem: str) -> None:
+    _pyproject(folder, mode, extra=extra)
+    started = time.monotonic()
+    result = pytester.runpytest(*_args(folder, "faultyclf:load", "--unsafebench-suites=fuzz",
+                                       "--hypothesis-profile=ci", "-rf"))
+    assert time.monotonic() - started < 120
+    out = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, out
+    result.stdout.fnmatch_lines([
+        f"FAILED test_fuzz.py::test_decision_stable_under_perturbation[faultyclf:load-{s}]"
+        for s in ("Laion5B", "Lexica")])
+    assert out.count(f"faultyclf:load failed during the fuzz search: {problem}") >= 2, out
+    assert "During handling" not in out and "Flaky" not in out
+    doc = read_json(folder / "out.json")
+    fuzz = [r for r in doc["rows"] if r.get("suite") == "fuzz" and r["metric"] == "examples"]
+    assert {r["classifier"] for r in fuzz} == {CLASSIFIER}  # the other classifier was fuzzed
 
 
 def _subprocess_env(folder: Path) -> dict[str, str]:
