@@ -162,6 +162,12 @@ def check_dataset(baseline: Mapping[str, Any], fingerprint: str | None,
     elif old_fp != fingerprint:
         mismatched.append(f"dataset fingerprint {old_fp} in the baseline, {fingerprint} in "
                           "this run")
+    # Same images, but a transparent one decodes to other pixels: said, not refused. A
+    # report from before the setting existed decoded over white.
+    old_alpha, alpha = old_cfg.get("alpha", "white"), config.get("alpha", "white")
+    if old_alpha != alpha:
+        unknown.append(f"transparent images decoded with alpha = {old_alpha!r} in the baseline, "
+                       f"{alpha!r} in this run: their predictions may differ for that reason")
     if mismatched and not allow:
         raise ConfigError(f"baseline scored on other data: {'; '.join(mismatched)}. Save a "
                           f"baseline on this dataset and split, or pass {flag} to compare anyway")

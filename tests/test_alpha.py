@@ -255,3 +255,14 @@ def test_ray_workers_decode_under_the_drivers_rule(tmp_path: Path,
     assert result.outcomes["toy"].predictions[record.content_hash].score == scores["drop"]
     assert [f.detail for f in result.findings] == [
         'RGBA with transparency: alpha dropped (alpha = "drop")']
+
+
+def test_a_baseline_decoded_under_the_other_rule_is_said() -> None:
+    from pytest_unsafebench.baseline import check_dataset
+
+    old = {"dataset": {"fingerprint": "f"}, "config": {"split": "all"}}  # before the setting
+    same = check_dataset(old, "f", {"split": "all", "alpha": "white"}, allow=False, flag="--x")
+    assert same == []
+    (note,) = check_dataset(old, "f", {"split": "all", "alpha": "drop"}, allow=False, flag="--x")
+    assert note == ("transparent images decoded with alpha = 'white' in the baseline, 'drop' "
+                    "in this run: their predictions may differ for that reason")
