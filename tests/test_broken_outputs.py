@@ -320,3 +320,37 @@ def test_artifacts_folder_that_is_a_file_is_a_usage_error(bench: Bench) -> None:
         assert (f"artifacts folder {folder}: blocker is not a folder; point "
                 "--unsafebench-artifacts at a folder") in result.stderr.str()
     assert bench.run("--unsafebench-artifacts=blocker").ret == 0  # no fuzz suite: unused
+
+
+def test_train_with_a_read_only_cache_is_one_line(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """``unsafebench train`` has no throwaway cache to fall back to: a read-only one is its
+    one-line error (exit 2), not a traceback."""
+    from types import SimpleNamespace
+
+    from pytest_unsafebench import training
+
+    db = tmp_path / "predictions.sqlite"
+    PredictionCache(db).close()
+    real = sqlite3.connect
+
+    def read_only(path: object, *args: object, **kwargs: object) -> sqlite3.Connection:
+        if Path(str(path)) == db:  # chmod does not stop root: SQLite's read-only mode does
+            return real(f"file:{db}?mode=ro", *args, uri=True, **kwargs)  # type: ignore[misc]
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    def train_probe(*_args: object, cache_dir: str, **_kwargs: object) -> None:
+        # the training's first use of the cache, without loading a dataset or a backbone
+        training.cached_embeddings([], SimpleNamespace(fingerprint="bb"),  # type: ignore[arg-type]
+                                   Path(cache_dir) / "predictions.sqlite")
+
+    monkeypatch.setattr(sqlite3, "connect", read_only)
+    monkeypatch.setattr(training, "train_probe", train_probe)
+    capsys.readouterr()
+    assert cli_main(["train", "--backbone", "demo", "--out", str(tmp_path / "p.safetensors"),
+                     "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"unsafebench train: error: prediction cache {db} cannot be written: attempt to write "
+        "a readonly database"]
