@@ -266,3 +266,39 @@ def test_a_baseline_decoded_under_the_other_rule_is_said() -> None:
     (note,) = check_dataset(old, "f", {"split": "all", "alpha": "drop"}, allow=False, flag="--x")
     assert note == ("transparent images decoded with alpha = 'white' in the baseline, 'drop' "
                     "in this run: their predictions may differ for that reason")
+
+
+# ------------------------------------------------------------------------------ attacks
+class _Brightness:
+    """Unsafe iff the mean pixel > 0.5; its own preprocessing is the [0, 1] image itself."""
+
+    supports_gradients = True
+    name = fingerprint = "bright-v1"
+
+    def attack_input(self, image: Image.Image) -> np.ndarray:
+        return (np.asarray(image, dtype=np.float32) / 255.0).transpose(2, 0, 1).copy()
+
+    def forward_pixels(self, x):  # noqa: ANN001, ANN201 - a torch tensor in and out
+        import torch
+
+        m = 40 * (x.mean(dim=(1, 2, 3)) - 0.5)
+        return torch.stack([-m, m], dim=1)
+
+
+@pytest.mark.parametrize(("rule", "clean_right"), [("white", 1.0), ("drop", 0.0)])
+def test_attacks_start_from_the_pixels_of_the_runs_rule(tmp_path: Path, rule: str,
+                                                        clean_right: float) -> None:
+    """Over white the transparent half is bright (Unsafe, right); alpha dropped it is black."""
+    from pytest_unsafebench import robustness
+    from pytest_unsafebench.config import RobustnessSettings
+    from pytest_unsafebench.dataset.records import Record, content_hash
+
+    data = _half_transparent(under=(0, 0, 0), size=16)
+    record = Record(id="a", safety_label="Unsafe", category="Hate", source="Lexica",
+                    split="test", content_hash=content_hash(data), locator="a.png",
+                    reader=lambda: data)
+    samples = {2023: [{"id": "a", "hash": record.content_hash, "label": "Unsafe"}]}
+    result = robustness.attack_ra(_Brightness(), samples, {"a": record}, "fgsm",
+                                  RobustnessSettings(attacks=("fgsm",)),
+                                  PredictionCache(tmp_path / "c.sqlite", alpha=rule), batch_size=4)
+    assert result.attack_input_accuracy == clean_right
