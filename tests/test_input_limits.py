@@ -226,3 +226,31 @@ def test_an_empty_corruption_list_skips_the_grid_with_its_reason(run) -> None:
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["SKIPPED *no corruption grid: [[]tool.unsafebench.robustness[]] "
                                  "corruptions = []*"])
+
+
+@pytest.mark.parametrize("header", [DEEP, '{"format_version": ' + LONG + "}"])
+def test_a_probe_header_too_deep_or_too_long_names_the_file(tmp_path: Path, header: str) -> None:
+    import numpy as np
+    import safetensors.numpy
+
+    from pytest_unsafebench.classifiers.probe import METADATA_KEY
+    from pytest_unsafebench.errors import ClassifierLoadError
+    from pytest_unsafebench.registry import load_classifier
+
+    path = tmp_path / "evil.safetensors"
+    path.write_bytes(safetensors.numpy.save({"weight": np.zeros((1, 1), np.float32)},
+                                            metadata={METADATA_KEY: header}))
+    with pytest.raises(ClassifierLoadError) as info:
+        load_classifier(f"probe:{path}")
+    assert str(path) in str(info.value) and "is not valid JSON" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("raw", [DEEP.encode(), ('{"info": ' + LONG + "}").encode()])
+def test_parquet_metadata_too_deep_or_too_long_is_ignored(raw: bytes) -> None:
+    from types import SimpleNamespace
+
+    from pytest_unsafebench.dataset.parquet import _hf_features
+
+    # the Hugging Face feature hints are optional: unreadable ones are left out, no crash
+    assert _hf_features(SimpleNamespace(metadata={b"huggingface": raw})) == {}
