@@ -302,3 +302,26 @@ def test_attacks_start_from_the_pixels_of_the_runs_rule(tmp_path: Path, rule: st
                                   RobustnessSettings(attacks=("fgsm",)),
                                   PredictionCache(tmp_path / "c.sqlite", alpha=rule), batch_size=4)
     assert result.attack_input_accuracy == clean_right
+
+
+def test_fuzz_images_and_thumbnails_follow_the_runs_rule(tmp_path: Path) -> None:
+    """The fuzz search perturbs, and the report shows, the pixels the classifier saw."""
+    from pytest_unsafebench.dataset.records import Record, content_hash
+    from pytest_unsafebench.fuzzing import FuzzTarget
+    from pytest_unsafebench.thumbnails import make_examples
+
+    data = _half_transparent(size=16)
+    record = Record(id="a", safety_label="Safe", category="Hate", source="Lexica",
+                    split="test", content_hash=content_hash(data), locator="a.png",
+                    reader=lambda: data)
+    official = Image.open(io.BytesIO(data)).convert("RGB").tobytes()
+    for rule in ("white", "drop"):
+        target = FuzzTarget(classifier="c", source="all", clf=_Brightness(), pool=[],
+                            records={"a": record}, artifacts_dir=tmp_path, alpha=rule)
+        assert (target.image("a").tobytes() == official) == (rule == "drop")
+    row = {"classifier": "c", "id": "a", "condition": "clean", "score": 0.9,
+           "decision": "unsafe", "label": "Safe"}
+    shown = {rule: make_examples({"a": record}, [row], blur=False, alpha=rule)[0]["image"]
+             for rule in ("white", "drop")}
+    assert shown["white"] != shown["drop"]
+    assert shown["white"] == make_examples({"a": record}, [row], blur=False)[0]["image"]
