@@ -59,6 +59,8 @@ MAX_POOL_SIZE = 100_000      # the paper draws 500
 MAX_SEEDS = 100
 MAX_PGD_STEPS = 10_000
 MAX_QUERIES = 100_000
+MAX_IMAGE_PIXELS = 1_000_000_000  # a 31,623 x 31,623 image; the default is 89,478,485
+DECODED_BYTES_PER_PIXEL = 4       # RGBA, 8 bits a channel (16-bit files need twice that)
 # Keys of [tool.unsafebench] that are tables rather than settings.
 TABLE_KEYS = ("thresholds", "profiles", "classifiers", "robustness", "tolerances")
 # Benchmark suites a run can select; data integrity always runs.
@@ -400,6 +402,15 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
                        f"top); the limit is {MAX_BATCH_SIZE:,}")
         return value
 
+    def pixels() -> int:
+        value = integer("max_image_pixels", 1)
+        assert value is not None
+        if value > MAX_IMAGE_PIXELS:  # each image is decoded whole, whatever the batch budget
+            raise fail("max_image_pixels", f"{value:,} pixels would let one image need about "
+                       f"{_bytes(DECODED_BYTES_PER_PIXEL * value)} of memory once decoded; the "
+                       f"limit is {MAX_IMAGE_PIXELS:,}")
+        return value
+
     def actors() -> int:
         value = integer("ray_actors", 1)
         assert value is not None
@@ -452,7 +463,7 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
         use_cache=not cli.get("no_cache", False),
         json_path=Path(cli["json"]) if cli.get("json") else None,
         predictions_path=Path(cli["predictions"]) if cli.get("predictions") else None,
-        max_image_pixels=integer("max_image_pixels", 1),  # type: ignore[arg-type]
+        max_image_pixels=pixels(),
         allow_findings=frozenset(allow),
         thresholds=thresholds,
         classifier_options=classifier_options,

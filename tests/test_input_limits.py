@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_unsafebench.config import (MAX_BATCH_SIZE, MAX_BOOTSTRAP, MAX_PGD_STEPS,
-                                         MAX_POOL_SIZE, MAX_QUERIES, MAX_RAY_ACTORS,
-                                         MAX_SEEDS, resolve_settings)
+from pytest_unsafebench.config import (MAX_BATCH_SIZE, MAX_BOOTSTRAP, MAX_IMAGE_PIXELS,
+                                         MAX_PGD_STEPS, MAX_POOL_SIZE, MAX_QUERIES,
+                                         MAX_RAY_ACTORS, MAX_SEEDS, resolve_settings)
 from pytest_unsafebench.dataset.folder import load_folder
 from pytest_unsafebench.errors import ConfigError, DatasetError
 
@@ -85,6 +85,8 @@ def test_bootstrap_is_bounded_and_names_the_memory() -> None:
      "tool.unsafebench.robustness.pgd_steps: 100,000 would take up to 150,000,000 model calls"),
     ({}, {"robustness": {"queries": 10**6}},
      "tool.unsafebench.robustness.queries: 1,000,000 would take up to 1,500,000,000 model"),
+    ({}, {"max_image_pixels": 10**12}, "tool.unsafebench.max_image_pixels: 1,000,000,000,000 "
+                                       "pixels would let one image need about 4.0 TB"),
 ])
 def test_other_counts_are_bounded_and_name_the_cost(cli: dict, pyproject: dict,
                                                     fragment: str) -> None:
@@ -96,7 +98,7 @@ def test_other_counts_are_bounded_and_name_the_cost(cli: dict, pyproject: dict,
 def test_counts_at_their_limits_are_accepted() -> None:
     s = resolve_settings({"classifiers": ["demo"]}, {
         "batch_size": MAX_BATCH_SIZE, "ray_batch_size": MAX_BATCH_SIZE,
-        "ray_actors": MAX_RAY_ACTORS, "robustness": {
+        "ray_actors": MAX_RAY_ACTORS, "max_image_pixels": MAX_IMAGE_PIXELS, "robustness": {
             "pool_size": MAX_POOL_SIZE, "seeds": list(range(MAX_SEEDS)),
             "pgd_steps": MAX_PGD_STEPS, "queries": MAX_QUERIES}}, ROOT)
     assert (s.batch_size, s.ray_actors, s.robustness.queries) == (
