@@ -325,3 +325,13 @@ def test_fuzz_images_and_thumbnails_follow_the_runs_rule(tmp_path: Path) -> None
              for rule in ("white", "drop")}
     assert shown["white"] != shown["drop"]
     assert shown["white"] == make_examples({"a": record}, [row], blur=False)[0]["image"]
+
+
+def test_the_terminal_says_when_the_rule_is_not_the_default_or_not_the_papers() -> None:
+    from pytest_unsafebench.report import alpha_line
+
+    paper = {"robustness": {"mode": "paper"}}
+    assert alpha_line({"alpha": "white"}) is None and alpha_line({}) is None  # old reports
+    assert "as paper mode sets it" not in (alpha_line({"alpha": "drop"}) or "")
+    assert "as paper mode sets it" in (alpha_line({**paper, "alpha": "drop"}) or "")
+    assert "not the paper's setup" in (alpha_line({**paper, "alpha": "white"}) or "")
