@@ -326,8 +326,10 @@ class FuzzTarget:
         if self.fault is not None:
             import pytest
 
-            pytest.fail(f"{self.classifier} failed during the fuzz search: {self.fault}",
-                        pytrace=False)
+            from .text import printable  # the classifier's error text
+
+            pytest.fail(printable(f"{self.classifier} failed during the fuzz search: "
+                                  f"{self.fault}"), pytrace=False)
         return None
 
     def save(self, cx: Counterexample) -> tuple[Path, Path]:

@@ -258,7 +258,9 @@ def perturbation_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
                       progress=progress)
     outcome = result.outcomes[clf.name]
     if outcome.error:
-        raise RuntimeError(f"{clf.name} failed under {key}: {outcome.error}")
+        from .engine import ClassifierFault
+
+        raise ClassifierFault(f"under {key}: {outcome.error}")
     per_seed = {}
     for seed, rows in samples.items():
         ok = _correct(rows, outcome.predictions)
@@ -294,7 +296,7 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
         def forward(x: torch.Tensor) -> torch.Tensor:
             preds = clf.predict(_to_images(x))
             return logits_from_scores([p.score for p in preds])
-    forward = _guarded(forward, timeout)
+    forward = _guarded(forward, timeout, f"under the {name} attack")
 
     # As for perturbations: pool seeds pick images, the attack's randomness uses the first seed.
     spec = attack_spec(name, rs, next(iter(samples)))
@@ -304,7 +306,7 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
     if spec.mode == "paper":
         attacked, box, units = paper_setup(clf, forward, name)
         if attacked == getattr(clf, "paper_forward_pixels", None):  # its code, unguarded
-            attacked = _guarded(attacked, timeout)
+            attacked = _guarded(attacked, timeout, f"under the {name} attack")
         key += f":{units}:box{_box_tag(box)}"
     union = _distinct(samples)
     cached = cache.get_predictions(clf.fingerprint, key, [r["hash"] for r in union])
@@ -349,13 +351,15 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
     return result
 
 
-def _guarded(forward: Callable[[Any], Any], timeout: float | None) -> Callable[[Any], Any]:
+def _guarded(forward: Callable[[Any], Any], timeout: float | None,
+             what: str) -> Callable[[Any], Any]:
     """``forward`` with each call held to ``timeout`` seconds and what it raises contained, as
-    the prediction pass holds ``predict`` (engine.Guard): a hang errors this test, not the run.
-    The call may run in another thread, so it gets the caller's grad mode (thread-local)."""
+    the prediction pass holds ``predict`` (engine.Guard): a hang or any error of the model's
+    is a ClassifierFault saying ``what``, which fails this test only. The call may run in
+    another thread, so it gets the caller's grad mode (thread-local)."""
     import torch
 
-    from .engine import Guard
+    from .engine import ClassifierFault, Guard
 
     def call(x: Any) -> Any:
         enabled = torch.is_grad_enabled()
@@ -363,7 +367,13 @@ def _guarded(forward: Callable[[Any], Any], timeout: float | None) -> Callable[[
         def run() -> Any:
             with torch.set_grad_enabled(enabled):
                 return forward(x)
-        return Guard(timeout)(run)
+        try:
+            return Guard(timeout)(run)
+        except Exception as exc:  # the model's code: its error, whatever it raised
+            reason = (str(exc) if isinstance(exc, ClassifierFault)
+                      else f"{type(exc).__name__}: {exc}")
+            fault = ClassifierFault(f"{what}: {reason}")
+        raise fault  # outside the except: no chained traceback of the model's frames
     return call
 
 

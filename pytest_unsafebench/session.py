@@ -508,6 +508,7 @@ class UnsafeBenchSession:
                         severity: float | None = None) -> RAResult:
         """RA of a classifier under an attack or perturbation (see robustness.py)."""
         from . import robustness
+        from .engine import ClassifierFault
 
         s = self.settings
         rs = s.robustness
@@ -566,8 +567,14 @@ class UnsafeBenchSession:
                             severity if severity is not None else robustness.EVASION_STRENGTH,
                             cache, s.batch_size, s.max_image_pixels, timeout=s.timeout,
                             progress=bar.update)
+        except ClassifierFault as exc:  # the classifier's own error: this test's, in one line
+            fault: str | None = f"{classifier} failed {exc}"
+        else:
+            fault = None
         finally:
             cache.close()
+        if fault is not None:  # outside the except: no chained traceback with raw text
+            pytest.fail(printable(fault), pytrace=False)
         result.pool_size, result.eligible, result.pool_draw = len(rows), eligible, pool_draw
         return result
 

@@ -40,7 +40,7 @@ class Faulty:
     def __init__(self, mode, fingerprint="faulty-v1"):
         self.mode = mode
         self.fingerprint = fingerprint
-        self.supports_gradients = mode == "hang-pixels"
+        self.supports_gradients = mode in ("hang-pixels", "escapes-pixels")
 
     def predict(self, images):
         if self.mode == "exit":
@@ -55,8 +55,8 @@ class Faulty:
             raise KeyboardInterrupt("raised by the model, not by the user")
         if self.mode == "hang-single" and len(images) == 1:
             time.sleep(600)
-        if self.mode == "escapes":  # an error text that would retitle the terminal
-            raise RuntimeError("\x1b]0;pwned\x07")
+        if self.mode == "escapes" or (self.mode == "escapes-single" and len(images) == 1):
+            raise RuntimeError("\x1b]0;pwned\x07")  # it would retitle the terminal
         if self.mode == "ctrl-c":  # what the user's Ctrl-C does: SIGINT to the process
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)
@@ -67,6 +67,8 @@ class Faulty:
 
         if self.mode == "hang-pixels":
             time.sleep(600)
+        if self.mode == "escapes-pixels":
+            raise RuntimeError("\x1b]0;pwned\x07")
         return torch.stack([x.mean(dim=(1, 2, 3)), -x.mean(dim=(1, 2, 3))], dim=1)
 
 
@@ -193,7 +195,8 @@ def test_a_hanging_gradient_attack_times_out_and_the_run_goes_on(folder: Path) -
     assert time.monotonic() - started < 120
     assert proc.returncode == pytest.ExitCode.TESTS_FAILED, out
     assert "INTERNALERROR" not in out
-    assert "no answer within the 0.5 s timeout" in out
+    assert ("faultyclf:load failed under the fgsm attack: no answer within the 0.5 s timeout"
+            in out)
     doc = read_json(folder / "out.json")
     fgsm = [r for r in doc["rows"] if r.get("condition") == "fgsm"
             and r["classifier"] == "faultyclf:load"]
@@ -324,6 +327,24 @@ def test_classifier_faults_in_the_fuzz_search_fail_that_test_only(
     doc = read_json(folder / "out.json")
     fuzz = [r for r in doc["rows"] if r.get("suite") == "fuzz" and r["metric"] == "examples"]
     assert {r["classifier"] for r in fuzz} == {CLASSIFIER}  # the other classifier was fuzzed
+
+
+@pytest.mark.parametrize(("mode", "suite", "line"), [
+    ("escapes-pixels", "robustness", "faultyclf:load failed under the fgsm attack: RuntimeError: "
+                                     "\\x1b]0;pwned\\x07"),
+    ("escapes-single", "fuzz", "faultyclf:load failed during the fuzz search: RuntimeError: "
+                               "\\x1b]0;pwned\\x07"),
+])
+def test_classifier_errors_in_robustness_and_fuzz_tests_are_one_escaped_line(
+        pytester: pytest.Pytester, folder: Path, mode: str, suite: str, line: str) -> None:
+    _pyproject(folder, mode, extra=ATTACK_ONLY)
+    result = pytester.runpytest(*_args(folder, "faultyclf:load", f"--unsafebench-suites={suite}",
+                                       "--hypothesis-profile=ci", "--color=no"))
+    out = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, out
+    assert "\x1b" not in out and "\x07" not in out
+    assert out.count(line) >= 2, out  # one per failing test (each source)
+    assert "Traceback" not in out and "During handling" not in out
 
 
 def _subprocess_env(folder: Path) -> dict[str, str]:
