@@ -397,7 +397,8 @@ def test_plugin_runs_llavaguard_with_its_options(models, pytester: pytest.Pytest
     doc = read_json(pytester.path / "out.json")
     assert doc["classifiers"]["llavaguard"]["error"] is None, doc["classifiers"]["llavaguard"]
     cells = {r["category"] for r in doc["rows"] if r["metric"] == "f1" and r["value"] is not None}
-    assert cells == {"Hate", "Violence", "Sexual"}          # the toy dataset's covered ones
+    # the toy dataset's covered ones, and the pooled Overall cell over them
+    assert cells == {"Hate", "Violence", "Sexual", "Overall"}
     preds = read_jsonl(pytester.path / "p.jsonl")
     assert len(preds) == 48
     for pred in preds:
