@@ -301,6 +301,8 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
     # As for perturbations: pool seeds pick images, the attack's randomness uses the first seed.
     spec = attack_spec(name, rs, next(iter(samples)))
     own_input = getattr(clf, "attack_input", None)
+    if own_input is not None:  # the classifier's preprocessing: its code, held as forward is
+        own_input = _guarded(own_input, timeout, f"under the {name} attack")
     key = f"attack:{spec}:" + ("own-input" if own_input is not None else f"crop{size}")
     attacked, box, units = forward, None, None
     if spec.mode == "paper":

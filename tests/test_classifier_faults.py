@@ -14,6 +14,7 @@ from pathlib import Path
 # Imported before any in-process pytester run (see test_plugin.py): C extensions load once.
 import numpy  # noqa: F401
 import pytest
+import torch  # noqa: F401 - the faulty classifier's forward_pixels uses it in-process
 from PIL import Image  # noqa: F401
 from sklearn.metrics import f1_score  # noqa: F401
 
@@ -40,7 +41,7 @@ class Faulty:
     def __init__(self, mode, fingerprint="faulty-v1"):
         self.mode = mode
         self.fingerprint = fingerprint
-        self.supports_gradients = mode in ("hang-pixels", "escapes-pixels")
+        self.supports_gradients = mode in ("hang-pixels", "escapes-pixels", "escapes-input")
 
     def predict(self, images):
         if self.mode == "exit":
@@ -61,6 +62,15 @@ class Faulty:
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)
         return [Prediction.from_score(0.5) for _ in images]
+
+    @property
+    def attack_input(self):  # its own preprocessing for attacks, in one mode only
+        if self.mode != "escapes-input":
+            return None
+
+        def preprocess(image):
+            raise RuntimeError("\x1b]0;pwned\x07")
+        return preprocess
 
     def forward_pixels(self, x):  # what gradient attacks call
         import torch
@@ -332,6 +342,8 @@ def test_classifier_faults_in_the_fuzz_search_fail_that_test_only(
 @pytest.mark.parametrize(("mode", "suite", "line"), [
     ("escapes-pixels", "robustness", "faultyclf:load failed under the fgsm attack: RuntimeError: "
                                      "\\x1b]0;pwned\\x07"),
+    ("escapes-input", "robustness", "faultyclf:load failed under the fgsm attack: RuntimeError: "
+                                    "\\x1b]0;pwned\\x07"),
     ("escapes-single", "fuzz", "faultyclf:load failed during the fuzz search: RuntimeError: "
                                "\\x1b]0;pwned\\x07"),
 ])
