@@ -171,8 +171,9 @@ def mismatch(dataset: Mapping[str, Any], config: Mapping[str, Any] | None) -> st
     """Why a run's numbers cannot stand beside the paper's, or None when they can.
 
     The paper measured the real dataset (train and test merged, every image) under the
-    official alignment; a run on other data, one split, a ``--unsafebench-limit`` sample or
-    another alignment measures something else.
+    official alignment, with transparent images' alpha dropped; a run on other data, one
+    split, a ``--unsafebench-limit`` sample, another alignment or another alpha rule measures
+    something else.
     """
     if not _is_real(dataset):
         return ("the dataset is not the real UnsafeBench (hf:yiting/UnsafeBench or its parquet "
@@ -188,6 +189,15 @@ def mismatch(dataset: Mapping[str, Any], config: Mapping[str, Any] | None) -> st
     if config.get("alignment") != "official":
         return (f"the paper scored the official alignment: this run uses "
                 f"{config.get('alignment')!r}")
+    # The official loader's convert("RGB") drops alpha (UnsafeBench unsafe_datasets.py,
+    # UnsafeBenchDataset._download_and_save): over white, a transparent image shows the
+    # classifier other pixels than the paper's.
+    alpha = config.get("alpha")
+    if alpha != "drop":
+        told = ('composites transparent images over white (alpha = "white")' if alpha == "white"
+                else f"records no alpha rule the paper used (alpha = {alpha!r})")
+        return (f"the run {told}; the paper's loader dropped alpha: set alpha = \"drop\" or "
+                "paper mode")
     return None
 
 

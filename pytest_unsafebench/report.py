@@ -12,7 +12,7 @@ import platform
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -387,9 +387,13 @@ def judge_line(judge: dict[str, Any] | None) -> str | None:
                f"; converter agreed with the rule parser on {agree:.1%} of answers"))
 
 
-def alpha_line(cfg: dict[str, Any]) -> str | None:
-    """How transparent images were decoded, when that is not the default or not the paper's."""
-    paper = (cfg.get("robustness") or {}).get("mode") == "paper"
+def alpha_line(cfg: Mapping[str, Any]) -> str | None:
+    """How transparent images were decoded, when that is not the default or not the paper's.
+    ``cfg`` may come from a report read back: anything but the expected shapes says nothing."""
+    if not isinstance(cfg, Mapping):
+        return None
+    rs = cfg.get("robustness")
+    paper = isinstance(rs, Mapping) and rs.get("mode") == "paper"
     if cfg.get("alpha") == "drop":
         return ('transparent images: alpha dropped, colours kept (alpha = "drop", the official '
                 'loader\'s convert("RGB")' + (", as paper mode sets it" if paper else "") + ")")

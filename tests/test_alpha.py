@@ -335,3 +335,7 @@ def test_the_terminal_says_when_the_rule_is_not_the_default_or_not_the_papers() 
     assert "as paper mode sets it" not in (alpha_line({"alpha": "drop"}) or "")
     assert "as paper mode sets it" in (alpha_line({**paper, "alpha": "drop"}) or "")
     assert "not the paper's setup" in (alpha_line({**paper, "alpha": "white"}) or "")
+    # A report read back is hostile: a config or robustness section of another shape says
+    # nothing (it never stops the report's other lines).
+    assert alpha_line({"alpha": "white", "robustness": "paper"}) is None
+    assert alpha_line([]) is None  # type: ignore[arg-type]

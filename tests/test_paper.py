@@ -11,7 +11,7 @@ from pytest_unsafebench.taxonomy import CATEGORIES, OFFICIAL_ALIGNMENT
 REAL_HUB = {"spec": "hf:yiting/UnsafeBench", "name": "UnsafeBench", "synthetic": False}
 REAL_PARQUET = {"spec": "/data/UnsafeBench/data", "name": "UnsafeBench", "synthetic": False}
 # The configuration of a run under the paper's conditions (the report's ``config`` section).
-PAPER_CONFIG = {"split": "all", "limit": None, "alignment": "official",
+PAPER_CONFIG = {"split": "all", "limit": None, "alignment": "official", "alpha": "drop",
                 "categories": list(CATEGORIES), "robustness": {"mode": "paper", "pool_size": 500}}
 
 
@@ -131,9 +131,13 @@ def test_applies_is_false_for_the_loaded_stand_in(tmp_path):
     ({"split": "test"}, "split 'test'"),
     ({"limit": 20}, "--unsafebench-limit=20"),
     ({"alignment": "semantic"}, "official alignment"),
+    ({"alpha": "white"}, 'over white (alpha = "white"); the paper\'s loader dropped alpha: set '
+                         'alpha = "drop" or paper mode'),
+    ({"alpha": None}, "records no alpha rule the paper used (alpha = None)"),
 ])
 def test_paper_figures_need_the_papers_run_conditions(change, reason):
-    """Split all, no limit, official alignment: otherwise no figure, and the reason says why."""
+    """Split all, no limit, official alignment, alpha dropped as the official loader's
+    convert("RGB"): otherwise no figure, and the reason says why."""
     config = {**PAPER_CONFIG, **change}
     assert paper.mismatch(REAL_HUB, PAPER_CONFIG) is None
     assert reason in paper.mismatch(REAL_HUB, config)
@@ -181,3 +185,10 @@ def test_robustness_figures_need_paper_mode_and_the_papers_pool():
     assert "pool_size = 500" in paper.row_mismatch(row, small)
     pixel = {**PAPER_CONFIG, "robustness": {"mode": "pixel", "pool_size": 500}}
     assert paper.published_for_row(row, pixel) is None
+
+
+def test_a_report_without_the_alpha_rule_gets_no_paper_figure():
+    """Reports from before the setting composited over white: never taken as the paper's."""
+    config = {k: v for k, v in PAPER_CONFIG.items() if k != "alpha"}
+    assert "records no alpha rule" in paper.mismatch(REAL_HUB, config)
+    assert not paper.applies(REAL_HUB, config)

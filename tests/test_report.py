@@ -245,7 +245,9 @@ def test_robustness_gap_is_real_minus_generated() -> None:
 
 
 def test_terminal_tables_show_the_papers_figure_only_on_the_real_dataset(tmp_path: Path) -> None:
-    s = resolve_settings({"classifiers": ["q16"], "categories": ["Hate"]}, {}, tmp_path)
+    # alpha = "drop": transparent images decoded as the official loader's convert("RGB")
+    s = resolve_settings({"classifiers": ["q16"], "categories": ["Hate"]}, {"alpha": "drop"},
+                         tmp_path)
     cs = {"q16": ClassifierState("q16", fingerprint="q", covered=["Hate"])}
     rows = [row("q16", category="Hate", source=src, value=0.5) for src in ("Laion5B", "all")]
     real = _state(cs)
@@ -254,6 +256,13 @@ def test_terminal_tables_show_the_papers_figure_only_on_the_real_dataset(tmp_pat
     hate = _table_line(terminal_lines(doc), "Hate")
     assert "paper" in hate and "0.641" in hate and "0.533" in hate   # protocol section 8
     assert {r["source"]: r["paper"] for r in doc["rows"]} == {"Laion5B": 0.641, "all": 0.533}
+    # The default composites over white: no figure, and the run says why.
+    white = resolve_settings({"classifiers": ["q16"], "categories": ["Hate"]}, {}, tmp_path)
+    doc = build_json(white, real, rows, tmp_path, "cpu", {})
+    assert not any(r.get("paper") for r in doc["rows"])
+    assert doc["paper_figures"]["shown"] is False
+    assert ('paper figures not shown: the run composites transparent images over white '
+            '(alpha = "white")') in "\n".join(terminal_lines(doc))
     synthetic = _state(cs, synthetic=True)
     synthetic.dataset = {**real.dataset, "synthetic": True}
     doc = build_json(s, synthetic, rows, tmp_path, "cpu", {})
