@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import paper
 from .errors import UnsafeBenchError
-from .report import attack_units, judge_line, not_run
+from .report import alpha_line, attack_units, judge_line, not_run
 from .taxonomy import CATEGORIES, CELL_SOURCES, OVERALL, POOLED, SHORT_NAMES
 
 if TYPE_CHECKING:
@@ -362,6 +362,9 @@ def _header(doc: Mapping[str, Any]) -> str:
              f"; schema version {_e(doc.get('schema_version'))}</p>"]
     if ds.get("synthetic"):
         parts.append(f'<p class="warn"><b>SYNTHETIC DATA</b>: {_e(ds.get("description"))}</p>')
+    alpha = alpha_line(doc.get("config"))    # as the terminal says it
+    if alpha:
+        parts.append(f"<p>{_e(alpha[0].upper() + alpha[1:])}.</p>")
     gate = doc.get("baseline")
     parts += [f'<p class="warn"><b>BASELINE</b>: {_e(n)}</p>'    # compared despite a mismatch
               for n in (gate.get("mismatch") or [] if isinstance(gate, Mapping) else [])]

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from . import paper
-from .report import attack_units, judge_line
+from .report import alpha_line, attack_units, judge_line
 from .taxonomy import CATEGORIES, CELL_SOURCES, OVERALL, POOLED, SHORT_NAMES
 from .text import printable
 
@@ -228,6 +228,9 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         lines += ["", f"> **Baseline**: {md(note)}", ""]   # said first, as in the terminal
     if ds.get("synthetic"):
         lines += ["", "> **Synthetic data**: its numbers say nothing about real moderation."]
+    alpha = alpha_line(doc.get("config"))    # as the terminal says it
+    if alpha:
+        lines += ["", f"{md(alpha[0].upper() + alpha[1:])}."]
     integrity = ds.get("integrity") or {}
     if integrity.get("findings"):
         lines += ["", f"Data integrity: {_num(integrity.get('findings'))} finding(s), "

@@ -126,7 +126,7 @@ def test_thumbnails_carry_a_blur_note_and_only_data_uris_are_embedded(full_doc):
 
 def test_paper_figures_shown_only_for_the_real_dataset(full_doc):
     doc = {k: json.loads(json.dumps(full_doc[k])) for k in ("dataset", "summary", "config")}
-    doc["config"].update(split="all", limit=None, alignment="official")
+    doc["config"].update(split="all", limit=None, alignment="official", alpha="drop")
     doc["summary"] = {"q16": doc["summary"].popitem()[1]}
     doc["rows"] = [{"classifier": "q16", "suite": "effectiveness", "metric": "f1",
                     "category": "Hate", "source": src, "condition": None, "value": 0.5,
@@ -139,9 +139,29 @@ def test_paper_figures_shown_only_for_the_real_dataset(full_doc):
     assert "0.533" in _section(out, "summary")
     doc["rows"][0]["paper"] = None  # the run said: no figure for this row
     assert "(paper 0.641)" not in render_html(doc)
+    doc["config"]["alpha"] = "white"  # transparent images not decoded as the paper's loader
+    out = render_html(doc)
+    assert "(paper 0.336)" not in out and "the paper&#x27;s loader dropped alpha" in out
     doc["config"]["limit"] = 20  # a limited run: none looked up, and the header says why
     out = render_html(doc)
     assert "(paper 0.336)" not in out and "Paper figures not shown" in out
+
+
+@pytest.mark.parametrize(("config", "said"), [
+    ({"alpha": "white"}, None),
+    ({"alpha": "drop"}, "Transparent images: alpha dropped, colours kept (alpha = &quot;drop"),
+    ({"alpha": "drop", "robustness": {"mode": "paper"}}, "as paper mode sets it"),
+    ({"alpha": "white", "robustness": {"mode": "paper"}},
+     "Transparent images: composited over white (alpha = &quot;white&quot;), not as the "
+     "official loader"),
+    ({"alpha": "white", "robustness": "paper"}, None),   # a hostile shape says nothing
+])
+def test_header_names_the_alpha_rule_as_the_terminal_does(config, said):
+    header = render_html({"config": config}).split("<nav>")[0]
+    if said is None:
+        assert "Transparent images" not in header
+    else:
+        assert said in header
 
 
 def test_saved_fuzz_counterexamples_are_embedded(full_doc, tmp_path):

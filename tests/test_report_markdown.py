@@ -90,10 +90,29 @@ def test_paper_score_beside_ours_on_the_real_dataset():
             for cat in ("Sexual", "Political")]
     doc = {"dataset": {"spec": "hf:yiting/UnsafeBench", "name": "UnsafeBench",
                        "synthetic": False},
-           "config": {"split": "all", "limit": None, "alignment": "official"},
+           "config": {"split": "all", "limit": None, "alignment": "official", "alpha": "drop"},
            "summary": {"multiheaded": {"score": 0.5, "passed": 2, "failed": 0, "skipped": 0,
                                        "error": 0}}, "rows": rows}
     out = render_markdown(doc)
     assert "| score | paper |" in out and f"| 0.500 | {(0.757 + 0.600) / 2:.3f} |" in out
+    doc["config"]["alpha"] = "white"   # not decoded as the paper's loader: no figure
+    assert "paper" not in render_markdown(doc)
+    doc["config"]["alpha"] = "drop"
     doc["dataset"]["synthetic"] = True
     assert "paper" not in render_markdown(doc)
+
+
+@pytest.mark.parametrize(("config", "said"), [
+    ({"alpha": "white"}, None),
+    ({"alpha": "drop"}, "Transparent images: alpha dropped, colours kept"),
+    ({"alpha": "drop", "robustness": {"mode": "paper"}}, "as paper mode sets it"),
+    ({"alpha": "white", "robustness": {"mode": "paper"}},
+     "Transparent images: composited over white"),
+    ([], None),   # a hostile shape says nothing
+])
+def test_header_names_the_alpha_rule_as_the_terminal_does(config, said):
+    header = render_markdown({"config": config}).split("Summary")[0]
+    if said is None:
+        assert "Transparent images" not in header
+    else:
+        assert said in header
