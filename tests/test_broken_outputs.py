@@ -327,10 +327,12 @@ def test_train_with_a_read_only_cache_is_one_line(tmp_path: Path,
                                                   capsys: pytest.CaptureFixture) -> None:
     """``unsafebench train`` has no throwaway cache to fall back to: a read-only one is its
     one-line error (exit 2), not a traceback."""
+    import importlib
     from types import SimpleNamespace
 
-    from pytest_unsafebench import training
-
+    # the module the command will run (an earlier in-process run may have dropped it from
+    # sys.modules, leaving a stale one on the package)
+    training = importlib.import_module("pytest_unsafebench.training")
     db = tmp_path / "predictions.sqlite"
     PredictionCache(db).close()
     real = sqlite3.connect
