@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .dataset.images import DEFAULT_ALPHA
 from .errors import ConfigError, DatasetError
 
 if TYPE_CHECKING:
@@ -101,19 +102,20 @@ def validation_mask(records: Sequence[Record], fraction: float, seed: int) -> np
 
 def cached_embeddings(records: Sequence[Record], backbone: Backbone, cache_path: Path,
                       batch_size: int = 32, max_pixels: int | None = None,
+                      alpha: str = DEFAULT_ALPHA,
                       ) -> tuple[np.ndarray, list[int], int, list[str]]:
     """(vectors (M, D), indices of the records they belong to, number computed, skipped).
 
     Cached embeddings are read; the rest are computed batch by batch and written back, under
-    the engine's keys (backbone fingerprint, image hash, clean condition). Images that cannot
-    be decoded are skipped and named.
+    the engine's keys (backbone fingerprint, image hash, clean condition, the ``alpha`` rule
+    images are decoded under). Images that cannot be decoded are skipped and named.
     """
     import numpy as np
 
     from .cache import PredictionCache
     from .dataset.images import ImageProblem
 
-    cache = PredictionCache(cache_path)
+    cache = PredictionCache(cache_path, alpha=alpha)
     try:
         found = cache.get_embeddings(backbone.fingerprint, CONDITION,
                                      [r.content_hash for r in records])
@@ -127,7 +129,7 @@ def cached_embeddings(records: Sequence[Record], backbone: Backbone, cache_path:
             images, hashes = [], []
             for h in todo[start:start + batch_size]:
                 try:
-                    images.append(first[h].load_image(max_pixels=max_pixels))
+                    images.append(first[h].load_image(max_pixels=max_pixels, alpha=alpha))
                     hashes.append(h)
                 except (ImageProblem, OSError) as exc:
                     skipped.append(f"{first[h].locator}: {exc}")
@@ -273,9 +275,11 @@ def train_probe(dataset: str, backbone: str, out: str | Path, *,
                 backbone_options: Mapping[str, Any] | None = None,
                 config: TrainConfig = TrainConfig(), cache_dir: str | Path | None = None,
                 device: str = "cpu", batch_size: int = 32, dataset_seed: int = 2023,
+                alpha: str = DEFAULT_ALPHA,
                 progress: Callable[[str], None] | None = None) -> TrainResult:
     """Train a probe on ``dataset``'s train split and write it to ``out`` (one safetensors
-    file); see the module docstring for the method."""
+    file); see the module docstring for the method. ``alpha``: how transparent images decode
+    (the run's ``[tool.unsafebench] alpha`` rule), recorded in the file's ``trained_on``."""
     import numpy as np
 
     from .classifiers.probe import (FORMAT, FORMAT_VERSION, METADATA_KEY, OVERALL,
@@ -297,7 +301,7 @@ def train_probe(dataset: str, backbone: str, out: str | Path, *,
     say(f"embedding {len(train)} train images with backbone {spec.describe()} "
         f"(cached in {root / 'predictions.sqlite'})")
     x, kept, computed, skipped = cached_embeddings(train, bb, root / "predictions.sqlite",
-                                                   batch_size=batch_size)
+                                                   batch_size=batch_size, alpha=alpha)
     records = [train[i] for i in kept]
     categories = [c for c in CATEGORIES if any(r.category == c for r in records)]
     one_label = [c for c in categories
@@ -339,7 +343,7 @@ def train_probe(dataset: str, backbone: str, out: str | Path, *,
         "seed": config.seed,
         "config": asdict(config),
         "trained_on": {"dataset": dataset, "name": full.name, "fingerprint": full.fingerprint,
-                       "split": "train", "dataset_seed": dataset_seed,
+                       "split": "train", "dataset_seed": dataset_seed, "alpha": alpha,
                        "images": int((~val).sum()), "validation_images": int(val.sum())},
         "validation": {"head_f1": head_f1, "overall_f1": overall_f1, **history},
     }
@@ -406,12 +410,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .config import read_pyproject, resolve_settings
+
     config = TrainConfig(seed=args.seed, epochs=args.epochs, patience=args.patience,
                          val_fraction=args.val_fraction)
+    # The run's settings decide how transparent images decode (alpha, set by paper mode too),
+    # so the probe sees the pixels the benchmark run scores.
+    settings = resolve_settings({}, read_pyproject(Path("pyproject.toml")), Path.cwd())
     result = train_probe(
         args.dataset, args.backbone, args.out, backbone_options=dict(args.backbone_option),
         config=config, cache_dir=args.cache_dir, device=args.device,
-        batch_size=args.batch_size, dataset_seed=args.dataset_seed,
+        batch_size=args.batch_size, dataset_seed=args.dataset_seed, alpha=settings.alpha,
         progress=lambda msg: print(f"unsafebench train: {msg}", file=sys.stderr))
     print(summary(result))
     return 0

@@ -296,6 +296,31 @@ def test_train_command(cache: Path, tiny_clip: Path, tmp_path: Path, reddish: st
     assert meta["validation"]["epochs_run"] <= 40
 
 
+def test_train_command_decodes_under_the_runs_alpha_rule(
+        cache: Path, tiny_clip: Path, reddish: str, clip_probe: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """pyproject.toml's paper mode sets alpha = "drop" for the run: training decodes under it,
+    keys its embeddings by it (the default-rule embeddings clip_probe cached are not served)
+    and records it in the probe file."""
+    seen: list[str] = []
+    load = Record.load_image
+
+    def spy(self: Record, max_pixels: int | None = None, alpha: str = "white") -> Image.Image:
+        seen.append(alpha)
+        return load(self, max_pixels=max_pixels, alpha=alpha)
+
+    monkeypatch.setattr(Record, "load_image", spy)
+    (tmp_path / "pyproject.toml").write_text('[tool.unsafebench.robustness]\nmode = "paper"\n')
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "drop.safetensors"
+    assert main(["train", "--dataset", reddish, "--backbone", "clip", "--backbone-option",
+                 f"model={tiny_clip}", "--out", str(out), "--cache-dir", str(cache)]) == 0
+    assert "embeddings 0 cached, 220 computed" in capsys.readouterr().out
+    assert set(seen) == {"drop"} and len(seen) == 11 * 2 * 2 * 5
+    assert pr.read_probe(out).meta["trained_on"]["alpha"] == "drop"
+    assert pr.read_probe(clip_probe).meta["trained_on"]["alpha"] == "white"
+
+
 NO_EMBEDDING = """
 from pytest_unsafebench import Coverage, Prediction
 
