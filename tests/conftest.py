@@ -5,5 +5,31 @@ PerspectiveVision's template): tests that need them use ../shared/reference copi
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("UNSAFEBENCH_OFFLINE", "1")
+
+
+@pytest.fixture
+def empty_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """HF_HUB_OFFLINE=1 with an empty Hugging Face cache; any hub request fails the test."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from pytest_unsafebench import weights
+
+    home = tmp_path / "hf-home"
+    home.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a hub request was made although the hub is off")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
+    monkeypatch.setattr(weights, "_probe", no_download)
+    return home

@@ -615,26 +615,7 @@ def test_fingerprints_follow_weight_files(tmp_path: Path, stand_ins: dict[str, P
 
 
 # --------------------------------------------------------------------------- missing weights
-@pytest.fixture
-def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    import huggingface_hub
-    from huggingface_hub import constants
-
-    home = tmp_path / "hf-home"
-    home.mkdir()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-
-    def no_download(*args, **kwargs):
-        raise AssertionError("a test tried to download weights")
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
-    return home
-
-
-def test_offline_missing_backbone_is_helpful(offline: Path, stand_ins: dict[str, Path],
+def test_offline_missing_backbone_is_helpful(empty_hub: Path, stand_ins: dict[str, Path],
                                              tmp_path: Path) -> None:
     with pytest.raises(WeightsNotFound) as info:
         ch.load_q16(model="unsafebench-tests/no-such-clip", prompts=str(stand_ins["prompts"]),
@@ -646,7 +627,7 @@ def test_offline_missing_backbone_is_helpful(offline: Path, stand_ins: dict[str,
     assert str(tmp_path / "cache" / "weights" / "clip") in msg
 
 
-def test_offline_missing_head_weights_are_helpful(offline: Path, stand_ins: dict[str, Path],
+def test_offline_missing_head_weights_are_helpful(empty_hub: Path, stand_ins: dict[str, Path],
                                                   tmp_path: Path) -> None:
     common = {"model": str(stand_ins["model"]), "cache_dir": tmp_path / "cache"}
     with pytest.raises(WeightsNotFound, match=r"prompts\.p.*yiting/Q16.*prompts"):
@@ -659,7 +640,7 @@ def test_offline_missing_head_weights_are_helpful(offline: Path, stand_ins: dict
         ch.load_q16(prompts=str(tmp_path / "nope.p"), **common)
 
 
-def test_weights_in_the_cache_folder_are_found(offline: Path, stand_ins: dict[str, Path],
+def test_weights_in_the_cache_folder_are_found(empty_hub: Path, stand_ins: dict[str, Path],
                                                tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     (cache / "weights" / "q16").mkdir(parents=True)
