@@ -33,3 +33,14 @@ def empty_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
     monkeypatch.setattr(weights, "_probe", no_download)
     return home
+
+
+@pytest.fixture
+def folder(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A pytester folder with the toy dataset; toyclf.py importable (as test_plugin does)."""
+    from plugin_helpers import build_dataset, write_toyclf
+
+    build_dataset(pytester.path / "ds")
+    write_toyclf(pytester.path)
+    pytester.syspathinsert()
+    return pytester

@@ -17,17 +17,9 @@ import pytest_unsafebench.session  # noqa: F401
 from pytest_unsafebench import registry
 from pytest_unsafebench.errors import ClassifierLoadError
 
-from plugin_helpers import build_dataset, read_json, write_toyclf
+from plugin_helpers import read_json
 
 USAGE = pytest.ExitCode.USAGE_ERROR
-
-
-@pytest.fixture
-def folder(pytester: pytest.Pytester) -> pytest.Pytester:
-    build_dataset(pytester.path / "ds")
-    write_toyclf(pytester.path)
-    pytester.syspathinsert()
-    return pytester
 
 
 def run(pytester: pytest.Pytester, classifier: str, *extra: str) -> pytest.RunResult:

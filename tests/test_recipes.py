@@ -30,15 +30,6 @@ def common_args(path: Path, *extra: str, classifier: str = CLASSIFIER) -> list[s
     return [*args, *extra]
 
 
-@pytest.fixture
-def folder(pytester: pytest.Pytester) -> pytest.Pytester:
-    """A pytester folder with the toy dataset; toyclf.py importable (as test_plugin does)."""
-    build_dataset(pytester.path / "ds")
-    write_toyclf(pytester.path)
-    pytester.syspathinsert()
-    return pytester
-
-
 # ---------------------------------------------------------------------------- module:callable
 
 
