@@ -5,11 +5,27 @@ PerspectiveVision's template): tests that need them use ../shared/reference copi
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("UNSAFEBENCH_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _forget_modules_tests_wrote(tmp_path_factory: pytest.TempPathFactory):
+    """Unload the modules a test wrote into its temporary folder and imported (toyclf.py and
+    the like) once it ends. monkeypatch.syspath_prepend restores sys.path but not sys.modules:
+    a toyclf left behind was found again by a later in-process run of the same worker (whose
+    own toyclf.py it shadowed), which then counted no predictions."""
+    base = str(tmp_path_factory.getbasetemp().resolve())
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        path = getattr(sys.modules.get(name), "__file__", None) or ""
+        if path.startswith(base):
+            del sys.modules[name]
 
 
 @pytest.fixture
