@@ -13,6 +13,25 @@ import pytest
 os.environ.setdefault("UNSAFEBENCH_OFFLINE", "1")
 
 
+# Every test of this suite gets a time limit (pytest-timeout, in the dev extra), so a hang fails
+# with every thread's stack instead of stalling CI. The thread method also stops a hang inside
+# C code, where no signal gets through, and inside an in-process pytester run, which would take
+# a signal's failure as its own test's. Set here rather than in pyproject.toml: benchmark runs
+# started in the repository (the README quick start) read that file too, may lack the plugin,
+# and keep their report only under the signal method. A slower test sets its own
+# @pytest.mark.timeout(SECONDS, method="thread").
+TEST_TIMEOUT = 300
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("timeout"):
+        return
+    for item in items:
+        if item.get_closest_marker("timeout") is None and TESTS in item.path.parents:
+            item.add_marker(pytest.mark.timeout(TEST_TIMEOUT, method="thread"))
+
+
 @pytest.fixture(autouse=True)
 def _forget_modules_tests_wrote(tmp_path_factory: pytest.TempPathFactory):
     """Unload the modules a test wrote into its temporary folder and imported (toyclf.py and

@@ -192,7 +192,7 @@ ATTACK_ONLY = ('[tool.unsafebench.robustness]\nattacks = ["fgsm"]\nevasions = []
                'corruptions = []\npool_size = 4\nseeds = [1]\n')
 
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(200, method="thread")
 def test_a_hanging_gradient_attack_times_out_and_the_run_goes_on(folder: Path) -> None:
     # forward_pixels is the classifier's code too: each call on a batch gets the timeout.
     _pyproject(folder, "hang-pixels", extra=f"timeout = 0.5\n{ATTACK_ONLY}")
@@ -319,7 +319,7 @@ def test_system_exit_from_a_factory_on_a_ray_worker_is_that_classifiers_error(
                        "the classifier)"),
     ("hang-single", "timeout = 0.5", "no answer within the 0.5 s timeout per batch"),
 ])
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(200, method="thread")
 def test_classifier_faults_in_the_fuzz_search_fail_that_test_only(
         pytester: pytest.Pytester, folder: Path, mode: str, extra: str, problem: str) -> None:
     _pyproject(folder, mode, extra=extra)
@@ -396,7 +396,7 @@ def _hang_in_a_test(folder: Path, method: str) -> subprocess.CompletedProcess[st
 NOTE = "unsafebench: pytest-timeout's thread method ends the run at a test's timeout"
 
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(200, method="thread")
 def test_under_pytest_timeout_signal_a_hanging_test_fails_alone_and_the_report_is_written(
         folder: Path) -> None:
     proc = _hang_in_a_test(folder, "signal")
@@ -410,7 +410,7 @@ def test_under_pytest_timeout_signal_a_hanging_test_fails_alone_and_the_report_i
     assert doc["summary"][CLASSIFIER]["passed"] > 0
 
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(200, method="thread")
 def test_under_pytest_timeout_thread_the_run_says_up_front_it_will_lose_the_report(
         folder: Path) -> None:
     proc = _hang_in_a_test(folder, "thread")

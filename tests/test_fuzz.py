@@ -527,7 +527,7 @@ def test_malformed_replay_file_is_a_usage_error_naming_it(bench: Bench, name: st
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)  # trains the demo model in a subprocess
+@pytest.mark.timeout(600, method="thread")  # trains the demo model in a subprocess
 def test_fuzz_finds_a_flip_on_the_demo_classifier_within_the_ci_budget(
         pytester: pytest.Pytester) -> None:
     profile = settings.get_current_profile_name()

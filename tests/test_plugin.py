@@ -806,7 +806,7 @@ def test_import_lightness(pytester: pytest.Pytester, args: list[str]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # trains the demo model in a subprocess
+@pytest.mark.timeout(900, method="thread")  # trains the demo model in a subprocess
 def test_demo_end_to_end(pytester: pytest.Pytester) -> None:
     cache = pytester.path / "cache"
     out = pytester.path / "demo.json"

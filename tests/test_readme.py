@@ -147,7 +147,7 @@ def run_script(project: Path, commands: list[str], timeout: float) -> subprocess
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(SLOW_SECONDS)
+@pytest.mark.timeout(SLOW_SECONDS, method="thread")
 def test_readme_quick_start_and_recipes_run_as_printed(project: Path) -> None:
     blocks = bash_commands(README.read_text())
     ran = []
