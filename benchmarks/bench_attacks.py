@@ -43,7 +43,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_unsafebench.attacks import AttackSpec, run_attack  # noqa: E402
+from pytest_unsafebench.attacks import AttackSpec, run_attack
 
 EPS = 8 / 255
 

@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pytest_unsafebench import perturbations as P  # noqa: E402
+from pytest_unsafebench import perturbations as P
 
 Op = Callable[[Image.Image, int], Image.Image]  # (image, index) -> image
 # Extra rows: a corruption timed against a second, less close albumentations transform. They
@@ -191,7 +191,7 @@ def main() -> None:
             warnings.simplefilter("ignore")
             import albumentations as A
             import cv2
-    except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
+    except Exception as exc:  # any import failure means "not available"
         print(f"albumentations is not available ({type(exc).__name__}: {exc}); reporting our "
               "own throughput only. Install it with: pip install albumentations==2.0.8",
               file=sys.stderr)

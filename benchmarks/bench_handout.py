@@ -23,7 +23,7 @@ from pytest_unsafebench.dataset.images import readonly_view
 SIDES = (224, 512, 1600)
 
 
-def timed(fn, images, repeats: int) -> float:  # noqa: ANN001 - a handout function
+def timed(fn, images, repeats: int) -> float:  # a handout function
     runs = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_unsafebench.dataset.standin import write_standin  # noqa: E402
+from pytest_unsafebench.dataset.standin import write_standin
 
 
 def main(argv: list[str] | None = None) -> int:

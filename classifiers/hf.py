@@ -49,8 +49,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..classifier import Coverage, Prediction
 from ..errors import ClassifierLoadError
-from ..taxonomy import CATEGORIES, suggest
 from ..progress import step
+from ..taxonomy import CATEGORIES, suggest
 from ..weights import WeightsNotFound, file_digest, hub_offline_reason
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def resolve_model_folder(model: str, revision: str | None = None,
     try:
         folder = Path(snapshot_download(model, revision=revision, cache_dir=cache,
                                         local_files_only=True, allow_patterns=patterns))
-    except Exception:  # noqa: BLE001 - not cached (or an invalid id): handled below
+    except Exception:  # not cached (or an invalid id): handled below
         folder = None
     complete = folder is not None and (folder / "config.json").is_file() and _has_weights(folder)
     if not complete:
@@ -132,7 +132,7 @@ def resolve_model_folder(model: str, revision: str | None = None,
             with step("download", f"downloading {model}{rev}"):
                 folder = Path(snapshot_download(model, revision=revision, cache_dir=cache,
                                                 allow_patterns=patterns))
-        except Exception as exc:  # noqa: BLE001 - reported with the model id and the way out
+        except Exception as exc:  # reported with the model id and the way out
             raise WeightsNotFound(f"hf:{model}: cannot download model {model!r}{rev} "
                                   f"({type(exc).__name__}: {exc}); {how}") from exc
         if not ((folder / "config.json").is_file() and _has_weights(folder)):

@@ -148,7 +148,7 @@ def resolve_adapter(adapter: str, revision: str | None = None) -> Path:
             folder = Path(snapshot_download(
                 adapter, revision=revision, local_files_only=local_only,
                 allow_patterns=[ADAPTER_CONFIG, *ADAPTER_WEIGHTS, NON_LORA]))
-        except Exception:  # noqa: BLE001 - not cached / not reachable: explained below
+        except Exception:  # not cached / not reachable: explained below
             continue
         missing = _missing_files(folder)
         if not missing:
@@ -174,7 +174,7 @@ def _load_tensors(path: Path) -> dict[str, Any]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle/zip/safetensors errors of many classes
+    except Exception as exc:  # pickle/zip/safetensors errors of many classes
         raise ClassifierLoadError(f"pv-llava: {path} cannot be read as tensors "
                                   f"({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

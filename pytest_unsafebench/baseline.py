@@ -382,7 +382,8 @@ def _paired(baseline: Mapping[str, Any], tables: Mapping[str, PredictionTable],
         else:
             mask &= cols["category"] == category
 
-        def side(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        def side(m: np.ndarray, cols: dict[str, np.ndarray] = cols, codes: np.ndarray = codes,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             return (cols["y_true"][m], codes[m] == DECISION_CODES["unsafe"], cols["y_pred"][m])
 
         options = {"n_resamples": bootstrap.resamples, "confidence": 1 - alpha,

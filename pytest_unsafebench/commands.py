@@ -71,9 +71,7 @@ def _report(args: argparse.Namespace) -> int:
         if path is None:
             continue
         if option == "--html":
-            from .report_html import render_html
-
-            from .report_html import recorded_artifacts
+            from .report_html import recorded_artifacts, render_html
 
             artifacts, why = (args.artifacts, None) if args.artifacts else \
                 recorded_artifacts(doc, args.report)

@@ -20,8 +20,15 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .cache import PredictionCache
 from .classifier import Backbone, Classifier, ClassifierInfo, HeadClassifier, Prediction
-from .dataset.images import (DEFAULT_ALPHA, DEFAULT_MAX_PIXELS, ImageProblem, finish_decode,
-                             max_file_bytes, open_image, readonly_view)
+from .dataset.images import (
+    DEFAULT_ALPHA,
+    DEFAULT_MAX_PIXELS,
+    ImageProblem,
+    finish_decode,
+    max_file_bytes,
+    open_image,
+    readonly_view,
+)
 from .dataset.records import EXCLUDING_KINDS, Finding, Record
 
 if TYPE_CHECKING:
@@ -243,7 +250,7 @@ def _predict_batch(clf: Classifier, wanted: list[tuple[Record, Image]],
             except ValueError as exc:
                 raise ValueError(f"invalid prediction for image {record.id} "
                                  f"({record.locator}): {exc}") from None
-    except Exception as exc:
+    except Exception as exc:  # a reader that fails otherwise: that file's finding
         outcome.error = _describe(exc)
         return
     finally:
@@ -266,7 +273,7 @@ def _open(record: Record, max_pixels: int) -> Decoded:
         return None, exc.kind, exc.detail
     except OSError as exc:
         return None, "missing-file", f"cannot read: {exc}"
-    except Exception as exc:  # noqa: BLE001 - a reader that fails otherwise: that file's finding
+    except Exception as exc:
         return None, "unreadable", f"reading failed: {_describe(exc)}"
 
 
@@ -395,7 +402,7 @@ class Guard:
                 return fn() if self.deadline is None else self._before_deadline(fn)
             except Exception:
                 raise
-            except BaseException as exc:
+            except BaseException as exc:  # handed to the caller below
                 if isinstance(exc, KeyboardInterrupt) and interrupted():
                     raise  # the user pressed Ctrl-C: stop the run as pytest does
                 raise ClassifierFault(f"{_describe(exc)} (raised by the classifier)") from None
@@ -408,7 +415,7 @@ class Guard:
         def target() -> None:
             try:
                 box.append((True, fn()))
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            except BaseException as exc:
                 box.append((False, exc))
 
         thread = threading.Thread(target=copy_context().run, args=(target,), daemon=True,

@@ -58,7 +58,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from difflib import get_close_matches
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Literal
 
 import numpy as np
@@ -375,7 +375,7 @@ def _from_rgb(arr: np.ndarray) -> Image.Image:
     return _from_rgbx(cv2.cvtColor(arr, cv2.COLOR_RGB2RGBA))
 
 
-def _cv2():  # noqa: ANN202 - the cv2 module
+def _cv2():  # the cv2 module
     # Imported on first use: the plugin must not pay for OpenCV unless perturbations run.
     import cv2
 
@@ -411,7 +411,7 @@ def _normal_quantiles() -> np.ndarray:
     return np.array([inv((j + 0.5) / _QUANTILES) for j in range(_QUANTILES)])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _gaussian_table(std: float) -> np.ndarray:
     # Noise in grey levels, rounded: x + round(n) == round(x + n) for integer x.
     return np.clip(np.rint(_normal_quantiles() * std * 255), -255, 255).astype(np.int16)
@@ -429,7 +429,7 @@ def gaussian_noise(img: Image.Image, severity: float, rng: np.random.Generator) 
     return _to_image(y)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _poisson_table(photons: int) -> np.ndarray:
     """Output grey level for (intensity v, 12-bit uniform u): the Poisson inverse CDF."""
     lam = np.arange(256) * (photons / 255.0)
@@ -472,7 +472,7 @@ def impulse_noise(img: Image.Image, severity: float, rng: np.random.Generator) -
     return _to_image(y)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _gaussian_kernel(sigma: float) -> np.ndarray:
     # Truncated at 3 sigma, OpenCV's own choice for 8-bit images: the tails beyond hold 0.27%
     # of the weight (at most 0.7 grey levels on a full-range edge), and skimage's 4 sigma

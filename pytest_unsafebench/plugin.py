@@ -153,8 +153,15 @@ def pytest_configure(config: pytest.Config) -> None:
     from .config import read_pyproject, resolve_settings
     from .errors import UnsafeBenchError
     from .hookspec import hook_classifiers
-    from .registry import (PREFIXES, add_import_folders, check_name, hooked_names, installed,
-                           is_module_spec, set_hook_classifiers)
+    from .registry import (
+        PREFIXES,
+        add_import_folders,
+        check_name,
+        hooked_names,
+        installed,
+        is_module_spec,
+        set_hook_classifiers,
+    )
     from .session import SESSION_KEY, UnsafeBenchSession
 
     set_hook_classifiers(hook_classifiers(config, installed(), PREFIXES))

@@ -106,7 +106,7 @@ class RayExecutor:
         for loader in loaders.values():
             try:
                 spec = self.spec_of(loader())
-            except Exception:  # noqa: BLE001 - the local pass reports a classifier that fails
+            except Exception:  # the local pass reports a classifier that fails
                 continue
             if spec is None:  # not loadable by name on a worker: the local pass does it
                 continue
@@ -147,7 +147,7 @@ class RayExecutor:
         done = 0
         try:
             for row in results.iter_rows():
-                result = pickle.loads(row["result"])  # noqa: S301 - made by our own actors
+                result = pickle.loads(row["result"])  # made by our own actors
                 for fingerprint, n in _store(result, cache, condition, pixel_limit,
                                              statuses).items():
                     added[fingerprint] = added.get(fingerprint, 0) + n
@@ -288,7 +288,7 @@ class _Predictor:
                         f"loads as fingerprint {clf.fingerprint!r} on the worker but "
                         f"{spec.fingerprint!r} on the driver; install the same weights and "
                         "package versions on both")
-            except Exception as exc:  # noqa: BLE001 - reported per classifier
+            except Exception as exc:  # reported per classifier
                 self.errors[spec.fingerprint] = (str(exc) if isinstance(exc, ClassifierFault)
                                                  else f"{type(exc).__name__}: {exc}")
                 continue
@@ -302,7 +302,7 @@ class _Predictor:
         from .dataset.records import Record
         from .engine import _decoded_batches
 
-        works: list[list[WorkItem]] = [pickle.loads(w) for w in batch["work"]]  # noqa: S301
+        works: list[list[WorkItem]] = [pickle.loads(w) for w in batch["work"]]
         items = [it for work in works for it in work]
         records = [Record(**it.record, reader=partial(self.refs.read, it.ref,
                                                        it.record["content_hash"]))

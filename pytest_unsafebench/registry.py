@@ -14,8 +14,8 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
-from pathlib import Path
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from .classifier import Classifier, Coverage
@@ -244,7 +244,7 @@ def factory_option_types(name: str) -> dict[str, Any]:
     target = factory.func if isinstance(factory, partial) else factory
     try:
         hints = typing.get_type_hints(target)
-    except Exception:  # noqa: BLE001 - names imported only for type checkers: use defaults
+    except Exception:  # names imported only for type checkers: use defaults
         hints = {}
     out: dict[str, Any] = {}
     for p in inspect.signature(factory).parameters.values():

@@ -13,14 +13,20 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .taxonomy import (CATEGORIES, CELL_SOURCES, GENERATED_SOURCE, OVERALL, POOLED, REAL_SOURCE,
-                       SHORT_NAMES)
-
+from .taxonomy import (
+    CATEGORIES,
+    CELL_SOURCES,
+    GENERATED_SOURCE,
+    OVERALL,
+    POOLED,
+    REAL_SOURCE,
+    SHORT_NAMES,
+)
 from .text import printable
 
 if TYPE_CHECKING:
@@ -173,7 +179,7 @@ def build_json(settings: Settings, state: RunState, rows: list[dict[str, Any]],
         "rows": rows,
         # Everything that may differ between two otherwise identical runs lives below.
         "timing": {**state.timing, **timing,
-                   "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+                   "finished_at": datetime.now(UTC).isoformat(timespec="seconds")},
     }
 
 

@@ -6,7 +6,7 @@ that enables it, instead of a bare "90 deselected".
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cache
 from itertools import combinations
 from pathlib import Path
@@ -86,6 +86,11 @@ def _marks_in(module: Path) -> frozenset[str]:
                      and node.value.value.id == "pytest")
 
 
+def _matcher(present: set[str]) -> Callable[..., bool]:
+    # mark(arg=...) counts as present whatever its arguments: never too few
+    return lambda name, /, **kw: name in present
+
+
 def markexpr_selects_none(markexpr: str, modules: Iterable[Path]) -> bool:
     """True only when no test of these modules can match -m ``markexpr``, whichever of the
     marks it could carry it has (every subset is tried, so ``not slow`` never counts)."""
@@ -98,7 +103,6 @@ def markexpr_selects_none(markexpr: str, modules: Iterable[Path]) -> bool:
         for size in range(len(marks) + 1):
             for subset in combinations(marks, size):
                 present = set(subset)
-                # mark(arg=...) counts as present whatever its arguments: never too few
-                if expression.evaluate(lambda name, /, **kw: name in present):
+                if expression.evaluate(_matcher(present)):
                     return False
     return True

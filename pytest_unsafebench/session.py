@@ -33,13 +33,13 @@ from .text import printable
 if TYPE_CHECKING:
     from .cache import PredictionCache
     from .cells import Bootstrap, Cell, GapCell, RobustnessCell
-    from .dataset.records import Record
-    from .robustness import RAResult
     from .classifier import Classifier
     from .dataset import Dataset
-    from .engine import PassResult
     from .dataset.demo import DemoRow
+    from .dataset.records import Record
+    from .engine import PassResult
     from .ray_executor import ClassifierSpec, RayExecutor
+    from .robustness import RAResult
 
 SESSION_KEY = pytest.StashKey["UnsafeBenchSession"]()
 ROWS_KEY = pytest.StashKey[list]()
@@ -295,7 +295,7 @@ class UnsafeBenchSession:
         for name in s.classifiers:
             try:
                 trained_on = getattr(self.classifier(name), "trained_on", None)
-            except Exception:  # noqa: BLE001 - the pass reports a failed load on its own tests
+            except Exception:  # the pass reports a failed load on its own tests
                 continue
             if not trained_on or trained_on.get("split") not in ("train", "all"):
                 continue
@@ -376,7 +376,7 @@ class UnsafeBenchSession:
             try:
                 self.classifier(name)
                 loaded.append(name)
-            except Exception:  # noqa: BLE001 - run_pass reports it on the classifier's tests
+            except Exception:  # run_pass reports it on the classifier's tests
                 continue
         if not loaded:
             return "prediction pass: no classifier loaded, only checking images"

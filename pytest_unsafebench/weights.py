@@ -84,7 +84,7 @@ def _from_hub(spec: WeightFile) -> Path | None:
     try:
         with step("download", f"downloading {spec.repo_id}/{spec.filename}"):
             return Path(hf_hub_download(spec.repo_id, spec.filename, revision=spec.revision))
-    except Exception:  # noqa: BLE001 - any hub failure means "not available"; resolve() explains
+    except Exception:  # any hub failure means "not available"; resolve() explains
         return None
 
 

@@ -205,7 +205,7 @@ class _FakeRay:
         self.rows = rows
         return self
 
-    def ActorPoolStrategy(self, **_: object) -> None:  # noqa: N802 - Ray's name
+    def ActorPoolStrategy(self, **_: object) -> None:  # Ray's name
         return None
 
     def map_batches(self, actor: type, *, batch_size: int, fn_constructor_kwargs: dict,
@@ -214,7 +214,7 @@ class _FakeRay:
         self.actor, self.batch = actor(**fn_constructor_kwargs), batch_size
         return self
 
-    def iter_rows(self):  # noqa: ANN201
+    def iter_rows(self):
         for i in range(0, len(self.rows), self.batch):
             out = self.actor({"work": [r["work"] for r in self.rows[i:i + self.batch]]})
             yield from ({"result": r} for r in out["result"])
@@ -278,7 +278,7 @@ class _Brightness:
     def attack_input(self, image: Image.Image) -> np.ndarray:
         return (np.asarray(image, dtype=np.float32) / 255.0).transpose(2, 0, 1).copy()
 
-    def forward_pixels(self, x):  # noqa: ANN001, ANN201 - a torch tensor in and out
+    def forward_pixels(self, x):  # a torch tensor in and out
         import torch
 
         m = 40 * (x.mean(dim=(1, 2, 3)) - 0.5)

@@ -17,12 +17,11 @@ from sklearn.metrics import f1_score  # noqa: F401
 
 import pytest_unsafebench.cache
 import pytest_unsafebench.engine
-import pytest_unsafebench.session  # noqa: F401
+import pytest_unsafebench.session
+from plugin_helpers import CLASSIFIER, build_dataset, read_json, write_toyclf
 from pytest_unsafebench.cache import PredictionCache
 from pytest_unsafebench.classifier import Prediction
 from pytest_unsafebench.cli import main as cli_main
-
-from plugin_helpers import CLASSIFIER, build_dataset, read_json, write_toyclf
 
 USAGE = pytest.ExitCode.USAGE_ERROR
 

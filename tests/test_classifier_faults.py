@@ -21,7 +21,6 @@ from sklearn.metrics import f1_score  # noqa: F401
 import pytest_unsafebench.cache
 import pytest_unsafebench.engine
 import pytest_unsafebench.session  # noqa: F401
-
 from plugin_helpers import CLASSIFIER, build_dataset, read_json, write_toyclf
 
 FAULTY = '''

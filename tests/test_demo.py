@@ -21,8 +21,7 @@ import pytest
 from PIL import Image
 
 from pytest_unsafebench import progress
-from pytest_unsafebench.dataset import load_dataset
-from pytest_unsafebench.dataset import demo
+from pytest_unsafebench.dataset import demo, load_dataset
 from pytest_unsafebench.taxonomy import CATEGORIES, LABELS, SOURCES, SPLITS
 
 SEED = 2023

@@ -7,35 +7,21 @@ import json
 import re
 from pathlib import Path
 
+import hypothesis.internal.observability  # noqa: F401 - its pytest plugin imports it late
+
 # Imported before any in-process pytester run (see test_plugin.py): pytester restores
 # sys.modules after each run, and C extensions must not be imported twice.
 import numpy as np
 import pytest
-from PIL import Image
-
-import hypothesis.internal.observability  # noqa: F401 - its pytest plugin imports it late
 from hypothesis import core, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 import pytest_unsafebench.cache
 import pytest_unsafebench.dataset.folder
 import pytest_unsafebench.engine
 import pytest_unsafebench.report
 import pytest_unsafebench.session  # noqa: F401
-from pytest_unsafebench import fuzzing
-from pytest_unsafebench.classifier import Prediction
-from pytest_unsafebench.perturbations import (
-    PERTURBATIONS,
-    Chain,
-    PerturbationSpec,
-    apply,
-    perceptual_budget,
-)
-from pytest_unsafebench.report import ROW_KEYS, sorted_rows
-from pytest_unsafebench.cli import main as cli_main
-from pytest_unsafebench.report_html import render_html
-from pytest_unsafebench.report_markdown import render_markdown
-
 from plugin_helpers import (
     CLASSIFIER,
     SOURCES,
@@ -44,6 +30,19 @@ from plugin_helpers import (
     read_jsonl,
     write_toyclf,
 )
+from pytest_unsafebench import fuzzing
+from pytest_unsafebench.classifier import Prediction
+from pytest_unsafebench.cli import main as cli_main
+from pytest_unsafebench.perturbations import (
+    PERTURBATIONS,
+    Chain,
+    PerturbationSpec,
+    apply,
+    perceptual_budget,
+)
+from pytest_unsafebench.report import ROW_KEYS, sorted_rows
+from pytest_unsafebench.report_html import render_html
+from pytest_unsafebench.report_markdown import render_markdown
 
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
 

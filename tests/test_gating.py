@@ -10,15 +10,22 @@ from pathlib import Path
 # Imported before any in-process pytester run (see test_plugin.py for why).
 import numpy
 import pytest
-from PIL import Image  # noqa: F401
+from PIL import Image
 
 import pytest_unsafebench.analysis
 import pytest_unsafebench.baseline
 import pytest_unsafebench.report
 import pytest_unsafebench.session
 import pytest_unsafebench.stats  # noqa: F401
-from plugin_helpers import CLASSIFIER, COVERED, OTHER, build_dataset, read_json, toyclf_source, \
-    write_manifest
+from plugin_helpers import (
+    CLASSIFIER,
+    COVERED,
+    OTHER,
+    build_dataset,
+    read_json,
+    toyclf_source,
+    write_manifest,
+)
 from pytest_unsafebench.baseline import compare, regression_table, verdict_line
 from pytest_unsafebench.cli import main as cli_main
 

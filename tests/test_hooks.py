@@ -14,10 +14,9 @@ import pytest
 from PIL import Image  # noqa: F401
 
 import pytest_unsafebench.session  # noqa: F401
+from plugin_helpers import read_json
 from pytest_unsafebench import registry
 from pytest_unsafebench.errors import ClassifierLoadError
-
-from plugin_helpers import read_json
 
 USAGE = pytest.ExitCode.USAGE_ERROR
 

@@ -7,10 +7,8 @@ import io
 import json
 import os
 import socket
-import struct
 import threading
 import tracemalloc
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,8 +26,12 @@ from plugin_helpers import CLASSIFIER, OTHER, build_dataset, write_manifest, wri
 from pytest_unsafebench.cache import PredictionCache
 from pytest_unsafebench.classifier import Coverage, Prediction
 from pytest_unsafebench.dataset.folder import load_folder
-from pytest_unsafebench.dataset.images import (ImageProblem, decode_image, max_file_bytes,
-                                               readonly_view)
+from pytest_unsafebench.dataset.images import (
+    ImageProblem,
+    decode_image,
+    max_file_bytes,
+    readonly_view,
+)
 from pytest_unsafebench.dataset.records import EXCLUDING_KINDS, KEEPING_KINDS, Record, content_hash
 from pytest_unsafebench.engine import run_pass
 

@@ -9,18 +9,18 @@ import socket
 import time
 from pathlib import Path
 
-import pytest
-
 # Imported before pytester runs (see test_plugin.py: C extensions must not be imported twice;
 # the robustness runs import torch for the square attack).
 import numpy  # noqa: F401
-import pytest_unsafebench.session  # noqa: F401
+import pytest
+
+import pytest_unsafebench.session
 
 try:
     import torch  # noqa: F401
 
-    import pytest_unsafebench.attacks  # noqa: F401
-    import pytest_unsafebench.classifiers.clip_heads  # noqa: F401
+    import pytest_unsafebench.attacks
+    import pytest_unsafebench.classifiers.clip_heads
     import pytest_unsafebench.classifiers.keras_savedmodel  # noqa: F401
 except ImportError:  # the torch-free install: those tests skip
     pass

@@ -491,7 +491,7 @@ def test_motion_blur_uses_imagenet_c_radius_and_sigma(monkeypatch: pytest.Monkey
     seen: list[tuple[int, float]] = []
     real = P._motion_taps
 
-    def spy(radius: int, sigma: float, angle: float):  # noqa: ANN202 - the spied helper's type
+    def spy(radius: int, sigma: float, angle: float):  # the spied helper's type
         seen.append((radius, sigma))
         return real(radius, sigma, angle)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy
 import pytest
 from PIL import Image
+
 # scikit-learn pulls in scipy and numpy.fft, whose C extensions must load once per process.
 from sklearn.metrics import confusion_matrix, f1_score
 
@@ -34,11 +35,11 @@ import pytest_unsafebench.engine
 import pytest_unsafebench.metrics
 import pytest_unsafebench.progress
 import pytest_unsafebench.report
-import pytest_unsafebench.session  # noqa: F401
+import pytest_unsafebench.session
 from pytest_unsafebench.thresholds import BUILTIN_PROFILES
 
 try:
-    import hypothesis.internal.observability  # its pytest plugin imports this at summary time
+    import hypothesis.internal.observability  # noqa: F401 - its pytest plugin imports this at summary time
 except ImportError:  # pragma: no cover - hypothesis is a dev dependency
     pass
 

@@ -19,21 +19,20 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
-import safetensors.numpy  # noqa: E402  (C extension: imported once, before pytester runs)
-from safetensors import safe_open  # noqa: E402
+import safetensors.numpy  # C extension: imported once, before pytester runs
+from safetensors import safe_open
 
-import pytest_unsafebench.cache  # noqa: E402,F401
-import pytest_unsafebench.classifiers.probe as pr  # noqa: E402
-import pytest_unsafebench.config  # noqa: E402,F401
-import pytest_unsafebench.dataset.folder  # noqa: E402,F401
-import pytest_unsafebench.engine  # noqa: E402,F401
-import pytest_unsafebench.report  # noqa: E402,F401
-import pytest_unsafebench.session  # noqa: E402,F401
-from pytest_unsafebench.errors import ClassifierLoadError  # noqa: E402
-from pytest_unsafebench.registry import CONTEXT_KEYS, load_classifier  # noqa: E402
-from pytest_unsafebench.training import train_probe  # noqa: E402
-
-from plugin_helpers import COVERED, build_dataset, write_manifest  # noqa: E402
+import pytest_unsafebench.cache
+import pytest_unsafebench.classifiers.probe as pr
+import pytest_unsafebench.config
+import pytest_unsafebench.dataset.folder
+import pytest_unsafebench.engine
+import pytest_unsafebench.report
+import pytest_unsafebench.session  # noqa: F401
+from plugin_helpers import COVERED, build_dataset, write_manifest
+from pytest_unsafebench.errors import ClassifierLoadError
+from pytest_unsafebench.registry import CONTEXT_KEYS, load_classifier
+from pytest_unsafebench.training import train_probe
 
 TOYEMBED = '''
 """A backbone that is also a classifier: the mean colour of an image."""

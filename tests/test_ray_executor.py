@@ -27,8 +27,14 @@ from typing import Any
 
 import pytest
 
-from plugin_helpers import (BROKEN, CLASSIFIER, build_dataset, read_json, write_manifest,
-                            write_toyclf)
+from plugin_helpers import (
+    BROKEN,
+    CLASSIFIER,
+    build_dataset,
+    read_json,
+    write_manifest,
+    write_toyclf,
+)
 from pytest_unsafebench.config import resolve_settings
 from pytest_unsafebench.errors import ConfigError
 
@@ -212,7 +218,7 @@ def start_local_ray(ray: Any, init_kwargs: dict[str, Any], *, seconds: float = R
             return None
         except RayStartTimeout:
             failure = f"ray.init did not finish within {seconds:g} s"
-        except Exception as exc:  # noqa: BLE001 - reported as the skip reason
+        except Exception as exc:  # reported as the skip reason
             failure = f"{type(exc).__name__}: {exc}"
         ray.shutdown()  # whatever half of it started
     return (f"a local Ray could not start ({attempts} attempts; last: {failure}); see Ray's "
@@ -268,11 +274,11 @@ def test_ray_start_that_hangs_is_bounded_and_retried() -> None:
 
 
 @pytest.fixture(scope="module")
-def ray_instance(modules: Path):  # noqa: ANN201 - yields the ray module
+def ray_instance(modules: Path):  # yields the ray module
     if not HAS_RAY:
         pytest.skip("ray is not installed: pip install 'pytest-unsafebench[ray]'")
     import ray
-    import ray.data  # noqa: F401
+    import ray.data
 
     # Imported before pytester snapshots sys.modules: a module first imported inside an
     # in-process run leaves sys.modules after it, and Ray would then pickle it by value.

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-from html import escape
 import re
 import shutil
 import subprocess
 import sys
+from html import escape
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings

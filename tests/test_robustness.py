@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from plugin_helpers import CELL_SOURCES, CLASSIFIER, build_dataset, read_json, write_toyclf
 from pytest_unsafebench import perturbations as P
 from pytest_unsafebench import robustness
 from pytest_unsafebench.attacks import AttackSpec, paper_spec
@@ -23,8 +24,6 @@ from pytest_unsafebench.dataset.records import Record, content_hash
 from pytest_unsafebench.errors import ConfigError
 from pytest_unsafebench.perturbations import PerturbationSpec, cache_key, names
 from pytest_unsafebench.results import PredictionTable
-
-from plugin_helpers import CELL_SOURCES, CLASSIFIER, build_dataset, read_json, write_toyclf
 
 
 # --------------------------------------------------------------------------- pool / draw

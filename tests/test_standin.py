@@ -11,10 +11,10 @@ import pytest
 
 pytest.importorskip("pyarrow")
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from pytest_unsafebench import load_dataset  # noqa: E402
-from pytest_unsafebench.dataset.standin import (  # noqa: E402
+from pytest_unsafebench import load_dataset
+from pytest_unsafebench.dataset.standin import (
     SOURCE_LABEL_TOTALS,
     SPLIT_TOTALS,
     TEST_CATEGORY_COUNTS,
@@ -22,7 +22,7 @@ from pytest_unsafebench.dataset.standin import (  # noqa: E402
     plan_counts,
     write_standin,
 )
-from pytest_unsafebench.taxonomy import CATEGORIES, SAFE, SOURCES, UNSAFE  # noqa: E402
+from pytest_unsafebench.taxonomy import CATEGORIES, SAFE, SOURCES, UNSAFE
 
 SCALE = 0.03  # ~309 rows: small, yet the one-per-stratum floor barely skews the shares
 MAX_SIDE = 320

@@ -17,11 +17,10 @@ from sklearn.metrics import f1_score  # noqa: F401
 import pytest_unsafebench.cache
 import pytest_unsafebench.engine
 import pytest_unsafebench.session  # noqa: F401
+from plugin_helpers import CLASSIFIER, build_dataset, read_json, write_manifest, write_toyclf
 from pytest_unsafebench.cli import main as cli_main
 from pytest_unsafebench.report_markdown import md, render_markdown
 from pytest_unsafebench.text import printable
-
-from plugin_helpers import CLASSIFIER, build_dataset, read_json, write_manifest, write_toyclf
 
 # An OSC window-title sequence ended by BEL, a colour change, and a C1 CSI.
 HOSTILE = "\x1b]0;pwned\x07\x1b[31mred\x9b2J"

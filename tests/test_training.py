@@ -23,6 +23,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
+from PIL import Image  # noqa: E402
+
 from pytest_unsafebench import load_classifier, load_dataset  # noqa: E402
 from pytest_unsafebench.cache import PredictionCache  # noqa: E402
 from pytest_unsafebench.classifier import HeadClassifier  # noqa: E402
@@ -32,8 +34,12 @@ from pytest_unsafebench.dataset.records import Record  # noqa: E402
 from pytest_unsafebench.engine import run_pass  # noqa: E402
 from pytest_unsafebench.taxonomy import CATEGORIES  # noqa: E402
 from pytest_unsafebench.training import (  # noqa: E402
-    TrainConfig, best_threshold, f1_score, train_probe, validation_mask)
-from PIL import Image  # noqa: E402
+    TrainConfig,
+    best_threshold,
+    f1_score,
+    train_probe,
+    validation_mask,
+)
 
 SEED = 2023
 

@@ -34,7 +34,7 @@ class FakeAPI:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:  # http.server's name
                 payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with api.lock:
                     n = len(api.requests)
@@ -245,13 +245,13 @@ def test_a_redirect_never_carries_the_key(serve, tmp_path) -> None:
     seen: list[str | None] = []
 
     class Elsewhere(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             seen.append(self.headers["Authorization"])
             self.send_response(200)
             self.end_headers()
             self.wfile.write(json.dumps(chat("safe")).encode())
 
-        do_POST = do_GET  # noqa: N815
+        do_POST = do_GET
 
         def log_message(self, *args: object) -> None:
             pass
@@ -261,7 +261,7 @@ def test_a_redirect_never_carries_the_key(serve, tmp_path) -> None:
     target = f"http://127.0.0.1:{other.server_address[1]}/steal"
 
     class Redirect(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self.send_response(302)
             self.send_header("Location", target)
             self.send_header("Content-Length", "0")

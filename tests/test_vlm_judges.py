@@ -25,10 +25,16 @@ from pytest_unsafebench.dataset.records import Record  # noqa: E402
 from pytest_unsafebench.errors import ClassifierLoadError  # noqa: E402
 from vlm_helpers import SIZE, build_llava, steer, text_config, tokenizer  # noqa: E402
 
+
 def build_instructblip(folder: Path) -> Path:
-    from transformers import (BlipImageProcessor, InstructBlipConfig,
-                              InstructBlipForConditionalGeneration, InstructBlipProcessor,
-                              InstructBlipQFormerConfig, InstructBlipVisionConfig)
+    from transformers import (
+        BlipImageProcessor,
+        InstructBlipConfig,
+        InstructBlipForConditionalGeneration,
+        InstructBlipProcessor,
+        InstructBlipQFormerConfig,
+        InstructBlipVisionConfig,
+    )
 
     torch.manual_seed(1)
     tok, qtok = tokenizer(image_token=False), tokenizer(image_token=False)
@@ -58,10 +64,17 @@ SHIELD_TEMPLATE = ("{% for m in messages %}<start_of_turn>user\n{% for c in m['c
 
 def build_shieldgemma2(folder: Path) -> Path:
     """A Gemma-3-style ShieldGemma 2: SigLIP tower, Gemma 3 text model, Yes / No tokens."""
-    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
-    from transformers import (Gemma3ImageProcessor, Gemma3TextConfig, PreTrainedTokenizerFast,
-                              ShieldGemma2Config, ShieldGemma2ForImageClassification,
-                              ShieldGemma2Processor, SiglipVisionConfig)
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as tok_models
+    from transformers import (
+        Gemma3ImageProcessor,
+        Gemma3TextConfig,
+        PreTrainedTokenizerFast,
+        ShieldGemma2Config,
+        ShieldGemma2ForImageClassification,
+        ShieldGemma2Processor,
+        SiglipVisionConfig,
+    )
 
     torch.manual_seed(2)
     specials = ["<pad>", "<bos>", "<eos>", "<unk>", "<start_of_image>", "<end_of_image>",
@@ -190,8 +203,11 @@ def test_forward_pixels_is_the_unsafe_answer_logit(models) -> None:
 
 
 def test_llava_runs_the_llava_v1_conversation_on_padded_images(models, monkeypatch) -> None:
-    from pytest_unsafebench.classifiers.vlm.judges import (LLAVA_V1_SYSTEM, pad_to_square,
-                                                           torch_pixels)
+    from pytest_unsafebench.classifiers.vlm.judges import (
+        LLAVA_V1_SYSTEM,
+        pad_to_square,
+        torch_pixels,
+    )
 
     clf = judge("llava", models, max_new_tokens=1)
     _, processor = clf._load()

@@ -11,11 +11,18 @@ import types
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pytest_unsafebench.classifiers.vlm.llavaguard import (
-    COVERED, DEFAULT_POLICY, POLICY_CATEGORIES, decision_point, map_category, parse_assessment,
-    rating_token_ids)
+    COVERED,
+    DEFAULT_POLICY,
+    POLICY_CATEGORIES,
+    decision_point,
+    map_category,
+    parse_assessment,
+    rating_token_ids,
+)
 from pytest_unsafebench.taxonomy import CATEGORIES
 
 # -- the parser ---------------------------------------------------------------------------
@@ -120,8 +127,7 @@ pytest.importorskip("transformers")
 
 from PIL import Image  # noqa: E402
 
-from pytest_unsafebench.classifiers.vlm.llavaguard import (  # noqa: E402
-    load, onevision_feature_count)
+from pytest_unsafebench.classifiers.vlm.llavaguard import load, onevision_feature_count  # noqa: E402
 from pytest_unsafebench.errors import ClassifierLoadError  # noqa: E402
 from pytest_unsafebench.registry import available  # noqa: E402
 
@@ -179,8 +185,13 @@ def _steer(folder: Path) -> Path:
 
 
 def build_llava(folder: Path) -> Path:
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     torch.manual_seed(3)
     tok = _tokenizer()
@@ -200,10 +211,14 @@ def build_llava(folder: Path) -> Path:
 def build_onevision(folder: Path, aspect_ratio: str = "anyres_max_9") -> Path:
     """What a LlavaGuard -OV-hf folder holds (config, weights, tokenizer, image processor,
     processor_config.json), written without LlavaOnevisionProcessor (it needs torchvision)."""
-    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
-                              SiglipVisionConfig)
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        SiglipVisionConfig,
+    )
     from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-        LlavaOnevisionImageProcessorPil)
+        LlavaOnevisionImageProcessorPil,
+    )
 
     torch.manual_seed(4)
     tok = _tokenizer()

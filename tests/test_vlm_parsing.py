@@ -11,9 +11,13 @@ from hypothesis import strategies as st
 
 from pytest_unsafebench.classifiers.vlm.parsing import parse_response
 from pytest_unsafebench.classifiers.vlm.prompts import (
-    DEFAULT_DEFINITIONS, PROMPT_0, build_prompts, load_definitions, parse_definitions)
-from pytest_unsafebench.classifiers.vlm.voting import (
-    check_policy, majority, resolve_unsure)
+    DEFAULT_DEFINITIONS,
+    PROMPT_0,
+    build_prompts,
+    load_definitions,
+    parse_definitions,
+)
+from pytest_unsafebench.classifiers.vlm.voting import check_policy, majority, resolve_unsure
 from pytest_unsafebench.errors import ClassifierLoadError
 from pytest_unsafebench.taxonomy import CATEGORIES
 
@@ -265,7 +269,11 @@ def test_random_unsure_policy_is_seeded_and_balanced() -> None:
 def _tiny_converter(folder, id2label: dict[int, str]):
     pytest.importorskip("torch")
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaForSequenceClassification
+    from transformers import (
+        PreTrainedTokenizerFast,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
 
     words = ["<pad>", "<s>", "</s>", "<unk>", "safe", "unsafe", "not", "image", "the", "."]
     tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))

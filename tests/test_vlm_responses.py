@@ -14,12 +14,16 @@ from plugin_helpers import build_dataset, read_json, read_jsonl
 from pytest_unsafebench.classifiers.vlm.api import load_openai
 from pytest_unsafebench.classifiers.vlm.judges import load_llava
 from pytest_unsafebench.classifiers.vlm.responses import (
-    Answer, ArchivedResponses, ResponseCache, response_key)
-from pytest_unsafebench.dataset import standin   # imported before any pytester run (numpy)
+    Answer,
+    ArchivedResponses,
+    ResponseCache,
+    response_key,
+)
+from pytest_unsafebench.dataset import standin  # imported before any pytester run (numpy)
 from pytest_unsafebench.dataset.parquet import load_parquet
 from pytest_unsafebench.dataset.records import Record
-from pytest_unsafebench.taxonomy import CATEGORIES
 from pytest_unsafebench.errors import ClassifierLoadError
+from pytest_unsafebench.taxonomy import CATEGORIES
 
 
 def record(i: int, label: str = "Unsafe", category: str = "Illegal activity",

@@ -14,11 +14,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import ipaddress
 import json
 import os
 import socket
 import time
-import ipaddress
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -122,7 +122,7 @@ class HttpClient:
                 after = exc.headers.get("Retry-After") if exc.headers else None
                 if after and after.replace(".", "", 1).isdigit():
                     wait = float(after)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 reason = f"timed out after {self.timeout:g} s"
             except urllib.error.URLError as exc:
                 if not isinstance(exc.reason, (TimeoutError, socket.timeout)):

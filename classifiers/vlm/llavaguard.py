@@ -329,7 +329,7 @@ def onevision_feature_count(orig_h: int, orig_w: int, size_h: int, size_w: int,
         new_w = int(round(orig_w * (cur_h / orig_h), 7))
         cur_w -= ((cur_w - new_w) // 2) * 2
     unpadded, newlines = cur_h * cur_w, cur_h
-    max_tiles = int(aspect_ratio.strip("anyres_max_"))
+    max_tiles = int(aspect_ratio.removeprefix("anyres_max_"))
     ratio = math.sqrt(cur_h * cur_w / (max_tiles * side ** 2))
     if ratio > 1.1:
         unpadded = int(cur_h // ratio) * int(cur_w // ratio)

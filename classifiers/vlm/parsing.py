@@ -193,7 +193,7 @@ def _load_paper_converter(path: Path, base: Path) -> Any:
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle/zip errors of many classes
+    except Exception as exc:  # pickle/zip errors of many classes
         raise ClassifierLoadError(f"converter: {path} cannot be read as a torch state dict "
                                   f"({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or not isinstance(state.get("classifier.weight"), torch.Tensor):

@@ -120,7 +120,7 @@ def open_image(data: bytes, max_pixels: int | None = None) -> Image:
             raise ImageProblem("decompression-bomb", str(exc)) from None
         except UnidentifiedImageError:
             raise ImageProblem("unreadable", "not a recognised image format") from None
-        except Exception as exc:  # noqa: BLE001 - any failure of one file is that file's finding
+        except Exception as exc:  # any failure of one file is that file's finding
             raise _problem(exc) from None
     if width * height > limit:
         raise ImageProblem(
@@ -146,7 +146,7 @@ def finish_decode(img: Image, alpha: str = DEFAULT_ALPHA) -> tuple[Image, str | 
             return _to_rgb(img, alpha)
         except PILImage.DecompressionBombError as exc:  # e.g. a GIF frame larger than its canvas
             raise ImageProblem("decompression-bomb", str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - any failure of one file is that file's finding
+        except Exception as exc:  # any failure of one file is that file's finding
             raise _problem(exc) from None
 
 

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..taxonomy import UNSAFE
-from .images import (DEFAULT_ALPHA, check_size, decode_image, max_file_bytes, open_regular,
-                     read_file)
+from .images import DEFAULT_ALPHA, check_size, decode_image, max_file_bytes, open_regular, read_file
 
 if TYPE_CHECKING:
     from PIL.Image import Image
