@@ -17,9 +17,10 @@ sides take turns every ``TURN`` images, in alternating order; each figure is the
 rounds.
 
 Prints JSON: per corruption the throughputs and ``ratio`` = ours / albumentations throughput on
-all images and ``ratio_colour`` on the colour ones (target >= 1.0 on both), plus the command. Without albumentations it says so, reports our throughput and
-exits 0. albumentations is not a dependency of the project: ``pip install albumentations==2.0.8``
-(it pulls in opencv-python-headless, albucore, simsimd and stringzilla; not torch or torchvision).
+all images and ``ratio_colour`` on the colour ones (target >= 1.0 on both), plus the command.
+Without albumentations it says so, reports our throughput and exits 0. albumentations is not a
+dependency of the project: ``pip install albumentations==2.0.8`` (it pulls in
+opencv-python-headless, albucore, simsimd and stringzilla; not torch or torchvision).
 """
 
 from __future__ import annotations
@@ -262,7 +263,8 @@ def main() -> None:
         "cv2_threads": cv2.getNumThreads(), "numpy": np.__version__,
         "pillow": Image.__version__, "python": platform.python_version(),
         "images": len(images), "colour_images": len(subsets["_colour"]),
-        "size": args.size, "image_source": source, "repeats": args.repeats, "severities": "image i gets severity i % 5 + 1",
+        "size": args.size, "image_source": source, "repeats": args.repeats,
+        "severities": "image i gets severity i % 5 + 1",
         "ratio": "ours / albumentations throughput, PIL in and PIL out on both sides",
         "target": 1.0,
         "geomean_ratio": geomean("ratio"), "geomean_ratio_colour": geomean("ratio_colour"),

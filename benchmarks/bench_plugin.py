@@ -47,12 +47,14 @@ def timed(cmd: list[str], cwd: Path) -> float:
     out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=ENV)
     elapsed = time.perf_counter() - start
     if out.returncode not in (0, 1):  # 1 = some benchmark thresholds failed: still timed
-        sys.exit(f"command failed ({out.returncode}): {' '.join(cmd)}\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+        sys.exit(f"command failed ({out.returncode}): {' '.join(cmd)}\n"
+                 f"{out.stdout[-2000:]}{out.stderr[-2000:]}")
     return elapsed
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--classifier", default="opennsfw")
     ap.add_argument("--split", default="all")
     ap.add_argument("--repeats", type=int, default=3)

@@ -1,1 +1,4 @@
-"""Classifier adapters shipped with pytest-unsafebench (installed as ``pytest_unsafebench.classifiers``)."""
+"""Classifier adapters shipped with pytest-unsafebench.
+
+Installed as ``pytest_unsafebench.classifiers``.
+"""

@@ -23,8 +23,9 @@ Weights come from transformers' layout (``config.json`` + ``model.safetensors`` 
 ``pytorch_model.bin``), either a hub id (default ``openai/clip-vit-large-patch14``) or a local
 folder saved with ``save_pretrained``. Hub files are found through :func:`weights.resolve`
 (``<cache_dir>/weights/clip/``, then the Hugging Face cache, then a download unless
-the hub is off: ``weights.hub_offline_reason``). Construction only resolves and hashes files (hashes are memoised
-under ``cache_dir``); torch and transformers are imported and the model loaded on first use.
+the hub is off: ``weights.hub_offline_reason``). Construction only resolves and hashes files
+(hashes are memoised under ``cache_dir``); torch and transformers are imported and the model
+loaded on first use.
 
 :func:`shared_backbone` keeps one instance per (model, revision, device) per process, so the
 three heads loaded together hold the same object and the engine, which keys embeddings by

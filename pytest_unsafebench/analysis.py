@@ -23,7 +23,8 @@ OPERATING_FPR_MAX = 0.1    # the sweep's "FPR <= x" operating point
 OPERATING_RECALL_MIN = 0.9  # the sweep's "recall >= y" operating point
 
 
-def curves(table: PredictionTable, covered: Iterable[str], sources: Iterable[str]) -> dict[str, Any]:
+def curves(table: PredictionTable, covered: Iterable[str],
+           sources: Iterable[str]) -> dict[str, Any]:
     """ROC, PR, calibration and operating points per covered category x source (and pooled)."""
     from . import stats
 

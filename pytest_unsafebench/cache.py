@@ -113,13 +113,15 @@ class PredictionCache:
             conn.executescript(_SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
-                conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                             (str(SCHEMA_VERSION),))
             elif int(row[0]) != SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"schema version {row[0]}, expected {SCHEMA_VERSION}")
             # quick_check reports most corruption as result rows rather than raising.
             check = conn.execute("PRAGMA quick_check").fetchone()
             if check is None or check[0] != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {check[0] if check else 'no result'}")
+                detail = check[0] if check else "no result"
+                raise sqlite3.DatabaseError(f"integrity check failed: {detail}")
             # A read-only file opens and reads fine: find out now, not at the first batch.
             conn.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
         except BaseException:
@@ -192,7 +194,8 @@ class PredictionCache:
                 [(backbone, h, condition + self._rule, np.asarray(v, dtype="<f4").tobytes())
                  for h, v in items])
 
-    def get_decodes(self, hashes: Iterable[str], max_pixels: int) -> dict[str, tuple[str | None, str | None]]:
+    def get_decodes(self, hashes: Iterable[str],
+                    max_pixels: int) -> dict[str, tuple[str | None, str | None]]:
         """image hash -> (finding kind or None, detail or None) for images decoded before; a
         row naming no known finding kind is left out, so that image is decoded again."""
         from .dataset.records import EXCLUDING_KINDS, KEEPING_KINDS
@@ -214,7 +217,8 @@ class PredictionCache:
                           "no known finding kind; those images are decoded again", stacklevel=2)
         return out
 
-    def put_decodes(self, items: Sequence[tuple[str, str | None, str | None]], max_pixels: int) -> None:
+    def put_decodes(self, items: Sequence[tuple[str, str | None, str | None]],
+                    max_pixels: int) -> None:
         with self._transaction():
             self._conn.executemany(
                 "INSERT OR REPLACE INTO decodes VALUES (?, ?, ?, ?)",

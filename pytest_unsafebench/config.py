@@ -100,13 +100,16 @@ def _robustness(table: Any) -> RobustnessSettings:
     for key, value in table.items():
         path = f"{where}.{key}"
         if key not in known:
-            raise ConfigError(f"{path}: unknown key{suggest(key, known)}; known: {', '.join(known)}")
+            raise ConfigError(f"{path}: unknown key{suggest(key, known)}; "
+                              f"known: {', '.join(known)}")
         if key in ("pool_size", "pgd_steps", "queries"):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{path}: expected an integer >= 1, got {value!r}")
         elif key == "eps":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ConfigError(f"{path}: expected a number in [0, 1] (pixel units), got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 <= value <= 1:
+                raise ConfigError(f"{path}: expected a number in [0, 1] (pixel units), "
+                                  f"got {value!r}")
             value = float(value)
         elif key == "pgd_step_size":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
@@ -126,7 +129,8 @@ def _robustness(table: Any) -> RobustnessSettings:
             value = tuple(value)
         elif key == "attacks":
             if not isinstance(value, list) or any(v not in ATTACKS for v in value):
-                raise ConfigError(f"{path}: expected a list from {', '.join(ATTACKS)}, got {value!r}")
+                raise ConfigError(f"{path}: expected a list from {', '.join(ATTACKS)}, "
+                                  f"got {value!r}")
             value = tuple(value)
         else:  # evasions / corruptions: checked against the perturbation registry at collection
             # (robustness.evasions / corruptions), which would import numpy and Pillow here
@@ -219,7 +223,9 @@ class Settings:
 
     @property
     def artifacts_path(self) -> Path:
-        return self.artifacts_dir if self.artifacts_dir is not None else self.cache_dir / "artifacts"
+        if self.artifacts_dir is not None:
+            return self.artifacts_dir
+        return self.cache_dir / "artifacts"
 
     def options_for(self, classifier: str) -> dict[str, Any]:
         """Factory keyword arguments for a classifier (without plugin-reserved keys)."""
@@ -285,7 +291,8 @@ def _split_list(values: list[str] | None) -> list[str] | None:
     return [part.strip() for v in values for part in v.split(",") if part.strip()]
 
 
-def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootpath: Path) -> Settings:
+def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any],
+                     rootpath: Path) -> Settings:
     """Merge the three layers and validate every value; raises ConfigError naming the key."""
     unknown = set(pyproject) - set(DEFAULTS) - set(TABLE_KEYS)
     if unknown:
@@ -300,7 +307,8 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
         if key in pyproject:
             merged[key], where[key] = pyproject[key], f"tool.unsafebench.{key}"
     cli_values = {
-        **{k: v for k, v in cli.items() if v is not None and k not in ("categories", "sources", "suites")},
+        **{k: v for k, v in cli.items()
+           if v is not None and k not in ("categories", "sources", "suites")},
         **{k: _split_list(cli.get(k)) for k in ("categories", "sources", "suites") if cli.get(k)},
     }
     for key, value in cli_values.items():
@@ -423,7 +431,8 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
     allow = merged["allow_findings"]
     all_kinds = tuple(sorted(EXCLUDING_KINDS | KEEPING_KINDS))
     if not isinstance(allow, list) or any(k not in all_kinds for k in allow):
-        raise fail("allow_findings", f"expected a list of finding kinds from: {', '.join(all_kinds)}")
+        raise fail("allow_findings",
+                   f"expected a list of finding kinds from: {', '.join(all_kinds)}")
 
     classifier_options = _classifier_options(pyproject.get("classifiers", {}))
     _check_threshold_classifiers(pyproject, [*(cli.get("classifiers") or ()),
@@ -434,7 +443,8 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any], rootp
         thresholds = build_thresholds(pyproject, profile)
         gate = build_gate(pyproject, profile)
     except ConfigError as exc:
-        raise ConfigError(f"{where['profile']}: {exc}" if "unknown profile" in str(exc) else str(exc)) from None
+        raise ConfigError(f"{where['profile']}: {exc}" if "unknown profile" in str(exc)
+                          else str(exc)) from None
 
     def alpha_rule(rs: RobustnessSettings) -> str:
         # Paper mode decodes as the official loader for the whole run, not only for attacks:

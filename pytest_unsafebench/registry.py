@@ -1,5 +1,6 @@
 """Classifier names: built-ins, the ``pytest_unsafebench.classifiers`` entry-point group, the
-``pytest_unsafebench_classifiers`` hook, and ``module:callable`` specs. Lookups import nothing until a classifier is actually loaded.
+``pytest_unsafebench_classifiers`` hook, and ``module:callable`` specs. Lookups import nothing
+until a classifier is actually loaded.
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ def load_classifier(name: str, **options: Any) -> Classifier:
     except ClassifierLoadError:
         raise
     except Exception as exc:  # surfaced as this classifier's error, never swallowed
-        raise ClassifierLoadError(f"classifier {name!r} failed to load: {type(exc).__name__}: {exc}") from exc
+        raise ClassifierLoadError(f"classifier {name!r} failed to load: "
+                                  f"{type(exc).__name__}: {exc}") from exc
     missing = [a for a in ("fingerprint", "coverage", "predict") if not hasattr(clf, a)]
     if missing:
         raise ClassifierLoadError(

@@ -217,7 +217,8 @@ def terminal_lines(doc: dict[str, Any], verdict: bool = True) -> list[str]:
         lines.append(f"  paper figures not shown: {reason}")
     findings = integrity.get("findings", 0)
     lines.append(f"  data integrity: {findings} finding(s), {integrity.get('excluded', 0)} "
-                 "image(s) excluded from metrics" + (" (see test_data_integrity)" if findings else ""))
+                 "image(s) excluded from metrics"
+                 + (" (see test_data_integrity)" if findings else ""))
     summary = doc["summary"]
     sources = (*cfg["sources"], POOLED)
     categories = cfg["categories"]
@@ -261,7 +262,8 @@ def terminal_lines(doc: dict[str, Any], verdict: bool = True) -> list[str]:
                  for cat in (*categories, OVERALL) if cat in cs["covered"]
                  or (cat == OVERALL and any(k[1] == OVERALL for k in values))]
         if table and "effectiveness" in cfg["suites"]:
-            headers = ["category", *(f"{metric} {src}" for metric in ("F1", "FPR") for src in sources)]
+            headers = ["category",
+                       *(f"{metric} {src}" for metric in ("F1", "FPR") for src in sources)]
             lines += ["  " + t for t in tabulate(table, headers=headers,
                                                  disable_numparse=True).splitlines()]
             lines.append(f"  ([low,high] = {cfg.get('confidence', 0.95):.0%} bootstrap interval; "

@@ -814,7 +814,8 @@ def _baseline(doc: Mapping[str, Any]) -> str:
         return _na("no baseline was compared (--unsafebench-baseline)")
     verdict = "passed" if base.get("passed") else "failed"
     out = [f"<p>baseline {_e(base.get('path'))} (commit {_e(base.get('git_commit') or '-')}): "
-           f"{_e(base.get('compared'))} of {_e(base.get('baseline_values', base.get('compared')))} value(s) compared, "
+           f"{_e(base.get('compared'))} of "
+           f"{_e(base.get('baseline_values', base.get('compared')))} value(s) compared, "
            f'<span class="{verdict}">{verdict}</span>.</p>']
     unmatched = [u for u in base.get("unmatched") or [] if isinstance(u, Mapping)]
     if unmatched:   # a value that paired with nothing fails the gate: say which and why

@@ -29,7 +29,8 @@ def md(value: Any) -> str:
     the table or reach a terminal (printable), and no link, image, emphasis, HTML or autolink
     can come from data."""
     text = printable(("" if value is None else str(value)).replace("\r", " ").replace("\n", " "))
-    text = _MARKUP.sub(r"\\\1", text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = _MARKUP.sub(r"\\\1", text)
     # GitHub links bare URLs; an entity in the scheme separator keeps the text a text.
     return _AUTOLINK.sub(lambda m: m.group().replace(":", "&#58;").replace(".", "&#46;"), text)
 

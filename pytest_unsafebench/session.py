@@ -321,7 +321,8 @@ class UnsafeBenchSession:
             from .engine import Guard
             from .registry import load_classifier
 
-            # Guard: a factory's SystemExit is that classifier's error (an Exception), not the run's.
+            # Guard: a factory's SystemExit is that classifier's error (an Exception), not the
+            # run's.
             self._classifiers[name] = Guard(None)(
                 partial(load_classifier, name, **self._factory_options(name)))
         return self._classifiers[name]
@@ -927,7 +928,8 @@ def _resolve_device(device: str) -> str:
         import importlib.util
         import shutil
 
-        no_driver = not Path("/proc/driver/nvidia/version").exists() and not shutil.which("nvidia-smi")
+        no_driver = (not Path("/proc/driver/nvidia/version").exists()
+                     and not shutil.which("nvidia-smi"))
         if no_driver or importlib.util.find_spec("torch") is None:
             return "cpu"
     import torch

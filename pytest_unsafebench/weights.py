@@ -59,7 +59,8 @@ def resolve(spec: WeightFile, explicit: str | os.PathLike | None,
         found = _from_hub(spec)
         if found is not None:
             return found
-    where = f"{Path(cache_dir) / 'weights' / spec.classifier / spec.filename}" if cache_dir else None
+    where = (f"{Path(cache_dir) / 'weights' / spec.classifier / spec.filename}" if cache_dir
+             else None)
     hint = (f"download it from {spec.origin} and set {spec.option} in "
             f"[tool.unsafebench.classifiers.{spec.classifier}]")
     if where:

@@ -195,7 +195,8 @@ def test_bad_thresholds_are_reported_with_their_path() -> None:
 def test_profile_from_pyproject() -> None:
     s = resolve({"profile": "nightly"}, {"profiles": {"nightly": {"f1_min": 0.6}}})
     assert s.profile == "nightly"
-    assert s.thresholds.resolve("demo", "Spam", "Lexica") == {**BUILTIN_PROFILES["default"], "f1_min": 0.6}
+    assert s.thresholds.resolve("demo", "Spam", "Lexica") == {**BUILTIN_PROFILES["default"],
+                                                              "f1_min": 0.6}
 
 
 # --------------------------------------------------------------------------- read_pyproject

@@ -169,7 +169,8 @@ def test_pin_merges_and_deduplicates(tmp_path: Path, capsys: pytest.CaptureFixtu
     capsys.readouterr()
     assert fuzzing.main(["pin", str(out)]) == 0
     assert json.loads(capsys.readouterr().out) == cases
-    assert fuzzing.case_id(cases[0]) == f"toyclf:load-img/7-{fuzzing.chain_digest(cases[0]['chain'])}"
+    digest = fuzzing.chain_digest(cases[0]["chain"])
+    assert fuzzing.case_id(cases[0]) == f"toyclf:load-img/7-{digest}"
 
 
 def test_report_keeps_counterexample_keys_and_orders_ties_by_image() -> None:

@@ -95,7 +95,7 @@ def test_gap_suite_runs_by_default_with_intervals(run: Run) -> None:
 def test_gap_fails_when_one_source_is_made_worse(run: Run) -> None:
     """Lexica's Unsafe Hate images turned Safe-looking (red 0.1): F1 on Lexica collapses."""
     for row in run.rows:
-        if row["category"] == "Hate" and row["source"] == "Lexica" and row["safety_label"] == "Unsafe":
+        if (row["category"], row["source"], row["safety_label"]) == ("Hate", "Lexica", "Unsafe"):
             Image.new("RGB", (16, 16), (25, 40, 90)).save(run.dataset / row["file_name"])
     write_manifest(run.dataset, run.rows)
     result = run("--unsafebench-suites=gap", "-p", "no:cacheprovider")
@@ -114,7 +114,8 @@ def test_warn_tier_miss_is_reported_not_failed(run: Run) -> None:
     (run.path / "pyproject.toml").write_text(
         "[tool.unsafebench.thresholds]\nf1_min = 0.5\n"
         "[tool.unsafebench.thresholds.warn]\nf1_min = 0.9\n")
-    result = run(f"--unsafebench-json={run.path / 'out.json'}", "--unsafebench-suites=effectiveness")
+    result = run(f"--unsafebench-json={run.path / 'out.json'}",
+                 "--unsafebench-suites=effectiveness")
     assert result.ret == 0, result.stdout.str()[-3000:]
     doc = read_json(run.path / "out.json")
     f1 = {(r["category"], r["source"]): r for r in doc["rows"] if r["metric"] == "f1"
@@ -706,7 +707,8 @@ def test_cli_report_renders_html_and_markdown(run: Run, tmp_path: Path,
     assert "nothing to write" in capsys.readouterr().err
 
 
-def test_html_without_matplotlib_is_a_usage_error(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_html_without_matplotlib_is_a_usage_error(run: Run,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
     real = importlib.util.find_spec

@@ -112,7 +112,7 @@ def test_counts_at_their_limits_are_accepted() -> None:
         MAX_BATCH_SIZE, MAX_RAY_ACTORS, MAX_QUERIES)
 
 
-# --------------------------------------------------------------------------- tables name what exists
+# ------------------------------------------------------------------------ tables name what exists
 @pytest.mark.parametrize("pyproject, fragment", [
     ({"thresholds": {"classifier": {"q61": {"f1_min": 0.5}}}},
      "tool.unsafebench.thresholds.classifier.q61: unknown classifier 'q61' (did you mean "

@@ -249,7 +249,8 @@ def test_ranking_metrics_match_sklearn(data: tuple[np.ndarray, np.ndarray, np.nd
 
 @PROPERTY
 @given(data=labelled(), zd=st.sampled_from([0.0, 1.0]))
-def test_cell_metrics_consistent(data: tuple[np.ndarray, np.ndarray, np.ndarray], zd: float) -> None:
+def test_cell_metrics_consistent(data: tuple[np.ndarray, np.ndarray, np.ndarray],
+                                 zd: float) -> None:
     y_true, y_pred, scores = data
     out = cell_metrics(y_true, y_pred, scores, zero_division=zd)
     assert list(out) == CELL_KEYS

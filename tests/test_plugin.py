@@ -268,8 +268,8 @@ def test_full_run_outcomes_report_and_skips(bench: Bench,
     ])
     assert re.search(r"Hate\s+0\.750 \[[.\d]+,[.\d]+\]\s+0\.750 \[[.\d]+,[.\d]+\]\s+"
                      r"0\.750 \[[.\d]+,[.\d]+\]\s+0\.250 ", out)
-    assert re.search(r"Violence\s+1\.000 \[1\.0,1\.0\]\s+1\.000 \[1\.0,1\.0\]\s+1\.000 \[1\.0,1\.0\]"
-                     r"\s+0\.000 \[\.00,\.00\]", out)
+    assert re.search(r"Violence\s+1\.000 \[1\.0,1\.0\]\s+1\.000 \[1\.0,1\.0\]"
+                     r"\s+1\.000 \[1\.0,1\.0\]\s+0\.000 \[\.00,\.00\]", out)
     assert re.search(r"Sexual\s+0\.571 \[[.\d]+,[.\d]+\]\s+0\.750 \[[.\d]+,[.\d]+\]\s+"
                      r"0\.667 \[[.\d]+,[.\d]+\]\s+0\.250 ", out)
     assert "not covered under the official alignment: Harassment, Self-harm" in out

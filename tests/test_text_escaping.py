@@ -117,7 +117,8 @@ def test_terminal_report_and_test_messages_escape_file_text(
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert not RAW.search(out), [m.group() for m in RAW.finditer(out)][:5]
     # the classifier's error: in each of its tests' messages and in the report section
-    assert f"classifier 'evilclf:load' failed, so its tests cannot run: RuntimeError: {ESCAPED}" in out
+    assert ("classifier 'evilclf:load' failed, so its tests cannot run: "
+            f"RuntimeError: {ESCAPED}") in out
     assert f"classifier evilclf:load: ERROR RuntimeError: {ESCAPED}" in out
     # the file name: in the data-integrity test's failure message
     assert f"missing-file: metadata.csv:50 (images/{ESCAPED}.png)" in out

@@ -112,9 +112,10 @@ def test_pyproject_profile() -> None:
           "profiles": {"release": {"f1_min": 0.8, "category": {"Spam": {"source": {"Lexica": {
               "fpr_max": 0.05}}}}}}}
     t = build_thresholds(py, "release")
-    assert t.resolve("demo", "Hate", "all") == {**BUILTIN_PROFILES["default"], "f1_min": 0.8, "fpr_max": 0.5}
-    assert t.resolve("q16", "Hate", "all") == {**BUILTIN_PROFILES["default"], "f1_min": 0.45, "fpr_max": 0.5}
-    assert t.resolve("demo", "Spam", "Lexica") == {**BUILTIN_PROFILES["default"], "f1_min": 0.8, "fpr_max": 0.05}
+    default = BUILTIN_PROFILES["default"]
+    assert t.resolve("demo", "Hate", "all") == {**default, "f1_min": 0.8, "fpr_max": 0.5}
+    assert t.resolve("q16", "Hate", "all") == {**default, "f1_min": 0.45, "fpr_max": 0.5}
+    assert t.resolve("demo", "Spam", "Lexica") == {**default, "f1_min": 0.8, "fpr_max": 0.05}
 
 
 def test_pyproject_profile_can_refine_builtin_name() -> None:

@@ -160,7 +160,8 @@ def test_server_errors_leave_the_image_without_a_verdict(serve, tmp_path, label)
     assert len(api.requests) == 12
 
 
-@pytest.mark.parametrize("body", ["not json at all", {"choices": []}, {"choices": [{"message": {}}]}])
+@pytest.mark.parametrize("body",
+                         ["not json at all", {"choices": []}, {"choices": [{"message": {}}]}])
 def test_malformed_answers_are_reported(serve, tmp_path, body) -> None:
     api = serve(lambda path, payload, n: (200, body, 0.0))
     (pred,) = judge(api, tmp_path).predict(images(1), records=records(["Unsafe"]))

@@ -105,8 +105,9 @@ def build_shieldgemma2(folder: Path) -> Path:
         if name.endswith("mm_input_projection_weight"):
             torch.nn.init.normal_(param, std=1.0)
     model.save_pretrained(folder)
-    ShieldGemma2Processor(image_processor=Gemma3ImageProcessor(size={"height": SIZE, "width": SIZE}),
-                          tokenizer=tok, chat_template=SHIELD_TEMPLATE,
+    image_processor = Gemma3ImageProcessor(size={"height": SIZE, "width": SIZE})
+    ShieldGemma2Processor(image_processor=image_processor, tokenizer=tok,
+                          chat_template=SHIELD_TEMPLATE,
                           image_seq_length=4).save_pretrained(folder)
     return folder
 
@@ -179,8 +180,10 @@ def test_whole_path_prompts_vote_score_and_cache(kind, models, tmp_path, monkeyp
 @pytest.mark.parametrize("kind", ["llava", "instructblip"])
 def test_batched_and_single_answers_agree(kind, models) -> None:
     # two images of different sizes x three prompts of different lengths: left padding
-    batched = judge(kind, models, batch_size=6, max_new_tokens=3).predict(images(2), records=records(2))
-    single = judge(kind, models, batch_size=1, max_new_tokens=3).predict(images(2), records=records(2))
+    batched = judge(kind, models, batch_size=6, max_new_tokens=3).predict(images(2),
+                                                                          records=records(2))
+    single = judge(kind, models, batch_size=1, max_new_tokens=3).predict(images(2),
+                                                                         records=records(2))
     for b, s in zip(batched, single):
         assert json.loads(b.raw)["responses"] == json.loads(s.raw)["responses"]
         assert b.score == pytest.approx(s.score, abs=1e-5)

@@ -177,9 +177,10 @@ class OpenAIJudge(VLMJudge):
                 "retired: import the paper's archived gpt-4v responses instead)")
 
     def _ask(self, job: Job) -> Answer:
-        payload = {"model": self.model_id, **self.decoding, "messages": [{"role": "user", "content": [
-            {"type": "text", "text": job.prompt},
-            {"type": "image_url", "image_url": {"url": _data_url(job.image)}}]}]}
+        content = [{"type": "text", "text": job.prompt},
+                   {"type": "image_url", "image_url": {"url": _data_url(job.image)}}]
+        payload = {"model": self.model_id, **self.decoding,
+                   "messages": [{"role": "user", "content": content}]}
         try:
             data = self.client.post("/chat/completions", payload)
             text = data["choices"][0]["message"]["content"]
@@ -234,7 +235,8 @@ class OpenAIModeration:
         try:
             data = self.client.post("/moderations", payload)
             result = data["results"][0]
-            if not isinstance(result["flagged"], bool) or not isinstance(result["category_scores"], dict):
+            if not isinstance(result["flagged"], bool) \
+                    or not isinstance(result["category_scores"], dict):
                 raise TypeError("flagged / category_scores have the wrong type")
             return json.dumps(result), None
         except RequestFailed as exc:
@@ -242,16 +244,19 @@ class OpenAIModeration:
         except (KeyError, IndexError, TypeError) as exc:
             return None, f"malformed answer: no results[0] with flagged and category_scores ({exc})"
 
-    def predict(self, images: Sequence[Image], records: Sequence[Any] | None = None) -> list[Prediction]:
+    def predict(self, images: Sequence[Image],
+                records: Sequence[Any] | None = None) -> list[Prediction]:
         keys = [response_key(self.model_id, "", "moderation", {}, image_key(im)) for im in images]
-        cache = ResponseCache(Path(self.cache_dir) / "vlm_responses.sqlite") if self.cache_dir else None
+        cache = (ResponseCache(Path(self.cache_dir) / "vlm_responses.sqlite") if self.cache_dir
+                 else None)
         try:
             known = {k: a.text for k, a in cache.get(keys).items()} if cache else {}
             todo = [(k, im) for k, im in zip(keys, images) if k not in known]
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
                 fresh = list(pool.map(lambda item: self._ask(item[1]), todo))
             if cache:
-                cache.put(self.model_id, [(k, Answer(t)) for (k, _), (t, _) in zip(todo, fresh) if t])
+                cache.put(self.model_id,
+                          [(k, Answer(t)) for (k, _), (t, _) in zip(todo, fresh) if t])
         finally:
             if cache:
                 cache.close()

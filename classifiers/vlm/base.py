@@ -245,7 +245,8 @@ class VLMJudge:
             **{f"p_unsafe_prompt_{i}": p for i, p in enumerate(probs) if p is not None},
         }
         if self.converter is not None:
-            label_scores["parser_agreement"] = sum(a == b for a, b in zip(verdicts, rules)) / len(rules)
+            agree = sum(a == b for a, b in zip(verdicts, rules))
+            label_scores["parser_agreement"] = agree / len(rules)
         raw = {"responses": [a.text for a in answers], "verdicts": verdicts, "vote": vote,
                "unsure_policy": policy}
         if failed:

@@ -250,7 +250,8 @@ class TransformersJudge(VLMJudge):
                               pad_mean=ip.image_mean if self.image_aspect_ratio == "pad" else None)
         inputs["pixel_values"] = pixels.to(model.dtype)
         last = model(**inputs).logits[:, -1, :].float()
-        pair = torch.stack([torch.logsumexp(last[:, safe], 1), torch.logsumexp(last[:, unsafe], 1)], 1)
+        pair = torch.stack([torch.logsumexp(last[:, safe], 1),
+                            torch.logsumexp(last[:, unsafe], 1)], 1)
         return torch.log_softmax(pair, dim=1)
 
 def _answer_logits(gen: Any, row: int) -> torch.Tensor:
@@ -342,7 +343,8 @@ def _verdict_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
 
 def _load_judge(kind: str, *, model: str | None, revision: str | None, device: str,
                 batch_size: int, max_new_tokens: int, prompt_format: str | None, dtype: str,
-                cache_dir: Path | None, unsure_seed: int, **judge_options: Any) -> TransformersJudge:
+                cache_dir: Path | None, unsure_seed: int,
+                **judge_options: Any) -> TransformersJudge:
     aspect = judge_options.pop("image_aspect_ratio", None)
     opts = JudgeOptions(device=device, cache_dir=cache_dir, seed=unsure_seed, **judge_options)
     return TransformersJudge(kind, model, revision, device, batch_size, max_new_tokens,

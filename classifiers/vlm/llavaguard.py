@@ -369,8 +369,8 @@ class LlavaGuardJudge(VLMJudge):
             raise ClassifierLoadError(
                 "llavaguard: --unsafebench-import-responses reads the paper's three-prompt "
                 "archives (llava-v1.5-7b, instructblip-7b, gpt-4v); there are none for "
-                "LlavaGuard's policy prompt. Run llavaguard without it (its responses are cached in "
-                "<cache_dir>/vlm_responses.sqlite)")
+                "LlavaGuard's policy prompt. Run llavaguard without it (its responses are cached "
+                "in <cache_dir>/vlm_responses.sqlite)")
         if int(max_new_tokens) < 1:
             raise ClassifierLoadError("llavaguard: max_new_tokens must be >= 1")
         if dtype not in DTYPES:

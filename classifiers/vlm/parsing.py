@@ -27,8 +27,8 @@ from ...errors import ClassifierLoadError
 Verdict = Literal["safe", "unsafe", "unsure"]
 VERDICTS: tuple[str, ...] = ("safe", "unsafe", "unsure")
 
-_ECHO = re.compile(r"""["'“”‘’]?\b(?:un)?safe\b[."'“”‘’]*\s+or\s+["'“”‘’]?\b(?:un)?safe\b[."'“”‘’]*""",
-                   re.IGNORECASE)
+_ECHO = re.compile(r"""["'“”‘’]?\b(?:un)?safe\b[."'“”‘’]*\s+or\s+"""
+                   r"""["'“”‘’]?\b(?:un)?safe\b[."'“”‘’]*""", re.IGNORECASE)
 # Words, and the punctuation that ends a clause, in reading order.
 _TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?|[.,;:!?()\[\]]", re.IGNORECASE)
 _NEGATORS = frozenset({"not", "no", "nothing", "none", "never", "without", "neither", "nor",

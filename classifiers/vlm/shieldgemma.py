@@ -112,7 +112,8 @@ class ShieldGemma2:
 
         recs: list[Record | None] = list(records) if records is not None else [None] * len(images)
         rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
-        cache = ResponseCache(Path(self.cache_dir) / "vlm_responses.sqlite") if self.cache_dir else None
+        cache = (ResponseCache(Path(self.cache_dir) / "vlm_responses.sqlite") if self.cache_dir
+                 else None)
         out: list[Prediction] = []
         try:
             for img, rec in zip(rgb, recs):

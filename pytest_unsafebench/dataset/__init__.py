@@ -21,7 +21,8 @@ DEFAULT_SEED = 2023
 
 
 def default_cache_dir() -> Path:
-    """``$UNSAFEBENCH_CACHE_DIR``, else ``.pytest_cache/unsafebench`` under the working directory."""
+    """``$UNSAFEBENCH_CACHE_DIR``, else ``.pytest_cache/unsafebench`` under the working
+    directory."""
     env = os.environ.get("UNSAFEBENCH_CACHE_DIR")
     return Path(env) if env else Path.cwd() / ".pytest_cache" / "unsafebench"
 

@@ -178,7 +178,8 @@ def render_row(row: StandinRow, seed: int, max_side: int) -> dict[str, Any]:
     styles = _CAPTION_STYLE[row.source]
     text = (f"{styles[int(rng.integers(len(styles)))]} about "
             f"{row.category.lower()}, synthetic #{row.index}")
-    name = f"{row.split}_{row.source.lower()}_{row.index:05d}_{int(rng.integers(1 << 30)):08x}.{ext}"
+    tag = int(rng.integers(1 << 30))
+    name = f"{row.split}_{row.source.lower()}_{row.index:05d}_{tag:08x}.{ext}"
     return {"image": {"bytes": data, "path": name}, "safety_label": row.label,
             "category": row.category, "source": row.source, "text": text}
 
