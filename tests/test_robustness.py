@@ -46,7 +46,10 @@ def test_pool_is_the_correctly_classified_covered_rows_of_the_source() -> None:
         _row(8, source="Laion5B", label="Safe", decision="safe"),  # other source
     ]
     table = PredictionTable("x", rows)
-    ids = lambda out: [r["id"] for r in out]  # noqa: E731
+
+    def ids(out: list[dict]) -> list[str]:
+        return [r["id"] for r in out]
+
     assert ids(robustness.pool(table, ["Hate"], "Lexica")) == ["r001", "r005"]
     assert ids(robustness.pool(table, ["Hate"], "Laion5B")) == ["r000", "r008"]
     # the pooled source takes both, in id order whatever the table's order

@@ -108,7 +108,10 @@ def test_category_table() -> None:
 
 def test_decision_point_across_tokens() -> None:
     vocab = ["{", '"rating', '":', ' "', "Un", "safe", '"}', "S", "afe", " Saf", ' "Unsafe', "U"]
-    decode = lambda ids: "".join(vocab[i] for i in ids)  # noqa: E731
+
+    def decode(ids: list[int]) -> str:
+        return "".join(vocab[i] for i in ids)
+
     # the value starts a token of its own: every token starting a prefix of a rating competes
     assert decision_point([0, 1, 2, 3, 4, 5, 6], decode) == (4, "")
     unsafe, safe = rating_token_ids(vocab, "")
