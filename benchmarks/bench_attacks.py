@@ -1,4 +1,4 @@
-"""PGD speed: ours (pytest_unsafebench.attacks) against ART's ProjectedGradientDescent.
+"""PGD speed: ours (pytest_unsafebench.robustness.attacks) against ART's ProjectedGradientDescent.
 
     python benchmarks/bench_attacks.py [--model demo|cnn224|both] [--repeats 7] [--batch 32]
                                        [--threads 1]
@@ -43,7 +43,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_unsafebench.attacks import AttackSpec, run_attack
+from pytest_unsafebench.robustness.attacks import AttackSpec, run_attack
 
 EPS = 8 / 255
 

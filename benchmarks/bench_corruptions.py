@@ -1,4 +1,4 @@
-"""Corruption throughput: pytest_unsafebench.perturbations against albumentations 2.0.8.
+"""Corruption throughput: pytest_unsafebench.robustness.perturbations against albumentations 2.0.8.
 
     python benchmarks/bench_corruptions.py [--images 200] [--size 224] [--repeats 5]
 
@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pytest_unsafebench import perturbations as P
+from pytest_unsafebench.robustness import perturbations as P
 
 Op = Callable[[Image.Image, int], Image.Image]  # (image, index) -> image
 # Extra rows: a corruption timed against a second, less close albumentations transform. They

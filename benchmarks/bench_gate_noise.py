@@ -19,9 +19,9 @@ import json
 
 import numpy as np
 
-from pytest_unsafebench.baseline import compare, decisions_block
 from pytest_unsafebench.cells import Bootstrap
 from pytest_unsafebench.metrics import f1
+from pytest_unsafebench.report.baseline import compare, decisions_block
 from pytest_unsafebench.results import PredictionTable
 from pytest_unsafebench.thresholds import GateRule
 

@@ -49,13 +49,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(path: Path) -> dict:
-    from .baseline import load
+    from .report.baseline import load
 
     return load(path)
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .report import terminal_lines
+    from .report.document import terminal_lines
 
     for line in terminal_lines(_load(args.report)):
         print(line)
@@ -71,7 +71,7 @@ def _report(args: argparse.Namespace) -> int:
         if path is None:
             continue
         if option == "--html":
-            from .report_html import recorded_artifacts, render_html
+            from .report.html import recorded_artifacts, render_html
 
             artifacts, why = (args.artifacts, None) if args.artifacts else \
                 recorded_artifacts(doc, args.report)
@@ -79,7 +79,7 @@ def _report(args: argparse.Namespace) -> int:
                 print(f"note: {why}", file=sys.stderr)
             text = render_html(doc, artifacts=artifacts)
         else:
-            from .report_markdown import render_markdown
+            from .report.markdown import render_markdown
 
             text = render_markdown(doc)
         try:
@@ -98,8 +98,14 @@ def _compare(args: argparse.Namespace) -> int:
     """Rows only (a saved report has no prediction tables): the tolerance and hard-limit gate.
     The paired significance test needs the images, so it runs inside pytest with
     --unsafebench-baseline; here a drop beyond the tolerance regresses."""
-    from .baseline import check_dataset, check_renames, compare, regression_table, verdict_line
     from .config import parse_renames, read_pyproject
+    from .report.baseline import (
+        check_dataset,
+        check_renames,
+        compare,
+        regression_table,
+        verdict_line,
+    )
     from .thresholds import build_gate, build_thresholds
 
     per_metric = {}

@@ -633,7 +633,7 @@ def _tolerances(table: Any) -> dict[str, float]:
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: expected a table of metric = number, e.g. f1 = 0.03")
     if table:  # the gated metrics live with the gate (numpy: imported only when needed)
-        from .baseline import ABSOLUTE_LOWER_IS_BETTER, HIGHER_IS_BETTER, LOWER_IS_BETTER
+        from .report.baseline import ABSOLUTE_LOWER_IS_BETTER, HIGHER_IS_BETTER, LOWER_IS_BETTER
 
         metrics = (*HIGHER_IS_BETTER, *LOWER_IS_BETTER, *ABSOLUTE_LOWER_IS_BETTER)
         for metric in table:

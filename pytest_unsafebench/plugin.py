@@ -185,7 +185,7 @@ def pytest_configure(config: pytest.Config) -> None:
                     "its factory as module:callable")
             require_ray()
         if "robustness" in settings.suites:  # a misspelt perturbation fails here, not mid-run
-            from .robustness import condition_names, corruptions
+            from .robustness.accuracy import condition_names, corruptions
 
             condition_names(settings.robustness)
             corruptions(settings.robustness)
@@ -194,11 +194,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
         raise pytest.UsageError(printable(exc)) from None
     if "fuzz" in settings.suites or settings.fuzz_replay:
-        from .fuzzing import register_profiles
+        from .robustness.fuzzing import register_profiles
 
         register_profiles()  # dev / ci / nightly; importing hypothesis costs ~0.4 s otherwise
     if settings.fuzz_replay is not None and "fuzz" in settings.suites:
-        from .fuzzing import load_cases
+        from .robustness.fuzzing import load_cases
 
         try:  # here, not at collection, so that a malformed file is a usage error (exit 4)
             config.stash[REPLAY_CASES_KEY] = load_cases(settings.fuzz_replay)
@@ -283,7 +283,7 @@ def _parametrize_robustness(metafunc: pytest.Metafunc) -> None:
             ("-", "-", "-"), marks=pytest.mark.skip(reason=reason), id="not-selected")],
             indirect=True)
         return
-    from .robustness import condition_names, corruptions
+    from .robustness.accuracy import condition_names, corruptions
 
     sources = (*s.sources, POOLED)
     grid = metafunc.function.__name__ == "test_corruption_grid"
@@ -329,7 +329,7 @@ def _parametrize_gap(metafunc: pytest.Metafunc) -> None:
         return
     assert s is not None
     if metric == "gap_ra":
-        from .robustness import condition_names
+        from .robustness.accuracy import condition_names
 
         subjects = condition_names(s.robustness)
     else:
@@ -367,7 +367,7 @@ def _parametrize_fuzz(metafunc: pytest.Metafunc) -> None:
         return
     assert s is not None
     if replay:
-        from .fuzzing import case_id
+        from .robustness.fuzzing import case_id
 
         cases = metafunc.config.stash[REPLAY_CASES_KEY]  # loaded by pytest_configure
         params = [(c["classifier"], c["chain"], c.get("source"), c) for c in cases]
@@ -382,7 +382,7 @@ def _parametrize_fuzz(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def unsafebench_fuzz(request: pytest.FixtureRequest) -> Any:
     """One fuzz test's target (classifier, source pool, artifact folder), or a pinned case."""
-    from .fuzzing import fuzz_target
+    from .robustness.fuzzing import fuzz_target
 
     return fuzz_target(_session(request.config), request.node, *request.param)
 

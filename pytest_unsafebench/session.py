@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .dataset.records import Record
     from .engine import PassResult
     from .ray_executor import ClassifierSpec, RayExecutor
-    from .robustness import RAResult
+    from .robustness.accuracy import RAResult
 
 SESSION_KEY = pytest.StashKey["UnsafeBenchSession"]()
 ROWS_KEY = pytest.StashKey[list]()
@@ -112,7 +112,7 @@ class UnsafeBenchSession:
 
         extra: dict[str, set[str]] = {}
         if "robustness" not in self.settings.suites:  # -k pgd: robustness parameter ids
-            from .robustness import condition_names
+            from .robustness.accuracy import condition_names
 
             try:
                 extra["robustness"] = set(condition_names(self.settings.robustness))
@@ -177,7 +177,7 @@ class UnsafeBenchSession:
         s = self.settings
         check_folder(s.cache_dir)  # a file there is a usage error before any work, not after
         if s.baseline_path is not None:
-            from .baseline import check_renames, load
+            from .report.baseline import check_renames, load
 
             self._baseline = load(s.baseline_path)  # fail before the pass, not after it
             check_renames(self._baseline, s.baseline_classifiers, s.classifiers,
@@ -185,7 +185,7 @@ class UnsafeBenchSession:
         with progress.step("dataset", f"loading the dataset ({s.dataset})"):
             dataset = self._load_dataset()
         if self._baseline is not None:
-            from .baseline import check_dataset
+            from .report.baseline import check_dataset
 
             self._baseline_notes = check_dataset(
                 self._baseline, dataset.fingerprint, s.public(),
@@ -285,7 +285,7 @@ class UnsafeBenchSession:
         of this dataset it was trained on, unless --unsafebench-allow-train-overlap."""
         from .dataset import load_dataset
         from .errors import ConfigError
-        from .paper import REAL_DATASET_ID, _is_real
+        from .report.paper import REAL_DATASET_ID, _is_real
 
         s = self.settings
         if s.allow_train_overlap or s.split == "test":
@@ -507,24 +507,24 @@ class UnsafeBenchSession:
 
     def robust_accuracy(self, classifier: str, condition: str, source: str,
                         severity: float | None = None) -> RAResult:
-        """RA of a classifier under an attack or perturbation (see robustness.py)."""
-        from . import robustness
+        """RA of a classifier under an attack or perturbation (see robustness/accuracy.py)."""
         from .engine import ClassifierFault
+        from .robustness import accuracy
 
         s = self.settings
         rs = s.robustness
         cs = self.classifier_state(classifier)
         records = self.records()
-        eligible = len(robustness.eligible(self.table(classifier), cs.covered, source))
+        eligible = len(accuracy.eligible(self.table(classifier), cs.covered, source))
         if rs.mode == "paper":  # the reference code's pool order and random.sample draw
-            rows, exact = robustness.paper_pool(
+            rows, exact = accuracy.paper_pool(
                 self.table(classifier), cs.covered, source, classifier,
                 {i: r.archive_key for i, r in records.items()})
-            draw, pool_draw = robustness.paper_draw, (
-                robustness.POOL_PAPER if exact else robustness.POOL_PAPER_LOAD_ORDER)
+            draw, pool_draw = accuracy.paper_draw, (
+                accuracy.POOL_PAPER if exact else accuracy.POOL_PAPER_LOAD_ORDER)
         else:
-            rows = robustness.pool(self.table(classifier), cs.covered, source)
-            draw, pool_draw = robustness.draw, robustness.POOL_SEEDED
+            rows = accuracy.pool(self.table(classifier), cs.covered, source)
+            draw, pool_draw = accuracy.draw, accuracy.POOL_SEEDED
         if not rows:
             pytest.skip(f"no correctly classified images of covered categories in {source}: "
                         "the robustness pool is empty")
@@ -534,7 +534,7 @@ class UnsafeBenchSession:
         is_attack = condition in rs.attacks
         if is_attack:
             try:
-                from .attacks import GRADIENT_FREE
+                from .robustness.attacks import GRADIENT_FREE
             except ImportError as exc:
                 pytest.fail(f"the {condition} attack needs torch ({exc}): install "
                             "'pytest-unsafebench[torch]', or leave attacks out with "
@@ -543,7 +543,7 @@ class UnsafeBenchSession:
                 pytest.skip(f"not attackable: {classifier} has no gradient path (no "
                             "forward_pixels); the gradient-free attacks "
                             f"({', '.join(sorted(GRADIENT_FREE))}) test it instead")
-            if (robustness.attack_spec(condition, rs, rs.seeds[0]).mode == "paper"
+            if (accuracy.attack_spec(condition, rs, rs.seeds[0]).mode == "paper"
                     and getattr(clf, "input_std", None) is None):
                 pytest.skip(f"paper mode: {condition}'s eps is in {classifier}'s normalised-input "
                             f"units, but {classifier} declares no input_std (the per-channel std "
@@ -552,20 +552,20 @@ class UnsafeBenchSession:
                             'mode = "pixel"')
         cache = self._open_cache()
         try:
-            with robustness.exclusive(self.session_dir / "locks", classifier, condition,
+            with accuracy.exclusive(self.session_dir / "locks", classifier, condition,
                                       str(severity), source), progress.step(
                     "robustness", f"robustness {classifier} / {condition}"
                     f"{'' if severity is None else f':{severity:g}'} / {source}",
                     unit="images") as bar:
                 if is_attack:
-                    result = robustness.attack_ra(clf, samples, records, condition, rs, cache,
+                    result = accuracy.attack_ra(clf, samples, records, condition, rs, cache,
                                                   s.batch_size, progress=bar.update,
                                                   timeout=s.timeout)
                 else:
                     with self._executor():
-                        result = robustness.perturbation_ra(
+                        result = accuracy.perturbation_ra(
                             clf, samples, records, condition,
-                            severity if severity is not None else robustness.EVASION_STRENGTH,
+                            severity if severity is not None else accuracy.EVASION_STRENGTH,
                             cache, s.batch_size, s.max_image_pixels, timeout=s.timeout,
                             progress=bar.update)
         except ClassifierFault as exc:  # the classifier's own error: this test's, in one line
@@ -612,7 +612,7 @@ class UnsafeBenchSession:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker or self.document is None:
             return
-        from .report import terminal_lines
+        from .report.document import terminal_lines
 
         terminalreporter.section("unsafebench report")
         for line in terminal_lines(self.document, verdict=False):
@@ -621,7 +621,7 @@ class UnsafeBenchSession:
             terminalreporter.write_line(line)
         gate = self.document.get("baseline")
         if gate:
-            from .baseline import verdict_line
+            from .report.baseline import verdict_line
 
             # the report's last line, so a failed gate never ends on a table or a file name
             terminalreporter.write_line("")
@@ -647,7 +647,7 @@ class UnsafeBenchSession:
             return
         if self._state is None:
             return
-        from .report import build_json, write_json
+        from .report.document import build_json, write_json
 
         s = self.settings
         extras = self._analysis()
@@ -671,18 +671,18 @@ class UnsafeBenchSession:
             write_json(path, {**document, **extra})
 
         def save_baseline(path: Path) -> None:
-            from .baseline import decisions_block
+            from .report.baseline import decisions_block
 
             write_json(path, {**document, "decisions": decisions_block(self._clean_tables())})
 
         def html(path: Path) -> None:
-            from .report_html import render_html
+            from .report.html import render_html
 
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(render_html(document, artifacts=s.artifacts_path), encoding="utf-8")
 
         def markdown(path: Path) -> None:
-            from .report_markdown import render_markdown
+            from .report.markdown import render_markdown
 
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(render_markdown(document), encoding="utf-8")
@@ -739,7 +739,7 @@ class UnsafeBenchSession:
     def _analysis(self) -> dict[str, Any]:
         """The report sections computed from the prediction tables rather than test rows."""
         from . import analysis
-        from .report import sorted_rows
+        from .report.document import sorted_rows
 
         s = self.settings
         tables = self._clean_tables()
@@ -752,7 +752,7 @@ class UnsafeBenchSession:
             "judges": analysis.judge_summary(tables),
         }
         if self._baseline is not None:
-            from .baseline import compare
+            from .report.baseline import compare
 
             out["baseline"] = compare(
                 self._baseline, sorted_rows(self.rows), s.tolerance_for, rule=s.gate,
@@ -764,7 +764,7 @@ class UnsafeBenchSession:
             # Curves and thumbnails only go into files; the terminal never shows them.
             out["curves"] = {name: analysis.curves(t, covered[name], s.sources)
                              for name, t in tables.items()}
-            from .thumbnails import make_examples
+            from .report.thumbnails import make_examples
 
             predictions = [r for t in tables.values() for r in t.rows]
             out["examples"] = make_examples(self.records(), predictions,

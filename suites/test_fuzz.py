@@ -3,7 +3,7 @@ decision on the correctly classified pool.
 
 ``test_decision_stable_under_perturbation`` searches one classifier x source under the current
 hypothesis profile (``--hypothesis-profile=dev|ci|nightly``) and reports the weakest flipping
-chain it shrinks to, saved as an artifact (see :mod:`pytest_unsafebench.fuzzing`).
+chain it shrinks to, saved as an artifact (see :mod:`pytest_unsafebench.robustness.fuzzing`).
 ``test_fuzz_regression`` replays pinned counterexamples (``--unsafebench-fuzz-replay``).
 """
 

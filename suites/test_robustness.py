@@ -40,8 +40,8 @@ def test_robust_accuracy(unsafebench_robustness, unsafebench_settings):
 
 @pytest.mark.unsafebench(suite="robustness", metric="ra_corruption_mean")
 def test_corruption_grid(unsafebench_robustness, unsafebench_settings, unsafebench_session):
-    from pytest_unsafebench.perturbations import severities
-    from pytest_unsafebench.robustness import corruptions
+    from pytest_unsafebench.robustness.accuracy import corruptions
+    from pytest_unsafebench.robustness.perturbations import severities
 
     cell = unsafebench_robustness
     rs = unsafebench_settings.robustness

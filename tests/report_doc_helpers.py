@@ -5,7 +5,7 @@ folder dataset, in a subprocess, about two seconds), which brings real rows with
 curves, the source shift and the paired comparisons. What that run cannot produce (robustness
 and fuzz rows: the toy classifier has no gradients and those suites take minutes; a baseline
 verdict) is added the way the JSON schema describes it, and ``examples`` are real thumbnails
-made by :func:`pytest_unsafebench.thumbnails.make_examples` from the run's predictions.
+made by :func:`pytest_unsafebench.report.thumbnails.make_examples` from the run's predictions.
 """
 
 from __future__ import annotations

@@ -258,7 +258,7 @@ def test_ray_workers_decode_under_the_drivers_rule(tmp_path: Path,
 
 
 def test_a_baseline_decoded_under_the_other_rule_is_said() -> None:
-    from pytest_unsafebench.baseline import check_dataset
+    from pytest_unsafebench.report.baseline import check_dataset
 
     old = {"dataset": {"fingerprint": "f"}, "config": {"split": "all"}}  # before the setting
     same = check_dataset(old, "f", {"split": "all", "alpha": "white"}, allow=False, flag="--x")
@@ -289,9 +289,9 @@ class _Brightness:
 def test_attacks_start_from_the_pixels_of_the_runs_rule(tmp_path: Path, rule: str,
                                                         clean_right: float) -> None:
     """Over white the transparent half is bright (Unsafe, right); alpha dropped it is black."""
-    from pytest_unsafebench import robustness
     from pytest_unsafebench.config import RobustnessSettings
     from pytest_unsafebench.dataset.records import Record, content_hash
+    from pytest_unsafebench.robustness import accuracy as robustness
 
     data = _half_transparent(under=(0, 0, 0), size=16)
     record = Record(id="a", safety_label="Unsafe", category="Hate", source="Lexica",
@@ -307,8 +307,8 @@ def test_attacks_start_from_the_pixels_of_the_runs_rule(tmp_path: Path, rule: st
 def test_fuzz_images_and_thumbnails_follow_the_runs_rule(tmp_path: Path) -> None:
     """The fuzz search perturbs, and the report shows, the pixels the classifier saw."""
     from pytest_unsafebench.dataset.records import Record, content_hash
-    from pytest_unsafebench.fuzzing import FuzzTarget
-    from pytest_unsafebench.thumbnails import make_examples
+    from pytest_unsafebench.report.thumbnails import make_examples
+    from pytest_unsafebench.robustness.fuzzing import FuzzTarget
 
     data = _half_transparent(size=16)
     record = Record(id="a", safety_label="Safe", category="Hate", source="Lexica",
@@ -328,7 +328,7 @@ def test_fuzz_images_and_thumbnails_follow_the_runs_rule(tmp_path: Path) -> None
 
 
 def test_the_terminal_says_when_the_rule_is_not_the_default_or_not_the_papers() -> None:
-    from pytest_unsafebench.report import alpha_line
+    from pytest_unsafebench.report.document import alpha_line
 
     paper = {"robustness": {"mode": "paper"}}
     assert alpha_line({"alpha": "white"}) is None and alpha_line({}) is None  # old reports

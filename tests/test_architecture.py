@@ -27,8 +27,8 @@ ROOTS = {PACKAGE: REPO / "pytest_unsafebench", f"{PACKAGE}.classifiers": REPO / 
 
 # Edges (importer, imported) that close a cycle today. Module names drop the package prefix.
 KNOWN_CYCLE_EDGES: set[tuple[str, str]] = {
-    ("fuzzing", "session"),  # to remove: issue 15
-    ("plugin", "fuzzing"),  # to remove: issue 15
+    ("robustness.fuzzing", "session"),  # to remove: issue 15
+    ("plugin", "robustness.fuzzing"),  # to remove: issue 15
     ("plugin", "session"),  # to remove: issue 15
     ("ray_executor", "session"),  # to remove: issue 15
     ("session", "plugin"),  # to remove: issue 15
@@ -36,23 +36,12 @@ KNOWN_CYCLE_EDGES: set[tuple[str, str]] = {
 }
 # (importer, imported module, private name) taken today.
 KNOWN_PRIVATE_IMPORTS: set[tuple[str, str, str]] = {
-    ("classifiers.probe", "classifiers.demo", "_normalise"),  # to remove: issue 15
-    ("classifiers.probe", "classifiers.demo", "_to_tensor"),  # to remove: issue 15
-    ("classifiers.vlm.judges", "classifiers.hf", "_center_crop"),  # to remove: issue 15
-    ("classifiers.vlm.judges", "classifiers.hf", "_resize_size"),  # to remove: issue 15
-    ("executors", "dataset.parquet", "_RowGroupReader"),  # to remove: issue 15
-    ("executors", "dataset.parquet", "_bytes_column"),  # to remove: issue 15
-    ("executors", "dataset.parquet", "_import_pyarrow"),  # to remove: issue 15
     ("ray_executor", "engine", "_FILE_KINDS"),  # to remove: issue 15
     ("ray_executor", "engine", "_SharedEmbeddings"),  # to remove: issue 15
     ("ray_executor", "engine", "_decoded_batches"),  # to remove: issue 15
     ("ray_executor", "engine", "_predict_batch"),  # to remove: issue 15
     ("ray_executor", "session", "_resolve_device"),  # to remove: issue 15
-    ("session", "paper", "_is_real"),  # to remove: issue 15
-    ("stats", "metrics", "_as_labels"),  # to remove: issue 15
-    ("stats", "metrics", "_as_scores"),  # to remove: issue 15
-    ("stats", "metrics", "_check_same_length"),  # to remove: issue 15
-    ("stats", "metrics", "_grouped_counts"),  # to remove: issue 15
+    ("session", "report.paper", "_is_real"),  # to remove: issue 15
 }
 
 

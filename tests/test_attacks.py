@@ -1,4 +1,4 @@
-"""Adversarial attacks (pytest_unsafebench.attacks) on a tiny deterministic CNN.
+"""Adversarial attacks (pytest_unsafebench.robustness.attacks) on a tiny deterministic CNN.
 
 The model is trained for about a second on synthetic 3 x 16 x 16 images whose class is the sign
 of a smooth template's contrast, so it is accurate and attackable at small eps. The ART checks
@@ -19,7 +19,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from torch import nn  # noqa: E402
 
-from pytest_unsafebench.attacks import (  # noqa: E402
+from pytest_unsafebench.robustness.attacks import (  # noqa: E402
     ATTACKS,
     AttackSpec,
     logits_from_scores,
@@ -478,7 +478,7 @@ def test_attacks_that_project_every_step_leave_nothing_to_the_final_clamp(
     moves pixels. DeepFool is excluded: it is a minimal-perturbation attack and foolbox too
     clips its result to the eps ball at the end (see test_deepfool_matches_foolbox).
     """
-    from pytest_unsafebench import attacks
+    from pytest_unsafebench.robustness import attacks
 
     calls: list[tuple[torch.Tensor, torch.Tensor]] = []
     real = attacks._project
@@ -628,7 +628,7 @@ def test_paper_mode_attacks_the_demo_classifier_through_the_plugin(
 def test_paper_box_lets_pixels_leave_0_1_as_foolboxs_bounds_did() -> None:
     """Paper mode clips to foolbox's (-3, 3) in normalised space (paper_box), not [0, 1]: a
     black image pushed darker goes below 0 by eps * std; the default box keeps it at 0."""
-    from pytest_unsafebench.attacks import paper_box
+    from pytest_unsafebench.robustness.attacks import paper_box
 
     def forward(x: torch.Tensor) -> torch.Tensor:  # darker = more unsafe
         m = x.mean(dim=(1, 2, 3))

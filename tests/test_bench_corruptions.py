@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pytest_unsafebench import perturbations as P
+from pytest_unsafebench.robustness import perturbations as P
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_corruptions.py"
 

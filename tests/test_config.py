@@ -280,8 +280,8 @@ def test_suites_cli_over_pyproject_in_canonical_order() -> None:
 
 
 def test_pgd_settings_and_spsa_reach_the_attack_spec() -> None:
-    from pytest_unsafebench.attacks import AttackSpec
-    from pytest_unsafebench.robustness import attack_spec
+    from pytest_unsafebench.robustness.accuracy import attack_spec
+    from pytest_unsafebench.robustness.attacks import AttackSpec
 
     s = resolve(pyproject={"robustness": {"pgd_steps": 7, "pgd_step_size": 0.001,
                                           "pgd_random_start": False, "queries": 40,

@@ -20,7 +20,7 @@ from PIL import Image
 import pytest_unsafebench.cache
 import pytest_unsafebench.dataset.folder
 import pytest_unsafebench.engine
-import pytest_unsafebench.report
+import pytest_unsafebench.report.document
 import pytest_unsafebench.session  # noqa: F401
 from plugin_helpers import (
     CLASSIFIER,
@@ -30,19 +30,19 @@ from plugin_helpers import (
     read_jsonl,
     write_toyclf,
 )
-from pytest_unsafebench import fuzzing
 from pytest_unsafebench.classifier import Prediction
 from pytest_unsafebench.cli import main as cli_main
-from pytest_unsafebench.perturbations import (
+from pytest_unsafebench.report.document import ROW_KEYS, sorted_rows
+from pytest_unsafebench.report.html import render_html
+from pytest_unsafebench.report.markdown import render_markdown
+from pytest_unsafebench.robustness import fuzzing
+from pytest_unsafebench.robustness.perturbations import (
     PERTURBATIONS,
     Chain,
     PerturbationSpec,
     apply,
     perceptual_budget,
 )
-from pytest_unsafebench.report import ROW_KEYS, sorted_rows
-from pytest_unsafebench.report_html import render_html
-from pytest_unsafebench.report_markdown import render_markdown
 
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
 

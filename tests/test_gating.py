@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 import pytest_unsafebench.analysis
-import pytest_unsafebench.baseline
-import pytest_unsafebench.report
+import pytest_unsafebench.report.baseline
+import pytest_unsafebench.report.document
 import pytest_unsafebench.session
 import pytest_unsafebench.stats  # noqa: F401
 from plugin_helpers import (
@@ -26,8 +26,8 @@ from plugin_helpers import (
     toyclf_source,
     write_manifest,
 )
-from pytest_unsafebench.baseline import compare, regression_table, verdict_line
 from pytest_unsafebench.cli import main as cli_main
+from pytest_unsafebench.report.baseline import compare, regression_table, verdict_line
 
 try:
     import hypothesis.internal.observability  # noqa: F401
@@ -451,15 +451,15 @@ def test_cli_compare_fails_on_what_does_not_pair(tmp_path: Path,
 
 
 def test_markdown_and_html_print_p_values_as_bounds() -> None:
-    from pytest_unsafebench.report_html import _baseline
-    from pytest_unsafebench.report_markdown import render_markdown
+    from pytest_unsafebench.report.html import _baseline
+    from pytest_unsafebench.report.markdown import render_markdown
 
     section = _paired_case(60)
     assert section["regressions"][0]["p_value"] == 0.0
     page, summary = _baseline({"baseline": section}), render_markdown({"baseline": section})
     assert "<td>p &lt; 0.001</td>" in page and "| p < 0.001 |" in summary
     assert "0.000 |" not in summary.split("### Baseline")[1]
-    from pytest_unsafebench.report import _comparison_lines
+    from pytest_unsafebench.report.document import _comparison_lines
 
     [*_, row] = _comparison_lines([{"a": "x", "b": "y", "category": "Hate", "diff": 0.2,
                                    "ci_low": 0.1, "ci_high": 0.3, "p_value": 0.0,
@@ -470,8 +470,8 @@ def test_markdown_and_html_print_p_values_as_bounds() -> None:
 def test_a_gap_that_grew_is_tested_paired_and_called_grew() -> None:
     """The baseline's Hate gap is 0; this run misses Lexica's Unsafe images, so the gap grows
     on every resample: significant, and the reason says "grew"."""
-    from pytest_unsafebench.baseline import decisions_block
     from pytest_unsafebench.cells import Bootstrap
+    from pytest_unsafebench.report.baseline import decisions_block
     from pytest_unsafebench.results import PredictionTable
 
     def table(miss_lexica: int) -> PredictionTable:
@@ -530,9 +530,9 @@ def test_curves_only_for_graded_scores() -> None:
 def _paired_case(missed: int, profile: str = "default", **kw) -> dict:
     """A baseline that flags all 1000 Unsafe images of a 2000-image cell, and a run that
     misses the first ``missed`` of them: every changed decision goes the same way."""
-    from pytest_unsafebench.baseline import decisions_block
     from pytest_unsafebench.cells import Bootstrap
     from pytest_unsafebench.metrics import cell_metrics
+    from pytest_unsafebench.report.baseline import decisions_block
     from pytest_unsafebench.results import PredictionTable
     from pytest_unsafebench.thresholds import BUILTIN_GATES
 
@@ -606,7 +606,7 @@ def test_a_drop_that_is_noise_passes_and_one_beyond_the_hard_limit_fails() -> No
         c = t.select("Hate", "all")
         return _row("f1", f1(c["y_true"], c["y_pred"], zero_division=0.0))
 
-    from pytest_unsafebench.baseline import decisions_block
+    from pytest_unsafebench.report.baseline import decisions_block
 
     before = table(set())
     base = {"rows": [row(before)], "decisions": decisions_block({"c": before})}

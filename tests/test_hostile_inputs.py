@@ -461,8 +461,8 @@ def test_a_run_with_scored_cells_still_passes_integrity(run: Run) -> None:
 def test_fuzzing_keeps_the_perturbed_image_the_classifier_saw(tmp_path: Path) -> None:
     """The fuzz suite saves the perturbed image as the counterexample and reuses the decoded
     one for the next examples: a classifier that draws on its input changes neither."""
-    from pytest_unsafebench.fuzzing import FuzzTarget
-    from pytest_unsafebench.perturbations import Chain, apply
+    from pytest_unsafebench.robustness.fuzzing import FuzzTarget
+    from pytest_unsafebench.robustness.perturbations import Chain, apply
 
     record = _record("img0", _png(0, (32, 32)))
     target = FuzzTarget(classifier="vandal", source="all", clf=Vandal("paste"), pool=[],

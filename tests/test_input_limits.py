@@ -162,9 +162,9 @@ def test_a_hostile_jsonl_manifest_names_file_and_line(tmp_path: Path, line: str,
 
 
 def test_reports_and_archives_read_back_survive_hostile_json(tmp_path: Path) -> None:
-    from pytest_unsafebench import baseline
     from pytest_unsafebench.classifiers.vlm import responses
     from pytest_unsafebench.errors import ClassifierLoadError
+    from pytest_unsafebench.report import baseline
 
     for text in (DEEP, LONG):
         (tmp_path / "base.json").write_text(text)
@@ -242,8 +242,8 @@ def test_a_probe_header_too_deep_or_too_long_names_the_file(tmp_path: Path, head
     import numpy as np
     import safetensors.numpy
 
-    from pytest_unsafebench.classifiers.probe import METADATA_KEY
     from pytest_unsafebench.errors import ClassifierLoadError
+    from pytest_unsafebench.probe_format import METADATA_KEY
     from pytest_unsafebench.registry import load_classifier
 
     path = tmp_path / "evil.safetensors"

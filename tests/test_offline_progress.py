@@ -19,9 +19,9 @@ import pytest_unsafebench.session
 try:
     import torch  # noqa: F401
 
-    import pytest_unsafebench.attacks
     import pytest_unsafebench.classifiers.clip_heads
-    import pytest_unsafebench.classifiers.keras_savedmodel  # noqa: F401
+    import pytest_unsafebench.classifiers.keras_savedmodel
+    import pytest_unsafebench.robustness.attacks  # noqa: F401
 except ImportError:  # the torch-free install: those tests skip
     pass
 from plugin_helpers import CLASSIFIER, build_dataset, write_toyclf

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_unsafebench import paper
 from pytest_unsafebench.registry import BUILTIN
+from pytest_unsafebench.report import paper
 from pytest_unsafebench.taxonomy import CATEGORIES, OFFICIAL_ALIGNMENT
 
 REAL_HUB = {"spec": "hf:yiting/UnsafeBench", "name": "UnsafeBench", "synthetic": False}

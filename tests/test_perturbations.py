@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pytest_unsafebench import perturbations as P
-from pytest_unsafebench.perturbations import Chain, PerturbationSpec, apply
+from pytest_unsafebench.robustness import perturbations as P
+from pytest_unsafebench.robustness.perturbations import Chain, PerturbationSpec, apply
 
 ALL = P.names()
 CORRUPTIONS = P.names("corruption")

@@ -8,8 +8,8 @@ import dataclasses
 
 import pytest
 
-from pytest_unsafebench import perturbations as P
-from pytest_unsafebench.perturbations import Chain, PerturbationSpec, cache_key
+from pytest_unsafebench.robustness import perturbations as P
+from pytest_unsafebench.robustness.perturbations import Chain, PerturbationSpec, cache_key
 
 
 def test_cache_key_adds_the_version_of_changed_perturbations_only(

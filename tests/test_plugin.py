@@ -34,7 +34,7 @@ import pytest_unsafebench.dataset.folder
 import pytest_unsafebench.engine
 import pytest_unsafebench.metrics
 import pytest_unsafebench.progress
-import pytest_unsafebench.report
+import pytest_unsafebench.report.document
 import pytest_unsafebench.session
 from pytest_unsafebench.thresholds import BUILTIN_PROFILES
 

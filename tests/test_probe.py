@@ -27,7 +27,7 @@ import pytest_unsafebench.classifiers.probe as pr
 import pytest_unsafebench.config
 import pytest_unsafebench.dataset.folder
 import pytest_unsafebench.engine
-import pytest_unsafebench.report
+import pytest_unsafebench.report.document
 import pytest_unsafebench.session  # noqa: F401
 from plugin_helpers import COVERED, build_dataset, write_manifest
 from pytest_unsafebench.errors import ClassifierLoadError

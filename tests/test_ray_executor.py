@@ -282,7 +282,8 @@ def ray_instance(modules: Path):  # yields the ray module
 
     # Imported before pytester snapshots sys.modules: a module first imported inside an
     # in-process run leaves sys.modules after it, and Ray would then pickle it by value.
-    for name in ("pytest_unsafebench.perturbations", "pytest_unsafebench.robustness"):
+    for name in ("pytest_unsafebench.robustness.perturbations",
+                 "pytest_unsafebench.robustness.accuracy"):
         importlib.import_module(name)
 
     sys.path.insert(0, str(modules))

@@ -353,7 +353,7 @@ def test_nudenet_v2_attack_path_is_its_own_input_in_0_1_units(photos, tmp_path):
     pytest.importorskip("onnxruntime")
     import torch
 
-    from pytest_unsafebench.attacks import paper_box
+    from pytest_unsafebench.robustness.attacks import paper_box
 
     model = _tiny_v2_model(tmp_path / "classifier_model.onnx")
     clf = load_classifier("nudenet_v2", model_path=str(model), threshold=0.7)

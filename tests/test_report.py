@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from pytest_unsafebench.config import resolve_settings
 from pytest_unsafebench.dataset.records import Finding
-from pytest_unsafebench.report import (
+from pytest_unsafebench.report.document import (
     GATE_OUTCOMES,
     ROW_KEYS,
     SCHEMA_VERSION,
@@ -229,7 +229,7 @@ def test_build_json_is_serialisable_and_sorted(tmp_path: Path) -> None:
 
 
 def test_robustness_gap_is_real_minus_generated() -> None:
-    from pytest_unsafebench.report import robustness_gaps
+    from pytest_unsafebench.report.document import robustness_gaps
 
     def row(source: str, value: float | None, outcome: str = "passed") -> dict:
         return {"classifier": "demo", "suite": "robustness", "metric": "ra", "category": None,

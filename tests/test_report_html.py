@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pytest_unsafebench.dataset import load_dataset
-from pytest_unsafebench.report_html import SECTIONS, render_html
-from pytest_unsafebench.thumbnails import make_examples
+from pytest_unsafebench.report.html import SECTIONS, render_html
+from pytest_unsafebench.report.thumbnails import make_examples
 from report_doc_helpers import HOSTILE, augment, hostile, real_run
 
 SECTION_IDS = [sid for sid, _ in SECTIONS]
@@ -166,7 +166,7 @@ def test_header_names_the_alpha_rule_as_the_terminal_does(config, said):
 
 
 def test_saved_fuzz_counterexamples_are_embedded(full_doc, tmp_path):
-    from pytest_unsafebench.fuzzing import Counterexample, save_counterexample
+    from pytest_unsafebench.robustness.fuzzing import Counterexample, save_counterexample
 
     doc = {"rows": [r for r in full_doc["rows"] if r["suite"] == "fuzz"]}
     row = next(r for r in doc["rows"] if r["metric"] == "flips")
@@ -185,7 +185,7 @@ def test_charts_do_not_touch_pyplot_and_matplotlib_loads_lazily(tmp_path, full_d
     path.write_text(json.dumps({**full_doc, "rows": [r for r in full_doc["rows"]
                                                      if r["suite"] == "effectiveness"]}))
     code = ("import json, sys\n"
-            "import pytest_unsafebench.report_html as r\n"
+            "import pytest_unsafebench.report.html as r\n"
             "assert 'matplotlib' not in sys.modules\n"
             f"r.render_html(json.load(open({str(path)!r})))\n"
             "assert 'matplotlib' in sys.modules and 'matplotlib.pyplot' not in sys.modules\n")
@@ -240,7 +240,7 @@ _row = st.fixed_dictionaries({
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_row, max_size=12), st.one_of(_text, st.just("<x-evil>")))
 def test_any_rows_render_without_error_or_markup_leaks(rows, name):
-    from pytest_unsafebench.report_markdown import render_markdown
+    from pytest_unsafebench.report.markdown import render_markdown
 
     summary = {str(r["classifier"]): {"score": r["value"]} for r in rows} | {name: {}}
     doc = {"rows": rows, "summary": summary,
@@ -275,7 +275,7 @@ class _Figures:
     """Captures the matplotlib figures the renderer draws (instead of encoding them)."""
 
     def __init__(self, monkeypatch):
-        import pytest_unsafebench.report_html as rh
+        import pytest_unsafebench.report.html as rh
 
         self.figures = []
         monkeypatch.setattr(rh, "_img", lambda fig, alt: self.figures.append((alt, fig)) or "")
@@ -355,7 +355,7 @@ def test_sections_of_suites_the_run_did_not_include_are_left_out(full_doc):
 
 
 def test_recorded_artifacts_folder_is_used_only_inside_the_reports_folder(tmp_path):
-    from pytest_unsafebench.report_html import recorded_artifacts
+    from pytest_unsafebench.report.html import recorded_artifacts
 
     report = tmp_path / "reports" / "run.json"
     (tmp_path / "reports" / "art").mkdir(parents=True)

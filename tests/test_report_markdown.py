@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from pytest_unsafebench.report_markdown import MAX_FAILED, md, render_markdown
+from pytest_unsafebench.report.markdown import MAX_FAILED, md, render_markdown
 from report_doc_helpers import augment, real_run
 
 

@@ -19,7 +19,7 @@ import pytest_unsafebench.engine
 import pytest_unsafebench.session  # noqa: F401
 from plugin_helpers import CLASSIFIER, build_dataset, read_json, write_manifest, write_toyclf
 from pytest_unsafebench.cli import main as cli_main
-from pytest_unsafebench.report_markdown import md, render_markdown
+from pytest_unsafebench.report.markdown import md, render_markdown
 from pytest_unsafebench.text import printable
 
 # An OSC window-title sequence ended by BEL, a colour change, and a C1 CSI.

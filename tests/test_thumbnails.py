@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pytest_unsafebench.dataset.records import Record
-from pytest_unsafebench.thumbnails import make_examples
+from pytest_unsafebench.report.thumbnails import make_examples
 
 
 def _png(seed: int, side: int = 128) -> bytes:

@@ -49,7 +49,7 @@ def test_a_pinned_case_never_loads_a_classifier_the_run_did_not_select(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A pin file's classifier name is compared with the run's selection; it is never
     handed to the registry (which would import a module:callable)."""
-    from pytest_unsafebench import fuzzing
+    from pytest_unsafebench.robustness import fuzzing
 
     loaded: list[str] = []
     settings = types.SimpleNamespace(classifiers=("demo",))
@@ -64,7 +64,7 @@ def test_counterexample_files_stay_in_their_folder(tmp_path: Path) -> None:
     """Classifier names and image ids from a dataset become file names, never path parts."""
     from PIL import Image
 
-    from pytest_unsafebench import fuzzing
+    from pytest_unsafebench.robustness import fuzzing
 
     cx = fuzzing.Counterexample(
         classifier="probe:../../x", image_id="../../../escape", chain="blur@1",
@@ -89,7 +89,7 @@ def _spec(folder: Path, image: object) -> dict:
 
 @pytest.mark.parametrize("image", ["x/y", "/etc/passwd", ".", "..", 5])
 def test_a_saved_spec_cannot_point_the_report_elsewhere(tmp_path: Path, image: object) -> None:
-    from pytest_unsafebench import report_html
+    from pytest_unsafebench.report import html as report_html
 
     found = report_html._find_counterexample(tmp_path, _spec(tmp_path, image))
     assert found is not None and found[1] is None
@@ -97,7 +97,7 @@ def test_a_saved_spec_cannot_point_the_report_elsewhere(tmp_path: Path, image: o
 
 def test_a_linked_image_is_not_embedded(tmp_path: Path) -> None:
     """A symlink beside the spec could point at any file; its bytes would land in the HTML."""
-    from pytest_unsafebench import report_html
+    from pytest_unsafebench.report import html as report_html
 
     secret = tmp_path / "secret.txt"
     secret.write_text("private key material")

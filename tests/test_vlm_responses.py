@@ -276,9 +276,9 @@ def test_judge_notes_and_paper_gate_reach_every_report(tmp_path) -> None:
     """A judge's setup notes (definitions warning first) reach the terminal, JSON, HTML and
     Markdown; a judge not run as the paper ran it never carries the paper's figure."""
     from pytest_unsafebench.config import resolve_settings
-    from pytest_unsafebench.report import build_json, terminal_lines
-    from pytest_unsafebench.report_html import render_html
-    from pytest_unsafebench.report_markdown import render_markdown
+    from pytest_unsafebench.report.document import build_json, terminal_lines
+    from pytest_unsafebench.report.html import render_html
+    from pytest_unsafebench.report.markdown import render_markdown
     from pytest_unsafebench.results import ClassifierState, RunState
 
     warning = "category definitions: this project's wording, not the paper's (offline); to fix: x"
@@ -331,8 +331,8 @@ def test_openai_is_gpt4v_only_with_the_papers_model_or_archive(tmp_path, referen
 def test_robustness_pool_follows_prompt_0_not_the_vote(tmp_path) -> None:
     """UnsafeBench unsafe_datasets.py draws a judge's pool from detailed_predictions[0]: an
     image whose vote is right but whose prompt 0 was wrong or unsure is not in it."""
-    from pytest_unsafebench import robustness
     from pytest_unsafebench.results import PredictionTable
+    from pytest_unsafebench.robustness import accuracy as robustness
 
     root = write_archive(tmp_path / "a", "gpt-4v", {"Lexica_Hate": [
         [fname(0), "unsafe", "unsafe", "unsafe"],     # all right
@@ -403,7 +403,7 @@ def test_curves_leave_out_images_without_a_verdict() -> None:
 
 def test_judge_summary_never_invents_an_unsure_rate() -> None:
     from pytest_unsafebench.analysis import judge_summary
-    from pytest_unsafebench.report import judge_line
+    from pytest_unsafebench.report.document import judge_line
     from pytest_unsafebench.results import PredictionTable
 
     rows = [{"id": str(i), "label": "Unsafe", "category": "Hate", "source": "Lexica",

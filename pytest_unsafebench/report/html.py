@@ -23,10 +23,10 @@ from html import escape
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UnsafeBenchError
+from ..taxonomy import CATEGORIES, CELL_SOURCES, OVERALL, POOLED, SHORT_NAMES
 from . import paper
-from .errors import UnsafeBenchError
-from .report import alpha_line, attack_units, judge_line, not_run
-from .taxonomy import CATEGORIES, CELL_SOURCES, OVERALL, POOLED, SHORT_NAMES
+from .document import alpha_line, attack_units, judge_line, not_run
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -96,7 +96,7 @@ def _e(value: Any) -> str:
 
 def _p(value: Any) -> str:
     """A p-value as ``p < 0.001`` rather than ``0.000`` (see stats.format_p)."""
-    from .stats import format_p
+    from ..stats import format_p
 
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return _num(value)

@@ -24,13 +24,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
-from .stats import format_p
-from .thresholds import GateRule
+from ..errors import ConfigError
+from ..stats import format_p
+from ..thresholds import GateRule
 
 if TYPE_CHECKING:
-    from .cells import Bootstrap
-    from .results import PredictionTable
+    from ..cells import Bootstrap
+    from ..results import PredictionTable
 
 KEY_FIELDS = ("classifier", "suite", "metric", "category", "source", "condition")
 # Metrics a baseline gates, and which way is better. Gap rows compare their absolute value.
@@ -295,7 +295,7 @@ def _why_unpaired(key: Key, now: Mapping[Key, Mapping[str, Any]],
                   current: Mapping[str, Any] | None, renames: Mapping[str, str],
                   baseline: Mapping[str, Any]) -> str:
     """Why a gated value of the baseline has no partner in this run."""
-    from .taxonomy import CATEGORIES, SOURCES
+    from ..taxonomy import CATEGORIES, SOURCES
 
     classifier, suite, _, category, source, _ = key
     row = now.get(key)
@@ -358,8 +358,8 @@ def _paired(baseline: Mapping[str, Any], tables: Mapping[str, PredictionTable],
     exact McNemar test on correctness."""
     import numpy as np
 
-    from .stats import mcnemar_exact, paired_bootstrap, paired_gap_bootstrap
-    from .taxonomy import GENERATED_SOURCE, OVERALL, POOLED, REAL_SOURCE
+    from ..stats import mcnemar_exact, paired_bootstrap, paired_gap_bootstrap
+    from ..taxonomy import GENERATED_SOURCE, OVERALL, POOLED, REAL_SOURCE
 
     out: dict[Key, dict[str, Any]] = {}
     saved = baseline.get("decisions") or {}

@@ -15,13 +15,13 @@ import random
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .dataset.images import DEFAULT_ALPHA, ImageProblem
-from .taxonomy import SAFE, UNSAFE
+from ..dataset.images import DEFAULT_ALPHA, ImageProblem
+from ..taxonomy import SAFE, UNSAFE
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from .dataset.records import Record
+    from ..dataset.records import Record
 
 # Blur radius as a share of the thumbnail side: 0.1 x 96 px = 9.6 px leaves only colour blobs.
 BLUR_FRACTION = 0.1

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .taxonomy import CATEGORIES, GENERATED_SOURCE, OVERALL, POOLED, REAL_SOURCE
+from ..taxonomy import CATEGORIES, GENERATED_SOURCE, OVERALL, POOLED, REAL_SOURCE
 
 ALL_CATEGORIES = "all"
 RA_ATTACKS: tuple[str, ...] = ("gaussian", "fgsm", "pgd", "deepfool")

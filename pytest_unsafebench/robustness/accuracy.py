@@ -19,17 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .classifier import Prediction
-from .config import RobustnessSettings
-from .taxonomy import CATEGORIES, POOLED, SOURCES, SPLITS, UNSAFE
+from ..classifier import Prediction
+from ..config import RobustnessSettings
+from ..taxonomy import CATEGORIES, POOLED, SOURCES, SPLITS, UNSAFE
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from .cache import PredictionCache
-    from .classifier import Classifier
-    from .dataset.records import Record
-    from .results import PredictionTable
+    from ..cache import PredictionCache
+    from ..classifier import Classifier
+    from ..dataset.records import Record
+    from ..results import PredictionTable
 
 EVASION_STRENGTH = 3  # the middle of each evasion edit's five levels
 # Category order of the paper's pool where a classifier's list is not the taxonomy's order
@@ -60,9 +60,9 @@ def corruptions(rs: RobustnessSettings) -> list[str]:
 def _chosen(listed: Sequence[str] | None, kind: str, key: str) -> list[str]:
     """The configured perturbations of a kind (all of them when unset); ConfigError naming the
     pyproject key for an unknown name or one of the other kind."""
+    from ..errors import ConfigError
+    from ..taxonomy import suggest
     from . import perturbations
-    from .errors import ConfigError
-    from .taxonomy import suggest
 
     known = perturbations.names(kind)
     if listed is None:
@@ -244,8 +244,8 @@ def perturbation_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
                     timeout: float | None = None,
                     progress: Callable[[int, int], None] | None = None) -> RAResult:
     """RA under a Pillow/numpy perturbation; predictions through the normal engine path."""
+    from ..engine import run_pass
     from . import perturbations
-    from .engine import run_pass
 
     # The pool seeds choose the images; the perturbation's own randomness uses the first seed,
     # so an image drawn under several seeds is perturbed and classified once.
@@ -258,7 +258,7 @@ def perturbation_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
                       progress=progress)
     outcome = result.outcomes[clf.name]
     if outcome.error:
-        from .engine import ClassifierFault
+        from ..engine import ClassifierFault
 
         raise ClassifierFault(f"under {key}: {outcome.error}")
     per_seed = {}
@@ -361,7 +361,7 @@ def _guarded(forward: Callable[[Any], Any], timeout: float | None,
     another thread, so it gets the caller's grad mode (thread-local)."""
     import torch
 
-    from .engine import ClassifierFault, Guard
+    from ..engine import ClassifierFault, Guard
 
     def call(x: Any) -> Any:
         enabled = torch.is_grad_enabled()
@@ -400,8 +400,8 @@ def paper_setup(clf: Classifier, forward: Callable[[Any], Any],
     """
     import torch
 
+    from ..report.paper import RA_ATTACKS
     from .attacks import PAPER_BOUNDS, paper_box
-    from .paper import RA_ATTACKS
 
     paper_model = getattr(clf, "paper_forward_pixels", None)
     if paper_model is not None:

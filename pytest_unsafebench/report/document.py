@@ -18,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .taxonomy import (
+from ..taxonomy import (
     CATEGORIES,
     CELL_SOURCES,
     GENERATED_SOURCE,
@@ -27,11 +27,11 @@ from .taxonomy import (
     REAL_SOURCE,
     SHORT_NAMES,
 )
-from .text import printable
+from ..text import printable
 
 if TYPE_CHECKING:
-    from .config import Settings
-    from .results import RunState
+    from ..config import Settings
+    from ..results import RunState
 
 SCHEMA_VERSION = 1
 GATE_OUTCOMES = ("passed", "failed", "skipped", "error")
@@ -334,7 +334,7 @@ def _comparison_lines(comparisons: list[dict[str, Any]], resamples: int | None) 
     """Paired comparisons of the run's classifiers (F1 diff = b - a, McNemar on decisions)."""
     from tabulate import tabulate
 
-    from .stats import format_p
+    from ..stats import format_p
 
     if not comparisons:
         return []

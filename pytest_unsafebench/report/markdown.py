@@ -11,10 +11,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ..taxonomy import CATEGORIES, CELL_SOURCES, OVERALL, POOLED, SHORT_NAMES
+from ..text import printable
 from . import paper
-from .report import alpha_line, attack_units, judge_line
-from .taxonomy import CATEGORIES, CELL_SOURCES, OVERALL, POOLED, SHORT_NAMES
-from .text import printable
+from .document import alpha_line, attack_units, judge_line
 
 MAX_FAILED = 20
 # Punctuation that makes links, code, emphasis or headings, or ends a table cell (|). Not "_":
@@ -37,7 +37,7 @@ def md(value: Any) -> str:
 
 def _p(value: Any) -> str:
     """A p-value as ``p < 0.001`` rather than ``0.000`` (see stats.format_p)."""
-    from .stats import format_p
+    from ..stats import format_p
 
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return _num(value)
