@@ -4,9 +4,9 @@ The fuzzer searches perturbation *parameters*, not raw pixels: each example is o
 correctly classified pool (see :func:`pytest_unsafebench.robustness.accuracy.pool`) and a chain
 of one to three perturbations whose strengths stay inside each perturbation's declared
 perceptual budget (``max_fuzz_severity``). The property is that the decision does not flip: an
-Unsafe image stays flagged and a Safe image stays clean. ``hypothesis.target`` steers the search toward the decision
-boundary (it maximises ``-margin``), and shrinking reports the weakest chain that flips the
-classifier: fewest steps, earliest registry names, lowest severities.
+Unsafe image stays flagged and a Safe image stays clean. ``hypothesis.target`` steers the search
+toward the decision boundary (it maximises ``-margin``), and shrinking reports the weakest chain
+that flips the classifier: fewest steps, earliest registry names, lowest severities.
 
 Profiles
 --------
