@@ -76,7 +76,7 @@ def _build_model(width: int) -> torch.nn.Module:
     )
 
 
-def _normalise(x: torch.Tensor, size: int) -> torch.Tensor:
+def normalise(x: torch.Tensor, size: int) -> torch.Tensor:
     """[0, 1] pixels of any size -> the network's input (differentiable)."""
     import torch
     import torch.nn.functional as F
@@ -89,7 +89,8 @@ def _normalise(x: torch.Tensor, size: int) -> torch.Tensor:
     return (x - mean) / std
 
 
-def _to_tensor(image: Image) -> torch.Tensor:
+def to_tensor(image: Image) -> torch.Tensor:
+    """A PIL image as 3 x H x W float32 RGB pixels in [0, 1] (what :func:`normalise` takes)."""
     import torch
 
     arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
@@ -107,7 +108,7 @@ class DemoClassifier:
     coverage = Coverage.everything()
     supports_gradients = True
     input_size = INPUT_SIZE
-    input_std = _STD  # what _normalise divides by: paper-mode attacks convert eps with it
+    input_std = _STD  # what normalise divides by: paper-mode attacks convert eps with it
 
     def __init__(self, model: torch.nn.Module, weights_path: Path, weights_sha256: str,
                  device: str, seed: int, from_cache: bool, train_seconds: float | None,
@@ -129,7 +130,7 @@ class DemoClassifier:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected an N x 3 x H x W tensor, got shape {tuple(x.shape)}")
         x = x.to(self.device, dtype=next(self.model.parameters()).dtype)
-        return self.model(_normalise(x, self.input_size))
+        return self.model(normalise(x, self.input_size))
 
     def predict(self, images: Sequence[Image]) -> list[Prediction]:
         import torch
@@ -138,7 +139,7 @@ class DemoClassifier:
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
                 chunk = range(start, min(start + self.batch_size, len(images)))
-                tensors = {i: _to_tensor(images[i]) for i in chunk}
+                tensors = {i: to_tensor(images[i]) for i in chunk}
                 # Same-size images share a batch; sizes may differ across a dataset.
                 by_size: dict[tuple[int, ...], list[int]] = {}
                 for i, t in tensors.items():
@@ -169,7 +170,7 @@ def _train(seed: int, config: TrainConfig, cache_dir: Path) -> dict[str, Any]:
     import torch.utils.deterministic as tud
 
     ds = load_dataset("demo", split="train", seed=seed, cache_dir=cache_dir)
-    xs = torch.stack([_to_tensor(r.load_image()) for r in ds.records])
+    xs = torch.stack([to_tensor(r.load_image()) for r in ds.records])
     ys = torch.tensor([int(r.is_unsafe) for r in ds.records], dtype=torch.long)
     # Records come in manifest order; a seeded permutation per epoch fixes the data order.
     rng = np.random.default_rng(np.random.SeedSequence([seed, MODEL_VERSION]))
@@ -220,7 +221,7 @@ def _train(seed: int, config: TrainConfig, cache_dir: Path) -> dict[str, Any]:
                         # Left-right mirroring never changes a demo label.
                         fl = torch.from_numpy(flips)
                         batch[fl] = batch[fl].flip(-1)
-                    batch = _normalise(batch, INPUT_SIZE).contiguous(
+                    batch = normalise(batch, INPUT_SIZE).contiguous(
                         memory_format=torch.channels_last)
                     loss = F.cross_entropy(model(batch), ys[torch.from_numpy(idx)],
                                            weight=class_weight)

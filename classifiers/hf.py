@@ -352,7 +352,7 @@ class HFImageClassifier:
             raise ValueError(f"forward_pixels expects N x 3 x H x W, got {tuple(x.shape)}")
         h, w = int(x.shape[-2]), int(x.shape[-1])
         if getattr(processor, "do_resize", False):
-            oh, ow = _resize_size(processor.size, h, w, self.name)
+            oh, ow = resize_size(processor.size, h, w, self.name)
             if (oh, ow) != (h, w):
                 resample = getattr(processor, "resample", None)
                 mode = _INTERPOLATION.get(2 if resample is None else int(resample), "bilinear")
@@ -364,7 +364,7 @@ class HFImageClassifier:
                     if mode == "bicubic":  # PIL clips bicubic overshoot to the pixel range
                         x = x.clamp(0.0, 1.0)
         if getattr(processor, "do_center_crop", False) and processor.crop_size is not None:
-            x = _center_crop(x, int(processor.crop_size.height), int(processor.crop_size.width))
+            x = center_crop(x, int(processor.crop_size.height), int(processor.crop_size.width))
         x = x * _pixel_scale(processor)
         if getattr(processor, "do_normalize", False):
             mean = torch.tensor(processor.image_mean, dtype=x.dtype, device=x.device)
@@ -434,7 +434,10 @@ def _check_generic(processor: Any, name: str) -> None:
     raise NotImplementedError(f"{name}: forward_pixels does not know {cls.__name__}")
 
 
-def _resize_size(size: Any, h: int, w: int, name: str) -> tuple[int, int]:
+def resize_size(size: Any, h: int, w: int, name: str) -> tuple[int, int]:
+    """The (height, width) an image processor's resize gives an ``h`` x ``w`` image, from its
+    ``size`` (height and width, shortest edge, or both edges); NotImplementedError naming the
+    classifier ``name`` for any other rule."""
     if getattr(size, "height", None) and getattr(size, "width", None):
         return int(size.height), int(size.width)
     shortest = getattr(size, "shortest_edge", None)
@@ -450,7 +453,9 @@ def _resize_size(size: Any, h: int, w: int, name: str) -> tuple[int, int]:
     raise NotImplementedError(f"{name}: forward_pixels does not reproduce resizing to {size}")
 
 
-def _center_crop(x: torch.Tensor, ch: int, cw: int) -> torch.Tensor:
+def center_crop(x: torch.Tensor, ch: int, cw: int) -> torch.Tensor:
+    """The centred ``ch`` x ``cw`` crop of ``... x H x W`` pixels as transformers takes it,
+    zero-padded (centred) first where the image is smaller; differentiable."""
     import math
 
     import torch.nn.functional as F

@@ -6,7 +6,8 @@ head, head k (k >= 1) the unsafe head of ``categories[k - 1]``. Its header carri
 entry, :data:`METADATA_KEY`, a JSON object (a single key keeps the header's bytes deterministic)
 naming the backbone (name, options, fingerprint, embedding size), the categories, each head's
 probability threshold (calibrated on validation data), the seed, the training data (dataset
-fingerprint and split) and :data:`FORMAT_VERSION`.
+fingerprint and split) and :data:`FORMAT_VERSION` (the constants:
+:mod:`pytest_unsafebench.probe_format`, shared with ``unsafebench train``).
 
 The probe is a :class:`~pytest_unsafebench.classifier.HeadClassifier` on the backbone it names,
 so the engine shares (and caches) that backbone's embeddings with every other head on it, and
@@ -42,6 +43,7 @@ import numpy as np
 
 from ..classifier import Backbone, Coverage, Prediction
 from ..errors import ClassifierLoadError
+from ..probe_format import FORMAT, FORMAT_VERSION, METADATA_KEY, OVERALL, REQUIRED_KEYS, TENSORS
 from ..taxonomy import CATEGORIES
 
 if TYPE_CHECKING:
@@ -50,15 +52,8 @@ if TYPE_CHECKING:
 
     from .demo import DemoClassifier
 
-FORMAT = "pytest-unsafebench-probe"
-FORMAT_VERSION = 1
-METADATA_KEY = "unsafebench.probe"
-OVERALL = "unsafe"  # the overall head's label
 # Bump when the inference rule below changes (it enters every probe fingerprint).
 PROBE_VERSION = "probe-v1:standardise/linear/sigmoid(z-logit t)"
-TENSORS = ("weight", "bias", "mean", "scale")
-REQUIRED_KEYS = ("format", "format_version", "backbone", "baseline", "categories", "thresholds",
-                 "seed", "trained_on")
 _EPS = 1e-6
 # Bump when the demo features below change (it enters the demo backbone's fingerprint).
 FEATURES_VERSION = "maxpool1"
@@ -103,15 +98,15 @@ class DemoFeatures:
         """N x 3 x H x W floats in [0, 1] -> (N, D) features, differentiably."""
         import torch
 
-        from .demo import _normalise
+        from .demo import normalise
 
         x = x.to(self.device, dtype=torch.float32)
-        return self.clf.model[:-1](_normalise(x, self.clf.input_size))
+        return self.clf.model[:-1](normalise(x, self.clf.input_size))
 
     def embed(self, images: Sequence[Image]) -> np.ndarray:
         import torch
 
-        from .demo import _to_tensor
+        from .demo import to_tensor
 
         out = np.zeros((len(images), self.dim), dtype=np.float32)
         by_size: dict[tuple[int, int], list[int]] = {}
@@ -119,7 +114,7 @@ class DemoFeatures:
             by_size.setdefault(img.size, []).append(i)
         with torch.inference_mode():
             for idx in by_size.values():
-                batch = torch.stack([_to_tensor(images[i]) for i in idx])
+                batch = torch.stack([to_tensor(images[i]) for i in idx])
                 out[idx] = self.forward_pixels(batch).float().cpu().numpy()
         return out
 

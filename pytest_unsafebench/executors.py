@@ -54,7 +54,7 @@ class ImageRef:
 
 def image_ref(record: Record, demo_plan: dict[str, tuple[int, DemoRow]] | None = None) -> ImageRef:
     """The reference of a record, from how its dataset loader reads it."""
-    from .dataset.parquet import _RowGroupReader
+    from .dataset.parquet import RowGroupReader
 
     reader = record.reader
     owner = getattr(reader, "__self__", None)
@@ -67,7 +67,7 @@ def image_ref(record: Record, demo_plan: dict[str, tuple[int, DemoRow]] | None =
                     seed, row.category, row.source, row.unsafe, row.split, row.index))
         return ImageRef("file", path=str(owner.resolve()))  # workers have their own cwd
     if isinstance(reader, partial) and isinstance(getattr(reader.func, "__self__", None),
-                                                  _RowGroupReader):
+                                                  RowGroupReader):
         lazy = reader.func.__self__
         file_index, group, row = reader.args
         # The reader keeps its files and per-file image columns privately; it is ours.
@@ -107,17 +107,17 @@ class RefReader:
         raise ValueError(f"unknown image reference kind {ref.kind!r}")
 
     def _parquet(self, ref: ImageRef) -> bytes:
-        from .dataset.parquet import _bytes_column, _import_pyarrow
+        from .dataset.parquet import bytes_column, import_pyarrow
 
         key = (ref.path, ref.columns)
         with self._lock:
             cached = self._groups.get(key)
             if cached is None or cached[0] != ref.group:
-                pq = _import_pyarrow()
+                pq = import_pyarrow()
                 with open(ref.path, "rb") as fh:
                     table = pq.ParquetFile(fh).read_row_group(ref.group,
                                                               columns=list(ref.columns))
-                cached = (ref.group, _bytes_column(table))
+                cached = (ref.group, bytes_column(table))
                 self._groups[key] = cached
         data = cached[1][ref.row]
         if data is None:

@@ -22,11 +22,15 @@ if TYPE_CHECKING:  # numpy.typing is only needed by type checkers, not at runtim
 __all__ = [
     "Confusion",
     "accuracy",
+    "as_labels",
+    "as_scores",
     "auroc",
     "average_precision",
     "cell_metrics",
+    "check_same_length",
     "f1",
     "fpr",
+    "grouped_counts",
     "precision",
     "recall",
 ]
@@ -35,7 +39,7 @@ __all__ = [
 # --------------------------------------------------------------------------- validation
 
 
-def _as_labels(values: ArrayLike, name: str) -> np.ndarray:
+def as_labels(values: ArrayLike, name: str) -> np.ndarray:
     """A 1-D boolean array; 0/1 numbers are accepted, anything else is refused.
 
     Refusing e.g. ``2`` or ``0.5`` matters: silently casting them to bool would turn a
@@ -57,7 +61,9 @@ def _as_labels(values: ArrayLike, name: str) -> np.ndarray:
     return arr.astype(bool)
 
 
-def _as_scores(values: ArrayLike, name: str = "scores") -> np.ndarray:
+def as_scores(values: ArrayLike, name: str = "scores") -> np.ndarray:
+    """A 1-D float64 array of finite numbers (booleans and integers accepted); ``name`` is
+    what the error messages call it."""
     arr = np.asarray(values)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got an array of shape {arr.shape}")
@@ -71,7 +77,8 @@ def _as_scores(values: ArrayLike, name: str = "scores") -> np.ndarray:
     return arr
 
 
-def _check_same_length(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
+def check_same_length(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
+    """Refuse two 1-D arrays of different lengths, naming them ``name_a`` and ``name_b``."""
     if a.shape[0] != b.shape[0]:
         raise ValueError(
             f"{name_a} and {name_b} must have the same length, got {a.shape[0]} and {b.shape[0]}"
@@ -79,16 +86,16 @@ def _check_same_length(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -
 
 
 def _labels_and_preds(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    t = _as_labels(y_true, "y_true")
-    p = _as_labels(y_pred, "y_pred")
-    _check_same_length(t, p, "y_true", "y_pred")
+    t = as_labels(y_true, "y_true")
+    p = as_labels(y_pred, "y_pred")
+    check_same_length(t, p, "y_true", "y_pred")
     return t, p
 
 
 def _labels_and_scores(y_true: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    t = _as_labels(y_true, "y_true")
-    s = _as_scores(scores)
-    _check_same_length(t, s, "y_true", "scores")
+    t = as_labels(y_true, "y_true")
+    s = as_scores(scores)
+    check_same_length(t, s, "y_true", "scores")
     return t, s
 
 
@@ -182,7 +189,7 @@ def accuracy(y_true: ArrayLike, y_pred: ArrayLike, *, zero_division: float) -> f
 # --------------------------------------------------------------------------- ranking
 
 
-def _grouped_counts(t: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def grouped_counts(t: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positives and negatives per distinct score, highest score first.
 
     Grouping tied scores is what makes both AUROC and AP match scikit-learn, which only
@@ -207,7 +214,7 @@ def auroc(y_true: ArrayLike, scores: ArrayLike) -> float | None:
     n_neg = t.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return None  # undefined, not 0.5: a cell with one class has no ranking to judge
-    pos, neg = _grouped_counts(t, s)
+    pos, neg = grouped_counts(t, s)
     # Groups run from highest score down, so a group's positives beat every negative in the
     # groups after it, and tie (half a win) with the negatives in their own group.
     neg_below = n_neg - np.cumsum(neg)
@@ -225,7 +232,7 @@ def average_precision(y_true: ArrayLike, scores: ArrayLike) -> float | None:
     n_pos = int(np.count_nonzero(t))
     if n_pos == 0:
         return None
-    pos, neg = _grouped_counts(t, s)
+    pos, neg = grouped_counts(t, s)
     tps = np.cumsum(pos)
     fps = np.cumsum(neg)
     prec = tps / (tps + fps)  # every group is non-empty, so no zero denominator

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .metrics import (
-    _as_labels,
-    _as_scores,
-    _check_same_length,
-    _grouped_counts,
+    as_labels,
+    as_scores,
     auroc,
     average_precision,
+    check_same_length,
+    grouped_counts,
 )
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def _round(x: float | None) -> float | None:
 
 
 def _unit_scores(scores: ArrayLike, name: str = "scores") -> np.ndarray:
-    s = _as_scores(scores, name)
+    s = as_scores(scores, name)
     if s.size and (s.min() < 0.0 or s.max() > 1.0):
         raise ValueError(
             f"{name} must lie in [0, 1] (higher = more unsafe), found values in "
@@ -118,23 +118,23 @@ def _sample(
     metric: str, y_true: ArrayLike, y_pred: ArrayLike | None, scores: ArrayLike | None
 ) -> _Sample:
     _check_metric(metric)
-    t = _as_labels(y_true, "y_true")
+    t = as_labels(y_true, "y_true")
     if metric == "accuracy":
         # y_true is the correctness vector; codes: 0 wrong, 1 correct.
         return _Sample(metric, t.astype(np.int64), 2)
     if metric == "auroc":
         if scores is None:
             raise ValueError("metric 'auroc' needs scores (one per image, higher = more unsafe)")
-        s = _as_scores(scores)
-        _check_same_length(t, s, "y_true", "scores")
+        s = as_scores(scores)
+        check_same_length(t, s, "y_true", "scores")
         # Codes 2 * (rank of the distinct score, ascending) + label.
         _, inverse = np.unique(s, return_inverse=True)
         n_groups = int(inverse.max()) + 1 if s.size else 0
         return _Sample(metric, 2 * inverse.astype(np.int64) + t, 2 * n_groups)
     if y_pred is None:
         raise ValueError(f"metric {metric!r} needs y_pred (the boolean decisions)")
-    p = _as_labels(y_pred, "y_pred")
-    _check_same_length(t, p, "y_true", "y_pred")
+    p = as_labels(y_pred, "y_pred")
+    check_same_length(t, p, "y_true", "y_pred")
     # Codes 0 tn, 1 fp, 2 fn, 3 tp.
     return _Sample(metric, 2 * t.astype(np.int64) + p, 4)
 
@@ -317,14 +317,14 @@ def paired_bootstrap(
     """
     _check_bootstrap_options(n_resamples, confidence)
     _check_metric(metric)
-    t = _as_labels(y_true, "y_true")
+    t = as_labels(y_true, "y_true")
     sides: list[_Sample] = []
     for name, y_pred, scores in (("a", y_pred_a, scores_a), ("b", y_pred_b, scores_b)):
         if metric == "accuracy":
             if y_pred is None:
                 raise ValueError(f"metric 'accuracy' needs y_pred_{name}")
-            p = _as_labels(y_pred, f"y_pred_{name}")
-            _check_same_length(t, p, "y_true", f"y_pred_{name}")
+            p = as_labels(y_pred, f"y_pred_{name}")
+            check_same_length(t, p, "y_true", f"y_pred_{name}")
             sides.append(_sample(metric, t == p, None, None))
         else:
             sides.append(_sample(metric, t, y_pred, scores))
@@ -430,9 +430,9 @@ def mcnemar_exact(correct_a: ArrayLike, correct_b: ArrayLike) -> McNemarResult:
 
     p = min(1, 2 * P(X <= min(b, c))) with X ~ Binomial(b + c, 1/2); 1.0 when b + c = 0.
     """
-    ca = _as_labels(correct_a, "correct_a")
-    cb = _as_labels(correct_b, "correct_b")
-    _check_same_length(ca, cb, "correct_a", "correct_b")
+    ca = as_labels(correct_a, "correct_a")
+    cb = as_labels(correct_b, "correct_b")
+    check_same_length(ca, cb, "correct_a", "correct_b")
     b = int(np.count_nonzero(ca & ~cb))
     c = int(np.count_nonzero(~ca & cb))
     statistic = min(b, c)
@@ -450,7 +450,7 @@ def has_graded_scores(scores: ArrayLike | None) -> bool:
     """
     if scores is None:
         return False
-    return np.unique(_as_scores(scores)).size >= 3
+    return np.unique(as_scores(scores)).size >= 3
 
 
 def _thin(n_points: int, max_points: int) -> np.ndarray:
@@ -466,7 +466,7 @@ def _thin(n_points: int, max_points: int) -> np.ndarray:
 
 def _sweep(t: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct thresholds (descending) and the tp/fp counts of ``score >= threshold``."""
-    pos, neg = _grouped_counts(t, s)
+    pos, neg = grouped_counts(t, s)
     return np.unique(s)[::-1], np.cumsum(pos), np.cumsum(neg)
 
 
@@ -486,8 +486,8 @@ def roc_points(y_true: ArrayLike, scores: ArrayLike, *, max_points: int = 200) -
     JSON cannot hold). ``auroc`` comes from the full data, so thinning never changes it.
     Empty lists and ``auroc`` None when a class is missing.
     """
-    t, s = _as_labels(y_true, "y_true"), _as_scores(scores)
-    _check_same_length(t, s, "y_true", "scores")
+    t, s = as_labels(y_true, "y_true"), as_scores(scores)
+    check_same_length(t, s, "y_true", "scores")
     if not _both_classes(t):
         _thin(0, max_points)  # still validate the option
         return {"fpr": [], "tpr": [], "thresholds": [], "auroc": None}
@@ -516,8 +516,8 @@ def pr_points(y_true: ArrayLike, scores: ArrayLike, *, max_points: int = 200) ->
     ``None`` so the three lists stay aligned. ``average_precision`` comes from the full data.
     Empty lists and None when a class is missing.
     """
-    t, s = _as_labels(y_true, "y_true"), _as_scores(scores)
-    _check_same_length(t, s, "y_true", "scores")
+    t, s = as_labels(y_true, "y_true"), as_scores(scores)
+    check_same_length(t, s, "y_true", "scores")
     if not _both_classes(t):
         _thin(0, max_points)
         return {"recall": [], "precision": [], "thresholds": [], "average_precision": None}
@@ -547,8 +547,8 @@ def calibration(y_true: ArrayLike, scores: ArrayLike, *, n_bins: int = 10) -> di
     """
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
-    t, s = _as_labels(y_true, "y_true"), _unit_scores(scores)
-    _check_same_length(t, s, "y_true", "scores")
+    t, s = as_labels(y_true, "y_true"), _unit_scores(scores)
+    check_same_length(t, s, "y_true", "scores")
     # i / n_bins is the float nearest each edge (linspace gives 0.30000000000000004 for
     # 3/10); searchsorted against these very edges puts a score equal to an edge in the bin
     # that edge opens, where floor(s * n_bins) can round the other way.
@@ -633,8 +633,8 @@ def operating_points(
     for name, value in (("fpr_max", fpr_max), ("recall_min", recall_min)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-    t, s = _as_labels(y_true, "y_true"), _as_scores(scores)
-    _check_same_length(t, s, "y_true", "scores")
+    t, s = as_labels(y_true, "y_true"), as_scores(scores)
+    check_same_length(t, s, "y_true", "scores")
     if not _both_classes(t):
         return {
             "max_f1": dict(_NO_POINT),

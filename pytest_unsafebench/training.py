@@ -282,15 +282,9 @@ def train_probe(dataset: str, backbone: str, out: str | Path, *,
     (the run's ``[tool.unsafebench] alpha`` rule), recorded in the file's ``trained_on``."""
     import numpy as np
 
-    from .classifiers.probe import (
-        FORMAT,
-        FORMAT_VERSION,
-        METADATA_KEY,
-        OVERALL,
-        BackboneSpec,
-        resolve_backbone,
-    )
+    from .classifiers.probe import BackboneSpec, resolve_backbone
     from .dataset import default_cache_dir, load_dataset
+    from .probe_format import FORMAT, FORMAT_VERSION, METADATA_KEY, OVERALL
     from .taxonomy import CATEGORIES
 
     config.check()

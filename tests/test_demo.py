@@ -284,7 +284,7 @@ def test_input_std_is_what_forward_pixels_divides_by(demo_clf_module: Any) -> No
     assert isinstance(std, tuple) and len(std) == 3 and std == demo_clf_module._STD
     size = demo_clf_module.INPUT_SIZE
     x = torch.full((1, 3, size, size), 0.4)
-    delta = demo_clf_module._normalise(x + 0.1, size) - demo_clf_module._normalise(x, size)
+    delta = demo_clf_module.normalise(x + 0.1, size) - demo_clf_module.normalise(x, size)
     want = (0.1 / torch.tensor(std)).view(1, 3, 1, 1).expand_as(delta)
     torch.testing.assert_close(delta, want, rtol=1e-5, atol=1e-5)
 

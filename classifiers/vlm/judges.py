@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ClassifierLoadError
-from ..hf import _center_crop, _resize_size, channel_std, resolve_model_folder
+from ..hf import center_crop, channel_std, resize_size, resolve_model_folder
 from .base import Job, JudgeOptions, VLMJudge
 from .prompts import PROMPT_0
 from .responses import Answer
@@ -302,13 +302,13 @@ def torch_pixels(x: torch.Tensor, ip: Any, name: str,
         x = F.pad(x - fill, (left, side - w - left, top, side - h - top)) + fill
         h = w = side
     if getattr(ip, "do_resize", True):
-        oh, ow = _resize_size(ip.size, h, w, name)
+        oh, ow = resize_size(ip.size, h, w, name)
         if (oh, ow) != (h, w):
             x = F.interpolate(x, size=(oh, ow), mode="bicubic", align_corners=False,
                               antialias=True).clamp(0.0, 1.0)
     crop = getattr(ip, "crop_size", None)
     if getattr(ip, "do_center_crop", False) and crop is not None:
-        x = _center_crop(x, int(crop.height), int(crop.width))
+        x = center_crop(x, int(crop.height), int(crop.width))
     if getattr(ip, "do_normalize", True):
         mean = torch.tensor(ip.image_mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(ip.image_std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)

@@ -115,7 +115,8 @@ def build_records(pending: Sequence[PendingRow]) -> list[Record]:
 # ---- parquet -----------------------------------------------------------------------------
 
 
-def _import_pyarrow() -> Any:
+def import_pyarrow() -> Any:
+    """``pyarrow.parquet``, or a DatasetError saying how to install it."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -146,7 +147,7 @@ def _split_of(file: Path) -> str | None:
     return file.parent.name if file.parent.name in SPLITS else None
 
 
-def _bytes_column(table: Any) -> list[bytes | None]:
+def bytes_column(table: Any) -> list[bytes | None]:
     """The image bytes of a table read with ``image`` or ``image.bytes``, nulls kept."""
     import pyarrow as pa
 
@@ -181,7 +182,7 @@ def _hf_features(schema: Any) -> dict[str, Any]:
     return features if isinstance(features, dict) else {}
 
 
-class _RowGroupReader:
+class RowGroupReader:
     """Lazy, thread-safe access to image bytes by (file, row group, row), caching recent groups.
 
     The engine reads records in order, so nearly every read hits the cached group.
@@ -204,11 +205,11 @@ class _RowGroupReader:
         with self._lock:
             values = self._cache.get(key)
             if values is None:
-                pq = _import_pyarrow()
+                pq = import_pyarrow()
                 with self._files[file_index].open("rb") as fh:
                     table = pq.ParquetFile(fh).read_row_group(
                         group, columns=self._columns[file_index])
-                values = _bytes_column(table)
+                values = bytes_column(table)
                 self._cache[key] = values
                 while len(self._cache) > _CACHED_GROUPS:
                     self._cache.popitem(last=False)
@@ -229,7 +230,7 @@ def load_parquet(path: Path, spec: str) -> Dataset:
     which also fixes the suffixes of duplicate images' ids. Locators read
     ``train-00000-of-00002.parquet:row 17`` (path relative to the folder, rows from 0).
     """
-    pq = _import_pyarrow()
+    pq = import_pyarrow()
     import pyarrow as pa
 
     path = Path(path)
@@ -239,7 +240,7 @@ def load_parquet(path: Path, spec: str) -> Dataset:
     columns: list[list[str]] = []
     synthetic: list[str] = []  # notes of files that declare themselves synthetic (standin.py)
     split_rows: dict[str, int] = {}  # rows seen so far per split
-    lazy = _RowGroupReader(files, columns)  # ``columns`` is filled in below, file by file
+    lazy = RowGroupReader(files, columns)  # ``columns`` is filled in below, file by file
     for file_index, file in enumerate(files):
         name = file.relative_to(root).as_posix()
         try:
@@ -271,7 +272,7 @@ def load_parquet(path: Path, spec: str) -> Dataset:
                 index = 0
                 for group in range(parquet.metadata.num_row_groups):
                     table = parquet.read_row_group(group, columns=[*meta, *image_columns])
-                    images = _bytes_column(table)
+                    images = bytes_column(table)
                     rows = table.select(meta).to_pylist()
                     del table
                     for row_in_group, (row, data) in enumerate(zip(rows, images)):
