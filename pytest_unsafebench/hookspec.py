@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import pytest
@@ -36,7 +36,7 @@ def pytest_unsafebench_report(document: dict[str, Any]) -> None:
 
 
 def hook_classifiers(config: pytest.Config, taken: Mapping[str, str],
-                     prefixes: Mapping[str, str]) -> dict[str, Callable[..., Any] | str]:
+                     prefixes: Collection[str]) -> dict[str, Callable[..., Any] | str]:
     """Every name the ``pytest_unsafebench_classifiers`` implementations register, checked:
     ``taken`` (built-in and entry-point names) and ``prefixes`` (``hf:``, ``probe:``) may not
     be shadowed, nor may two implementations register the same name."""

@@ -1,4 +1,5 @@
-"""Classifier names: built-ins, the ``pytest_unsafebench.classifiers`` entry-point group, the
+"""The :class:`Registry` type (names -> objects, imported on first use) and the classifier
+names: built-ins, the ``pytest_unsafebench.classifiers`` entry-point group, the
 ``pytest_unsafebench_classifiers`` hook, and ``module:callable`` specs. Lookups import nothing
 until a classifier is actually loaded.
 """
@@ -13,20 +14,88 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from functools import partial
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .classifier import Classifier, Coverage
 from .errors import ClassifierLoadError
+
+T = TypeVar("T")
+
+
+def load_target(target: str) -> Any:
+    """The object that a ``"module:attr"`` string names (``attr`` may be dotted), importing
+    ``module``; AttributeError when the module has no such attribute."""
+    module_name, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise AttributeError(f"{module_name!r} has no {attr!r}")
+    return obj
+
+
+class Registry(MutableMapping[str, T]):
+    """Names -> objects, in registration order (the order names are listed, parametrized and
+    shrunk in). An entry registered as a ``"module:attr"`` string stays a string until it is
+    looked up, so listing and checking names imports nothing; :meth:`target` names an entry's
+    code without importing it."""
+
+    def __init__(self, entries: Mapping[str, T | str] | None = None) -> None:
+        self._entries: dict[str, T | str] = dict(entries or {})
+
+    def register(self, name: str, entry: T | str) -> None:
+        """Add or replace ``name``: the object itself, or the ``"module:attr"`` it lives at."""
+        self._entries[name] = entry
+
+    __setitem__ = register
+
+    def __getitem__(self, name: str) -> T:
+        entry = self._entries[name]
+        return load_target(entry) if isinstance(entry, str) else entry
+
+    def __delitem__(self, name: str) -> None:
+        del self._entries[name]
+
+    def clear(self) -> None:  # MutableMapping's would look every entry up, importing it
+        self._entries.clear()
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._entries  # a TOML list may hold a list
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.targets()!r})"
+
+    def is_lazy(self, name: str) -> bool:
+        """Whether ``name`` was registered as a ``"module:attr"`` string."""
+        return isinstance(self._entries[name], str)
+
+    def target(self, name: str) -> str:
+        """``"module:attr"`` of ``name``'s code, without importing it."""
+        entry = self._entries[name]
+        if isinstance(entry, str):
+            return entry
+        return f"{getattr(entry, '__module__', '?')}:{getattr(entry, '__qualname__', repr(entry))}"
+
+    def targets(self) -> dict[str, str]:
+        """Every name and its :meth:`target`, in registry order."""
+        return {name: self.target(name) for name in self._entries}
+
 
 ENTRY_POINT_GROUP = "pytest_unsafebench.classifiers"
 
 # name -> "module:factory". A factory takes keyword options and returns a Classifier; it
 # should be cheap (adapters load weights on first predict), so a warm-cache run stays fast.
-BUILTIN: dict[str, str] = {
+BUILTIN: Registry[Callable[..., Classifier]] = Registry({
     "demo": "pytest_unsafebench.classifiers.demo:load",
     "q16": "pytest_unsafebench.classifiers.clip_heads:load_q16",
     "multiheaded": "pytest_unsafebench.classifiers.clip_heads:load_multiheaded",
@@ -43,12 +112,12 @@ BUILTIN: dict[str, str] = {
     "openai": "pytest_unsafebench.classifiers.vlm.api:load_openai",
     "openai-moderation": "pytest_unsafebench.classifiers.vlm.api:load_moderation",
     "pv-llava": "pytest_unsafebench.classifiers.pv_llava:load",
-}
+})
 # "prefix:rest" names: the factory is called with the rest as its first argument.
-PREFIXES: dict[str, str] = {
+PREFIXES: Registry[Callable[..., Classifier]] = Registry({
     "hf": "pytest_unsafebench.classifiers.hf:load",
     "probe": "pytest_unsafebench.classifiers.probe:load",
-}
+})
 
 # Context the plugin offers every factory; passed only to factories that accept the keyword.
 # unsure, unsure_seed (the run's seed) and import_responses are the run's VLM-judge settings;
@@ -61,19 +130,20 @@ CONTEXT_KEYS = ("device", "cache_dir", "batch_size", "unsure", "unsure_seed", "i
 # name -> factory that pytest_unsafebench_classifiers implementations (the user's conftest.py,
 # or a plugin) register for the current pytest run: set at configure, cleared when it ends.
 # Like entry points they are the user's own code, so a name read from a file may pick them.
-_HOOKED: dict[str, Callable[..., Classifier] | str] = {}
+_HOOKED: Registry[Callable[..., Classifier]] = Registry()
 
 
 def installed() -> dict[str, str]:
     """The built-in names and installed packages' entry points, and their targets."""
     found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    return found | BUILTIN
+    return found | BUILTIN.targets()
 
 
 def set_hook_classifiers(found: Mapping[str, Callable[..., Classifier] | str]) -> None:
     """Register the hook's classifiers for this run (already checked: see hookspec.py)."""
     _HOOKED.clear()
-    _HOOKED.update(found)
+    for name, factory in found.items():
+        _HOOKED.register(name, factory)
 
 
 def hooked_names() -> set[str]:
@@ -82,10 +152,7 @@ def hooked_names() -> set[str]:
 
 def available() -> dict[str, str]:
     """Every registered name and its target, without importing any of them."""
-    hooked = {name: f if isinstance(f, str) else
-              f"{getattr(f, '__module__', '?')}:{getattr(f, '__qualname__', repr(f))}"
-              for name, f in _HOOKED.items()}
-    return dict(sorted((installed() | hooked).items()))
+    return dict(sorted((installed() | _HOOKED.targets()).items()))
 
 
 def check_name(name: str) -> None:
@@ -124,10 +191,9 @@ def add_import_folders(folders: Iterable[Path]) -> None:
 def resolve_factory(name: str) -> Callable[..., Classifier]:
     prefix, _, rest = name.partition(":")
     if prefix in PREFIXES and rest:
-        return partial(_import_target(name, PREFIXES[prefix]), rest)
-    hooked = _HOOKED.get(name)
-    if hooked is not None and not isinstance(hooked, str):
-        return hooked
+        return partial(_import_target(name, PREFIXES.target(prefix)), rest)
+    if name in _HOOKED and not _HOOKED.is_lazy(name):
+        return _HOOKED[name]
     return _import_target(name, available().get(name, name))
 
 

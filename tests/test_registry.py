@@ -116,7 +116,7 @@ def test_available_lists_demo_without_importing(monkeypatch: pytest.MonkeyPatch)
     for mod in [m for m in sys.modules if m.startswith("pytest_unsafebench.classifiers")]:
         monkeypatch.delitem(sys.modules, mod)
     names = available()
-    assert names["demo"] == BUILTIN["demo"]
+    assert names["demo"] == BUILTIN.target("demo")
     assert list(names) == sorted(names)
     check_name("demo")
     assert not [m for m in sys.modules if m.startswith("pytest_unsafebench.classifiers.")]
