@@ -38,8 +38,9 @@ CLEAN = "clean"
 # Decoded pixels held at once: the batch the models are on plus the one decoding ahead; each
 # half fits one image of the default pixel limit, and batches of usual images are unaffected.
 DECODE_BUDGET_PIXELS = 2 * DEFAULT_MAX_PIXELS
-# Read failures about the path, not the content its hash names: never cached.
-_FILE_KINDS = frozenset({"missing-file", "not-a-regular-file"})
+# Read failures about the path, not the content its hash names: never cached (by the local
+# pass, nor by the Ray executor's driver).
+FILE_KINDS = frozenset({"missing-file", "not-a-regular-file"})
 Progress = Callable[[int, int], None]
 Transform = Callable[["Image", str], "Image"]
 T = TypeVar("T")
@@ -132,17 +133,17 @@ def run_pass(
             if h not in statuses or any(h in m for m in missing.values())]
     result = PassResult(outcomes, [], bad)
     decode_status: dict[str, tuple[str | None, str | None]] = dict(statuses)
-    embeddings = _SharedEmbeddings(cache, condition)
+    embeddings = SharedEmbeddings(cache, condition)
     done = 0
     # Decoded under the cache's alpha rule, which keys what the cache returns and keeps.
-    for batch, decoded, seconds in _decoded_batches(todo, batch_size, pixel_limit, workers,
-                                                    alpha=cache.alpha):
+    for batch, decoded, seconds in decoded_batches(todo, batch_size, pixel_limit, workers,
+                                                   alpha=cache.alpha):
         result.decode_seconds += seconds
         result.decoded += len(batch)
         # A file that could not be read says nothing about the content its hash names:
         # keep that out of the cache, or the image would stay excluded once it is back.
         fresh = [(r.content_hash, kind, detail) for r, (_, kind, detail) in zip(batch, decoded)
-                 if r.content_hash not in statuses and kind not in _FILE_KINDS]
+                 if r.content_hash not in statuses and kind not in FILE_KINDS]
         if fresh:
             cache.put_decodes(fresh, pixel_limit)
         for r, (_, kind, detail) in zip(batch, decoded):
@@ -160,7 +161,7 @@ def run_pass(
             wanted = [(r, img) for r, (img, kind, _) in zip(batch, decoded)
                       if img is not None and r.content_hash in missing[name]]
             if wanted:
-                _predict_batch(clf, wanted, outcome, cache, condition, embeddings, timeout)
+                predict_batch(clf, wanted, outcome, cache, condition, embeddings, timeout)
         embeddings.next_batch()
         done += len(batch)
         if progress:
@@ -181,7 +182,7 @@ def run_pass(
     return result
 
 
-class _SharedEmbeddings:
+class SharedEmbeddings:
     """Backbone embeddings for the current batch, shared by every head on that backbone and
     cached like predictions, so N heads cost one backbone pass (or none, when cached)."""
 
@@ -220,7 +221,7 @@ class _SharedEmbeddings:
 
 
 def _infer(clf: Classifier, wanted: list[tuple[Record, Image]],
-           embeddings: _SharedEmbeddings, guard: Guard) -> list[Prediction]:
+           embeddings: SharedEmbeddings, guard: Guard) -> list[Prediction]:
     if isinstance(clf, HeadClassifier):
         vectors = embeddings.get(clf.backbone, [r.content_hash for r, _ in wanted],
                                  [img for _, img in wanted], guard)
@@ -231,9 +232,12 @@ def _infer(clf: Classifier, wanted: list[tuple[Record, Image]],
     return guard(lambda: list(clf.predict([img for _, img in wanted])))
 
 
-def _predict_batch(clf: Classifier, wanted: list[tuple[Record, Image]],
-                   outcome: ClassifierOutcome, cache: PredictionCache, condition: str,
-                   embeddings: _SharedEmbeddings, timeout: float | None = None) -> None:
+def predict_batch(clf: Classifier, wanted: list[tuple[Record, Image]],
+                  outcome: ClassifierOutcome, cache: PredictionCache, condition: str,
+                  embeddings: SharedEmbeddings, timeout: float | None = None) -> None:
+    """Classify one batch's decoded images and write the predictions to ``cache`` (the
+    SQLite cache, or a Ray actor's collector); a classifier's failure becomes
+    ``outcome.error`` instead of an exception. Shared by the local pass and the Ray actors."""
     started = time.perf_counter()
     # Views of its own for each classifier: what one does to its images (thumbnail, drawing)
     # never reaches the next classifier, nor, through its predictions, the cache.
@@ -338,10 +342,10 @@ def _plans(pool: ThreadPoolExecutor, todo: Sequence[Record], batch_size: int, pi
         yield plan
 
 
-def _decoded_batches(todo: Sequence[Record], batch_size: int, max_pixels: int, workers: int,
-                     budget: int | None = None, breaks: frozenset[int] = frozenset(),
-                     alpha: str = DEFAULT_ALPHA,
-                     ) -> Iterator[tuple[Sequence[Record], list[Decoded], float]]:
+def decoded_batches(todo: Sequence[Record], batch_size: int, max_pixels: int, workers: int,
+                    budget: int | None = None, breaks: frozenset[int] = frozenset(),
+                    alpha: str = DEFAULT_ALPHA,
+                    ) -> Iterator[tuple[Sequence[Record], list[Decoded], float]]:
     """Yield decoded batches in record order while the next batch decodes in the background.
 
     Memory: a batch holds at most half of ``budget`` decoded pixels (default

@@ -214,10 +214,10 @@ def _store(result: BatchResult, cache: PredictionCache, condition: str, pixel_li
     """Write one batch's results, as the local pass would have written them; returns the
     number of predictions written per classifier fingerprint."""
     # As locally: a file that could not be read says nothing about the content its hash names.
-    from .engine import _FILE_KINDS
+    from .engine import FILE_KINDS
 
     fresh = [(h, kind, detail) for h, kind, detail in result.decodes
-             if h not in statuses and kind not in _FILE_KINDS]
+             if h not in statuses and kind not in FILE_KINDS]
     if fresh:
         cache.put_decodes(fresh, pixel_limit)
     for backbone, vectors in result.embeddings:
@@ -265,9 +265,9 @@ class _Predictor:
                  transform: Transform | None, max_pixels: int, device: str,
                  gpus: float, timeout: float | None = None, alpha: str = DEFAULT_ALPHA) -> None:
         from .classifier import ClassifierInfo
+        from .device import resolve_device
         from .engine import ClassifierFault, ClassifierOutcome, Guard
         from .registry import load_classifier
-        from .session import _resolve_device
 
         self.condition = condition
         self.transform = transform
@@ -276,7 +276,7 @@ class _Predictor:
         self.timeout = timeout  # per batch, as locally: a hang must not stall the whole pass
         self.refs = RefReader()
         # On a GPU node each actor owns its GPU(s); elsewhere Ray hides the GPUs from it.
-        device = _resolve_device(device) if device != "auto" or gpus else "cpu"
+        device = resolve_device(device) if device != "auto" or gpus else "cpu"
         self.models: dict[str, tuple[Classifier, Any]] = {}
         self.errors: dict[str, str] = {}
         for spec in specs:
@@ -300,7 +300,7 @@ class _Predictor:
         the background, within the decoded-pixel budget, a batch shrinking to fit it), so a
         work batch may be classified in parts; one result per work batch."""
         from .dataset.records import Record
-        from .engine import _decoded_batches
+        from .engine import decoded_batches
 
         works: list[list[WorkItem]] = [pickle.loads(w) for w in batch["work"]]
         items = [it for work in works for it in work]
@@ -311,9 +311,9 @@ class _Predictor:
         starts = frozenset(i for i in range(1, len(items)) if owner[i] != owner[i - 1])
         parts: list[list[BatchResult]] = [[] for _ in works]
         done = 0
-        for plan, decoded, _ in _decoded_batches(records, max(map(len, works), default=1),
-                                                 self.max_pixels, 4, breaks=starts,
-                                                 alpha=self.alpha):
+        for plan, decoded, _ in decoded_batches(records, max(map(len, works), default=1),
+                                                self.max_pixels, 4, breaks=starts,
+                                                alpha=self.alpha):
             end = done + len(plan)
             parts[owner[done]].append(self._classify(items[done:end], list(plan), decoded))
             done = end
@@ -322,7 +322,7 @@ class _Predictor:
     def _classify(self, items: list[WorkItem], records: list[Record],
                   decoded: list[tuple[Any, str | None, str | None]]) -> BatchResult:
         from .dataset.images import readonly_view
-        from .engine import _predict_batch, _SharedEmbeddings
+        from .engine import SharedEmbeddings, predict_batch
 
         result = BatchResult([(r.content_hash, kind, detail)
                               for r, (_, kind, detail) in zip(records, decoded)])
@@ -331,15 +331,15 @@ class _Predictor:
                            else None, k, d)
                           for r, (img, k, d) in zip(records, decoded)]
         sink = _Collector()
-        embeddings = _SharedEmbeddings(sink, self.condition)  # type: ignore[arg-type]
+        embeddings = SharedEmbeddings(sink, self.condition)  # type: ignore[arg-type]
         for fingerprint, (clf, outcome) in self.models.items():
             if outcome.error:
                 continue  # as locally: a classifier that failed is not asked again
             wanted = [(r, img) for r, it, (img, _, _) in zip(records, items, decoded)
                       if img is not None and fingerprint in it.fingerprints]
             if wanted:
-                _predict_batch(clf, wanted, outcome, sink,  # type: ignore[arg-type]
-                               self.condition, embeddings, self.timeout)
+                predict_batch(clf, wanted, outcome, sink,  # type: ignore[arg-type]
+                              self.condition, embeddings, self.timeout)
         result.predictions = sink.predictions
         result.embeddings = sink.embeddings
         result.errors = {**self.errors, **{fp: o.error for fp, (_, o) in self.models.items()

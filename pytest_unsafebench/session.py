@@ -26,6 +26,7 @@ import pytest
 
 from . import progress
 from .config import Settings
+from .device import resolve_device
 from .errors import UnsafeBenchError, write_failure
 from .results import ClassifierState, PredictionTable, RunState
 from .text import printable
@@ -134,11 +135,14 @@ class UnsafeBenchSession:
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        """test_gap_ra needs robustness results: without that suite it is left out, rather
-        than skipped as a placeholder in every default run."""
+        """A gap test over robustness conditions (test_gap_ra) needs robustness results:
+        without that suite it is left out, rather than skipped as a placeholder in every
+        default run."""
+        from .marker import gap_over_conditions
+
         s = self.settings
         if "gap" in s.suites and "robustness" not in s.suites:
-            items[:] = [i for i in items if getattr(i, "originalname", None) != "test_gap_ra"]
+            items[:] = [i for i in items if not gap_over_conditions(i)]
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> None:
@@ -193,7 +197,7 @@ class UnsafeBenchSession:
         # Kept for the report's thumbnails and for robustness in this process: loading again
         # would re-read and re-hash every image file.
         self._records = {r.id: r for r in dataset.records}
-        self.device = _resolve_device(s.device)
+        self.device = resolve_device(s.device)
         self._refuse_training_data()
         cache = self._open_cache()
         try:
@@ -918,20 +922,3 @@ def _placeholder_row(item: pytest.Item, marker: dict[str, Any]) -> dict[str, Any
             "category": category, "source": source, "condition": condition, "value": None,
             "threshold": None, "outcome": None, "n": None}
 
-
-def _resolve_device(device: str) -> str:
-    """``auto``: CUDA when torch sees a GPU. On a machine without an NVIDIA driver this answers
-    "cpu" without importing torch (a second of start-up that ONNX classifiers never need)."""
-    if device != "auto":
-        return device
-    if "torch" not in sys.modules:
-        import importlib.util
-        import shutil
-
-        no_driver = (not Path("/proc/driver/nvidia/version").exists()
-                     and not shutil.which("nvidia-smi"))
-        if no_driver or importlib.util.find_spec("torch") is None:
-            return "cpu"
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

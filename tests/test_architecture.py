@@ -30,17 +30,10 @@ KNOWN_CYCLE_EDGES: set[tuple[str, str]] = {
     ("robustness.fuzzing", "session"),  # to remove: issue 15
     ("plugin", "robustness.fuzzing"),  # to remove: issue 15
     ("plugin", "session"),  # to remove: issue 15
-    ("ray_executor", "session"),  # to remove: issue 15
     ("session", "plugin"),  # to remove: issue 15
-    ("session", "ray_executor"),  # to remove: issue 15
 }
 # (importer, imported module, private name) taken today.
 KNOWN_PRIVATE_IMPORTS: set[tuple[str, str, str]] = {
-    ("ray_executor", "engine", "_FILE_KINDS"),  # to remove: issue 15
-    ("ray_executor", "engine", "_SharedEmbeddings"),  # to remove: issue 15
-    ("ray_executor", "engine", "_decoded_batches"),  # to remove: issue 15
-    ("ray_executor", "engine", "_predict_batch"),  # to remove: issue 15
-    ("ray_executor", "session", "_resolve_device"),  # to remove: issue 15
     ("session", "report.paper", "_is_real"),  # to remove: issue 15
 }
 

@@ -355,8 +355,8 @@ def test_batches_shrink_to_the_pixel_budget(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(engine, "_finish", logged)
     batches = []
-    for batch, decoded, _ in engine._decoded_batches(records, batch_size=4, max_pixels=0,
-                                                     workers=4, budget=500):
+    for batch, decoded, _ in engine.decoded_batches(records, batch_size=4, max_pixels=0,
+                                                    workers=4, budget=500):
         with lock:
             events.append(("yield", ",".join(r.id for r in batch)))
         batches.append([r.id for r in batch])
@@ -375,7 +375,7 @@ def test_batches_shrink_to_the_pixel_budget(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_images_of_a_batch_are_closed_when_the_next_is_asked_for() -> None:
     records = [_sized(f"s{i}", (10, 10)) for i in range(4)]
-    batches = engine._decoded_batches(records, batch_size=2, max_pixels=0, workers=2)
+    batches = engine.decoded_batches(records, batch_size=2, max_pixels=0, workers=2)
     _, first, _ = next(batches)
     kept = first[0][0]
     assert kept.getpixel((0, 0)) is not None
