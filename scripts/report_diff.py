@@ -41,7 +41,7 @@ STEP_LINE = re.compile(r"^unsafebench: .* in \d+(?:\.\d+)? s\b.*\n", re.M)
 PROGRESS = re.compile(r"\s*\[\s*\d+%\]$")  # "test_gap.py ....   [100%]"
 DOTS = re.compile(r"^[.sFExX]+$")  # the rest of a progress line after an interruption
 FILE_DOTS = re.compile(r"^\S+\.py ?[.sFExX]*$")  # the start of one
-DURATION = re.compile(r"\bin \d+(?:\.\d+)?s\b")  # pytest's "in 27.13s"
+DURATION = re.compile(r"\bin \d+(?:\.\d+)?s\b(?: \(\d+:\d\d:\d\d\))?")  # "in 65.12s (0:01:05)"
 PADDED = re.compile(r"^([=_-])\1+ (.*) \1+$")
 HTML_TIMING = re.compile(r"(<td>(?:\w+_seconds|finished_at)</td><td>)[^<]*")
 
