@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .marker import HELP
+from .parametrize import REPLAY_CASES_KEY, parametrize
+
 if TYPE_CHECKING:
     from .cells import Cell
     from .classifier import Classifier
@@ -17,7 +20,7 @@ if TYPE_CHECKING:
     from .session import UnsafeBenchSession
 
 MARKERS = (
-    "unsafebench(suite=None, metric=None): a pytest-unsafebench benchmark test",
+    HELP,
     "effectiveness: per-category F1 and false-positive-rate tests (pytest-unsafebench)",
     "integrity: the dataset's data-integrity test (pytest-unsafebench)",
     "robustness: robust accuracy under corruptions, evasion edits and attacks (pytest-unsafebench)",
@@ -131,10 +134,6 @@ def _cli_values(config: pytest.Config) -> dict[str, Any]:
     return {k: config.getoption(f"unsafebench_{k}") for k in keys}
 
 
-# The pinned fuzz cases of --unsafebench-fuzz-replay, checked at configure time.
-REPLAY_CASES_KEY = pytest.StashKey[list]()
-
-
 # tryfirst: the fuzz profiles must exist before hypothesis' own pytest_configure loads
 # --hypothesis-profile.
 @pytest.hookimpl(tryfirst=True)
@@ -226,37 +225,8 @@ def _session(config: pytest.Config) -> UnsafeBenchSession:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize suite tests over classifier x category x source (ids like demo-Hate-Lexica)."""
-    wants_cell = "unsafebench_cell" in metafunc.fixturenames
-    wants_clf = "unsafebench_classifier" in metafunc.fixturenames
-    wants_robust = "unsafebench_robustness" in metafunc.fixturenames
-    if "unsafebench_fuzz" in metafunc.fixturenames:
-        _parametrize_fuzz(metafunc)
-        return
-    if "unsafebench_gap" in metafunc.fixturenames:
-        _parametrize_gap(metafunc)
-        return
-    if wants_robust:
-        _parametrize_robustness(metafunc)
-        return
-    if not (wants_cell or wants_clf):
-        return
-    from .session import SESSION_KEY
-    from .taxonomy import OVERALL, POOLED
-
-    session = metafunc.config.stash.get(SESSION_KEY, None)
-    s = session.settings if session else None
-    classifiers = list(s.classifiers) if s else []
-    if wants_cell:
-        # F1 also gets the Overall cell (all covered categories pooled), the paper's column.
-        marker = metafunc.definition.get_closest_marker("unsafebench")
-        overall = [OVERALL] if marker is not None and marker.kwargs.get("metric") == "f1" else []
-        cells = [(k, c, src) for k in classifiers for c in (*s.categories, *overall)
-                 for src in (*s.sources, POOLED)] if s else []
-        metafunc.parametrize("unsafebench_cell", cells, indirect=True,
-                             ids=["-".join(cell) for cell in cells])
-    elif wants_clf:
-        metafunc.parametrize("unsafebench_classifier", classifiers, indirect=True, ids=classifiers)
+    """Parametrize benchmark tests from their unsafebench marker (ids like demo-Hate-Lexica)."""
+    parametrize(metafunc)
 
 
 @pytest.fixture
@@ -268,37 +238,6 @@ def unsafebench_cell(request: pytest.FixtureRequest) -> Cell:
     return _session(request.config).cell(request.node, classifier, category, source, suite)
 
 
-def _parametrize_robustness(metafunc: pytest.Metafunc) -> None:
-    """classifier x condition x source, e.g. ``test_robust_accuracy[demo-pgd-Lexica]``;
-    ``test_corruption_grid`` gets classifier x source only."""
-    from .session import SESSION_KEY
-    from .taxonomy import POOLED
-
-    session = metafunc.config.stash.get(SESSION_KEY, None)
-    s = session.settings if session else None
-    if s is None or "robustness" not in s.suites:
-        reason = ("robustness suite not selected: add --unsafebench-suites=robustness"
-                  if s else "pytest-unsafebench is inactive: pass --unsafebench-classifier=NAME")
-        metafunc.parametrize("unsafebench_robustness", [pytest.param(
-            ("-", "-", "-"), marks=pytest.mark.skip(reason=reason), id="not-selected")],
-            indirect=True)
-        return
-    from .robustness.accuracy import condition_names, corruptions
-
-    sources = (*s.sources, POOLED)
-    grid = metafunc.function.__name__ == "test_corruption_grid"
-    if grid and not corruptions(s.robustness):  # a mean over no cells is not a result
-        metafunc.parametrize("unsafebench_robustness", [pytest.param(
-            ("-", "-", "-"), marks=pytest.mark.skip(
-                reason="no corruption grid: [tool.unsafebench.robustness] corruptions = []"),
-            id="no-corruptions")], indirect=True)
-        return
-    conditions = ["grid"] if grid else condition_names(s.robustness)
-    cells = [(k, c, src) for k in s.classifiers for c in conditions for src in sources]
-    ids = [f"{k}-{src}" if grid else f"{k}-{c}-{src}" for k, c, src in cells]
-    metafunc.parametrize("unsafebench_robustness", cells, indirect=True, ids=ids)
-
-
 @pytest.fixture
 def unsafebench_robustness(request: pytest.FixtureRequest) -> Any:
     """One robustness test's cell: its thresholds and a lazily computed robust accuracy."""
@@ -306,77 +245,10 @@ def unsafebench_robustness(request: pytest.FixtureRequest) -> Any:
     return _session(request.config).robustness_cell(request.node, classifier, condition, source)
 
 
-def _parametrize_gap(metafunc: pytest.Metafunc) -> None:
-    """classifier x category for ``test_gap_f1`` / ``test_gap_fpr`` (``[demo-Hate]``),
-    classifier x robustness condition for ``test_gap_ra`` (``[demo-pgd]``)."""
-    from .session import SESSION_KEY
-
-    session = metafunc.config.stash.get(SESSION_KEY, None)
-    s = session.settings if session else None
-    metric = metafunc.function.__name__.removeprefix("test_")
-    reason = None
-    if s is None:
-        reason = "pytest-unsafebench is inactive: pass --unsafebench-classifier=NAME"
-    elif "gap" not in s.suites:
-        reason = "gap suite not selected: add --unsafebench-suites=gap"
-    elif metric == "gap_ra" and "robustness" not in s.suites:
-        reason = ("no robustness results in this run: add --unsafebench-suites=robustness,gap "
-                  "for the RA gap")
-    if reason is not None:
-        metafunc.parametrize("unsafebench_gap", [pytest.param(
-            (None, None, metric), marks=pytest.mark.skip(reason=reason), id="not-selected")],
-            indirect=True)
-        return
-    assert s is not None
-    if metric == "gap_ra":
-        from .robustness.accuracy import condition_names
-
-        subjects = condition_names(s.robustness)
-    else:
-        subjects = list(s.categories)
-    cells = [(k, subject, metric) for k in s.classifiers for subject in subjects]
-    metafunc.parametrize("unsafebench_gap", cells, indirect=True,
-                         ids=[f"{k}-{subject}" for k, subject, _ in cells])
-
-
 @pytest.fixture
 def unsafebench_gap(request: pytest.FixtureRequest) -> Any:
     """One gap test's cell: both sources' data, its threshold and the bootstrap settings."""
     return _session(request.config).gap_cell(request.node, *request.param)
-
-
-def _parametrize_fuzz(metafunc: pytest.Metafunc) -> None:
-    """classifier x source, e.g. ``test_decision_stable_under_perturbation[demo-Lexica]``; the
-    replay test gets one parameter per pinned case (``--unsafebench-fuzz-replay``)."""
-    from .session import SESSION_KEY
-
-    session = metafunc.config.stash.get(SESSION_KEY, None)
-    s = session.settings if session else None
-    replay = metafunc.function.__name__ == "test_fuzz_regression"
-    reason = None
-    if s is None:
-        reason = "pytest-unsafebench is inactive: pass --unsafebench-classifier=NAME"
-    elif "fuzz" not in s.suites:
-        reason = "fuzz suite not selected: add --unsafebench-suites=fuzz"
-    elif replay and s.fuzz_replay is None:
-        reason = "no pinned fuzz regressions: pass --unsafebench-fuzz-replay=PATH"
-    if reason is not None:
-        metafunc.parametrize("unsafebench_fuzz", [pytest.param(
-            (None, None, None), marks=pytest.mark.skip(reason=reason), id="not-selected")],
-            indirect=True)
-        return
-    assert s is not None
-    if replay:
-        from .robustness.fuzzing import case_id
-
-        cases = metafunc.config.stash[REPLAY_CASES_KEY]  # loaded by pytest_configure
-        params = [(c["classifier"], c["chain"], c.get("source"), c) for c in cases]
-        metafunc.parametrize("unsafebench_fuzz", [p[:3] + (p[3],) for p in params],
-                             indirect=True, ids=[case_id(c) for c in cases])
-        return
-    cells = [(k, None, src) for k in s.classifiers for src in s.sources]
-    metafunc.parametrize("unsafebench_fuzz", cells, indirect=True,
-                         ids=[f"{k}-{src}" for k, _, src in cells])
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 pytestmark = [pytest.mark.effectiveness]
 
 
-@pytest.mark.unsafebench(suite="effectiveness", metric="f1")
+@pytest.mark.unsafebench(suite="effectiveness", metric="f1", grid="categories", overall=True)
 def test_f1(unsafebench_cell):
     cell = unsafebench_cell
     lost = cell.excluded_problem()  # images with no verdict: excluded, counted, at most 5%
@@ -35,7 +35,7 @@ def test_f1(unsafebench_cell):
         f"(tp {m['tp']}, fp {m['fp']}, fn {m['fn']} over {m['n']} images)")
 
 
-@pytest.mark.unsafebench(suite="effectiveness", metric="fpr")
+@pytest.mark.unsafebench(suite="effectiveness", metric="fpr", grid="categories")
 def test_fpr(unsafebench_cell):
     cell = unsafebench_cell
     lost = cell.excluded_problem(record=False)  # test_f1 records the count

@@ -12,7 +12,7 @@ import pytest
 pytestmark = [pytest.mark.fuzz]
 
 
-@pytest.mark.unsafebench(suite="fuzz", metric="flips")
+@pytest.mark.unsafebench(suite="fuzz", metric="flips", grid="sources")
 def test_decision_stable_under_perturbation(unsafebench_fuzz):
     fuzz = unsafebench_fuzz
     cx = fuzz.search()
@@ -36,7 +36,7 @@ def test_decision_stable_under_perturbation(unsafebench_fuzz):
         pytrace=False)
 
 
-@pytest.mark.unsafebench(suite="fuzz", metric="flips")
+@pytest.mark.unsafebench(suite="fuzz", metric="flips", grid="replay")
 def test_fuzz_regression(unsafebench_fuzz):
     fuzz = unsafebench_fuzz
     case = fuzz.case

@@ -24,16 +24,16 @@ def _check(cell):
         f"{'excludes' if significant else 'includes'} 0)")
 
 
-@pytest.mark.unsafebench(suite="gap", metric="gap_f1")
+@pytest.mark.unsafebench(suite="gap", metric="gap_f1", grid="categories")
 def test_gap_f1(unsafebench_gap):
     _check(unsafebench_gap)
 
 
-@pytest.mark.unsafebench(suite="gap", metric="gap_fpr")
+@pytest.mark.unsafebench(suite="gap", metric="gap_fpr", grid="categories")
 def test_gap_fpr(unsafebench_gap):
     _check(unsafebench_gap)
 
 
-@pytest.mark.unsafebench(suite="gap", metric="gap_ra")
+@pytest.mark.unsafebench(suite="gap", metric="gap_ra", grid="conditions")
 def test_gap_ra(unsafebench_gap):
     _check(unsafebench_gap)

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.robustness]
 ATTACK_KEY = {"gaussian": "ra_min_gaussian"}
 
 
-@pytest.mark.unsafebench(suite="robustness", metric="ra")
+@pytest.mark.unsafebench(suite="robustness", metric="ra", grid="conditions")
 def test_robust_accuracy(unsafebench_robustness, unsafebench_settings):
     cell = unsafebench_robustness
     is_attack = cell.condition in unsafebench_settings.robustness.attacks
@@ -38,7 +38,7 @@ def test_robust_accuracy(unsafebench_robustness, unsafebench_settings):
         f"{result.pool_size} pool images)")
 
 
-@pytest.mark.unsafebench(suite="robustness", metric="ra_corruption_mean")
+@pytest.mark.unsafebench(suite="robustness", metric="ra_corruption_mean", grid="corruptions")
 def test_corruption_grid(unsafebench_robustness, unsafebench_settings, unsafebench_session):
     from pytest_unsafebench.robustness.accuracy import corruptions
     from pytest_unsafebench.robustness.perturbations import severities

@@ -169,7 +169,7 @@ def test_markers_are_registered(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--markers")
     assert result.ret == 0
     result.stdout.fnmatch_lines([
-        "@pytest.mark.unsafebench(suite=None, metric=None):*",
+        "@pytest.mark.unsafebench(suite=None, metric=None, grid=None, overall=False):*",
         "@pytest.mark.effectiveness:*",
         "@pytest.mark.slow:*",
     ])
