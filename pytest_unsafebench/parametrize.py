@@ -30,6 +30,8 @@ _SUITE = {"unsafebench_robustness": "robustness", "unsafebench_gap": "gap",
 
 
 def parametrize(metafunc: pytest.Metafunc) -> None:
+    """The body of the plugin's ``pytest_generate_tests``: a test using a parametrized
+    fixture gets its grid's cells, or one skipped parameter that says why there are none."""
     spec = read_marker(metafunc.definition, metafunc.fixturenames)
     if spec is None or spec.fixture is None:
         return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,25 @@ def test_a_bad_marker_fails_collection_in_an_active_run_too(bench: Bench) -> Non
         "test_mine.py::test_renamed_at_will: @pytest.mark.unsafebench: a test using "
         "unsafebench_gap needs metric= one of 'gap_f1', 'gap_fpr', 'gap_ra', got 'gap_f2'"])
     assert "unsafebench report" not in result.stdout.str()
+
+
+def test_the_readme_example_runs_as_printed(bench: Bench) -> None:
+    """README "Your own benchmark tests": its test file, under any name, run with the plugin."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = next(b for b in re.findall(r"^```python\n(.*?)^```", readme, re.S | re.M)
+                   if b.startswith("# test_recall.py"))
+    (bench.path / "test_recall.py").write_text(example)
+    result = bench.pytester.runpytest(
+        "test_recall.py", f"--unsafebench-classifier={CLASSIFIER}",
+        f"--unsafebench-dataset={bench.path / 'ds'}", "--unsafebench-device=cpu",
+        f"--unsafebench-cache-dir={bench.path / 'cache'}", "-p", "no:randomly",
+        f"--unsafebench-json={bench.path / 'out.json'}", "-rs")
+    assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), result.stdout.str()
+    rows = [r for r in json.loads((bench.path / "out.json").read_text())["rows"]
+            if r["metric"] == "recall"]
+    # every classifier x category x source cell has its row (the uncovered ones skipped)
+    assert len(rows) == 11 * 3 and {r["suite"] for r in rows} == {"effectiveness"}
+    assert {r["outcome"] for r in rows if r["category"] == "Hate"} <= {"passed", "failed"}
 
 
 def test_marker_help_names_every_keyword_and_grid() -> None:
