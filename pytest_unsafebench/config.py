@@ -6,68 +6,39 @@ Every key and value is checked here, once, so the rest of the code can trust ``S
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .dataset.images import ALPHA_RULES, DEFAULT_ALPHA, DEFAULT_MAX_PIXELS
+from .dataset.images import ALPHA_RULES, DEFAULT_ALPHA
 from .dataset.records import EXCLUDING_KINDS, KEEPING_KINDS
 from .errors import ConfigError
-from .executors import EXECUTORS
-from .taxonomy import ALIGNMENTS, CATEGORIES, SOURCES, SPLIT_CHOICES, suggest
+from .options import (
+    ATTACKS,
+    DEFAULT_ATTACKS,
+    DEFAULT_SEED,
+    OPTION,
+    OPTIONS,
+    PYPROJECT_KEYS,
+    TABLE_KEYS,
+    Choice,
+    Count,
+    Members,
+    Number,
+    Option,
+    Text,
+    flag,
+)
+from .taxonomy import CATEGORIES, suggest
 from .thresholds import GateRule, ThresholdTable, build_gate, build_thresholds
 
-DEFAULTS: dict[str, Any] = {
-    "dataset": "demo",
-    "split": "all",
-    "categories": list(CATEGORIES),
-    "sources": list(SOURCES),
-    "limit": None,
-    "seed": 2023,
-    "device": "auto",
-    "batch_size": 32,
-    "profile": "default",
-    "alignment": "official",
-    "cache_dir": None,
-    "max_image_pixels": DEFAULT_MAX_PIXELS,
-    "alpha": None,          # transparent images: "white" or "drop"; None: "drop" in paper mode
-    "allow_findings": [],
-    "suites": ["effectiveness", "gap"],
-    "bootstrap": 1000,      # resamples behind every confidence interval; 0 turns CIs off
-    "confidence": 0.95,
-    "tolerance": 0.02,      # baseline gating: drop allowed per metric (else the profile's)
-    "executor": "local",    # or "ray": uncached work runs on a Ray cluster first
-    "ray_address": None,    # None: a running cluster ("auto"), else a local Ray for the run
-    "ray_actors": 1,        # actors in the pool; each loads every classifier of the run once
-    "ray_gpus_per_actor": 0,
-    "ray_batch_size": None,  # None: batch_size (same batches as local, bit-identical results)
-    "unsure": "random",     # VLM judges: what an unsure vote counts as (seeded by seed)
-    "timeout": None,        # seconds a classifier gets per batch; None: no limit
-}
-# Bootstrap resamples a run may ask for. Each confidence interval holds its resampled metric
-# values (8 bytes each) and two working copies for the percentiles (stats._resampled).
-MAX_BOOTSTRAP = 100_000
-BOOTSTRAP_BYTES_PER_RESAMPLE = 3 * 8
-# Bounds on the other counts, each error naming what the count would cost, so that a typo
-# (batch_size = 32000) fails at once instead of as an out-of-memory kill an hour in.
-MAX_BATCH_SIZE = 4096
-INPUT_BYTES_PER_IMAGE = 224 * 224 * 3 * 4  # one image as a 224x224 model's float32 input
-MAX_RAY_ACTORS = 256
-ACTOR_BYTES = 1_710_000_000  # each actor loads every classifier: CLIP ViT-L/14 in float32
+# Bounds on the robustness counts ([tool.unsafebench.robustness]); the run options' bounds
+# are in their rows of options.OPTIONS.
 MAX_POOL_SIZE = 100_000      # the paper draws 500
 MAX_SEEDS = 100
 MAX_PGD_STEPS = 10_000
 MAX_QUERIES = 100_000
-MAX_IMAGE_PIXELS = 1_000_000_000  # a 31,623 x 31,623 image; the default is 89,478,485
-DECODED_BYTES_PER_PIXEL = 4       # RGBA, 8 bits a channel (16-bit files need twice that)
-# Keys of [tool.unsafebench] that are tables rather than settings.
-TABLE_KEYS = ("thresholds", "profiles", "classifiers", "robustness", "tolerances")
-# Benchmark suites a run can select; data integrity always runs.
-SUITES = ("effectiveness", "robustness", "fuzz", "gap")
-ATTACKS = ("gaussian", "fgsm", "pgd", "deepfool", "square", "spsa")  # = attacks.ATTACKS
-DEFAULT_ATTACKS = ATTACKS[:5]  # the paper's four and one black-box attack; spsa on request
-UNSURE_POLICIES = ("unsafe", "safe", "wrong", "random")  # = classifiers.vlm.voting's
 
 
 @dataclass(frozen=True)
@@ -75,7 +46,7 @@ class RobustnessSettings:
     """``[tool.unsafebench.robustness]``: the protocol of protocol section 6, configurable."""
 
     pool_size: int = 500                      # K images drawn from the correctly classified pool
-    seeds: tuple[int, ...] = (2023, 2024, 2025)
+    seeds: tuple[int, ...] = (DEFAULT_SEED, DEFAULT_SEED + 1, DEFAULT_SEED + 2)
     mode: str = "pixel"                       # "paper": the reference code's units and settings
     eps: float = 2 / 255                      # L-inf budget in [0, 1] pixel units
     pgd_steps: int = 20
@@ -164,59 +135,74 @@ def _check_robustness_costs(rs: RobustnessSettings, where: str) -> None:
             count = f"{value:,} seeds" if key == "seeds" else f"{value:,}"
             raise ConfigError(f"{where}.{key}: {count} would take up to {calls:,} model calls "
                               f"per attack and source ({how}); the limit is {limit:,}")
-DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
 # Classifier option keys the plugin consumes itself rather than passing to the factory.
 RESERVED_CLASSIFIER_KEYS = ("coverage",)
 
 
-@dataclass(frozen=True)
+def _reported(convert: Callable[[Any], Any] = lambda v: v, **kw: Any) -> Any:
+    """A ``Settings`` field that goes into the JSON report's ``config`` (``public()``), as
+    ``convert`` makes it; the others (paths, where work runs) never change a result."""
+    return field(metadata={"public": convert}, **kw)
+
+
+def _listed(values: Any) -> list[Any]:
+    return list(values)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
-    classifiers: tuple[str, ...]
-    dataset: str
-    split: str
-    categories: tuple[str, ...]
-    sources: tuple[str, ...]
-    limit: int | None
-    seed: int
-    device: str
-    batch_size: int
-    profile: str
-    alignment: str
+    """The resolved run options (options.OPTIONS, each under its ``field``) and tables. The
+    built-in defaults are the options' ones; fields are in ``public()`` order."""
+
+    classifiers: tuple[str, ...] = _reported(_listed)
+    dataset: str = _reported()
+    split: str = _reported()
+    categories: tuple[str, ...] = _reported(_listed)
+    sources: tuple[str, ...] = _reported(_listed)
+    limit: int | None = _reported()
+    seed: int = _reported()
+    device: str = _reported()
+    batch_size: int = _reported()
+    profile: str = _reported()
+    alignment: str = _reported()
     cache_dir: Path
-    use_cache: bool
+    use_cache: bool = _reported()
     json_path: Path | None
     predictions_path: Path | None
-    max_image_pixels: int
-    allow_findings: frozenset[str]
+    max_image_pixels: int = _reported()
+    allow_findings: frozenset[str] = _reported(sorted)
     thresholds: ThresholdTable = field(repr=False)
-    classifier_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    suites: tuple[str, ...] = ("effectiveness", "gap")
-    robustness: RobustnessSettings = field(default_factory=RobustnessSettings)
-    artifacts_dir: Path | None = None      # fuzz counterexamples; None: <cache_dir>/artifacts
-    blur_unsafe: bool = True               # blur saved Unsafe counterexample images
-    fuzz_replay: Path | None = None        # pinned fuzz counterexamples to replay
-    allow_train_overlap: bool = False      # score trained classifiers on their training data
-    bootstrap: int = 1000                  # resamples per confidence interval; 0: none
-    confidence: float = 0.95
-    html_path: Path | None = None
-    markdown_path: Path | None = None
-    baseline_path: Path | None = None      # gate this run against a saved JSON report
-    save_baseline_path: Path | None = None
-    tolerance: float = 0.02                # baseline gating, any metric without its own
-    tolerances: Mapping[str, float] = field(default_factory=dict)  # per metric
-    gate: GateRule = field(default_factory=GateRule)  # the profile's baseline gate
-    baseline_classifiers: Mapping[str, str] = field(default_factory=dict)  # baseline -> run name
-    baseline_allow_mismatch: bool = False  # compare against another dataset or split
-    # Where uncached predictions are computed; not in public(): they never change a result.
-    executor: str = "local"
-    ray_address: str | None = None
-    ray_actors: int = 1
-    ray_gpus_per_actor: float = 0.0
-    ray_batch_size: int | None = None
-    unsure: str = "random"                 # VLM judges' unsure policy
-    import_responses: Path | None = None   # archived VLM responses to score instead of querying
-    timeout: float | None = None           # seconds per classifier batch; None: no limit
-    alpha: str = DEFAULT_ALPHA             # how transparent images decode (images.ALPHA_RULES)
+    classifier_options: Mapping[str, Mapping[str, Any]] = _reported(
+        lambda table: {k: dict(v) for k, v in sorted(table.items())})
+    suites: tuple[str, ...] = _reported(_listed)
+    robustness: RobustnessSettings = _reported(RobustnessSettings.public)
+    artifacts_dir: Path | None             # fuzz counterexamples; None: <cache_dir>/artifacts
+    blur_unsafe: bool                      # blur saved Unsafe counterexample images
+    fuzz_replay: Path | None               # pinned fuzz counterexamples to replay
+    allow_train_overlap: bool              # score trained classifiers on their training data
+    bootstrap: int = _reported()           # resamples per confidence interval; 0: none
+    confidence: float = _reported()
+    html_path: Path | None
+    markdown_path: Path | None
+    baseline_path: Path | None             # gate this run against a saved JSON report
+    save_baseline_path: Path | None
+    tolerance: float = _reported()         # baseline gating, any metric without its own
+    tolerances: Mapping[str, float] = _reported(lambda table: dict(sorted(table.items())))
+    gate: GateRule                         # the profile's baseline gate
+    baseline_classifiers: Mapping[str, str]  # baseline -> run name
+    baseline_allow_mismatch: bool          # compare against another dataset or split
+    executor: str                          # where uncached predictions are computed
+    ray_address: str | None
+    ray_actors: int
+    ray_gpus_per_actor: float
+    ray_batch_size: int | None
+    unsure: str = _reported()              # VLM judges' unsure policy
+    # archived VLM responses to score instead of querying; the report says only whether
+    import_responses: Path | None = _reported(lambda path: path is not None)
+    timeout: float | None = _reported()    # seconds per classifier batch; None: no limit
+    alpha: str = _reported()               # how transparent images decode (images.ALPHA_RULES)
 
     def tolerance_for(self, metric: str) -> float:
         return self.tolerances.get(metric, self.tolerance)
@@ -238,35 +224,16 @@ class Settings:
         cov = self.classifier_options.get(classifier, {}).get("coverage")
         return frozenset(cov) if cov is not None else None
 
+    def outputs(self) -> tuple[tuple[str, Path | None], ...]:
+        """(flag, path) of each file the run writes at its end, in the order they are written."""
+        return ((flag("json"), self.json_path), (flag("save_baseline"), self.save_baseline_path),
+                (flag("html"), self.html_path), (flag("markdown"), self.markdown_path),
+                (flag("predictions"), self.predictions_path))
+
     def public(self) -> dict[str, Any]:
         """The resolved configuration as it goes into the JSON report (no machine paths)."""
-        return {
-            "classifiers": list(self.classifiers),
-            "dataset": self.dataset,
-            "split": self.split,
-            "categories": list(self.categories),
-            "sources": list(self.sources),
-            "limit": self.limit,
-            "seed": self.seed,
-            "device": self.device,
-            "batch_size": self.batch_size,
-            "profile": self.profile,
-            "alignment": self.alignment,
-            "use_cache": self.use_cache,
-            "max_image_pixels": self.max_image_pixels,
-            "allow_findings": sorted(self.allow_findings),
-            "classifier_options": {k: dict(v) for k, v in sorted(self.classifier_options.items())},
-            "suites": list(self.suites),
-            "robustness": self.robustness.public(),
-            "bootstrap": self.bootstrap,
-            "confidence": self.confidence,
-            "tolerance": self.tolerance,
-            "tolerances": dict(sorted(self.tolerances.items())),
-            "unsure": self.unsure,
-            "import_responses": self.import_responses is not None,
-            "timeout": self.timeout,
-            "alpha": self.alpha,
-        }
+        return {f.name: f.metadata["public"](getattr(self, f.name))
+                for f in fields(self) if "public" in f.metadata}
 
 
 def read_pyproject(path: Path) -> dict[str, Any]:
@@ -291,56 +258,34 @@ def _split_list(values: list[str] | None) -> list[str] | None:
     return [part.strip() for v in values for part in v.split(",") if part.strip()]
 
 
-def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any],
-                     rootpath: Path) -> Settings:
-    """Merge the three layers and validate every value; raises ConfigError naming the key."""
-    unknown = set(pyproject) - set(DEFAULTS) - set(TABLE_KEYS)
-    if unknown:
-        key = sorted(unknown)[0]
-        raise ConfigError(
-            f"tool.unsafebench.{key}: unknown key{suggest(key, [*DEFAULTS, *TABLE_KEYS])}; "
-            f"known keys: {', '.join([*DEFAULTS, *TABLE_KEYS])}"
-        )
-    merged: dict[str, Any] = dict(DEFAULTS)
-    where: dict[str, str] = {k: "built-in default" for k in DEFAULTS}
-    for key in DEFAULTS:
-        if key in pyproject:
-            merged[key], where[key] = pyproject[key], f"tool.unsafebench.{key}"
-    cli_values = {
-        **{k: v for k, v in cli.items()
-           if v is not None and k not in ("categories", "sources", "suites")},
-        **{k: _split_list(cli.get(k)) for k in ("categories", "sources", "suites") if cli.get(k)},
-    }
-    for key, value in cli_values.items():
-        if key in DEFAULTS:
-            merged[key], where[key] = value, f"--unsafebench-{key.replace('_', '-')}"
+class _Layers:
+    """Each pyproject-settable option's value, command line over ``[tool.unsafebench]`` over
+    its built-in default, and where that value came from (named by every error)."""
 
-    def fail(key: str, message: str) -> ConfigError:
-        return ConfigError(f"{where[key]}: {message}")
+    def __init__(self, cli: Mapping[str, Any], pyproject: Mapping[str, Any]) -> None:
+        self.value: dict[str, Any] = {}
+        self.where: dict[str, str] = {}
+        for key in PYPROJECT_KEYS:
+            opt = OPTION[key]
+            given = cli.get(key)  # pytest hands over None / [] for an option not given
+            if isinstance(opt.check, Members):
+                given = _split_list(given)
+            if given is not None:
+                self.value[key], self.where[key] = given, opt.flag
+            elif key in pyproject:
+                self.value[key], self.where[key] = pyproject[key], f"tool.unsafebench.{key}"
+            else:
+                self.value[key], self.where[key] = opt.default, "built-in default"
 
-    def choice(key: str, allowed: tuple[str, ...]) -> str:
-        value = merged[key]
-        if value not in allowed:
-            raise fail(key, f"{value!r} is not one of {', '.join(allowed)}"
-                       f"{suggest(str(value), allowed)}")
-        return value
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.where[key]}: {message}")
 
-    def members(key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
-        values = merged[key]
-        if isinstance(values, str) or not isinstance(values, list) or not values:
-            raise fail(key, f"expected a non-empty list, got {values!r}")
-        for v in values:
-            if v not in allowed:
-                raise fail(key, f"unknown value {v!r}{suggest(str(v), allowed)}; "
-                           f"expected some of: {', '.join(allowed)}")
-        return tuple(v for v in allowed if v in values)  # canonical order
+    def from_cli(self, key: str) -> bool:
+        return self.where[key].startswith("--")  # pyproject values are typed: "10" is not 10
 
-    def from_cli(key: str) -> bool:
-        return where[key].startswith("--")  # pyproject values are typed: "10" is not 10
-
-    def quoted(key: str, value: Any) -> str:
+    def quoted(self, key: str, value: Any) -> str:
         """The fix for a number written as a TOML string."""
-        if not isinstance(value, str) or from_cli(key) or len(value) > 40:
+        if not isinstance(value, str) or self.from_cli(key) or len(value) > 40:
             return ""
         try:
             float(value)
@@ -348,167 +293,131 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any],
             return ""
         return f" (a string: write {key} = {value.strip()} without quotes)"
 
-    def integer(key: str, minimum: int, optional: bool = False,
-                maximum: int | None = None) -> int | None:
-        value = merged[key]
-        if value is None and optional:
+    def check(self, opt: Option) -> Any:
+        """The option's value, checked as its row says."""
+        rule = opt.check
+        if isinstance(rule, Text):
+            return self.text(opt.key, rule.optional)
+        if isinstance(rule, Choice):
+            return self.choice(opt.key, rule.choices)
+        if isinstance(rule, Members):
+            return self.members(opt.key, rule.choices)
+        if isinstance(rule, Count):
+            return self.count(opt.key, rule)
+        if isinstance(rule, Number):
+            return self.number(opt.key, rule)
+        raise AssertionError(f"{opt.key}: no check to apply")
+
+    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
+        value = self.value[key]
+        if value not in allowed:
+            raise self.fail(key, f"{value!r} is not one of {', '.join(allowed)}"
+                            f"{suggest(str(value), allowed)}")
+        return value
+
+    def members(self, key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+        values = self.value[key]
+        if isinstance(values, str) or not isinstance(values, list) or not values:
+            raise self.fail(key, f"expected a non-empty list, got {values!r}")
+        for v in values:
+            if v not in allowed:
+                raise self.fail(key, f"unknown value {v!r}{suggest(str(v), allowed)}; "
+                                f"expected some of: {', '.join(allowed)}")
+        return tuple(v for v in allowed if v in values)  # canonical order
+
+    def count(self, key: str, rule: Count) -> int | None:
+        value = self.value[key]
+        if value is None and rule.optional:
             return None
         digits = value.strip().removeprefix("-") if isinstance(value, str) else ""
-        if from_cli(key) and digits.isascii() and digits.isdecimal():
+        if self.from_cli(key) and digits.isascii() and digits.isdecimal():
             try:
                 value = int(value)
             except ValueError:  # more digits than int() parses: not a usable count anyway
-                raise fail(key, f"expected an integer >= {minimum}, got {len(digits)} "
-                           "digits") from None
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise fail(key, f"expected an integer >= {minimum}, got {value!r:.80}"
-                       f"{quoted(key, value)}")
-        if maximum is not None and value > maximum:
-            raise fail(key, f"{value} is above the limit of {maximum:,}")
+                raise self.fail(key, f"expected an integer >= {rule.minimum}, got "
+                                f"{len(digits)} digits") from None
+        if isinstance(value, bool) or not isinstance(value, int) or value < rule.minimum:
+            raise self.fail(key, f"expected an integer >= {rule.minimum}, got {value!r:.80}"
+                            f"{self.quoted(key, value)}")
+        if rule.limit is not None and value > rule.limit:
+            assert rule.cost is not None
+            raise self.fail(key, rule.cost(value))
         return value
 
-    def number(key: str, low: float, high: float, closed_low: bool = False) -> float:
-        value = merged[key]
-        if isinstance(value, str) and from_cli(key):
+    def number(self, key: str, rule: Number) -> float | None:
+        value = self.value[key]
+        if value is None and rule.optional:
+            return None
+        if isinstance(value, str) and self.from_cli(key):
             try:
                 value = float(value)
             except ValueError:
                 pass
+        low, high = rule.low, rule.high
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-            (low <= value if closed_low else low < value) and value < high)
+            (low <= value if rule.closed_low else low < value) and value < high)
         if not ok:
-            span = f"[{low}, {high})" if closed_low else f"({low}, {high})"
-            raise fail(key, f"expected a number in {span}, got {value!r:.80}"
-                       f"{quoted(key, value)}")
+            span = f"[{low}, {high})" if rule.closed_low else f"({low}, {high})"
+            raise self.fail(key, f"expected a number in {span}, got {value!r:.80}"
+                            f"{self.quoted(key, value)}")
         return float(value)
 
-    def text(key: str, optional: bool = False) -> str | None:
-        value = merged[key]
+    def text(self, key: str, optional: bool = False) -> str | None:
+        value = self.value[key]
         if optional and value is None:
             return None
         if not isinstance(value, str) or not value.strip():
-            raise fail(key, f"expected a non-empty string, got {value!r:.80}")
+            raise self.fail(key, f"expected a non-empty string, got {value!r:.80}")
         return value
 
-    def bootstrap_count() -> int:
-        value = integer("bootstrap", 0)
-        assert value is not None
-        if value > MAX_BOOTSTRAP:
-            need = _bytes(BOOTSTRAP_BYTES_PER_RESAMPLE * value)
-            raise fail("bootstrap", f"{value} resamples would need about {need} of memory for "
-                       f"each confidence interval, and {value // 1000:,} times the default's "
-                       f"time; the limit is {MAX_BOOTSTRAP:,} (10,000 already gives stable "
-                       "95% intervals)")
-        return value
 
-    def batch(key: str, optional: bool = False) -> int | None:
-        value = integer(key, 1, optional=optional)
-        if value is not None and value > MAX_BATCH_SIZE:
-            raise fail(key, f"{value:,} images per batch would need about "
-                       f"{_bytes(INPUT_BYTES_PER_IMAGE * value)} of memory for a 224x224 "
-                       "model's input tensors alone (activations and decoded images come on "
-                       f"top); the limit is {MAX_BATCH_SIZE:,}")
-        return value
-
-    def pixels() -> int:
-        value = integer("max_image_pixels", 1)
-        assert value is not None
-        if value > MAX_IMAGE_PIXELS:  # each image is decoded whole, whatever the batch budget
-            raise fail("max_image_pixels", f"{value:,} pixels would let one image need about "
-                       f"{_bytes(DECODED_BYTES_PER_PIXEL * value)} of memory once decoded; the "
-                       f"limit is {MAX_IMAGE_PIXELS:,}")
-        return value
-
-    def actors() -> int:
-        value = integer("ray_actors", 1)
-        assert value is not None
-        if value > MAX_RAY_ACTORS:
-            raise fail("ray_actors", f"{value:,} actors each load every classifier of the run: "
-                       f"about {_bytes(ACTOR_BYTES * value)} of memory for one CLIP ViT-L/14 "
-                       f"({_bytes(ACTOR_BYTES)} each); the limit is {MAX_RAY_ACTORS:,}")
-        return value
-
-    allow = merged["allow_findings"]
+def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any],
+                     rootpath: Path) -> Settings:
+    """Merge the three layers and validate every value; raises ConfigError naming the key."""
+    unknown = set(pyproject) - set(PYPROJECT_KEYS) - set(TABLE_KEYS)
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(
+            f"tool.unsafebench.{key}: unknown key{suggest(key, [*PYPROJECT_KEYS, *TABLE_KEYS])}; "
+            f"known keys: {', '.join([*PYPROJECT_KEYS, *TABLE_KEYS])}"
+        )
+    layers = _Layers(cli, pyproject)
+    allow = layers.value["allow_findings"]
     all_kinds = tuple(sorted(EXCLUDING_KINDS | KEEPING_KINDS))
     if not isinstance(allow, list) or any(k not in all_kinds for k in allow):
-        raise fail("allow_findings",
-                   f"expected a list of finding kinds from: {', '.join(all_kinds)}")
+        raise layers.fail("allow_findings",
+                          f"expected a list of finding kinds from: {', '.join(all_kinds)}")
 
     classifier_options = _classifier_options(pyproject.get("classifiers", {}))
     _check_threshold_classifiers(pyproject, [*(cli.get("classifiers") or ()),
                                              *classifier_options])
-    profile = text("profile")
+    profile = layers.text("profile")
     assert profile is not None
     try:
         thresholds = build_thresholds(pyproject, profile)
         gate = build_gate(pyproject, profile)
     except ConfigError as exc:
-        raise ConfigError(f"{where['profile']}: {exc}" if "unknown profile" in str(exc)
+        raise ConfigError(f"{layers.where['profile']}: {exc}" if "unknown profile" in str(exc)
                           else str(exc)) from None
-
-    def alpha_rule(rs: RobustnessSettings) -> str:
-        # Paper mode decodes as the official loader for the whole run, not only for attacks:
-        # its pool is drawn from the clean predictions, which must see the attacked pixels.
-        if merged["alpha"] is None:
-            return "drop" if rs.mode == "paper" else DEFAULT_ALPHA
-        return choice("alpha", ALPHA_RULES)
-
     robustness = _robustness(pyproject.get("robustness", {}))
-    cache_dir = text("cache_dir", optional=True)
-    cache_path = (rootpath / Path(cache_dir).expanduser() if cache_dir
-                  else rootpath / ".pytest_cache" / "unsafebench")
-    settings = Settings(
-        classifiers=tuple(cli.get("classifiers") or ()),
-        dataset=text("dataset"),  # type: ignore[arg-type]
-        split=choice("split", SPLIT_CHOICES),
-        categories=members("categories", CATEGORIES),
-        sources=members("sources", SOURCES),
-        limit=integer("limit", 1, optional=True),
-        seed=integer("seed", 0),  # type: ignore[arg-type]
-        device=choice("device", DEVICES),
-        batch_size=batch("batch_size"),  # type: ignore[arg-type]
-        profile=profile,
-        alignment=choice("alignment", ALIGNMENTS),
-        cache_dir=cache_path,
-        use_cache=not cli.get("no_cache", False),
-        json_path=Path(cli["json"]) if cli.get("json") else None,
-        predictions_path=Path(cli["predictions"]) if cli.get("predictions") else None,
-        max_image_pixels=pixels(),
-        allow_findings=frozenset(allow),
-        thresholds=thresholds,
-        classifier_options=classifier_options,
-        suites=members("suites", SUITES),
-        robustness=robustness,
-        artifacts_dir=Path(cli["artifacts"]) if cli.get("artifacts") else None,
-        blur_unsafe=not cli.get("no_blur", False),
-        fuzz_replay=_replay_path(cli.get("fuzz_replay")),
-        allow_train_overlap=bool(cli.get("allow_train_overlap", False)),
-        bootstrap=bootstrap_count(),
-        confidence=number("confidence", 0.5, 1.0),
-        html_path=_html_path(cli.get("html")),
-        markdown_path=_output_path(cli.get("markdown")),
-        baseline_path=_existing_file(cli.get("baseline"), "--unsafebench-baseline",
-                                     "a JSON report saved with --unsafebench-save-baseline "
-                                     "or --unsafebench-json"),
-        save_baseline_path=_output_path(cli.get("save_baseline")),
-        # the profile's gate tolerance unless pyproject or the command line sets one
-        tolerance=(gate.tolerance if where["tolerance"] == "built-in default"
-                   else number("tolerance", 0.0, 1.0, closed_low=True)),
-        gate=gate,
-        baseline_classifiers=parse_renames(cli.get("baseline_classifier")),
-        baseline_allow_mismatch=bool(cli.get("baseline_allow_mismatch", False)),
-        tolerances=_tolerances(pyproject.get("tolerances", {})),
-        executor=choice("executor", EXECUTORS),
-        ray_address=text("ray_address", optional=True),
-        ray_actors=actors(),
-        ray_gpus_per_actor=number("ray_gpus_per_actor", 0.0, float("inf"), closed_low=True),
-        ray_batch_size=batch("ray_batch_size", optional=True),
-        unsure=choice("unsure", UNSURE_POLICIES),
-        import_responses=_existing_dir(cli.get("import_responses"),
-                                       "--unsafebench-import-responses"),
-        timeout=None if merged["timeout"] is None else number("timeout", 0.0, float("inf")),
-        alpha=alpha_rule(robustness),
-    )
+    cache_dir = layers.text("cache_dir", optional=True)
+
+    values = {OPTION[key].field: layers.check(OPTION[key])
+              for key in PYPROJECT_KEYS if OPTION[key].check is not None}
+    values["allow_findings"] = frozenset(allow)
+    values["cache_dir"] = (rootpath / Path(cache_dir).expanduser() if cache_dir
+                           else rootpath / ".pytest_cache" / "unsafebench")
+    if layers.where["tolerance"] == "built-in default":  # the profile's gate tolerance
+        values["tolerance"] = gate.tolerance
+    # Paper mode decodes as the official loader for the whole run, not only for attacks: its
+    # pool is drawn from the clean predictions, which must see the attacked pixels.
+    values["alpha"] = (layers.choice("alpha", ALPHA_RULES) if layers.value["alpha"] is not None
+                       else "drop" if robustness.mode == "paper" else DEFAULT_ALPHA)
+    values.update({opt.field: _FROM_CLI[opt.key](cli.get(opt.key))
+                   for opt in OPTIONS if not opt.pyproject})
+    settings = Settings(**values, thresholds=thresholds, gate=gate,
+                        classifier_options=classifier_options, robustness=robustness,
+                        tolerances=_tolerances(pyproject.get("tolerances", {})))
     _check_outputs(settings)
     return settings
 
@@ -519,36 +428,34 @@ def _check_outputs(s: Settings) -> None:
     cache = (s.cache_dir / "predictions.sqlite").resolve()
     protected = {cache, *(cache.with_name(cache.name + x) for x in ("-wal", "-shm"))}
     seen: dict[Path, str] = {}
-    for option, path in (("json", s.json_path), ("save-baseline", s.save_baseline_path),
-                         ("html", s.html_path), ("markdown", s.markdown_path),
-                         ("predictions", s.predictions_path)):
+    for option, path in s.outputs():
         if path is None:
             continue
         where = path.resolve()
         if where in protected:
-            raise ConfigError(f"--unsafebench-{option}: {path} is the prediction cache; "
+            raise ConfigError(f"{option}: {path} is the prediction cache; "
                               "write the report somewhere else")
         if where in seen:
-            raise ConfigError(f"--unsafebench-{option}: {path} is also --unsafebench-"
-                              f"{seen[where]}; give each report its own file")
+            raise ConfigError(f"{option}: {path} is also {seen[where]}; give each report its "
+                              "own file")
         if where.is_dir():
-            raise ConfigError(f"--unsafebench-{option}: {path} is a folder; name a file in it")
+            raise ConfigError(f"{option}: {path} is a folder; name a file in it")
         seen[where] = option
     if "fuzz" in s.suites:  # counterexamples are saved mid-test: a file there would error them
         for path in (s.artifacts_path, *s.artifacts_path.parents):
             if path.exists():
                 if not path.is_dir():
                     raise ConfigError(f"artifacts folder {s.artifacts_path}: {path} is not a "
-                                      "folder; point --unsafebench-artifacts at a folder")
+                                      f"folder; point {flag('artifacts')} at a folder")
                 break
 
 
-def _existing_dir(value: Any, option: str) -> Path | None:
+def _responses_dir(value: Any) -> Path | None:
     if not value:
         return None
     path = Path(value).expanduser()
     if not path.is_dir():
-        raise ConfigError(f"{option}: {path} is not a folder (expected "
+        raise ConfigError(f"{flag('import_responses')}: {path} is not a folder (expected "
                           "<model>/prompt_<i>/<source>_<category>.json files)")
     return path
 
@@ -557,7 +464,7 @@ def _html_path(value: Any) -> Path | None:
     import importlib.util
 
     if value and importlib.util.find_spec("matplotlib") is None:
-        raise ConfigError("--unsafebench-html needs matplotlib for its charts: "
+        raise ConfigError(f"{flag('html')} needs matplotlib for its charts: "
                           "pip install 'pytest-unsafebench[html]'")
     return _output_path(value)
 
@@ -566,17 +473,18 @@ def _output_path(value: Any) -> Path | None:
     return Path(value) if value else None
 
 
-def _existing_file(value: Any, option: str, what: str) -> Path | None:
+def _baseline_path(value: Any) -> Path | None:
     if not value:
         return None
     path = Path(value)
     if not path.is_file():
-        raise ConfigError(f"{option}: {path} is not a file (expected {what})")
+        raise ConfigError(f"{flag('baseline')}: {path} is not a file (expected a JSON report "
+                          f"saved with {flag('save_baseline')} or {flag('json')})")
     return path
 
 
 def parse_renames(values: list[str] | None,
-                  flag: str = "--unsafebench-baseline-classifier") -> dict[str, str]:
+                  option: str = flag("baseline_classifier")) -> dict[str, str]:
     """``OLD=NEW`` values (repeatable): the baseline's classifier OLD is this run's NEW.
     Checked against both runs' classifiers once the baseline is read."""
     out: dict[str, str] = {}
@@ -584,23 +492,15 @@ def parse_renames(values: list[str] | None,
         old, sep, new = str(value).partition("=")
         old, new = old.strip(), new.strip()
         if not sep or not old or not new:
-            raise ConfigError(f"{flag} {value!r}: expected OLD=NEW, e.g. myclf:load=mine "
+            raise ConfigError(f"{option} {value!r}: expected OLD=NEW, e.g. myclf:load=mine "
                               "(the baseline's name = this run's)")
         if old in out:
-            raise ConfigError(f"{flag}: {old!r} is mapped twice")
+            raise ConfigError(f"{option}: {old!r} is mapped twice")
         if new in out.values():
-            raise ConfigError(f"{flag}: two baseline classifiers map to {new!r}; map each to "
+            raise ConfigError(f"{option}: two baseline classifiers map to {new!r}; map each to "
                               "its own classifier of this run")
         out[old] = new
     return out
-
-
-def _bytes(n: int) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    raise AssertionError("unreachable")
 
 
 def _check_threshold_classifiers(pyproject: Mapping[str, Any], names: list[str]) -> None:
@@ -654,7 +554,7 @@ def _replay_path(value: Any) -> Path | None:
         return None
     path = Path(value)
     if not path.exists():
-        raise ConfigError(f"--unsafebench-fuzz-replay: {path} does not exist (expected a file "
+        raise ConfigError(f"{flag('fuzz_replay')}: {path} does not exist (expected a file "
                           "written by 'python -m pytest_unsafebench.fuzzing pin' or an "
                           "artifacts folder)")
     return path
@@ -674,3 +574,23 @@ def _classifier_options(table: Any) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"{path}.coverage: expected a list of categories; bad: {bad!r}")
         out[name] = dict(opts)
     return out
+
+
+# How each command-line-only option becomes its Settings field.
+_FROM_CLI: dict[str, Callable[[Any], Any]] = {
+    "classifiers": lambda names: tuple(names or ()),
+    "json": _output_path,
+    "predictions": _output_path,
+    "artifacts": _output_path,
+    "fuzz_replay": _replay_path,
+    "html": _html_path,
+    "markdown": _output_path,
+    "baseline": _baseline_path,
+    "save_baseline": _output_path,
+    "import_responses": _responses_dir,
+    "baseline_classifier": parse_renames,
+    "baseline_allow_mismatch": bool,
+    "no_cache": lambda given: not given,
+    "no_blur": lambda given: not given,
+    "allow_train_overlap": bool,
+}

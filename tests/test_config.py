@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_unsafebench.config import (
-    DEFAULTS,
     RobustnessSettings,
     Settings,
     read_pyproject,
@@ -18,6 +18,16 @@ from pytest_unsafebench.config import (
 )
 from pytest_unsafebench.dataset.images import DEFAULT_MAX_PIXELS
 from pytest_unsafebench.errors import ConfigError
+from pytest_unsafebench.options import (
+    DEFAULT_TOLERANCE,
+    OPTION,
+    OPTIONS,
+    PYPROJECT_KEYS,
+    TABLE_KEYS,
+    Members,
+    Text,
+)
+from pytest_unsafebench.plugin import pytest_addoption
 from pytest_unsafebench.taxonomy import CATEGORIES, SOURCES
 from pytest_unsafebench.thresholds import BUILTIN_PROFILES
 
@@ -54,7 +64,7 @@ def test_defaults() -> None:
 
 def test_cli_pytest_defaults_do_not_override() -> None:
     """pytest hands over None / [] / False for options not given: those mean 'not set'."""
-    unset = {k: None for k in DEFAULTS if k not in ("categories", "sources")}
+    unset = {k: None for k in PYPROJECT_KEYS if k not in ("categories", "sources")}
     cli = {"categories": [], "sources": [], "no_cache": False, **unset}
     s = resolve(cli, {"seed": 7, "split": "test"})
     assert (s.seed, s.split, s.categories) == (7, "test", CATEGORIES)
@@ -237,6 +247,60 @@ def test_read_pyproject_non_table(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"\[tool.unsafebench\] must be a table") as info:
         read_pyproject(path)
     assert str(path) in str(info.value)
+
+
+# --------------------------------------------------------------------------- the option table
+class _Group:
+    """Records what pytest_addoption adds (a pytest.Parser stand-in)."""
+
+    def __init__(self) -> None:
+        self.added: dict[str, dict] = {}
+
+    def getgroup(self, name: str, description: str = "") -> _Group:
+        return self
+
+    def addoption(self, *names: str, **kwargs) -> None:
+        assert len(names) == 1 and names[0] not in self.added
+        self.added[names[0]] = kwargs
+
+
+# Settings fields filled from [tool.unsafebench] tables rather than options.
+TABLE_FIELDS = {"thresholds", "gate", "classifier_options", "robustness", "tolerances"}
+
+
+def test_every_option_reaches_argparse_settings_and_pyproject() -> None:
+    """A row of options.OPTIONS is the whole declaration: the pytest flag, the Settings field,
+    the pyproject key and its check all follow from it, and nothing exists without a row."""
+    group = _Group()
+    pytest_addoption(group)  # type: ignore[arg-type]
+    assert list(group.added) == [o.flag for o in OPTIONS if o.cli]
+    for opt in OPTIONS:
+        if opt.cli:
+            assert group.added[opt.flag]["dest"] == opt.dest
+            assert group.added[opt.flag]["help"] == opt.help
+    fields = [f.name for f in dataclasses.fields(Settings)]
+    assert sorted(o.field for o in OPTIONS) == sorted(set(fields) - TABLE_FIELDS)
+    assert set(PYPROJECT_KEYS) <= set(OPTION) and len(set(PYPROJECT_KEYS)) == len(PYPROJECT_KEYS)
+    for opt in OPTIONS:
+        bad = {"not": "a value of any option"}
+        if opt.pyproject:  # checked, and the error names where the value came from
+            assert error(pyproject={opt.key: bad}).startswith(f"tool.unsafebench.{opt.key}: ")
+        elif opt.key not in TABLE_KEYS:  # a command-line-only option is no pyproject key
+            assert error(pyproject={opt.key: bad}).startswith(
+                f"tool.unsafebench.{opt.key}: unknown key")
+        if opt.pyproject and opt.cli:
+            given = [" nope "] if isinstance(opt.check, Members) else \
+                " " if isinstance(opt.check, Text) else "nope"
+            assert error(cli={opt.key: given}).startswith(f"{opt.flag}: ")
+
+
+def test_option_defaults_are_the_settings_defaults() -> None:
+    s = resolve()
+    for opt in OPTIONS:
+        if opt.pyproject and opt.check is not None and opt.default is not None:
+            want = tuple(opt.default) if isinstance(opt.check, Members) else opt.default
+            assert getattr(s, opt.field) == want, opt.key
+    assert s.tolerance == DEFAULT_TOLERANCE and s.seed == 2023
 
 
 # --------------------------------------------------------------------------- Settings

@@ -11,18 +11,20 @@ import pytest
 
 from plugin_helpers import CLASSIFIER, build_dataset, write_toyclf
 from pytest_unsafebench.config import (
-    MAX_BATCH_SIZE,
-    MAX_BOOTSTRAP,
-    MAX_IMAGE_PIXELS,
     MAX_PGD_STEPS,
     MAX_POOL_SIZE,
     MAX_QUERIES,
-    MAX_RAY_ACTORS,
     MAX_SEEDS,
     resolve_settings,
 )
 from pytest_unsafebench.dataset.folder import load_folder
 from pytest_unsafebench.errors import ConfigError, DatasetError
+from pytest_unsafebench.options import (
+    MAX_BATCH_SIZE,
+    MAX_BOOTSTRAP,
+    MAX_IMAGE_PIXELS,
+    MAX_RAY_ACTORS,
+)
 
 ROOT = Path("/project/root")
 USAGE = pytest.ExitCode.USAGE_ERROR

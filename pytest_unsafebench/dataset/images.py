@@ -15,11 +15,11 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from ..options import DEFAULT_MAX_PIXELS
+
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-# Pillow's own default guard; the project default keeps the same order of magnitude.
-DEFAULT_MAX_PIXELS = 89_478_485
 # The largest encoding of an image within the pixel limit: 16-bit RGBA stored uncompressed is 8
 # bytes a pixel, one more covers row filters and block headers; metadata (EXIF, ICC, XMP,
 # embedded thumbnails) gets a fixed allowance. A bigger file is refused before it is read.
