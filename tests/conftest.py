@@ -79,3 +79,26 @@ def folder(pytester: pytest.Pytester) -> pytest.Pytester:
     write_toyclf(pytester.path)
     pytester.syspathinsert()
     return pytester
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "invalid_report: the test writes JSON reports that break "
+                                       "the report schema on purpose (not validated after it)")
+
+
+@pytest.fixture(autouse=True)
+def _reports_follow_the_schema(request: pytest.FixtureRequest):
+    """After each test, every JSON report under the folders it wrote in (tmp_path, the
+    pytester folder) must validate against the packaged JSON Schema."""
+    # Asked for before the test, so that they are torn down after this fixture.
+    folders = [request.getfixturevalue(name) for name in ("tmp_path",)
+               if name in request.fixturenames]
+    if "pytester" in request.fixturenames:
+        folders.append(request.getfixturevalue("pytester").path)
+    yield
+    if request.node.get_closest_marker("invalid_report"):
+        return
+    from report_schema_check import check_reports
+
+    found = [line for folder in folders for line in check_reports(folder)]
+    assert not found, "reports that break report.schema.json:\n" + "\n".join(found[:20])

@@ -79,12 +79,16 @@ def augment(doc: dict[str, Any], examples: list[dict[str, Any]]) -> dict[str, An
                         "value": 1, "threshold": 0, "outcome": "failed"})
     doc["rows"].append({**fuzz, "metric": "score_after", "condition": "gaussian_noise:2:s2023",
                         "value": 0.41, "threshold": None, "outcome": "info"})
-    doc["baseline"] = {"path": "baseline.json", "git_commit": "abc123", "compared": 40,
-                       "passed": False, "regressions": [
+    doc["baseline"] = {"path": "baseline.json", "git_commit": "abc123",
+                       "rule": {"tolerance": 0.02, "alpha": 0.05, "hard_limit": 0.1},
+                       "paired_tests": False, "baseline_values": 40, "compared": 40,
+                       "unmatched": [], "renamed": {}, "context": [], "mismatch": [],
+                       "passed": False, "within_noise": [], "paired": [], "regressions": [
                            {"classifier": name, "suite": "effectiveness", "metric": "f1",
                             "category": "Hate", "source": "Lexica", "condition": None,
                             "baseline": 0.8, "current": 0.6, "diff": -0.2, "tolerance": 0.05,
-                            "p_value": 0.01, "reason": "beyond tolerance"}]}
+                            "p_value": 0.01, "reason": "beyond tolerance", "ci_low": None,
+                            "ci_high": None}]}
     doc["examples"] = examples  # made here, so tests control blur and count
     # The added rows are of these suites: the renderer shows only what the run's suites measured.
     doc["config"]["suites"] = [*doc["config"]["suites"], "robustness", "fuzz"]

@@ -58,6 +58,7 @@ def test_wheel_name(wheel: Path) -> None:
     "pytest_unsafebench/suites/test_effectiveness.py",
     "pytest_unsafebench/suites/test_data_integrity.py",
     "pytest_unsafebench/py.typed",  # PEP 561 marker: users' type checkers read our hints
+    "pytest_unsafebench/report/report.schema.json",  # the report's JSON Schema
 ])
 def test_wheel_contains(names: list[str], path: str) -> None:
     assert path in names
