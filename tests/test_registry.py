@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import textwrap
 import uuid
@@ -17,6 +18,7 @@ from pytest_unsafebench.errors import ClassifierLoadError
 from pytest_unsafebench.registry import (
     BUILTIN,
     ENTRY_POINT_GROUP,
+    Registry,
     available,
     check_name,
     load_classifier,
@@ -269,3 +271,70 @@ def test_objects_without_the_protocol(fake_module: str, factory: str, fragment: 
     with pytest.raises(ClassifierLoadError) as info:
         load_classifier(f"{fake_module}:{factory}")
     assert fragment in str(info.value)
+
+
+# --------------------------------------------------------------------------- the Registry type
+def test_registry_imports_an_entry_only_when_it_is_looked_up(fake_module: str) -> None:
+    reg: Registry = Registry({"lazy": f"{fake_module}:plain", "eager": len})
+    reg.register("holder", f"{fake_module}:Holder.create")
+    assert list(reg) == ["lazy", "eager", "holder"] and len(reg) == 3  # registration order
+    assert "lazy" in reg and ["lazy"] not in reg and 3 not in reg  # a TOML list may hold lists
+    assert reg.targets() == {"lazy": f"{fake_module}:plain", "eager": "builtins:len",
+                             "holder": f"{fake_module}:Holder.create"}
+    assert reg.is_lazy("lazy") and not reg.is_lazy("eager")
+    assert fake_module not in sys.modules
+    assert reg["lazy"] is sys.modules[fake_module].plain
+    assert reg["holder"] is sys.modules[fake_module].Holder.create
+    reg.clear()  # never looks entries up
+    assert not reg
+
+
+def test_registry_lookup_errors(fake_module: str) -> None:
+    reg: Registry = Registry({"gone": f"{fake_module}:nothing_here"})
+    with pytest.raises(KeyError):
+        reg["unknown"]
+    with pytest.raises(AttributeError, match="has no 'nothing_here'"):
+        reg["gone"]
+
+
+def test_configuration_checks_attack_and_perturbation_names_without_importing_them() -> None:
+    """Names come from the registries: validating a config that names attacks, evasions and
+    corruptions imports neither torch, OpenCV, numpy, Pillow nor the attack and perturbation
+    code, and the errors still name the key and the closest name."""
+    code = textwrap.dedent("""
+        import sys
+        from pathlib import Path
+
+        from pytest_unsafebench.config import resolve_settings
+        from pytest_unsafebench.errors import ConfigError
+        from pytest_unsafebench.robustness.accuracy import condition_names, corruptions
+
+        def check(table):
+            try:
+                rs = resolve_settings({"classifiers": ["demo"]}, {"robustness": table},
+                                      Path(".")).robustness
+                print(condition_names(rs), corruptions(rs))
+            except ConfigError as exc:
+                print(exc)
+
+        check({"attacks": ["pgd", "spsa"], "evasions": ["text_overlay"],
+               "corruptions": ["rotate", "gaussian_noise"]})
+        check({"attacks": ["pgdd"]})
+        check({"evasions": ["text_overlayy"]})
+        check({"corruptions": ["text_overlay"]})
+        heavy = ("torch", "cv2", "numpy", "PIL", "pytest_unsafebench.robustness.attacks",
+                 "pytest_unsafebench.robustness.perturbations")
+        print("loaded:", [m for m in heavy if m in sys.modules])
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "['pgd', 'spsa', 'text_overlay'] ['rotate', 'gaussian_noise']"
+    assert lines[1] == ("tool.unsafebench.robustness.attacks: expected a list from gaussian, "
+                        "fgsm, pgd, deepfool, square, spsa, got ['pgdd']")
+    assert lines[2].startswith("tool.unsafebench.robustness.evasions: unknown evasion "
+                               "'text_overlayy' (did you mean 'text_overlay'?); known: ")
+    assert lines[3] == ("tool.unsafebench.robustness.corruptions: 'text_overlay' is an "
+                        "evasion, not a corruption: list it under evasions")
+    assert lines[4] == "loaded: []"

@@ -62,16 +62,16 @@ def _chosen(listed: Sequence[str] | None, kind: str, key: str) -> list[str]:
     pyproject key for an unknown name or one of the other kind."""
     from ..errors import ConfigError
     from ..taxonomy import suggest
-    from . import perturbations
+    from .registries import PERTURBATIONS, perturbation_names  # names only: no numpy, no Pillow
 
-    known = perturbations.names(kind)
+    known = perturbation_names(kind)
     if listed is None:
         return known
     path = f"tool.unsafebench.robustness.{key}"
     for name in listed:
         if name in known:
             continue
-        other = perturbations.PERTURBATIONS.get(name)
+        other = PERTURBATIONS.get(name)
         if other is not None:
             raise ConfigError(f"{path}: {name!r} is {_article(other.kind)}, not "
                               f"{_article(kind)}: list it under {other.kind}s")

@@ -65,12 +65,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .registries import ATTACKS
+
 __all__ = [
     "ATTACKS", "AttackResult", "AttackSpec", "MODES", "logits_from_scores", "paper_box",
     "paper_spec", "run_attack",
 ]
 
-ATTACKS: tuple[str, ...] = ("gaussian", "fgsm", "pgd", "deepfool", "square", "spsa")
 MODES: tuple[str, ...] = ("pixel", "paper")
 GRADIENT_FREE = frozenset({"gaussian", "square", "spsa"})  # run on models without gradients
 BLACK_BOX = frozenset({"square", "spsa"})  # use a query budget
@@ -385,22 +386,11 @@ def run_attack(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackS
         raise RuntimeError(f"{spec.name} needs gradients: call run_attack outside "
                            "torch.inference_mode()")
 
-    pred: torch.Tensor | None = None
+    pred: torch.Tensor | None
     if x.shape[0] == 0:
-        x_adv = x.clone()
-        pred = y.clone()
-    elif spec.name == "gaussian":
-        x_adv = _gaussian(x, spec, scale, gen, bounds)
-    elif spec.name == "fgsm":
-        x_adv = _fgsm(forward, x, y, spec, scale, queries, bounds)
-    elif spec.name == "pgd":
-        x_adv = _pgd(forward, x, y, spec, scale, gen, queries, bounds)
-    elif spec.name == "deepfool":
-        x_adv = _deepfool(forward, x, y, spec, scale, queries, bounds)
-    elif spec.name == "square":
-        x_adv, pred = _square(forward, x, y, spec, scale, gen, queries, bounds)
+        x_adv, pred = x.clone(), y.clone()
     else:
-        x_adv, pred = _spsa(forward, x, y, spec, scale, gen, queries, bounds)
+        x_adv, pred = ATTACKS[spec.name](forward, x, y, spec, scale, gen, queries, bounds)
 
     # Belt and braces: every attack already stays in the box, this makes it a guarantee.
     eps_pix = spec.eps * scale
@@ -531,28 +521,34 @@ def _logits_with_grad(forward: Forward, x_adv: torch.Tensor) -> tuple[torch.Tens
     return xa, logits
 
 
-def _gaussian(x: torch.Tensor, spec: AttackSpec, scale: torch.Tensor,
-              gen: torch.Generator, box: Box) -> torch.Tensor:
+# The attacks, registered by name in registries.ATTACKS: each takes (forward, x, y, spec, scale,
+# gen, queries, box), counts its forward calls in ``queries``, and returns the adversarial
+# images and, for the black-box attacks that know them without a new query, the predictions.
+Attacked = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def gaussian(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
+             scale: torch.Tensor, gen: torch.Generator, queries: torch.Tensor,
+             box: Box) -> Attacked:
     noise = _rand(gen, x.shape, x, "normal")
     norms = noise.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
     # L2 = eps in the mode's units: in paper mode the noise lives in normalised space.
-    return (x + noise * (spec.eps / norms) * scale).clamp_(*box)
+    return (x + noise * (spec.eps / norms) * scale).clamp_(*box), None
 
 
 def _ce(y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda logits: F.cross_entropy(logits, y, reduction="none")
 
 
-def _fgsm(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
-          scale: torch.Tensor, queries: torch.Tensor, box: Box) -> torch.Tensor:
+def fgsm(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
+         scale: torch.Tensor, gen: torch.Generator, queries: torch.Tensor, box: Box) -> Attacked:
     g = _input_grad(forward, x, _ce(y))
     queries += 1
-    return _project(x + spec.eps * scale * g.sign(), x, spec.eps * scale, box)
+    return _project(x + spec.eps * scale * g.sign(), x, spec.eps * scale, box), None
 
 
-def _pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
-         scale: torch.Tensor, gen: torch.Generator, queries: torch.Tensor,
-         box: Box) -> torch.Tensor:
+def pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
+        scale: torch.Tensor, gen: torch.Generator, queries: torch.Tensor, box: Box) -> Attacked:
     assert spec.steps is not None and spec.step_size is not None
     eps_pix = spec.eps * scale
     step = spec.step_size * scale
@@ -567,11 +563,12 @@ def _pgd(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
         # Ball and box intersect in one box, so a single in-place clamp is the projection.
         x_adv.add_(g.sign_().mul_(step)).clamp_(lo, hi)
     queries += spec.steps
-    return x_adv
+    return x_adv, None
 
 
-def _deepfool(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
-              scale: torch.Tensor, queries: torch.Tensor, box: Box) -> torch.Tensor:
+def deepfool(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
+             scale: torch.Tensor, gen: torch.Generator, queries: torch.Tensor,
+             box: Box) -> Attacked:
     assert spec.steps is not None and spec.overshoot is not None and spec.candidates is not None
     with torch.no_grad():
         logits0 = _scores(forward, x)
@@ -614,7 +611,7 @@ def _deepfool(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSp
         p_total[upd] += p_step[still]
         x_adv[upd] = (x[upd] + (1.0 + spec.overshoot) * p_total[upd]).clamp_(*box)
         active[idx[flipped]] = False
-    return x_adv
+    return x_adv, None
 
 
 def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -630,9 +627,9 @@ def _p_selection(it: int, n_iters: int) -> float:
     return SQUARE_P_INIT / 2 ** halvings
 
 
-def _square(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
-            scale: torch.Tensor, gen: torch.Generator, queries: torch.Tensor,
-            box: Box) -> tuple[torch.Tensor, torch.Tensor]:
+def square(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
+           scale: torch.Tensor, gen: torch.Generator, queries: torch.Tensor,
+           box: Box) -> Attacked:
     assert spec.queries is not None
     _, c, h, w = x.shape
     eps_pix = spec.eps * scale
@@ -691,9 +688,9 @@ def _square(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec
     return x_best, pred
 
 
-def _spsa(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
-          scale: torch.Tensor, gen: torch.Generator, queries: torch.Tensor,
-          box: Box) -> tuple[torch.Tensor, torch.Tensor]:
+def spsa(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
+         scale: torch.Tensor, gen: torch.Generator, queries: torch.Tensor,
+         box: Box) -> Attacked:
     assert spec.queries is not None and spec.samples is not None and spec.step_size is not None
     eps_pix = spec.eps * scale
     d_pix = SPSA_DELTA * scale

@@ -55,44 +55,24 @@ import hashlib
 import io
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from difflib import get_close_matches
 from functools import cache, lru_cache
-from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .registries import KINDS, LEVELS, PERTURBATIONS, Perturbation, Severity
+from .registries import perturbation_names as names
+
 __all__ = [
-    "Chain", "DEFAULT_SEED", "KINDS", "PERTURBATIONS", "Perturbation", "PerturbationSpec",
+    "Chain", "DEFAULT_SEED", "KINDS", "LEVELS", "PERTURBATIONS", "Perturbation", "PerturbationSpec",
     "apply", "cache_key", "names", "parse", "perceptual_budget", "severities",
 ]
 
 DEFAULT_SEED = 2023  # the protocol's first pool seed (section 6)
-KINDS: tuple[str, ...] = ("corruption", "evasion")
-LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5)
 REFERENCE_SIDE = 224  # ImageNet-C's image side; spatial constants scale with min(w, h) / 224
-
-Kind = Literal["corruption", "evasion"]
-Severity = int | float
-# The generator is None for entries that are not ``random``: seeding one costs more than
-# some colour corruptions do.
-PerturbFn = Callable[[Image.Image, float, np.random.Generator | None], Image.Image]
-
-
-@dataclass(frozen=True)
-class Perturbation:
-    """A registry entry: what the perturbation is and how strong it may get."""
-
-    name: str
-    kind: Kind
-    description: str
-    fn: PerturbFn                   # (RGB image, severity, rng) -> RGB image of the same size
-    random: bool                    # draws from rng: the seed and the key change its output
-    max_fuzz_severity: Severity     # perceptual budget for fuzzing (see the module docstring)
-    levels: tuple[int, ...] = LEVELS
-    version: int = 1                # of its pixels: bumped whenever its output changes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,13 +242,6 @@ def parse(text: str) -> PerturbationSpec | Chain:
     """A condition string -> a spec, or a chain when it has several ``+``-joined steps."""
     chain = Chain.parse(text)
     return chain.specs[0] if len(chain) == 1 else chain
-
-
-def names(kind: str | None = None) -> list[str]:
-    """Registered perturbation names (registry order), optionally of one kind."""
-    if kind is not None and kind not in KINDS:
-        raise ValueError(f"unknown perturbation kind {kind!r}; expected one of {', '.join(KINDS)}")
-    return [n for n, p in PERTURBATIONS.items() if kind is None or p.kind == kind]
 
 
 def severities(name: str) -> tuple[int, ...]:
@@ -975,52 +948,3 @@ def grid_collage(img: Image.Image, severity: float, rng: np.random.Generator) ->
             tile = _benign_tile(tw, th, rng)
         canvas.paste(tile, box[:2])
     return canvas
-
-
-# ---------------------------------------------------------------------------------------------
-# Registry
-# ---------------------------------------------------------------------------------------------
-
-def _entry(name: str, kind: Kind, description: str, fn: PerturbFn, random: bool,
-           budget: Severity, version: int = 1) -> tuple[str, Perturbation]:
-    return name, Perturbation(name, kind, description, fn, random, budget, version=version)
-
-
-PERTURBATIONS: dict[str, Perturbation] = dict([
-    _entry("gaussian_noise", "corruption", "additive Gaussian noise (ImageNet-C)",
-           gaussian_noise, True, 3),
-    _entry("shot_noise", "corruption", "Poisson photon noise (ImageNet-C)",
-           shot_noise, True, 3),
-    _entry("impulse_noise", "corruption", "salt-and-pepper noise (ImageNet-C)",
-           impulse_noise, True, 2),
-    _entry("gaussian_blur", "corruption", "Gaussian blur (ImageNet-C)",
-           gaussian_blur, False, 2, version=2),
-    _entry("motion_blur", "corruption", "one-sided motion trail at a random angle (ImageNet-C)",
-           motion_blur, True, 2),
-    _entry("brightness", "corruption", "HSV value raised (ImageNet-C)",
-           brightness, False, 3, version=2),
-    _entry("contrast", "corruption", "contrast reduced around channel means (ImageNet-C)",
-           contrast, False, 2, version=2),
-    _entry("saturate", "corruption", "HSV saturation scaled (ImageNet-C extra corruption)",
-           saturate, False, 3, version=2),
-    _entry("pixelate", "corruption", "box downsample and upsample (ImageNet-C)",
-           pixelate, False, 3, version=2),
-    _entry("jpeg_compression", "corruption", "JPEG re-encoding at low quality (ImageNet-C)",
-           jpeg_compression, False, 3),
-    _entry("resize", "corruption", "bilinear downscale and upscale back",
-           resize, False, 3, version=2),
-    _entry("crop_pad", "corruption", "borders cropped and padded back with black",
-           crop_pad, True, 3),
-    _entry("rotate", "corruption", "rotation about the centre, black corners",
-           rotate, True, 3, version=2),
-    _entry("text_overlay", "evasion", "lines of caption text drawn over the picture",
-           text_overlay, True, 3),
-    _entry("emoji_sticker", "evasion", "smiley stickers pasted over the middle",
-           emoji_sticker, True, 2),
-    _entry("meme_caption", "evasion", "picture shrunk into a white meme frame with captions",
-           meme_caption, True, 5),
-    _entry("screenshot_border", "evasion", "picture inside a phone screenshot of a post",
-           screenshot_border, True, 5),
-    _entry("grid_collage", "evasion", "picture as one tile of an n x n collage of benign tiles",
-           grid_collage, True, 3),
-])
