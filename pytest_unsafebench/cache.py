@@ -224,7 +224,8 @@ class PredictionCache:
                 "INSERT OR REPLACE INTO decodes VALUES (?, ?, ?, ?)",
                 [(h + self._rule, max_pixels, kind, detail) for h, kind, detail in items])
 
-    def _rows_in(self, sql: str, params: tuple[Any, ...], hashes: Iterable[str]) -> Iterator[tuple]:
+    def _rows_in(self, sql: str, params: tuple[Any, ...], hashes: Iterable[str]
+                 ) -> Iterator[tuple[Any, ...]]:
         """Run ``sql`` (ending in ``IN ({marks})``) over the hashes, in chunks below SQLite's
         bound-parameter limit."""
         wanted = list(dict.fromkeys(hashes))

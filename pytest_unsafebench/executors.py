@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from .dataset.demo import DemoRow
     from .dataset.records import Record
 
-EXECUTORS = ("local", "ray")
 RAY_INSTALL_HINT = "pip install 'pytest-unsafebench[ray]'"
 
 
@@ -66,9 +65,8 @@ def image_ref(record: Record, demo_plan: dict[str, tuple[int, DemoRow]] | None =
                 return ImageRef("demo", path=str(owner), demo=(
                     seed, row.category, row.source, row.unsafe, row.split, row.index))
         return ImageRef("file", path=str(owner.resolve()))  # workers have their own cwd
-    if isinstance(reader, partial) and isinstance(getattr(reader.func, "__self__", None),
-                                                  RowGroupReader):
-        lazy = reader.func.__self__
+    lazy = getattr(reader.func, "__self__", None) if isinstance(reader, partial) else None
+    if isinstance(reader, partial) and isinstance(lazy, RowGroupReader):
         file_index, group, row = reader.args
         # The reader keeps its files and per-file image columns privately; it is ours.
         return ImageRef("parquet", path=str(Path(lazy._files[file_index]).resolve()),

@@ -16,6 +16,15 @@ from pathlib import Path
 
 import pytest
 
+# The packaged suite modules; a run without paths collects the selected ones.
+SUITE_MODULES = {
+    "integrity": "test_data_integrity.py",
+    "effectiveness": "test_effectiveness.py",
+    "robustness": "test_robustness.py",
+    "fuzz": "test_fuzz.py",
+    "gap": "test_gap.py",
+}
+
 
 @dataclass(eq=False)
 class PackagedSuites:
@@ -35,7 +44,8 @@ class PackagedSuites:
                                       items: list[pytest.Item]) -> None:
         if not self.ids:
             return
-        keep, drop = [], []
+        keep: list[pytest.Item] = []
+        drop: list[pytest.Item] = []
         for item in items:
             packaged = Path(item.path).parent == self.folder
             (keep if not packaged or any(_matches(item.nodeid, i) for i in self.ids)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from .metrics import (
     check_same_length,
     grouped_counts,
 )
+from .options import DEFAULT_SEED
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -152,7 +153,8 @@ def _values_from_counts(metric: str, counts: np.ndarray) -> np.ndarray:
     counts = counts.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         if metric == "accuracy":
-            return counts[:, 1] / counts.sum(axis=1)
+            share: np.ndarray = counts[:, 1] / counts.sum(axis=1)  # sum() is typed Any
+            return share
         if metric == "auroc":
             neg, pos = counts[:, 0::2], counts[:, 1::2]  # per distinct score, ascending
             n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
@@ -223,7 +225,7 @@ def bootstrap_ci(
     *,
     n_resamples: int = 1000,
     confidence: float = 0.95,
-    seed: int = 2023,
+    seed: int = DEFAULT_SEED,
 ) -> tuple[float | None, float | None]:
     """Percentile bootstrap CI of ``metric`` over the images of one cell.
 
@@ -252,7 +254,7 @@ def bootstrap_diff_ci(
     scores_b: ArrayLike | None = None,
     n_resamples: int = 1000,
     confidence: float = 0.95,
-    seed: int = 2023,
+    seed: int = DEFAULT_SEED,
 ) -> tuple[float | None, float | None, float | None]:
     """``(metric(a) - metric(b), low, high)`` for two independent samples.
 
@@ -306,7 +308,7 @@ def paired_bootstrap(
     scores_b: ArrayLike | None = None,
     n_resamples: int = 1000,
     confidence: float = 0.95,
-    seed: int = 2023,
+    seed: int = DEFAULT_SEED,
 ) -> PairedResult:
     """Bootstrap comparison of two sets of decisions (or scores) on the same images.
 
@@ -359,7 +361,7 @@ def paired_gap_bootstrap(
     *,
     n_resamples: int = 1000,
     confidence: float = 0.95,
-    seed: int = 2023,
+    seed: int = DEFAULT_SEED,
 ) -> PairedResult:
     """How the absolute gap between two image sources changed between two sets of decisions on
     the same images: ``real`` and ``generated`` are each ``(y_true, y_pred_a, y_pred_b)``.
@@ -376,9 +378,9 @@ def paired_gap_bootstrap(
     pairs = [[_sample(metric, t, a, None), _sample(metric, t, b, None)]
              for t, a, b in (real, generated)]
     points = [[_point(x) for x in pair] for pair in pairs]
-    gaps = [None if points[0][k] is None or points[1][k] is None
-            else points[0][k] - points[1][k] for k in (0, 1)]
-    diff = None if None in gaps else abs(gaps[1]) - abs(gaps[0])
+    gap_a, gap_b = (None if real_k is None or generated_k is None else real_k - generated_k
+                    for real_k, generated_k in zip(points[0], points[1]))
+    diff = None if gap_a is None or gap_b is None else abs(gap_b) - abs(gap_a)
     low = high = p_value = None
     if diff is not None and n_resamples > 0:
         rng = np.random.default_rng(seed)
@@ -389,7 +391,7 @@ def paired_gap_bootstrap(
             defined = diffs[~np.isnan(diffs)]
             share = min(np.mean(defined <= 0), np.mean(defined >= 0))
             p_value = _round(min(1.0, 2.0 * float(share)))
-    return PairedResult(metric=metric, a=_round(gaps[0]), b=_round(gaps[1]), diff=_round(diff),
+    return PairedResult(metric=metric, a=_round(gap_a), b=_round(gap_b), diff=_round(diff),
                         ci_low=low, ci_high=high, p_value=p_value,
                         n=pairs[0][0].n + pairs[1][0].n)
 
@@ -479,7 +481,7 @@ def _floats(values: np.ndarray) -> list[float]:
     return [float(v) for v in values]
 
 
-def roc_points(y_true: ArrayLike, scores: ArrayLike, *, max_points: int = 200) -> dict:
+def roc_points(y_true: ArrayLike, scores: ArrayLike, *, max_points: int = 200) -> dict[str, Any]:
     """ROC curve as scikit-learn's ``roc_curve`` (collinear intermediate points dropped).
 
     The first point (0, 0) has threshold ``None`` (flag nothing; scikit-learn's inf, which
@@ -509,7 +511,7 @@ def roc_points(y_true: ArrayLike, scores: ArrayLike, *, max_points: int = 200) -
     }
 
 
-def pr_points(y_true: ArrayLike, scores: ArrayLike, *, max_points: int = 200) -> dict:
+def pr_points(y_true: ArrayLike, scores: ArrayLike, *, max_points: int = 200) -> dict[str, Any]:
     """Precision-recall curve as scikit-learn's ``precision_recall_curve``.
 
     Same order (increasing threshold), ending at (recall 0, precision 1), whose threshold is
@@ -537,7 +539,7 @@ def pr_points(y_true: ArrayLike, scores: ArrayLike, *, max_points: int = 200) ->
 # --------------------------------------------------------------------------- calibration
 
 
-def calibration(y_true: ArrayLike, scores: ArrayLike, *, n_bins: int = 10) -> dict:
+def calibration(y_true: ArrayLike, scores: ArrayLike, *, n_bins: int = 10) -> dict[str, Any]:
     """Reliability-diagram data and expected calibration error.
 
     Equal-width bins on [0, 1], each closed on the left ([lower, upper)), the last one also
@@ -618,7 +620,7 @@ def _best(mask: np.ndarray, *keys: np.ndarray) -> int | None:
 
 def operating_points(
     y_true: ArrayLike, scores: ArrayLike, *, fpr_max: float = 0.1, recall_min: float = 0.9
-) -> dict:
+) -> dict[str, Any]:
     """Operating points of the rule ``score >= t`` over the distinct scores t.
 
     * ``max_f1``: the highest F1;

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from .dataset.images import DEFAULT_ALPHA
 from .errors import ConfigError, DatasetError
+from .options import DEFAULT_SEED, OPTION
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,7 +54,7 @@ CONDITION = "clean"  # the engine's condition name for unperturbed images
 class TrainConfig:
     """Hyper-parameters; all of them go into the probe file."""
 
-    seed: int = 2023
+    seed: int = DEFAULT_SEED
     epochs: int = 200           # at most; early stopping usually ends sooner
     patience: int = 15          # epochs without a better validation loss before stopping
     val_fraction: float = 0.15
@@ -120,7 +121,7 @@ def cached_embeddings(records: Sequence[Record], backbone: Backbone, cache_path:
         found = cache.get_embeddings(backbone.fingerprint, CONDITION,
                                      [r.content_hash for r in records])
         todo = list(dict.fromkeys(r.content_hash for r in records if r.content_hash not in found))
-        first = {}
+        first: dict[str, Record] = {}
         for r in records:
             first.setdefault(r.content_hash, r)
         skipped: list[str] = []
@@ -274,7 +275,7 @@ def f1_score(y: np.ndarray, pred: np.ndarray) -> float:
 def train_probe(dataset: str, backbone: str, out: str | Path, *,
                 backbone_options: Mapping[str, Any] | None = None,
                 config: TrainConfig = TrainConfig(), cache_dir: str | Path | None = None,
-                device: str = "cpu", batch_size: int = 32, dataset_seed: int = 2023,
+                device: str = "cpu", batch_size: int = 32, dataset_seed: int = DEFAULT_SEED,
                 alpha: str = DEFAULT_ALPHA,
                 progress: Callable[[str], None] | None = None) -> TrainResult:
     """Train a probe on ``dataset``'s train split and write it to ``out`` (one safetensors
@@ -383,7 +384,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train per-category and overall unsafe heads on a frozen backbone's "
                     "embeddings (from the prediction cache) using the train split only; write "
                     "one safetensors file that loads as --unsafebench-classifier=probe:PATH.")
-    p.add_argument("--dataset", default="demo",
+    p.add_argument("--dataset", default=OPTION["dataset"].default,
                    help="dataset spec, as --unsafebench-dataset (default demo)")
     p.add_argument("--backbone", default="clip",
                    help="clip (CLIP ViT-L/14, default), demo, or a classifier on a shared "
@@ -399,7 +400,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="early-stopping patience in epochs")
     p.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
                    help="share of the train split held out for validation")
-    p.add_argument("--dataset-seed", type=int, default=2023,
+    p.add_argument("--dataset-seed", type=int, default=DEFAULT_SEED,
                    help="the demo dataset's seed (as --unsafebench-seed)")
     p.add_argument("--cache-dir", default=None,
                    help="prediction cache folder (default .pytest_cache/unsafebench, as the "

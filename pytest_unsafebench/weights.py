@@ -42,7 +42,7 @@ class WeightFile:
     revision: str | None = None
 
 
-def resolve(spec: WeightFile, explicit: str | os.PathLike | None,
+def resolve(spec: WeightFile, explicit: str | os.PathLike[str] | None,
             cache_dir: Path | None) -> Path:
     if explicit:
         path = Path(explicit).expanduser()
@@ -56,7 +56,7 @@ def resolve(spec: WeightFile, explicit: str | os.PathLike | None,
         if local.exists():
             return local
     if spec.repo_id:
-        found = _from_hub(spec)
+        found = _from_hub(spec, spec.repo_id)
         if found is not None:
             return found
     where = (f"{Path(cache_dir) / 'weights' / spec.classifier / spec.filename}" if cache_dir
@@ -72,19 +72,19 @@ def resolve(spec: WeightFile, explicit: str | os.PathLike | None,
     raise WeightsNotFound(f"{spec.classifier}: weight file {spec.filename!r} not found: {hint}")
 
 
-def _from_hub(spec: WeightFile) -> Path | None:
+def _from_hub(spec: WeightFile, repo_id: str) -> Path | None:
     try:
         from huggingface_hub import hf_hub_download, try_to_load_from_cache
     except ImportError:
         return None
-    cached = try_to_load_from_cache(spec.repo_id, spec.filename, revision=spec.revision)
+    cached = try_to_load_from_cache(repo_id, spec.filename, revision=spec.revision)
     if isinstance(cached, str):
         return Path(cached)
     if hub_offline_reason():
         return None
     try:
-        with step("download", f"downloading {spec.repo_id}/{spec.filename}"):
-            return Path(hf_hub_download(spec.repo_id, spec.filename, revision=spec.revision))
+        with step("download", f"downloading {repo_id}/{spec.filename}"):
+            return Path(hf_hub_download(repo_id, spec.filename, revision=spec.revision))
     except Exception:  # any hub failure means "not available"; resolve() explains
         return None
 

@@ -385,7 +385,8 @@ def _render_background(category: str, rng: np.random.Generator, size: int) -> np
         glow = np.exp(-((xx - gx) ** 2 + (yy - gy) ** 2) / (2 * rad**2))[..., None]
         tint = np.array(_hsv(rng.uniform(0, 1), rng.uniform(0.3, 0.8), 1.0), np.float32)
         bg = bg * (1 - 0.6 * glow) + tint * 0.6 * glow
-    return np.clip(bg, 0, 1).astype(np.float32)
+    out: np.ndarray = np.clip(bg, 0, 1).astype(np.float32)  # (np.mgrid is typed Any)
+    return out
 
 
 def _composite(bg: np.ndarray, layer: PILImage.Image, strength: float) -> np.ndarray:
@@ -400,7 +401,8 @@ def _composite(bg: np.ndarray, layer: PILImage.Image, strength: float) -> np.nda
         layer = layer.convert("RGBa")
     arr = np.asarray(layer, dtype=np.float32) / 255.0
     alpha = arr[..., 3:4] * strength
-    return bg * (1 - alpha) + arr[..., :3] * strength
+    out: np.ndarray = bg * (1 - alpha) + arr[..., :3] * strength  # (np.asarray of an image: Any)
+    return out
 
 
 def _draw_motif(bg: np.ndarray, category: str, unsafe: bool, rng: np.random.Generator,

@@ -102,7 +102,7 @@ class _HubReader:
     def read(self, index: int) -> bytes:
         with self._lock:
             image = self._split[index]["image"]
-        data = image.get("bytes") if isinstance(image, dict) else image
+        data: bytes | None = image.get("bytes") if isinstance(image, dict) else image
         if data is None:
             raise DatasetError(f"row {index} has no image bytes any more")
         return data
@@ -153,6 +153,7 @@ def load_hub(repo_id: str, cache_dir: Path) -> Dataset:
             if problem:
                 findings.append(problem)
                 continue
+            assert data is not None  # row_finding reports null bytes
             pending.append(PendingRow(row, locator, content_hash(data),
                                       partial(reader.read, index),
                                       archive_key(row, split_name, index)))

@@ -13,7 +13,7 @@ import os
 import stat
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, cast
 
 from ..options import DEFAULT_MAX_PIXELS
 
@@ -56,7 +56,7 @@ def file_kind(mode: int) -> str:
     return "not a regular file"
 
 
-def open_regular(path: Path) -> BinaryIO:
+def open_regular(path: Path) -> io.BufferedReader:
     """Open a regular file for reading; a FIFO, socket, device or directory is an ImageProblem
     (reading a FIFO would block the run), checked without blocking."""
     st = os.stat(path)
@@ -191,11 +191,11 @@ def readonly_view(image: Image) -> Image:
 
 
 @functools.cache  # PIL is imported on first use, not with this module
-def _readonly_class() -> type:
+def _readonly_class() -> type[Image]:
     from PIL import Image as PILImage
 
     class ReadOnlyImage(PILImage.Image):
-        def frombytes(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        def frombytes(self, *args: Any, **kwargs: Any) -> None:
             self._ensure_mutable()  # Pillow's frombytes writes the shared pixels in place
             super().frombytes(*args, **kwargs)
 
@@ -227,7 +227,9 @@ def _to_rgb(img: Image, alpha: str) -> tuple[Image, str | None]:
         has_alpha = "A" in mode or (mode == "P" and "transparency" in img.info)
         if has_alpha:
             rgba = img.convert("RGBA")
-            transparent = rgba.getextrema()[3][0] < 255
+            # An RGBA image: one (min, max) pair per band (Pillow types it for one band too).
+            bands = cast("tuple[tuple[int, int], ...]", rgba.getextrema())
+            transparent = bands[3][0] < 255
             if alpha == "drop":
                 out = img.convert("RGB")
                 if transparent:

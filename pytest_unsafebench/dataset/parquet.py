@@ -154,7 +154,8 @@ def bytes_column(table: Any) -> list[bytes | None]:
     column = table.column("image").combine_chunks()
     if pa.types.is_struct(column.type):
         column = column.flatten()[column.type.get_field_index("bytes")]
-    return column.to_pylist()
+    values: list[bytes | None] = column.to_pylist()  # pyarrow is untyped
+    return values
 
 
 def _image_columns(schema: Any) -> list[str] | None:
@@ -287,6 +288,7 @@ def load_parquet(path: Path, spec: str) -> Dataset:
                         if problem:
                             findings.append(problem)
                             continue
+                        assert data is not None  # row_finding reports null bytes
                         pending.append(PendingRow(
                             row, locator, content_hash(data),
                             partial(lazy.read, file_index, group, row_in_group),
