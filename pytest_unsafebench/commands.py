@@ -55,7 +55,7 @@ def _load(path: Path) -> dict:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from .report.document import terminal_lines
+    from .report.terminal import terminal_lines
 
     for line in terminal_lines(_load(args.report)):
         print(line)

@@ -328,7 +328,7 @@ def test_fuzz_images_and_thumbnails_follow_the_runs_rule(tmp_path: Path) -> None
 
 
 def test_the_terminal_says_when_the_rule_is_not_the_default_or_not_the_papers() -> None:
-    from pytest_unsafebench.report.document import alpha_line
+    from pytest_unsafebench.report.format import alpha_line
 
     paper = {"robustness": {"mode": "paper"}}
     assert alpha_line({"alpha": "white"}) is None and alpha_line({}) is None  # old reports

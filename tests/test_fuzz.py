@@ -32,9 +32,10 @@ from plugin_helpers import (
 )
 from pytest_unsafebench.classifier import Prediction
 from pytest_unsafebench.cli import main as cli_main
-from pytest_unsafebench.report.document import ROW_KEYS, sorted_rows
+from pytest_unsafebench.report.format import sorted_rows
 from pytest_unsafebench.report.html import render_html
 from pytest_unsafebench.report.markdown import render_markdown
+from pytest_unsafebench.report.schema import ROW_KEYS
 from pytest_unsafebench.robustness import fuzzing
 from pytest_unsafebench.robustness.perturbations import (
     PERTURBATIONS,

@@ -459,7 +459,7 @@ def test_markdown_and_html_print_p_values_as_bounds() -> None:
     page, summary = _baseline({"baseline": section}), render_markdown({"baseline": section})
     assert "<td>p &lt; 0.001</td>" in page and "| p < 0.001 |" in summary
     assert "0.000 |" not in summary.split("### Baseline")[1]
-    from pytest_unsafebench.report.document import _comparison_lines
+    from pytest_unsafebench.report.terminal import _comparison_lines
 
     [*_, row] = _comparison_lines([{"a": "x", "b": "y", "category": "Hate", "diff": 0.2,
                                    "ci_low": 0.1, "ci_high": 0.3, "p_value": 0.0,

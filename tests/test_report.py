@@ -12,15 +12,10 @@ from hypothesis import strategies as st
 
 from pytest_unsafebench.config import resolve_settings
 from pytest_unsafebench.dataset.records import Finding
-from pytest_unsafebench.report.document import (
-    GATE_OUTCOMES,
-    ROW_KEYS,
-    SCHEMA_VERSION,
-    build_json,
-    sorted_rows,
-    summarize,
-    terminal_lines,
-)
+from pytest_unsafebench.report.document import build_json, summarize
+from pytest_unsafebench.report.format import sorted_rows
+from pytest_unsafebench.report.schema import GATE_OUTCOMES, ROW_KEYS, SCHEMA_VERSION
+from pytest_unsafebench.report.terminal import terminal_lines
 from pytest_unsafebench.results import ClassifierState, RunState
 from pytest_unsafebench.taxonomy import CATEGORIES, CELL_SOURCES, SHORT_NAMES
 from pytest_unsafebench.thresholds import BUILTIN_PROFILES

@@ -276,9 +276,10 @@ def test_judge_notes_and_paper_gate_reach_every_report(tmp_path) -> None:
     """A judge's setup notes (definitions warning first) reach the terminal, JSON, HTML and
     Markdown; a judge not run as the paper ran it never carries the paper's figure."""
     from pytest_unsafebench.config import resolve_settings
-    from pytest_unsafebench.report.document import build_json, terminal_lines
+    from pytest_unsafebench.report.document import build_json
     from pytest_unsafebench.report.html import render_html
     from pytest_unsafebench.report.markdown import render_markdown
+    from pytest_unsafebench.report.terminal import terminal_lines
     from pytest_unsafebench.results import ClassifierState, RunState
 
     warning = "category definitions: this project's wording, not the paper's (offline); to fix: x"
@@ -403,7 +404,7 @@ def test_curves_leave_out_images_without_a_verdict() -> None:
 
 def test_judge_summary_never_invents_an_unsure_rate() -> None:
     from pytest_unsafebench.analysis import judge_summary
-    from pytest_unsafebench.report.document import judge_line
+    from pytest_unsafebench.report.format import judge_line
     from pytest_unsafebench.results import PredictionTable
 
     rows = [{"id": str(i), "label": "Unsafe", "category": "Hate", "source": "Lexica",

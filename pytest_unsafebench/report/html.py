@@ -24,9 +24,23 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UnsafeBenchError
-from ..taxonomy import CATEGORIES, CELL_SOURCES, OVERALL, POOLED, SHORT_NAMES
+from ..taxonomy import OVERALL, POOLED, SHORT_NAMES
 from . import paper
-from .document import alpha_line, attack_units, judge_line, not_run
+from .format import (
+    HTML_ATTACK_ORDER,
+    alpha_line,
+    attack_units,
+    category_order,
+    condition_order,
+    excludes_zero,
+    interval,
+    judge_line,
+    not_run,
+    number,
+    p_value,
+    source_order,
+)
+from .schema import GATE_OUTCOMES
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -95,27 +109,18 @@ def _e(value: Any) -> str:
 
 
 def _p(value: Any) -> str:
-    """A p-value as ``p < 0.001`` rather than ``0.000`` (see stats.format_p)."""
-    from ..stats import format_p
-
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return _num(value)
-    return format_p(float(value))
+    return p_value(value, text=_e)
 
 
 def _num(value: Any, digits: int = 3) -> str:
-    if isinstance(value, bool) or value is None:
-        return "-" if value is None else str(value)
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return _e(value)
+    return number(value, digits, text=_e)
 
 
 def _ci(row: Mapping[str, Any]) -> str:
     lo, hi = row.get("ci_low"), row.get("ci_high")
     if lo is None or hi is None:
         return ""
-    return f' <span class="ci">[{_num(lo)}, {_num(hi)}]</span>'
+    return f' <span class="ci">{interval(lo, hi, text=_e)}</span>'
 
 
 def _paper_value(row: Mapping[str, Any], doc: Mapping[str, Any]) -> float | None:
@@ -168,10 +173,6 @@ def _cat_name(category: Any) -> str:
     if category in (None, "all"):
         return "all categories"
     return SHORT_NAMES.get(category, str(category))
-
-
-def _order(value: Any, seq: Sequence[str]) -> tuple[int, str]:
-    return (seq.index(value), "") if value in seq else (len(seq), str(value))
 
 
 # ------------------------------------------------------------------------------------ charts
@@ -435,8 +436,8 @@ def _effectiveness(doc: Mapping[str, Any]) -> str:
             continue
         f1 = {(r["category"], r["source"]): r for r in mine if r["metric"] == "f1"}
         fpr = {(r["category"], r["source"]): r for r in mine if r["metric"] == "fpr"}
-        categories = sorted({r["category"] for r in mine}, key=lambda c: _order(c, CATEGORIES))
-        sources = sorted({r["source"] for r in mine}, key=lambda s: _order(s, CELL_SOURCES))
+        categories = sorted({r["category"] for r in mine}, key=category_order)
+        sources = sorted({r["source"] for r in mine}, key=source_order)
         out.append(f"<h3>{_e(name)}</h3>")
         notes = ((doc.get("classifiers") or {}).get(name) or {}).get("notes") or []
         judge = judge_line((doc.get("judges") or {}).get(name))
@@ -474,15 +475,15 @@ def _gap(doc: Mapping[str, Any]) -> str:
                        f"{_e(s.get('categories'))} categories, direction "
                        f"{_e(s.get('direction') or '-')}</p>")
         f1_gaps = sorted((r for r in mine if r["metric"] == "gap_f1"),
-                         key=lambda r: _order(r.get("category"), CATEGORIES))
+                         key=lambda r: category_order(r.get("category")))
         if f1_gaps:
             out.append(_gap_chart(name, f1_gaps))
         body = [[f"<td>{_e(r['metric'])}</td>", f"<td>{_e(_cat_name(r.get('category')))}</td>",
                  f"<td>{_e(r.get('condition') or '')}</td>", _value_cell(r, doc),
                  f'<td>{_significance(r)}</td>', f"<td>{_num(r.get('threshold'))}</td>",
                  f'<td class="{_e(r.get("outcome"))}">{_e(r.get("outcome"))}</td>']
-                for r in sorted(mine, key=lambda r: (r["metric"], _order(r.get("category"),
-                                                                          CATEGORIES)))]
+                for r in sorted(mine, key=lambda r: (r["metric"],
+                                                     category_order(r.get("category"))))]
         if body:
             out.append(_table(["metric", "category", "condition", "gap (Laion5B - Lexica)",
                                "CI excludes 0", "threshold", "outcome"], body, raw=True))
@@ -495,10 +496,8 @@ def _gap(doc: Mapping[str, Any]) -> str:
 
 
 def _significance(row: Mapping[str, Any]) -> str:
-    lo, hi = row.get("ci_low"), row.get("ci_high")
-    if lo is None or hi is None:
-        return "-"
-    return "yes" if lo > 0 or hi < 0 else "no"
+    significant = excludes_zero(row.get("ci_low"), row.get("ci_high"))
+    return "-" if significant is None else "yes" if significant else "no"
 
 
 CurveInfo = tuple[Mapping[str, Any], list[Mapping[str, Any]]]
@@ -515,8 +514,8 @@ def _headline(cells: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The cells to draw: pooled-source ones if present (one line per category), capped."""
     pooled = [c for c in cells if c.get("source") == POOLED]
     chosen = pooled or cells
-    chosen = sorted(chosen, key=lambda c: (_order(c.get("category"), CATEGORIES),
-                                           _order(c.get("source"), CELL_SOURCES)))
+    chosen = sorted(chosen, key=lambda c: (category_order(c.get("category")),
+                                           source_order(c.get("source"))))
     return chosen[:_MAX_CELL_CHARTS]
 
 
@@ -529,8 +528,8 @@ def _pivot(cells: list[Mapping[str, Any]],
            values: Mapping[str, Callable[[Mapping[str, Any]], Any]]) -> str:
     """One row per category, one column per value x source."""
     by = {(c.get("category"), c.get("source")): c for c in cells}
-    categories = sorted(dict.fromkeys(c for c, _ in by), key=lambda c: _order(c, CATEGORIES))
-    sources = sorted(dict.fromkeys(s for _, s in by), key=lambda s: _order(s, CELL_SOURCES))
+    categories = sorted(dict.fromkeys(c for c, _ in by), key=category_order)
+    sources = sorted(dict.fromkeys(s for _, s in by), key=source_order)
     body = [[_cat_name(cat), *(_num(fn(by[(cat, src)])) if (cat, src) in by else "-"
                                for fn in values.values() for src in sources)]
             for cat in categories]
@@ -627,8 +626,8 @@ def _operating_points(doc: Mapping[str, Any]) -> str:
         points = [c for c in cells if isinstance(c.get("operating_points"), Mapping)]
         if not points:
             continue
-        points.sort(key=lambda c: (_order(c.get("category"), CATEGORIES),
-                                   _order(c.get("source"), CELL_SOURCES)))
+        points.sort(key=lambda c: (category_order(c.get("category")),
+                                   source_order(c.get("source"))))
         out.append(f"<h3>{_e(name)}</h3>")
         body = [_point_row(c.get("category"), c.get("source"), kind, point)
                 for c in points for kind, point in c["operating_points"].items()]
@@ -651,18 +650,17 @@ def _robustness(doc: Mapping[str, Any]) -> str:
     if not rows:
         return _na("no robustness results (run with --unsafebench-suites=robustness)")
     out = []
-    order = {c: i for i, c in enumerate(("gaussian", "fgsm", "pgd", "deepfool", "square"))}
     for name in _classifiers(doc):
         mine = [r for r in rows if r.get("classifier") == name]
         gated = {(r.get("condition"), r.get("source")): r for r in mine
-                 if r.get("outcome") in ("passed", "failed", "skipped", "error")}
+                 if r.get("outcome") in GATE_OUTCOMES}
         if not mine:
             continue
         out.append(f"<h3>{_e(name)}</h3>")
         if gated:
             conditions = sorted(dict.fromkeys(c for c, _ in gated),
-                                key=lambda c: (c == "grid", order.get(c, len(order)), str(c)))
-            sources = sorted({s for _, s in gated}, key=lambda s: _order(s, CELL_SOURCES))
+                                key=lambda c: condition_order(c, HTML_ATTACK_ORDER))
+            sources = sorted({s for _, s in gated}, key=source_order)
             body = [[f"<td>{_e(c)}</td>", *(_value_cell(gated.get((c, s)), doc) for s in sources)]
                     for c in conditions]
             out.append(_table(["condition", *(f"RA {s}" for s in sources)], body, raw=True))
@@ -677,7 +675,7 @@ def _robustness(doc: Mapping[str, Any]) -> str:
             if r.get("metric") == "ra" and cell and isinstance(r.get("value"), (int, float)):
                 grid.setdefault(str(r.get("source")), {}).setdefault(cell[0], []).append(
                     (cell[1], float(r["value"])))
-        for source in sorted(grid, key=lambda s: _order(s, CELL_SOURCES)):
+        for source in sorted(grid, key=source_order):
             series = [(corruption, [lv for lv, _ in sorted(points)], [v for _, v in sorted(points)])
                       for corruption, points in sorted(grid[source].items())]
             out.append(_severity_chart(f"RA over severity of {name} on {source}", series))
@@ -843,7 +841,7 @@ def _comparisons(doc: Mapping[str, Any]) -> str:
     body = []
     for c in comps:
         m = c.get("mcnemar") if isinstance(c.get("mcnemar"), Mapping) else {}
-        ci = (f"[{_num(c.get('ci_low'))}, {_num(c.get('ci_high'))}]"
+        ci = (interval(c.get("ci_low"), c.get("ci_high"), text=_e)
               if c.get("ci_low") is not None else "-")
         body.append([c.get("a"), c.get("b"), _cat_name(c.get("category")), c.get("source"),
                      c.get("metric"), _num(c.get("a_value")), _num(c.get("b_value")),

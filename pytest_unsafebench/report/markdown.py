@@ -11,17 +11,26 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..taxonomy import CATEGORIES, CELL_SOURCES, OVERALL, POOLED, SHORT_NAMES
+from ..taxonomy import CELL_SOURCES, OVERALL, POOLED, SHORT_NAMES
 from ..text import printable
 from . import paper
-from .document import alpha_line, attack_units, judge_line
+from .format import (
+    alpha_line,
+    attack_units,
+    cell_order,
+    excludes_zero,
+    interval,
+    judge_line,
+    number,
+    p_value,
+)
+from .schema import GATE_OUTCOMES
 
 MAX_FAILED = 20
 # Punctuation that makes links, code, emphasis or headings, or ends a table cell (|). Not "_":
 # inside a word (emoji_sticker) it is never markup, and "[" escaped is enough against links.
 _MARKUP = re.compile(r"([\\`*\[\]|~#])")
 _AUTOLINK = re.compile(r"(?i)://|\bwww\.")
-_OUTCOMES = ("passed", "failed", "skipped", "error")
 
 
 def md(value: Any) -> str:
@@ -36,20 +45,11 @@ def md(value: Any) -> str:
 
 
 def _p(value: Any) -> str:
-    """A p-value as ``p < 0.001`` rather than ``0.000`` (see stats.format_p)."""
-    from ..stats import format_p
-
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return _num(value)
-    return format_p(float(value))
+    return p_value(value, text=md)
 
 
 def _num(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return md(value)
+    return number(value, text=md)
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
@@ -62,7 +62,7 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
 def _with_ci(row: Mapping[str, Any]) -> str:
     text = _num(row.get("value"))
     if row.get("ci_low") is not None and row.get("ci_high") is not None:
-        text += f" [{_num(row['ci_low'])}, {_num(row['ci_high'])}]"
+        text += f" {interval(row['ci_low'], row['ci_high'], text=md)}"
     return text
 
 
@@ -74,14 +74,6 @@ def _cell(row: Mapping[str, Any]) -> str:
 
 def _rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [r for r in doc.get("rows") or [] if isinstance(r, dict)]
-
-
-def _order(row: Mapping[str, Any]) -> tuple:
-    def pos(value: Any, seq: Sequence[str]) -> tuple[int, str]:
-        return (seq.index(value), "") if value in seq else (len(seq), str(value))
-    return (str(row.get("classifier")), str(row.get("suite")), str(row.get("metric")),
-            pos(row.get("category"), CATEGORIES), pos(row.get("source"), CELL_SOURCES),
-            str(row.get("condition")))
 
 
 def _paper_score(doc: Mapping[str, Any], name: str) -> str:
@@ -108,8 +100,8 @@ def _summary(doc: Mapping[str, Any]) -> list[str]:
     for name, s in summary.items():
         error = (info.get(name) or {}).get("error")
         out += ["", f"### {md(name)}", ""]
-        headers = ["score", *(o for o in _OUTCOMES)]
-        cells = [_num(s.get("score")), *(_num(s.get(o, 0)) for o in _OUTCOMES)]
+        headers = ["score", *(o for o in GATE_OUTCOMES)]
+        cells = [_num(s.get("score")), *(_num(s.get(o, 0)) for o in GATE_OUTCOMES)]
         ref = _paper_score(doc, name)
         if ref:
             headers.insert(1, "paper")
@@ -125,7 +117,8 @@ def _summary(doc: Mapping[str, Any]) -> list[str]:
 
 
 def _failed(doc: Mapping[str, Any]) -> list[str]:
-    failed = sorted((r for r in _rows(doc) if r.get("outcome") in ("failed", "error")), key=_order)
+    failed = sorted((r for r in _rows(doc) if r.get("outcome") in ("failed", "error")),
+                    key=cell_order)
     if not failed:
         return ["", "No failed cells."]
     out = ["", f"### Failed cells ({len(failed)})", ""]
@@ -150,9 +143,7 @@ def _gap(doc: Mapping[str, Any]) -> list[str]:
     out = [""]
     for name in names:
         mine = [r for r in rows if str(r.get("classifier")) == name]
-        significant = [r for r in mine
-                       if r.get("ci_low") is not None and r.get("ci_high") is not None
-                       and (r["ci_low"] > 0 or r["ci_high"] < 0)]
+        significant = [r for r in mine if excludes_zero(r.get("ci_low"), r.get("ci_high"))]
         s = shift.get(name) if isinstance(shift.get(name), Mapping) else {}
         failed = sum(1 for r in mine if r.get("outcome") == "failed")
         out.append(f"**Gap F1 (Laion5B - Lexica), {md(name)}**: mean |gap| "
