@@ -9,6 +9,7 @@ not fit its test is a collection error naming the test and what is allowed (as p
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -47,10 +48,11 @@ class MarkerSpec:
     overall: bool         # unsafebench_cell tests: the Overall category too (all pooled)
 
 
-def read_marker(node: pytest.Item | Any, fixturenames: Any) -> MarkerSpec | None:
-    """The checked spec of a test (a pytest Function or FunctionDefinition and its fixture
-    names); None for a test with neither the marker nor a parametrized fixture. A marker that
-    does not fit raises pytest's collection failure naming the test."""
+def read_marker(node: pytest.Item, fixturenames: Collection[str]) -> MarkerSpec | None:
+    """The checked spec of a test (a pytest Function, or the FunctionDefinition that
+    ``pytest_generate_tests`` sees, and its fixture names); None for a test with neither the
+    marker nor a parametrized fixture. A marker that does not fit raises pytest's collection
+    failure naming the test."""
     fixture = next((f for f in GRIDS if f in fixturenames), None)
     marker = node.get_closest_marker("unsafebench")
     if marker is None and fixture is None:
@@ -95,7 +97,7 @@ def read_marker(node: pytest.Item | Any, fixturenames: Any) -> MarkerSpec | None
 
 def gap_over_conditions(item: pytest.Item) -> bool:
     """A gap test over robustness conditions (it needs the robustness suite's results)."""
-    fixturenames = getattr(item, "fixturenames", ())
+    fixturenames: Collection[str] = getattr(item, "fixturenames", ())
     if "unsafebench_gap" not in fixturenames:
         return False
     spec = read_marker(item, fixturenames)

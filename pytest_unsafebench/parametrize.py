@@ -20,8 +20,10 @@ if TYPE_CHECKING:
     from .config import Settings
 
 # The pinned fuzz cases of --unsafebench-fuzz-replay, checked at configure time.
-REPLAY_CASES_KEY = pytest.StashKey[list]()
+REPLAY_CASES_KEY = pytest.StashKey[list[dict[str, Any]]]()
 
+# Why a benchmark test is skipped in a run without --unsafebench-classifier (the fixtures'
+# skip too, in plugin.py).
 INACTIVE = "pytest-unsafebench is inactive: pass --unsafebench-classifier=NAME"
 # Fixture -> the suite its tests need selected. unsafebench_cell and unsafebench_classifier
 # tests need none: inactive, they get pytest's own empty-parameter-set skip.

@@ -12,7 +12,7 @@ import pytest
 
 from .marker import HELP
 from .options import OPTIONS, flag
-from .parametrize import REPLAY_CASES_KEY, parametrize
+from .parametrize import INACTIVE, REPLAY_CASES_KEY, parametrize
 
 if TYPE_CHECKING:
     from .cells import Cell
@@ -138,7 +138,7 @@ def _session(config: pytest.Config) -> UnsafeBenchSession:
 
     session = config.stash.get(SESSION_KEY, None)
     if session is None:
-        pytest.skip("pytest-unsafebench is inactive: pass --unsafebench-classifier=NAME")
+        pytest.skip(INACTIVE)
     return session
 
 
