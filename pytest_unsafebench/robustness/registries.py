@@ -46,7 +46,8 @@ class Perturbation:
     @property
     def fn(self) -> PerturbFn:
         """(RGB image, severity, rng) -> RGB image of the same size; imported on first use."""
-        return load_target(self.target)  # type: ignore[no-any-return]
+        fn: PerturbFn = load_target(self.target)
+        return fn
 
 
 _PERTURBATIONS = "pytest_unsafebench.robustness.perturbations"
