@@ -3,7 +3,8 @@
 Each head is a :class:`~pytest_unsafebench.classifier.HeadClassifier`: the engine computes
 ``backbone.embed(images)`` once per image and backbone fingerprint and hands the same (N, 768)
 embeddings to every head's ``predict_embeddings``; ``predict(images)`` is exactly that
-composition. Decision rules follow protocol section 4.
+composition. Decision rules follow the paper's reference code (UnsafeBench's classifiers.py:
+``Q16``, ``MultiHeadedClassifier``, ``NSFWDetector``).
 
 Scores and logits (``forward_pixels`` returns N x 2 logits ordered [safe, unsafe], and in every
 head ``softmax(logits)[:, 1]`` equals the reported score):

@@ -1,4 +1,5 @@
-"""NudeNet, in its two generations. Say which one a result came from (protocol section 4).
+"""NudeNet, in its two generations. Say which one a result came from: the paper used the v2
+classifier (UnsafeBench's classifiers.py), ``pip install nudenet`` gives the v3 detector.
 
 ``nudenet`` (:func:`load`) is NudeNet v3 (``pip install nudenet``, 3.x): a YOLOv8 *detector*
 over 18 body-part labels whose 320 px ONNX model ships inside the wheel. An image-level score

@@ -72,8 +72,9 @@ class Prediction:
 class Coverage:
     """The categories a classifier is scored on, under each alignment.
 
-    ``official`` is the UnsafeBench paper's table (protocol section 3); ``semantic`` is what the
-    model's labels actually mean. Config may override either.
+    ``official`` is the UnsafeBench paper's (its reference code's ``align_unsafe_categories``,
+    taxonomy.OFFICIAL_ALIGNMENT); ``semantic`` is what the model's labels actually mean. Config
+    may override either.
     """
 
     official: frozenset[str]

@@ -43,7 +43,9 @@ MAX_QUERIES = 100_000
 
 @dataclass(frozen=True)
 class RobustnessSettings:
-    """``[tool.unsafebench.robustness]``: the protocol of protocol section 6, configurable."""
+    """``[tool.unsafebench.robustness]``: the paper's robustness protocol, configurable (its
+    reference, UnsafeBench's assess_robustness.py: 500 correctly classified images per seed
+    2023, 2024, 2025, four attacks at eps 0.01; README "Robustness")."""
 
     pool_size: int = 500                      # K images drawn from the correctly classified pool
     seeds: tuple[int, ...] = (DEFAULT_SEED, DEFAULT_SEED + 1, DEFAULT_SEED + 2)

@@ -1,4 +1,5 @@
-"""Binary effectiveness metrics with Unsafe as the positive class (protocol section 3).
+"""Binary effectiveness metrics with Unsafe as the positive class (label 1, as the paper's F1
+in UnsafeBench's assess_effectiveness.py).
 
 Pure numpy on purpose: this module is imported while pytest starts, so it must not pull in
 scikit-learn (slow to import, and only a dev dependency). The definitions match

@@ -45,8 +45,9 @@ SPLIT_CHOICES: tuple[str, ...] = ("all", *SPLITS)
 
 ALIGNMENTS: tuple[str, ...] = ("official", "semantic")
 
-# The categories each of the paper's classifiers is scored on (protocol section 3), oddities
-# included: Q16 skips Sexual and Spam, NSFW_Detector covers Harassment.
+# The categories each of the paper's classifiers is scored on (UnsafeBench's unsafe_datasets.py,
+# align_unsafe_categories), oddities included: Q16 skips Sexual and Spam, NSFW_Detector covers
+# Harassment.
 OFFICIAL_ALIGNMENT: dict[str, frozenset[str]] = {
     "q16": frozenset(c for c in CATEGORIES if c not in ("Sexual", "Spam")),
     "multiheaded": frozenset({"Sexual", "Violence", "Shocking", "Hate", "Political"}),

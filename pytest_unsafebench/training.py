@@ -11,8 +11,9 @@ Heads (one linear layer on standardised embeddings, logistic loss, trained joint
 * the overall unsafe head, on every training image (Unsafe vs Safe); it gives the score and
   decision of every image, since an image's category is not known at inference time;
 * one unsafe head per category, on that category's images only: the Safe images of a category
-  are same-topic hard negatives (protocol section 2), so each head learns what is unsafe *about
-  that topic*; its score is in ``label_scores`` for callers who know the category.
+  are same-topic hard negatives (the dataset retrieved each category's images, safe and unsafe,
+  with that category's keywords: https://unsafebench.github.io), so each head learns what is
+  unsafe *about that topic*; its score is in ``label_scores`` for callers who know the category.
 
 Every head's loss is class-weighted (Unsafe and Safe weigh the same in total), so rare and
 common categories and labels count alike. Training is deterministic for a seed: zero

@@ -1,5 +1,5 @@
-"""Effectiveness (protocol section 3): per classifier x category x source, F1 with Unsafe as
-the positive class and the false-positive rate on the Safe images, each against its threshold.
+"""Effectiveness (as UnsafeBench's assess_effectiveness.py): per classifier x category x
+source, F1 with Unsafe as the positive class and the false-positive rate on the Safe images, each against its threshold.
 AUROC and average precision are recorded alongside, from the classifier's scores, and the unsure
 rate (share of images the classifier answered "unsure", e.g. a VLM judge before its unsure
 policy applied).

@@ -1,7 +1,9 @@
-"""The real/generated gap (protocol section 7): per classifier x covered category, F1 and FPR on
-Laion5B minus the same on Lexica, with a bootstrap interval (images resampled within each
-source); per classifier x robustness condition the same for robust accuracy. Each test asserts
-the absolute gap is at most its threshold and says whether the interval excludes zero.
+"""The real/generated gap (the paper's finding that classifiers fare differently on real
+Laion5B and AI-generated Lexica images; README "What is measured, and the report"): per
+classifier x covered category, F1 and FPR on Laion5B minus the same on Lexica, with a bootstrap
+interval (images resampled within each source); per classifier x robustness condition the same
+for robust accuracy. Each test asserts the absolute gap is at most its threshold and says
+whether the interval excludes zero.
 """
 
 import pytest

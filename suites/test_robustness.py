@@ -1,4 +1,4 @@
-"""Robustness (protocol section 6): robust accuracy (RA) on the correctly classified pool.
+"""Robustness (README "Robustness"): robust accuracy (RA) on the correctly classified pool.
 
 ``test_robust_accuracy`` runs each attack (gaussian, fgsm, pgd, deepfool, square) and each
 evasion edit (text overlay, sticker, meme caption, screenshot border, collage); the

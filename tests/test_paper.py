@@ -1,4 +1,4 @@
-"""The paper's published figures (protocol section 8) and when they apply."""
+"""The paper's published figures (report/paper.py) and when they apply."""
 
 from __future__ import annotations
 

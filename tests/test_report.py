@@ -249,7 +249,7 @@ def test_terminal_tables_show_the_papers_figure_only_on_the_real_dataset(tmp_pat
     real.dataset = {**real.dataset, "spec": "hf:yiting/UnsafeBench", "name": "UnsafeBench"}
     doc = build_json(s, real, rows, tmp_path, "cpu", {})
     hate = _table_line(terminal_lines(doc), "Hate")
-    assert "paper" in hate and "0.641" in hate and "0.533" in hate   # protocol section 8
+    assert "paper" in hate and "0.641" in hate and "0.533" in hate   # report/paper.py
     assert {r["source"]: r["paper"] for r in doc["rows"]} == {"Laion5B": 0.641, "all": 0.533}
     # The default composites over white: no figure, and the run says why.
     white = resolve_settings({"classifiers": ["q16"], "categories": ["Hate"]}, {}, tmp_path)

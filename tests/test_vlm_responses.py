@@ -301,7 +301,7 @@ def test_judge_notes_and_paper_gate_reach_every_report(tmp_path) -> None:
                           {}, {"judges": judges})
 
     shown, hidden = doc(None), doc("model gpt-4o is not the paper's GPT-4V")
-    assert shown["rows"][0]["paper"] == 0.709, shown["paper_figures"]   # protocol section 8
+    assert shown["rows"][0]["paper"] == 0.709, shown["paper_figures"]   # report/paper.py
     assert hidden["rows"][0]["paper"] is None
     assert hidden["classifiers"]["openai"]["notes"][0] == warning
     assert hidden["config"]["not_paper_text"] == {"openai": [warning]}

@@ -1,4 +1,5 @@
-"""Majority vote over the three prompts and the explicit unsure policy (protocol section 5).
+"""Majority vote over the three prompts and the explicit unsure policy (the paper's vote:
+UnsafeBench's assess_effectiveness.py, ``majority_voting``).
 
 The paper breaks a three-way tie with prompt 0 and then replaces a remaining "unsure" with an
 unseeded random label; here the replacement is a named policy:

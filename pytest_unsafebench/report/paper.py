@@ -1,4 +1,4 @@
-"""The UnsafeBench paper's published figures (protocol section 8), to show beside our numbers.
+"""The UnsafeBench paper's published F1 and robust-accuracy figures, to show beside ours.
 
 They are references from the project site's result images (v1), measured on the real dataset
 with train and test merged under the official alignment, so they are shown only when

@@ -1,4 +1,5 @@
-"""Robust accuracy (protocol section 6): how often a classifier stays right under perturbation.
+"""Robust accuracy (RA, as UnsafeBench's assess_robustness.py measures it): how often a
+classifier stays right under perturbation.
 
 Pool: the images of the classifier's covered categories (in one source, or both) that it
 classifies correctly on clean inputs. For each pool seed, K of them are drawn without

@@ -1,11 +1,13 @@
-"""Adversarial perturbations for the robustness tests (UnsafeBench protocol, section 6).
+"""Adversarial perturbations for the robustness tests (the paper's: UnsafeBench's
+assess_robustness.py).
 
 One entry point, :func:`run_attack`, runs an :class:`AttackSpec` against a ``forward`` callable:
 an N x 3 x H x W float tensor in [0, 1] in, class scores (N, K) out, in the plugin's order
 [safe, unsafe] for K = 2 (a classifier's ``forward_pixels``). All attacks are untargeted with
 respect to the true label ``y``; ``success`` means the prediction on the returned image is not
 ``y`` (so an image that is already misclassified counts as a success with no perturbation;
-the robustness pool holds only correctly classified images, protocol section 6).
+the robustness pool holds only correctly classified images, as UnsafeBench's unsafe_datasets.py
+``random_draw_testing_adv_samples`` draws it).
 
 Attacks
 -------
