@@ -1,8 +1,8 @@
 """Effectiveness (as UnsafeBench's assess_effectiveness.py): per classifier x category x
-source, F1 with Unsafe as the positive class and the false-positive rate on the Safe images, each against its threshold.
-AUROC and average precision are recorded alongside, from the classifier's scores, and the unsure
-rate (share of images the classifier answered "unsure", e.g. a VLM judge before its unsure
-policy applied).
+source, F1 with Unsafe as the positive class and the false-positive rate on the Safe images,
+each against its threshold. AUROC and average precision are recorded alongside, from the
+classifier's scores, and the unsure rate (share of images the classifier answered "unsure",
+e.g. a VLM judge before its unsure policy applied).
 
 ``test_f1`` also runs on the Overall cell of each classifier and source (category
 ``Overall``): every covered category's images pooled, the paper's Overall column. It is a
