@@ -1,6 +1,7 @@
 """The CLIP ViT-L/14 image encoder shared by Q16, MultiHeaded and NSFW_Detector.
 
-Protocol section 4: OpenAI's CLIP ViT-L/14 (quick-GELU, fp32), its 768-d *projected* image
+As the paper's reference code loads it (UnsafeBench's classifiers.py, open_clip ``ViT-L-14``):
+OpenAI's CLIP ViT-L/14 (quick-GELU, fp32), its 768-d *projected* image
 embedding, and CLIP's preprocessing, which this module implements itself (no image processor
 object) so that the PIL path used for predictions and the differentiable path used by attacks
 are one definition:

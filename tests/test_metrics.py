@@ -1,6 +1,6 @@
 """Tests for pytest_unsafebench.metrics: hand-worked cases, input validation, and
-hypothesis properties checking every metric against scikit-learn (the reference the
-protocol's numbers come from)."""
+hypothesis properties checking every metric against scikit-learn (the paper's F1 comes from
+its ``f1_score``, in UnsafeBench's assess_effectiveness.py)."""
 
 from __future__ import annotations
 
