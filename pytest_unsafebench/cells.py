@@ -1,5 +1,7 @@
 """The object a suite test receives: one (classifier, category, source) cell, its data, its
-thresholds, and a way to record values for the report and for ``--junitxml``.
+thresholds, and a way to record values for the report and for ``--junitxml``; and how each
+kind of cell is built from the run (:func:`cell`, :func:`robustness_cell`, :func:`gap_cell`),
+raising NotApplicable where the run has nothing to measure (the glue skips the test).
 """
 
 from __future__ import annotations
@@ -10,14 +12,18 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from . import metrics
-from .taxonomy import POOLED
+from .errors import NotApplicable
+from .options import DEFAULT_SEED
+from .report.schema import Row, make_row
+from .taxonomy import GENERATED_SOURCE, OVERALL, POOLED, REAL_SOURCE
 from .thresholds import misses
 
 if TYPE_CHECKING:
     import numpy as np
 
-# One tidy report row (see report.ROW_KEYS).
-Row = dict[str, Any]
+    from .robustness.accuracy import RAResult
+    from .run import Run
+
 # Metrics whose rows carry a bootstrap confidence interval, from the cell's own images.
 CI_METRICS = ("f1", "precision", "recall", "fpr", "auroc")
 # The largest share of a cell's images that may lack a verdict before its tests fail.
@@ -49,7 +55,7 @@ class Bootstrap:
 
     resamples: int = 1000
     confidence: float = 0.95
-    seed: int = 2023
+    seed: int = DEFAULT_SEED
 
     def ci(self, metric: str, y_true: Any, y_pred: Any = None,
            scores: Any = None) -> tuple[float | None, float | None]:
@@ -139,12 +145,11 @@ class Cell(_Gated):
         if metric in CI_METRICS and value is not None:
             c = self.columns
             low, high = self.bootstrap.ci(metric, c["y_true"], c["y_pred"], c["scores"])
-        self._emit({
-            "classifier": self.classifier, "suite": self.suite, "metric": metric,
-            "category": self.category, "source": self.source, "condition": None, "value": value,
-            "threshold": threshold, "outcome": None if gate else "info",
-            "n": self.metrics["n"] if n is None else n, "ci_low": low, "ci_high": high,
-        }, gate, key)
+        self._emit(make_row(
+            classifier=self.classifier, suite=self.suite, metric=metric,
+            category=self.category, source=self.source, value=value, threshold=threshold,
+            outcome=None if gate else "info", n=self.metrics["n"] if n is None else n,
+            ci_low=low, ci_high=high), gate, key)
 
 
 @dataclass
@@ -175,15 +180,13 @@ class RobustnessCell(_Gated):
         (robustness.POOL_*); ``units`` a paper-mode attack's units note (robustness.UNITS_*)."""
         low, high = (self.bootstrap.ci("accuracy", correct) if correct is not None
                      else (None, None))
-        self._emit({
-            "classifier": self.classifier, "suite": "robustness", "metric": metric,
-            "category": None, "source": self.source, "condition": condition or self.condition,
-            "value": value, "threshold": threshold, "outcome": None if gate else "info",
-            "n": self.result.sample_size if n is None else n, "ci_low": low, "ci_high": high,
-            **({} if spec is None else {"spec": spec}),
-            **({} if pool is None else {"pool": pool}),
-            **({} if units is None else {"units": units}),
-        }, gate, key)
+        given = {"spec": spec, "pool": pool, "units": units}
+        self._emit(make_row(
+            classifier=self.classifier, suite="robustness", metric=metric, source=self.source,
+            condition=condition or self.condition, value=value, threshold=threshold,
+            outcome=None if gate else "info", n=self.result.sample_size if n is None else n,
+            ci_low=low, ci_high=high, **{k: v for k, v in given.items() if v is not None}),
+            gate, key)
 
 
 @dataclass
@@ -237,9 +240,86 @@ class GapCell(_Gated):
     def record(self, metric: str, value: float | None, ci: tuple[float | None, float | None],
                n: int, threshold: float | None = None, gate: bool = False) -> None:
         ra = self.suite_metric == "gap_ra"
-        self._emit({
-            "classifier": self.classifier, "suite": "gap", "metric": metric,
-            "category": None if ra else self.subject, "source": None,
-            "condition": self.subject if ra else None, "value": value, "threshold": threshold,
-            "outcome": None if gate else "info", "n": n, "ci_low": ci[0], "ci_high": ci[1],
-        }, gate, self.threshold_key)
+        self._emit(make_row(
+            classifier=self.classifier, suite="gap", metric=metric,
+            category=None if ra else self.subject, condition=self.subject if ra else None,
+            value=value, threshold=threshold, outcome=None if gate else "info", n=n,
+            ci_low=ci[0], ci_high=ci[1]), gate, self.threshold_key)
+
+
+# ------------------------------------------------------------------ building cells from a run
+Sink = Callable[[Row], None]
+
+
+def cell(run: Run, classifier: str, category: str, source: str, suite: str,
+         sink: Sink) -> Cell:
+    """One (classifier, category, source) cell of the run's clean predictions."""
+    cs = run.classifier_state(classifier)
+    alignment = run.settings.alignment
+    if category == OVERALL:
+        if not cs.covered:
+            raise NotApplicable(f"no Overall cell: {classifier} covers none of the run's "
+                                f"categories under the {alignment} alignment")
+        columns = overall_columns(run.table(classifier), cs.covered, source)
+    elif category not in cs.covered:
+        raise NotApplicable(f"not covered: {classifier} is not scored on {category} under the "
+                            f"{alignment} alignment")
+    else:
+        columns = run.table(classifier).select(category, source)
+    if len(columns["y_true"]) == 0:
+        raise NotApplicable(f"no images in this cell: the dataset has none for {category} / "
+                            f"{source} after filters")
+    # Images with no verdict are left out of the metrics and counted (Cell.excluded_problem).
+    failed = columns["failed"]
+    columns = {k: v[~failed] for k, v in columns.items()}
+    t = run.settings.thresholds
+    return Cell(classifier=classifier, category=category, source=source, suite=suite,
+                columns=columns, excluded=int(failed.sum()),
+                thresholds=t.resolve(classifier, category, source), sink=sink,
+                warn_thresholds=t.resolve_warn(classifier, category, source),
+                bootstrap=run.bootstrap)
+
+
+def robustness_cell(run: Run, classifier: str, condition: str, source: str, sink: Sink,
+                    compute: Callable[[], RAResult]) -> RobustnessCell:
+    """One robustness test's cell; ``compute`` gives its robust accuracy when first asked
+    (robustness.accuracy.robust_accuracy, as the caller wants its outcomes reported)."""
+    run.classifier_state(classifier)
+    t = run.settings.thresholds
+    return RobustnessCell(
+        classifier=classifier, condition=condition, source=source,
+        thresholds=t.resolve(classifier, None, source), sink=sink, compute=compute,
+        warn_thresholds=t.resolve_warn(classifier, None, source), bootstrap=run.bootstrap)
+
+
+def gap_cell(run: Run, classifier: str, subject: str, metric: str, sink: Sink) -> GapCell:
+    """A gap test's data: both sources' columns of a category, or both sources' per-image
+    robustness outcomes of a condition (computed here, or read from the cache)."""
+    import numpy as np
+
+    s = run.settings
+    if not {REAL_SOURCE, GENERATED_SOURCE} <= set(s.sources):
+        raise NotApplicable("the gap needs both sources: this run selects only "
+                            + ", ".join(s.sources))
+    cs = run.classifier_state(classifier)
+    if metric == "gap_ra":
+        from .robustness.accuracy import robust_accuracy
+
+        real, generated = ({"correct": np.asarray(robust_accuracy(
+            run, classifier, subject, src).correct, dtype=bool)}
+            for src in (REAL_SOURCE, GENERATED_SOURCE))
+    else:
+        if subject not in cs.covered:
+            raise NotApplicable(f"not covered: {classifier} is not scored on {subject} under "
+                                f"the {s.alignment} alignment")
+        table = run.table(classifier)
+        # images with no verdict are left out, as in the effectiveness cells
+        real, generated = ({k: v[~c["failed"]] for k, v in c.items()}
+                           for c in (table.select(subject, src)
+                                     for src in (REAL_SOURCE, GENERATED_SOURCE)))
+    t = s.thresholds
+    category = None if metric == "gap_ra" else subject
+    return GapCell(classifier=classifier, subject=subject, suite_metric=metric, real=real,
+                   generated=generated, thresholds=t.resolve(classifier, category, POOLED),
+                   sink=sink, warn_thresholds=t.resolve_warn(classifier, category, POOLED),
+                   bootstrap=run.bootstrap)

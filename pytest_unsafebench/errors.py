@@ -19,6 +19,19 @@ class ClassifierLoadError(UnsafeBenchError):
     """A classifier that cannot be found or constructed."""
 
 
+# What a test gets instead of a value; not UnsafeBenchErrors (those stop the whole run). The
+# run layer raises them without importing pytest; the pytest glue (session.py) turns them
+# into the test's outcome with the same message.
+class NotApplicable(Exception):
+    """Nothing to measure in this run (e.g. a category the classifier does not cover): the
+    test is skipped with this message."""
+
+
+class CannotRun(Exception):
+    """A test that cannot run (its classifier failed, an attack lacks torch): it fails with
+    this one-line message and no traceback."""
+
+
 def write_failure(exc: OSError) -> str:
     """Why a file could not be written, in words (mkdir's "File exists" says it badly)."""
     if isinstance(exc, (FileExistsError, NotADirectoryError)):

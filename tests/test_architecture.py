@@ -1,10 +1,6 @@
-"""The package's import graph, read with ``ast`` (nothing is imported): no new import cycles and
-no new imports of another module's private names.
-
-The graph today has both; fixing them means restructuring modules, so
-the existing ones are allow-listed below, each to be removed as that work lands. The tests
-fail on a NEW cycle edge or private import, and on an allow-listed one that is gone, so the
-lists only shrink.
+"""The package's import graph, read with ``ast`` (nothing is imported): no import cycles, no
+imports of another module's private names, and a run layer that never imports pytest, so that
+dependencies point one way (pytest glue -> run layer -> data, classifiers, metrics, report).
 
 A cycle edge is an import ``a -> b`` inside a strongly connected component of the graph (``b``
 reaches ``a`` back); function-level (lazy) imports count, ``if TYPE_CHECKING:`` imports do not
@@ -14,6 +10,8 @@ reaches ``a`` back); function-level (lazy) imports count, ``if TYPE_CHECKING:`` 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,17 +23,11 @@ PACKAGE = "pytest_unsafebench"
 ROOTS = {PACKAGE: REPO / "pytest_unsafebench", f"{PACKAGE}.classifiers": REPO / "classifiers",
          f"{PACKAGE}.suites": REPO / "suites"}
 
-# Edges (importer, imported) that close a cycle today. Module names drop the package prefix.
-KNOWN_CYCLE_EDGES: set[tuple[str, str]] = {
-    ("robustness.fuzzing", "session"),  # to remove: issue 15
-    ("plugin", "robustness.fuzzing"),  # to remove: issue 15
-    ("plugin", "session"),  # to remove: issue 15
-    ("session", "plugin"),  # to remove: issue 15
-}
-# (importer, imported module, private name) taken today.
-KNOWN_PRIVATE_IMPORTS: set[tuple[str, str, str]] = {
-    ("session", "report.paper", "_is_real"),  # to remove: issue 15
-}
+# The pytest-free run layer (module names without the package prefix): what the CLI, the
+# benchmarks and the Ray workers import. The pytest glue (plugin, session) imports it, never
+# the other way round.
+RUN_LAYER = ("run", "device", "engine", "executors", "ray_executor", "cells",
+             "robustness.accuracy")
 
 
 # ------------------------------------------------------------------------------ the graph
@@ -186,26 +178,66 @@ def private_imports() -> set[tuple[str, str, str]]:
 # ------------------------------------------------------------------------------ the tests
 
 
-def test_no_new_import_cycles() -> None:
-    new = sorted(cycle_edges() - KNOWN_CYCLE_EDGES)
-    assert not new, (f"new import cycle edge(s) {new}: make the dependency point one way "
-                     "(glue -> run -> data/classifiers/metrics), or move the shared code down")
+def test_no_import_cycles() -> None:
+    found = sorted(cycle_edges())
+    assert not found, (f"import cycle edge(s) {found}: make the dependency point one way "
+                       "(glue -> run -> data/classifiers/metrics), or move the shared code down")
 
 
-def test_allow_listed_cycles_still_exist() -> None:
-    gone = sorted(KNOWN_CYCLE_EDGES - cycle_edges())
-    assert not gone, f"{gone} no longer close a cycle: remove them from KNOWN_CYCLE_EDGES"
+def test_no_private_imports() -> None:
+    found = sorted(private_imports())
+    assert not found, (f"import(s) of another module's private name {found}: make the name "
+                       "public (no underscore, a docstring) or move it where both can use it")
 
 
-def test_no_new_private_imports() -> None:
-    new = sorted(private_imports() - KNOWN_PRIVATE_IMPORTS)
-    assert not new, (f"new import(s) of another module's private name {new}: make the name "
-                     "public (no underscore, a docstring) or move it where both can use it")
+def reachable(start: str, edges: dict[str, set[str]]) -> set[str]:
+    """``start`` and every project module it imports, directly or not, lazily or not."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(edges[module])
+    return seen
 
 
-def test_allow_listed_private_imports_still_exist() -> None:
-    gone = sorted(KNOWN_PRIVATE_IMPORTS - private_imports())
-    assert not gone, f"{gone} are gone: remove them from KNOWN_PRIVATE_IMPORTS"
+def imports_pytest(path: Path) -> bool:
+    """Whether the module imports pytest (or _pytest) anywhere outside ``if TYPE_CHECKING:``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = _type_checking_nodes(tree)
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        else:
+            continue
+        if any(name.split(".")[0] in ("pytest", "_pytest") for name in names):
+            return True
+    return False
+
+
+def test_the_run_layer_never_imports_pytest() -> None:
+    """Function-level imports included: a Ray worker or the CLI may call any of it."""
+    known = modules()
+    edges = graph()
+    offenders = {short(m) for layer in RUN_LAYER for m in reachable(f"{PACKAGE}.{layer}", edges)
+                 if imports_pytest(known[m])}
+    assert not offenders, (f"{sorted(offenders)} import pytest but the run layer imports them: "
+                           "raise errors.NotApplicable / CannotRun and let session.py turn "
+                           "them into pytest outcomes")
+
+
+def test_the_run_layer_imports_without_pytest() -> None:
+    code = ("import sys\n"
+            "sys.modules['pytest'] = sys.modules['_pytest'] = None  # any import of it fails\n"
+            + "".join(f"import {PACKAGE}.{layer}\n" for layer in RUN_LAYER))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
 
 
 # ------------------------------------------------------------- the checker checks what it says
@@ -223,6 +255,7 @@ def fake_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "sub/__init__.py": "from .. import c\n",
         "sub/d.py": "from ..c import _own\nfrom . import e as ee\nee._peek()\n",
         "sub/e.py": "import pytest_unsafebench.sub.d\n",
+        "sub/f.py": "def g():\n    import _pytest.outcomes\n",
     }
     for rel, text in files.items():
         (root / rel).write_text(text)
@@ -238,3 +271,5 @@ def test_checker_finds_cycles_and_private_names(fake_package: Path) -> None:
                                  ("sub.d", "sub.e", "_peek")}
     # TYPE_CHECKING imports and a package importing its parent's module are no cycle.
     assert ("c", "a") not in cycle_edges()
+    assert imports_pytest(fake_package / "sub" / "f.py")
+    assert not imports_pytest(fake_package / "c.py")

@@ -49,14 +49,16 @@ def test_a_pinned_case_never_loads_a_classifier_the_run_did_not_select(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A pin file's classifier name is compared with the run's selection; it is never
     handed to the registry (which would import a module:callable)."""
+    from pytest_unsafebench.errors import NotApplicable
     from pytest_unsafebench.robustness import fuzzing
 
     loaded: list[str] = []
     settings = types.SimpleNamespace(classifiers=("demo",))
-    session = types.SimpleNamespace(settings=settings, classifier=loaded.append)
+    run = types.SimpleNamespace(settings=settings, classifier=loaded.append)
     case = {"classifier": "os:system", "image_id": "x", "chain": "blur@1", "label": "Safe"}
-    with pytest.raises(pytest.skip.Exception, match="which this run does not benchmark"):
-        fuzzing.fuzz_target(session, None, "os:system", "blur@1", None, case)
+    with pytest.raises(NotApplicable, match="which this run does not benchmark"):
+        fuzzing.fuzz_target(run, "os:system", "blur@1", None, case,
+                            database_key="", sink=None)
     assert loaded == []
 
 

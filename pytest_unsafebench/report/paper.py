@@ -175,7 +175,7 @@ def mismatch(dataset: Mapping[str, Any], config: Mapping[str, Any] | None) -> st
     split, a ``--unsafebench-limit`` sample, another alignment or another alpha rule measures
     something else.
     """
-    if not _is_real(dataset):
+    if not is_real(dataset):
         return ("the dataset is not the real UnsafeBench (hf:yiting/UnsafeBench or its parquet "
                 "files)")
     if not isinstance(config, Mapping):
@@ -206,7 +206,7 @@ def applies(dataset: Mapping[str, Any], config: Mapping[str, Any] | None) -> boo
     return mismatch(dataset, config) is None
 
 
-def _is_real(dataset: Mapping[str, Any]) -> bool:
+def is_real(dataset: Mapping[str, Any]) -> bool:
     """True only when a report's ``dataset`` section describes the real UnsafeBench.
 
     The synthetic demo and stand-in are flagged ``synthetic``; otherwise the dataset must come

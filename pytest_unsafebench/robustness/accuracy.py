@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ..classifier import Classifier
     from ..dataset.records import Record
     from ..results import PredictionTable
+    from ..run import Run
 
 EVASION_STRENGTH = 3  # the middle of each evasion edit's five levels
 # Category order of the paper's pool where a classifier's list is not the taxonomy's order
@@ -353,6 +354,81 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
                             "l2_mean": sum(l2) / len(l2), "l2_max": max(l2)}
     return result
 
+
+def robust_accuracy(run: Run, classifier: str, condition: str, source: str,
+                    severity: float | None = None) -> RAResult:
+    """RA of a classifier of the run under an attack or perturbation: the pool drawn from the
+    run's clean predictions, the perturbed predictions through the run's cache and executor.
+    NotApplicable where there is nothing to attack; CannotRun when the classifier fails."""
+    from .. import progress
+    from ..engine import ClassifierFault
+    from ..errors import CannotRun, NotApplicable
+    from ..text import printable
+
+    s = run.settings
+    rs = s.robustness
+    cs = run.classifier_state(classifier)
+    records = run.records()
+    n_eligible = len(eligible(run.table(classifier), cs.covered, source))
+    if rs.mode == "paper":  # the reference code's pool order and random.sample draw
+        rows, exact = paper_pool(run.table(classifier), cs.covered, source, classifier,
+                                 {i: r.archive_key for i, r in records.items()})
+        drawn, pool_draw = paper_draw, (POOL_PAPER if exact else POOL_PAPER_LOAD_ORDER)
+    else:
+        rows = pool(run.table(classifier), cs.covered, source)
+        drawn, pool_draw = draw, POOL_SEEDED
+    if not rows:
+        raise NotApplicable(f"no correctly classified images of covered categories in {source}: "
+                            "the robustness pool is empty")
+    rows = [r | {"hash": records[r["id"]].content_hash} for r in rows]
+    samples = {seed: drawn(rows, rs.pool_size, seed) for seed in rs.seeds}
+    clf = run.classifier(classifier)
+    is_attack = condition in rs.attacks
+    if is_attack:
+        try:
+            from .attacks import GRADIENT_FREE
+        except ImportError as exc:
+            raise CannotRun(f"the {condition} attack needs torch ({exc}): install "
+                            "'pytest-unsafebench[torch]', or leave attacks out with "
+                            "[tool.unsafebench.robustness] attacks = []") from exc
+        if condition not in GRADIENT_FREE and not cs.supports_gradients:
+            raise NotApplicable(f"not attackable: {classifier} has no gradient path (no "
+                                "forward_pixels); the gradient-free attacks "
+                                f"({', '.join(sorted(GRADIENT_FREE))}) test it instead")
+        if (attack_spec(condition, rs, rs.seeds[0]).mode == "paper"
+                and getattr(clf, "input_std", None) is None):
+            raise NotApplicable(
+                f"paper mode: {condition}'s eps is in {classifier}'s normalised-input units, "
+                f"but {classifier} declares no input_std (the per-channel std its "
+                "preprocessing divides [0, 1] pixels by); set input_std = (r, g, b) on the "
+                "classifier, or use [tool.unsafebench.robustness] mode = \"pixel\"")
+    cache = run.open_cache()
+    try:
+        with exclusive(run.folder / "locks", classifier, condition, str(severity),
+                       source), progress.step(
+                "robustness", f"robustness {classifier} / {condition}"
+                f"{'' if severity is None else f':{severity:g}'} / {source}",
+                unit="images") as bar:
+            if is_attack:
+                result = attack_ra(clf, samples, records, condition, rs, cache, s.batch_size,
+                                   progress=bar.update, timeout=s.timeout)
+            else:
+                with run.executor():
+                    result = perturbation_ra(
+                        clf, samples, records, condition,
+                        severity if severity is not None else EVASION_STRENGTH,
+                        cache, s.batch_size, s.max_image_pixels, timeout=s.timeout,
+                        progress=bar.update)
+    except ClassifierFault as exc:  # the classifier's own error: this test's, in one line
+        fault: str | None = f"{classifier} failed {exc}"
+    else:
+        fault = None
+    finally:
+        cache.close()
+    if fault is not None:  # outside the except: no chained traceback with raw text
+        raise CannotRun(printable(fault))
+    result.pool_size, result.eligible, result.pool_draw = len(rows), n_eligible, pool_draw
+    return result
 
 def _guarded(forward: Callable[[Any], Any], timeout: float | None,
              what: str) -> Callable[[Any], Any]:

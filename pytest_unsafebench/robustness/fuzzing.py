@@ -65,6 +65,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..dataset.images import DEFAULT_ALPHA
+from ..options import DEFAULT_SEED
+from ..report.schema import make_row
 from ..taxonomy import CATEGORIES, LABELS, SOURCES, UNSAFE
 
 if TYPE_CHECKING:
@@ -72,9 +74,10 @@ if TYPE_CHECKING:
 
     from ..classifier import Classifier, Prediction
     from ..dataset.records import Record
+    from ..run import Run
     from .perturbations import Chain
 
-FUZZ_SEED = 2023          # every drawn step's seed: a chain string alone reproduces its pixels
+FUZZ_SEED = DEFAULT_SEED  # every drawn step's seed: a chain string alone reproduces its pixels
 MAX_STEPS = 3
 BLUR_FRACTION = 0.08      # blur radius of saved Unsafe images, as a share of the short side
 SEVERITY_DECIMALS = 2     # evasion strengths drawn to 2 decimals: short, readable chain strings
@@ -350,57 +353,60 @@ class FuzzTarget:
         and, when saved, its PNG and spec relative to the artifacts folder."""
         if self.sink is None:
             return
-        row = {"classifier": self.classifier, "suite": "fuzz", "metric": metric,
-               "category": None, "source": self.source, "condition": condition,
-               "value": value, "threshold": 0 if gate else None,
-               "outcome": None if gate else "info", "n": len(self.pool) if n is None else n}
+        found: dict[str, str | None] = {}
         if image_id is not None:
             png, spec = (self.relative(p) for p in files) if files else (None, None)
-            row.update(image_id=image_id, artifact_image=png, artifact_spec=spec)
-        self.sink(row)
+            found = {"image_id": image_id, "artifact_image": png, "artifact_spec": spec}
+        self.sink(make_row(classifier=self.classifier, suite="fuzz", metric=metric,
+                           source=self.source, condition=condition, value=value,
+                           threshold=0 if gate else None, outcome=None if gate else "info",
+                           n=len(self.pool) if n is None else n, **found))
 
     def relative(self, path: Path) -> str:
         """``path`` relative to the artifacts folder: reports name no machine paths."""
         return Path(path).relative_to(self.artifacts_dir).as_posix()
 
 
-def fuzz_target(session: Any, item: Any, classifier: str, condition: str | None,
-                source: str | None, case: dict[str, Any] | None = None) -> FuzzTarget:
-    """The ``unsafebench_fuzz`` fixture's value (skips when there is nothing to fuzz)."""
-    from functools import partial
-
-    import pytest
-
-    from ..session import record_row
+def fuzz_target(run: Run, classifier: str, condition: str | None, source: str | None,
+                case: dict[str, Any] | None = None, *, database_key: str,
+                sink: Callable[[dict[str, Any]], None] | None) -> FuzzTarget:
+    """The ``unsafebench_fuzz`` fixture's value: NotApplicable when there is nothing to fuzz
+    (the glue skips the test); ``database_key`` keys Hypothesis' example database (the test's
+    node id), ``sink`` takes the report rows."""
+    from ..errors import NotApplicable
     from . import accuracy
 
-    s = session.settings
+    s = run.settings
     if case is None:
-        pytest.importorskip("hypothesis", reason="the fuzz suite needs hypothesis "
-                                                 "(pip install hypothesis)")
+        try:
+            import hypothesis  # noqa: F401
+        except ModuleNotFoundError:
+            raise NotApplicable("the fuzz suite needs hypothesis (pip install hypothesis)") \
+                from None
     if classifier not in s.classifiers:
-        pytest.skip(f"pinned case for classifier {classifier!r}, which this run does not "
-                    f"benchmark ({', '.join(s.classifiers)})")
-    cs = session.classifier_state(classifier)
-    records = session.records()
+        raise NotApplicable(f"pinned case for classifier {classifier!r}, which this run does "
+                            f"not benchmark ({', '.join(s.classifiers)})")
+    cs = run.classifier_state(classifier)
+    records = run.records()
     pool: list[dict[str, Any]] = []
     if case is not None:
         record = records.get(case["image_id"])
         if record is None:
-            pytest.skip(f"pinned image {case['image_id']!r} is not in this run's dataset")
+            raise NotApplicable(f"pinned image {case['image_id']!r} is not in this run's "
+                                "dataset")
         if case.get("content_hash") and case["content_hash"] != record.content_hash:
-            pytest.skip(f"pinned image {case['image_id']!r} has changed since it was pinned "
-                        "(content hash differs)")
+            raise NotApplicable(f"pinned image {case['image_id']!r} has changed since it was "
+                                "pinned (content hash differs)")
     else:
-        pool = accuracy.pool(session.table(classifier), cs.covered, source)
+        pool = accuracy.pool(run.table(classifier), cs.covered, source)
         if not pool:
-            pytest.skip(f"no correctly classified images of covered categories in {source}: "
-                        "the fuzz pool is empty")
+            raise NotApplicable(f"no correctly classified images of covered categories in "
+                                f"{source}: the fuzz pool is empty")
     return FuzzTarget(classifier=classifier, source=source or "all",
-                      clf=session.classifier(classifier), pool=pool, records=records,
+                      clf=run.classifier(classifier), pool=pool, records=records,
                       artifacts_dir=s.artifacts_path, blur_unsafe=s.blur_unsafe,
-                      max_pixels=s.max_image_pixels, alpha=s.alpha, database_key=item.nodeid,
-                      sink=partial(record_row, item), case=case, timeout=s.timeout)
+                      max_pixels=s.max_image_pixels, alpha=s.alpha, database_key=database_key,
+                      sink=sink, case=case, timeout=s.timeout)
 
 
 def _parse(chain: str) -> Chain:
