@@ -41,7 +41,7 @@ import threading
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -266,7 +266,7 @@ class CLIPBackbone:
         raw = json.loads(self.config_path.read_text())
         if raw.get("model_type") == "clip":
             full = CLIPConfig.from_dict(raw)
-            vision = full.vision_config
+            vision: Any = full.vision_config  # a CLIPVisionConfig, loosely typed
             vision.projection_dim = full.projection_dim
             return vision
         return CLIPVisionConfig.from_dict(raw)
@@ -276,9 +276,11 @@ class CLIPBackbone:
         from transformers import CLIPVisionModelWithProjection
 
         try:
-            model, info = CLIPVisionModelWithProjection.from_pretrained(
-                str(self.weight_files[-1].parent), config=self._vision_config(),
-                dtype=torch.float32, trust_remote_code=False, output_loading_info=True)
+            # output_loading_info=True: (model, info), where transformers types the model only.
+            model, info = cast("tuple[Any, dict[str, Any]]", CLIPVisionModelWithProjection
+                               .from_pretrained(str(self.weight_files[-1].parent),
+                                                config=self._vision_config(), dtype=torch.float32,
+                                                trust_remote_code=False, output_loading_info=True))
         except Exception as exc:
             raise ClassifierLoadError(
                 f"CLIP model {self.model_name!r} failed to load from "

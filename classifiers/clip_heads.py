@@ -128,7 +128,9 @@ class RestrictedUnpickler(pickle.Unpickler):
             from numpy._core import multiarray, numeric
         except ImportError:  # pragma: no cover - numpy 1.x
             from numpy.core import multiarray, numeric  # type: ignore[no-redef]
-        return multiarray._reconstruct if name == "_reconstruct" else numeric._frombuffer
+        # What numpy's pickles name; numpy's stubs leave its private functions out.
+        return (multiarray._reconstruct if name == "_reconstruct"
+                else numeric._frombuffer)  # type: ignore[attr-defined]
 
 
 def load_q16_prompts(path: str | Path) -> np.ndarray:
@@ -445,6 +447,9 @@ def _nsfw_module(state: dict[str, Any]) -> torch.nn.Module:
     from torch import nn
 
     class Normalization(nn.Module):
+        mean: torch.Tensor  # buffers, registered below
+        variance: torch.Tensor
+
         def __init__(self, dim: int) -> None:
             super().__init__()
             self.register_buffer("mean", torch.zeros(dim))

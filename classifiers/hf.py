@@ -118,8 +118,7 @@ def resolve_model_folder(model: str, revision: str | None = None,
                                         local_files_only=True, allow_patterns=patterns))
     except Exception:  # not cached (or an invalid id): handled below
         folder = None
-    complete = folder is not None and (folder / "config.json").is_file() and _has_weights(folder)
-    if not complete:
+    if folder is None or not ((folder / "config.json").is_file() and _has_weights(folder)):
         rev = f" (revision {revision})" if revision else ""
         how = (f"run once with network access so that it is cached in {cache}, or download it "
                f"(huggingface-cli download {model}) / save_pretrained() it to a folder and use "
@@ -290,7 +289,8 @@ class HFImageClassifier:
             except ImportError as exc:
                 raise ClassifierLoadError(f"{self.name}: cannot import transformers ({exc}): "
                                           f"{INSTALL_HINT}") from exc
-            kw = {"trust_remote_code": self.trust_remote_code, "local_files_only": True}
+            kw: dict[str, Any] = {"trust_remote_code": self.trust_remote_code,
+                                  "local_files_only": True}
             processor = AutoImageProcessor.from_pretrained(str(self.folder), **kw)
             model = AutoModelForImageClassification.from_pretrained(str(self.folder), **kw)
             n = getattr(model.config, "num_labels", len(self.labels))
@@ -445,7 +445,8 @@ def resize_size(size: Any, h: int, w: int, name: str) -> tuple[int, int]:
     if shortest and longest:
         from transformers.image_transforms import get_size_with_aspect_ratio
 
-        return tuple(int(v) for v in get_size_with_aspect_ratio((h, w), shortest, longest))
+        height, width = get_size_with_aspect_ratio((h, w), shortest, longest)
+        return int(height), int(width)
     if shortest:
         short, long = (w, h) if w <= h else (h, w)
         new_short, new_long = int(shortest), int(int(shortest) * long / short)

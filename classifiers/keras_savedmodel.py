@@ -206,17 +206,17 @@ def read_bundle(index: bytes, shards: list[bytes]) -> dict[str, np.ndarray]:
                 raise SavedModelFormatError("big-endian checkpoints are not supported")
             if header.get(1, 1) != len(shards):
                 raise SavedModelFormatError(
-                    f"the index names {header.get(1)} data shard(s) but {len(shards)} were given")
+                    f"the index names {header.get(1)!r} data shard(s) but {len(shards)} were given")
             continue
         name = raw_key.decode("utf-8", "replace")
         entry: dict[int, int | bytes] = {}
         for field, v in _proto_fields(value, f"BundleEntryProto {name!r}"):
             entry.setdefault(field, v)  # slices (7) may repeat; we skip those entries anyway
-        dtype = _DTYPES.get(int(entry.get(1, 0)))  # type: ignore[arg-type]
+        dtype = _DTYPES.get(int(entry.get(1, 0)))
         if dtype is None or 7 in entry:
             continue
         shape = _shape(entry.get(2, b""))  # type: ignore[arg-type]
-        shard, offset, size = (int(entry.get(k, 0)) for k in (3, 4, 5))  # type: ignore[arg-type]
+        shard, offset, size = (int(entry.get(k, 0)) for k in (3, 4, 5))
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
         if shard >= len(shards) or size != count * dtype.itemsize \
                 or offset + size > len(shards[shard]):
@@ -267,7 +267,7 @@ def read_savedmodel_zip(path: str | Path) -> dict[str, np.ndarray]:
             index = member(indexes[0], _MAX_INDEX_BYTES)
             header = dict(_proto_fields(dict(read_sstable(index)).get(b"", b""),
                                         "BundleHeaderProto"))
-            n = int(header.get(1, 1))  # type: ignore[arg-type]
+            n = int(header.get(1, 1))
             if not 1 <= n <= 1024:
                 raise SavedModelFormatError(f"{path}: implausible shard count {n}")
             shards = [member(f"{prefix}variables.data-{i:05d}-of-{n:05d}", _MAX_SHARD_BYTES)

@@ -263,7 +263,7 @@ class NudeNetV2:
 
         img = image if image.mode == "RGB" else image.convert("RGB")
         if img.size != (V2_SIZE, V2_SIZE):
-            img = img.resize((V2_SIZE, V2_SIZE), PILImage.NEAREST)
+            img = img.resize((V2_SIZE, V2_SIZE), PILImage.Resampling.NEAREST)
         return np.asarray(img, dtype=np.float32) / 255.0
 
     def attack_input(self, image: Image) -> Any:

@@ -37,7 +37,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -90,7 +90,7 @@ class DemoFeatures:
         self.clf = clf
         self.device = clf.device
         self.fingerprint = f"{self.kind}-{FEATURES_VERSION}-{clf.fingerprint}"
-        self.dim = int(clf.model[-1].in_features)
+        self.dim = int(cast("torch.nn.Linear", clf.model[-1]).in_features)  # the demo's head
         self.description = f"penultimate features of {clf.description}"
         self.input_std = clf.input_std  # forward_pixels normalises as the demo model does
 

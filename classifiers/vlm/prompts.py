@@ -76,7 +76,7 @@ def parse_definitions(text: str, origin: str) -> dict[str, str]:
             continue
         match = _LINE.match(line)
         cat = lookup.get(match.group("cat").strip().lower()) if match else None
-        if cat is None:
+        if match is None or cat is None:
             raise ClassifierLoadError(
                 f"{origin}:{number}: expected 'Category: definition' with one of the 11 "
                 f"categories ({', '.join(CATEGORIES)}), got {line.strip()[:80]!r}")

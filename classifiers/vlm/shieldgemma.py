@@ -80,10 +80,11 @@ class ShieldGemma2:
         if self._model is None:
             from transformers import AutoProcessor, ShieldGemma2ForImageClassification
 
-            kw = {"local_files_only": True, "trust_remote_code": False}
+            kw: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
             self._processor = AutoProcessor.from_pretrained(str(self.folder), **kw)
             model = ShieldGemma2ForImageClassification.from_pretrained(str(self.folder), **kw)
-            self._model = model.to(self.device).eval()
+            # transformers' typed wrapper of Module.to takes the model for the device.
+            self._model = model.to(self.device).eval()  # type: ignore[arg-type]
         return self._model, self._processor
 
     def _policies(self, record: Record | None) -> dict[str, str]:
