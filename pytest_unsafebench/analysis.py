@@ -107,7 +107,7 @@ def _aligned(ta: PredictionTable, tb: PredictionTable) -> dict[str, Any] | None:
     return out
 
 
-def source_shift(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def source_shift(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per classifier, from the gap suite's F1 rows: mean |gap| over the categories measured,
     the mean signed gap and which source scores higher."""
     by_clf: dict[str, list[float]] = {}
