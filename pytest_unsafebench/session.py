@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -329,7 +329,7 @@ class Worker:
         self.run.save_steps(session.config.workerinput["workerid"])
 
 
-def record_row(item: pytest.Item, row: dict[str, Any]) -> None:
+def record_row(item: pytest.Item, row: Mapping[str, Any]) -> None:
     item.stash.setdefault(ROWS_KEY, []).append(row)
     if isinstance(row.get("value"), (int, float)):
         # Also visible to --junitxml as <property name="unsafebench.f1" value="..."/>.
