@@ -41,8 +41,9 @@ class Row(TypedDict):
 
     classifier: Annotated[str | None, "the classifier's name as given on the command line; "
                           "None for a dataset-level test (data integrity)"]
-    suite: Annotated[str, "the suite that measured it: effectiveness, gap, robustness, fuzz or "
-                     "data_integrity"]
+    suite: Annotated[str | None, "the suite that measured it: effectiveness, gap, robustness, "
+                     "fuzz or data_integrity; None for a test of one's own whose unsafebench "
+                     "marker names none"]
     metric: Annotated[str, "what was measured (f1, fpr, ra, gap_f1, flips, ...)"]
     category: Annotated[str | None, "the UnsafeBench category, or Overall (all covered "
                         "categories pooled); None where the value is not per category "
@@ -88,7 +89,7 @@ OPTIONAL_ROW_KEYS: tuple[str, ...] = tuple(k for k in Row.__annotations__
                                            if k in Row.__optional_keys__)
 
 
-def make_row(*, classifier: str | None, suite: str, metric: str, category: str | None = None,
+def make_row(*, classifier: str | None, suite: str | None, metric: str, category: str | None = None,
              source: str | None = None, condition: str | None = None,
              value: float | None = None, threshold: float | None = None,
              outcome: Outcome | None = None, n: int | None = None,
