@@ -27,6 +27,7 @@ import numpy as np
 from ..classifier import Coverage, Prediction
 from ..dataset import default_cache_dir, load_dataset
 from ..dataset.demo import GENERATOR_VERSION
+from ..options import DEFAULT_SEED
 from ..progress import step
 from ..weights import write_atomic
 
@@ -271,7 +272,7 @@ def _read_cached(path: Path) -> tuple[bytes, dict[str, Any]] | None:
         return None
 
 
-def load(device: str = "cpu", cache_dir: Path | str | None = None, seed: int = 2023,
+def load(device: str = "cpu", cache_dir: Path | str | None = None, seed: int = DEFAULT_SEED,
          epochs: int | None = None, batch_size: int = 128) -> DemoClassifier:
     """The demo classifier for ``seed``: cached weights if present, else trained (seconds).
 

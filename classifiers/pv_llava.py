@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..classifier import Coverage, Prediction
 from ..errors import ClassifierLoadError
+from ..options import DEFAULT_SEED
 from ..taxonomy import CATEGORIES
 from ..weights import WeightsNotFound
 from .vlm.base import Job
@@ -324,7 +325,7 @@ class PerspectiveVision:
 
 def load(model: str = DEFAULT_BASE, adapter: str = DEFAULT_ADAPTER, revision: str | None = None,
          adapter_revision: str | None = None, device: str = "cpu", batch_size: int = 8,
-         max_new_tokens: int = 512, unsure: str = "random", unsure_seed: int = 2023,
+         max_new_tokens: int = 512, unsure: str = "random", unsure_seed: int = DEFAULT_SEED,
          definitions: str | None = None, template: str | None = None, dtype: str = "auto",
          cache_dir: Path | None = None) -> PerspectiveVision:
     """``pv-llava``: ``model`` (base LLaVA id or folder), ``adapter`` (adapter id or folder),

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError, write_failure
+from .options import DEFAULT_TOLERANCE, OPTION, TOLERANCE_RANGE
 from .text import printable
 
 
@@ -37,10 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="whose baseline gate (tolerance, hard limit) applies: a built-in "
                               "profile or one in ./pyproject.toml (default: the run's profile)")
     compare.add_argument("--tolerance", type=float, default=None,
-                         help="absolute drop allowed per value (default: the profile's, 0.02)")
+                         help="absolute drop allowed per value (default: the profile's, "
+                              f"{DEFAULT_TOLERANCE})")
     compare.add_argument("--metric-tolerance", action="append", default=[], metavar="METRIC=X",
                          help="per-metric tolerance, e.g. fpr=0.05 (repeatable)")
-    compare.add_argument("--classifier", action="append", default=[], metavar="OLD=NEW",
+    compare.add_argument("--classifier", action="append", default=[],
+                         metavar=OPTION["baseline_classifier"].metavar,
                          help="compare the baseline's classifier OLD as the run's NEW "
                               "(repeatable)")
     compare.add_argument("--allow-mismatch", action="store_true",
@@ -117,7 +120,7 @@ def _compare(args: argparse.Namespace) -> int:
             sep = ""
         if not sep or not metric:
             raise ConfigError(f"--metric-tolerance {item!r}: expected METRIC=NUMBER, e.g. fpr=0.05")
-    if args.tolerance is not None and not 0 <= args.tolerance < 1:
+    if args.tolerance is not None and not TOLERANCE_RANGE.admits(args.tolerance):
         raise ConfigError(f"--tolerance {args.tolerance}: expected a number in [0, 1)")
     base, current = _load(args.baseline), _load(args.current)
     cfg, dataset = current.get("config") or {}, current.get("dataset") or {}

@@ -15,13 +15,12 @@ from .dataset.images import ALPHA_RULES, DEFAULT_ALPHA
 from .dataset.records import EXCLUDING_KINDS, KEEPING_KINDS
 from .errors import ConfigError
 from .options import (
-    ATTACKS,
-    DEFAULT_ATTACKS,
     DEFAULT_SEED,
     OPTION,
     OPTIONS,
     PYPROJECT_KEYS,
     TABLE_KEYS,
+    TOLERANCE_RANGE,
     Choice,
     Count,
     Members,
@@ -30,6 +29,7 @@ from .options import (
     Text,
     flag,
 )
+from .robustness.registries import ATTACKS
 from .taxonomy import CATEGORIES, suggest
 from .thresholds import GateRule, ThresholdTable, build_gate, build_thresholds
 
@@ -39,6 +39,8 @@ MAX_POOL_SIZE = 100_000      # the paper draws 500
 MAX_SEEDS = 100
 MAX_PGD_STEPS = 10_000
 MAX_QUERIES = 100_000
+# Attack names live in their registry, which imports no torch.
+DEFAULT_ATTACKS = tuple(ATTACKS)[:5]  # the paper's four and one black-box attack; spsa on request
 
 
 @dataclass(frozen=True)
@@ -355,11 +357,9 @@ class _Layers:
                 value = float(value)
             except ValueError:
                 pass
-        low, high = rule.low, rule.high
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-            (low <= value if rule.closed_low else low < value) and value < high)
-        if not ok:
-            span = f"[{low}, {high})" if rule.closed_low else f"({low}, {high})"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not rule.admits(value):
+            span = f"[{rule.low}, {rule.high})" if rule.closed_low else f"({rule.low}, {rule.high})"
             raise self.fail(key, f"expected a number in {span}, got {value!r:.80}"
                             f"{self.quoted(key, value)}")
         return float(value)
@@ -404,22 +404,35 @@ def resolve_settings(cli: Mapping[str, Any], pyproject: Mapping[str, Any],
     robustness = _robustness(pyproject.get("robustness", {}))
     cache_dir = layers.text("cache_dir", optional=True)
 
-    values = {OPTION[key].field: layers.check(OPTION[key])
-              for key in PYPROJECT_KEYS if OPTION[key].check is not None}
-    values["allow_findings"] = frozenset(allow)
-    values["cache_dir"] = (rootpath / Path(cache_dir).expanduser() if cache_dir
-                           else rootpath / ".pytest_cache" / "unsafebench")
-    if layers.where["tolerance"] == "built-in default":  # the profile's gate tolerance
-        values["tolerance"] = gate.tolerance
-    # Paper mode decodes as the official loader for the whole run, not only for attacks: its
-    # pool is drawn from the clean predictions, which must see the attacked pixels.
-    values["alpha"] = (layers.choice("alpha", ALPHA_RULES) if layers.value["alpha"] is not None
-                       else "drop" if robustness.mode == "paper" else DEFAULT_ALPHA)
-    values.update({opt.field: _FROM_CLI[opt.key](cli.get(opt.key))
-                   for opt in OPTIONS if not opt.pyproject})
-    settings = Settings(**values, thresholds=thresholds, gate=gate,
-                        classifier_options=classifier_options, robustness=robustness,
-                        tolerances=_tolerances(pyproject.get("tolerances", {})))
+    values: dict[str, Any] = {
+        "thresholds": thresholds, "gate": gate, "classifier_options": classifier_options,
+        "robustness": robustness, "allow_findings": frozenset(allow), "profile": profile,
+        "cache_dir": (rootpath / Path(cache_dir).expanduser() if cache_dir
+                      else rootpath / ".pytest_cache" / "unsafebench"),
+    }
+    by_field = {opt.field: opt for opt in OPTIONS}
+    for f in fields(Settings):  # in field order: of two bad values, the same one is named first
+        opt = by_field.get(f.name)
+        if f.name in values:
+            continue
+        if f.name == "tolerances":
+            values[f.name] = _tolerances(pyproject.get("tolerances", {}))
+        elif opt is None:
+            raise AssertionError(f"Settings.{f.name}: no option and no table fills it")
+        elif not opt.pyproject:
+            values[f.name] = _FROM_CLI[opt.key](cli.get(opt.key))
+        elif opt.key == "tolerance" and layers.where["tolerance"] == "built-in default":
+            values[f.name] = gate.tolerance  # the profile's gate tolerance
+        elif opt.key == "alpha":
+            # Paper mode decodes as the official loader for the whole run, not only for
+            # attacks: its pool is drawn from the clean predictions, which must see the
+            # attacked pixels.
+            values[f.name] = (layers.choice("alpha", ALPHA_RULES)
+                              if layers.value["alpha"] is not None
+                              else "drop" if robustness.mode == "paper" else DEFAULT_ALPHA)
+        else:
+            values[f.name] = layers.check(opt)
+    settings = Settings(**values)
     _check_outputs(settings)
     return settings
 
@@ -545,7 +558,8 @@ def _tolerances(table: Any) -> dict[str, float]:
                                   f"{', '.join(metrics)}")
     out = {}
     for metric, value in table.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not TOLERANCE_RANGE.admits(value):
             raise ConfigError(f"{where}.{metric}: expected a number in [0, 1), got {value!r}")
         out[str(metric)] = float(value)
     return out

@@ -7,8 +7,8 @@ check its value must pass. The pytest option group (plugin.py), the pyproject va
 ``Settings`` (config.py) and the usage errors that name a flag are derived from :data:`OPTIONS`;
 ``tests/test_config.py`` checks that every row reaches each of them.
 
-Standard library only (and the constant-only taxonomy and the attack registry): the plugin
-imports this module while pytest starts.
+Standard library only (and the constant-only taxonomy): the plugin imports this module while
+pytest starts, and any layer may import its constants.
 """
 
 from __future__ import annotations
@@ -17,14 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .robustness.registries import ATTACKS
 from .taxonomy import ALIGNMENTS, CATEGORIES, SOURCES, SPLIT_CHOICES
 
 # Shared constants: each has this one home.
 DEFAULT_SEED = 2023            # sampling, the demo dataset, bootstrap, pools, VLM unsure votes
 DEFAULT_TOLERANCE = 0.02       # baseline gating: absolute drop allowed per metric
-# Attack names live in their registry (ATTACKS, which imports no torch).
-DEFAULT_ATTACKS = tuple(ATTACKS)[:5]  # the paper's four and one black-box attack; spsa on request
 UNSURE_POLICIES: tuple[str, ...] = ("unsafe", "safe", "wrong", "random")  # classifiers.vlm.voting
 DEVICES = ("auto", "cpu", "cuda", "mps")
 EXECUTORS = ("local", "ray")
@@ -124,8 +121,13 @@ class Number:
     closed_low: bool = False
     optional: bool = False
 
+    def admits(self, value: float) -> bool:
+        return (self.low <= value if self.closed_low else self.low < value) and value < self.high
+
 
 Check = Text | Choice | Members | Count | Number
+# A baseline-gating tolerance (the option, the per-metric table, unsafebench compare).
+TOLERANCE_RANGE = Number(0.0, 1.0, closed_low=True)
 
 
 # ------------------------------------------------------------------------------ the table
@@ -226,8 +228,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("save_baseline", metavar="PATH", field="save_baseline_path",
            help="save this run as a baseline JSON (with per-image decisions)"),
     # the default is the profile's gate tolerance (DEFAULT_TOLERANCE for the built-in ones)
-    Option("tolerance", metavar="X", default=DEFAULT_TOLERANCE,
-           check=Number(0.0, 1.0, closed_low=True),
+    Option("tolerance", metavar="X", default=DEFAULT_TOLERANCE, check=TOLERANCE_RANGE,
            help=f"absolute drop allowed against the baseline (default {DEFAULT_TOLERANCE}; per "
                 "metric in [tool.unsafebench.tolerances])"),
     Option("executor", metavar="local|ray", default="local", check=Choice(EXECUTORS),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .options import DEFAULT_TOLERANCE
 from .taxonomy import CATEGORIES, CELL_SOURCES, suggest
 
 # Every metric a threshold can gate, with what it means. Suites add theirs here.
@@ -62,7 +63,7 @@ class GateRule:
     (p < ``alpha``), or any drop beyond ``hard_limit``. One image in a 45-image cell moves F1
     by more than 0.02, so the tolerance alone would fail runs on noise."""
 
-    tolerance: float = 0.02
+    tolerance: float = DEFAULT_TOLERANCE
     alpha: float = 0.05
     hard_limit: float = 0.10
 

@@ -16,10 +16,9 @@ from PIL import Image
 from plugin_helpers import CELL_SOURCES, CLASSIFIER, build_dataset, read_json, write_toyclf
 from pytest_unsafebench.cache import PredictionCache
 from pytest_unsafebench.classifier import Coverage, Prediction
-from pytest_unsafebench.config import RobustnessSettings
+from pytest_unsafebench.config import DEFAULT_ATTACKS, RobustnessSettings
 from pytest_unsafebench.dataset.records import Record, content_hash
 from pytest_unsafebench.errors import ConfigError
-from pytest_unsafebench.options import DEFAULT_ATTACKS
 from pytest_unsafebench.results import PredictionTable
 from pytest_unsafebench.robustness import accuracy as robustness
 from pytest_unsafebench.robustness import perturbations as P

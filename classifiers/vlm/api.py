@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...classifier import Coverage, Prediction
 from ...errors import ClassifierLoadError
+from ...options import DEFAULT_SEED
 from .base import Job, JudgeOptions, VLMJudge
 from .responses import Answer, ResponseCache, image_key, response_key
 
@@ -282,7 +283,7 @@ class OpenAIModeration:
 
 def load_openai(model: str = "gpt-4o", base_url: str = DEFAULT_BASE_URL, timeout: float = 60.0,
                 max_retries: int = 3, backoff: float = 1.0, concurrency: int = 4,
-                max_tokens: int = 512, unsure: str = "random", unsure_seed: int = 2023,
+                max_tokens: int = 512, unsure: str = "random", unsure_seed: int = DEFAULT_SEED,
                 definitions: str | None = None, import_responses: str | None = None,
                 archive_model: str | None = None, converter: str | None = None,
                 converter_labels: Sequence[str] | None = None, converter_base: str | None = None,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...classifier import Coverage, Prediction
 from ...errors import ClassifierLoadError
+from ...options import DEFAULT_SEED
 from .parsing import RobertaConverter, Verdict, parse_response
 from .prompts import N_PROMPTS, Definitions, build_prompts, resolve_definitions
 from .responses import Answer, ArchivedResponses, ResponseCache, image_key, response_key
@@ -44,7 +45,7 @@ class JudgeOptions:
     the run's unsure policy and seed, and ``--unsafebench-import-responses``)."""
 
     unsure: str = "random"
-    seed: int = 2023
+    seed: int = DEFAULT_SEED
     definitions: str | None = None
     import_responses: str | None = None
     archive_model: str | None = None

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ClassifierLoadError
+from ...options import DEFAULT_SEED
 from ..hf import center_crop, channel_std, resize_size, resolve_model_folder
 from .base import Job, JudgeOptions, VLMJudge
 from .prompts import PROMPT_0
@@ -353,7 +354,7 @@ def _load_judge(kind: str, *, model: str | None, revision: str | None, device: s
 
 def load_llava(model: str | None = None, revision: str | None = None, device: str = "cpu",
                batch_size: int = 8, max_new_tokens: int = 512, prompt_format: str | None = None,
-               dtype: str = "auto", unsure: str = "random", unsure_seed: int = 2023,
+               dtype: str = "auto", unsure: str = "random", unsure_seed: int = DEFAULT_SEED,
                definitions: str | None = None, import_responses: str | None = None,
                archive_model: str | None = None, converter: str | None = None,
                converter_labels: Sequence[str] | None = None, converter_base: str | None = None,
@@ -366,7 +367,7 @@ def load_llava(model: str | None = None, revision: str | None = None, device: st
 def load_instructblip(model: str | None = None, revision: str | None = None,
                       device: str = "cpu", batch_size: int = 8, max_new_tokens: int = 512,
                       prompt_format: str | None = None, dtype: str = "auto",
-                      unsure: str = "random", unsure_seed: int = 2023,
+                      unsure: str = "random", unsure_seed: int = DEFAULT_SEED,
                       definitions: str | None = None, import_responses: str | None = None,
                       archive_model: str | None = None, converter: str | None = None,
                       converter_labels: Sequence[str] | None = None,

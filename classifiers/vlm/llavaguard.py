@@ -73,6 +73,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...classifier import Coverage, Prediction
 from ...errors import ClassifierLoadError
+from ...options import DEFAULT_SEED
 from ..hf import resolve_model_folder
 from .base import Job, JudgeOptions, VLMJudge
 from .judges import DTYPES, folder_digest, input_std_of, resolve_dtype, torch_pixels
@@ -643,7 +644,7 @@ def _onevision_settings(folder: Path, config: Any) -> dict[str, Any]:
 def load(model: str = DEFAULT_MODEL, revision: str | None = None, device: str = "cpu",
          batch_size: int = 8, max_new_tokens: int = 512, prompt_format: str | None = None,
          dtype: str = "float32", policy: str | None = None, unsure: str = "random",
-         unsure_seed: int = 2023, import_responses: str | None = None,
+         unsure_seed: int = DEFAULT_SEED, import_responses: str | None = None,
          cache_dir: Path | None = None) -> LlavaGuardJudge:
     """The ``llavaguard`` judge (see the module doc)."""
     opts = JudgeOptions(unsure=unsure, seed=unsure_seed, import_responses=import_responses,

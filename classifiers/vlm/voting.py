@@ -17,10 +17,9 @@ from collections import Counter
 from collections.abc import Sequence
 
 from ...errors import ClassifierLoadError
+from ...options import UNSURE_POLICIES
 from ...taxonomy import UNSAFE
 from .parsing import Verdict
-
-UNSURE_POLICIES: tuple[str, ...] = ("unsafe", "safe", "wrong", "random")
 
 
 def check_policy(policy: str) -> str:

@@ -12,12 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import DatasetError
+from ..options import DEFAULT_SEED
 from .records import Dataset, Finding, Record
 from .sampling import select, stratified_limit
 
 __all__ = ["Dataset", "Finding", "Record", "default_cache_dir", "load_dataset"]
 
-DEFAULT_SEED = 2023
 
 
 def default_cache_dir() -> Path:

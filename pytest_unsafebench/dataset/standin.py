@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from ..options import DEFAULT_SEED
 from ..taxonomy import CATEGORIES, GENERATED_SOURCE, REAL_SOURCE, SAFE, SOURCES, UNSAFE
 from .demo import GENERATOR_VERSION, encode_image, render_image
 from .parquet import SYNTHETIC_KEY
@@ -231,7 +232,7 @@ def _groups(rows: list[StandinRow], seed: int, max_side: int, size: int,
             yield fut.result()
 
 
-def write_standin(folder: Path, scale: float = 1.0, seed: int = 2023, max_side: int = 1600,
+def write_standin(folder: Path, scale: float = 1.0, seed: int = DEFAULT_SEED, max_side: int = 1600,
                   rows_per_group: int = 64, workers: int | None = None) -> dict[str, Any]:
     """Write the stand-in under ``folder/data/`` and return a summary (see the module doc).
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..dataset.images import DEFAULT_ALPHA, ImageProblem
+from ..options import DEFAULT_SEED
 from ..taxonomy import SAFE, UNSAFE
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def _ordered(rows: Iterable[Mapping[str, Any]], rng: random.Random) -> list[Mapp
 
 def make_examples(records: Mapping[str, Record], predictions: Iterable[Mapping[str, Any]], *,
                   per_classifier: int = 8, blur: bool = True, size: int = 96,
-                  seed: int = 2023, alpha: str = DEFAULT_ALPHA) -> list[dict[str, Any]]:
+                  seed: int = DEFAULT_SEED, alpha: str = DEFAULT_ALPHA) -> list[dict[str, Any]]:
     """Thumbnails of up to ``per_classifier`` errors per classifier (see the module docstring).
 
     ``records`` maps record id to Record; ``predictions`` are the session's per-image rows

@@ -67,6 +67,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..options import DEFAULT_SEED
 from .registries import ATTACKS
 
 __all__ = [
@@ -79,7 +80,6 @@ GRADIENT_FREE = frozenset({"gaussian", "square", "spsa"})  # run on models witho
 BLACK_BOX = frozenset({"square", "spsa"})  # use a query budget
 
 PAPER_EPS = 0.01  # the paper's eps, in each model's normalised input units
-DEFAULT_SEED = 2023  # the protocol's first pool seed
 SQUARE_P_INIT = 0.05  # Square Attack's initial fraction of pixels per square (its L-inf default)
 SPSA_DELTA = 0.01  # SPSA finite-difference step (Uesato et al.), in the mode's units
 _ADAM_BETAS = (0.9, 0.999)

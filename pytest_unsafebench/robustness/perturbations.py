@@ -63,6 +63,7 @@ from functools import cache, lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..options import DEFAULT_SEED
 from .registries import KINDS, LEVELS, PERTURBATIONS, Perturbation, Severity
 from .registries import perturbation_names as names
 
@@ -71,7 +72,6 @@ __all__ = [
     "apply", "cache_key", "names", "parse", "perceptual_budget", "severities",
 ]
 
-DEFAULT_SEED = 2023  # the protocol's first pool seed (section 6)
 REFERENCE_SIDE = 224  # ImageNet-C's image side; spatial constants scale with min(w, h) / 224
 
 
