@@ -204,13 +204,13 @@ def unsafebench_settings(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture
 def unsafebench_record(request: pytest.FixtureRequest) -> Any:
     """Record a report row from a test that has no cell (dataset-level tests)."""
+    from .report.schema import make_row
     from .session import record_row
 
     def record(metric: str, value: float | int | None, *, suite: str, n: int | None = None,
                threshold: float | None = None, gate: bool = True) -> None:
-        record_row(request.node, {
-            "classifier": None, "suite": suite, "metric": metric, "category": None,
-            "source": None, "value": value, "threshold": threshold,
-            "outcome": None if gate else "info", "n": n})
+        record_row(request.node, make_row(classifier=None, suite=suite, metric=metric,
+                                          value=value, threshold=threshold,
+                                          outcome=None if gate else "info", n=n))
 
     return record
