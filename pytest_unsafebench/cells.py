@@ -12,7 +12,6 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from . import metrics
-from .options import DEFAULT_SEED
 from .errors import NotApplicable
 from .options import DEFAULT_SEED
 from .report.schema import Row, make_row

@@ -66,7 +66,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..dataset.images import DEFAULT_ALPHA
 from ..options import DEFAULT_SEED
-from ..options import DEFAULT_SEED
 from ..report.schema import make_row
 from ..taxonomy import CATEGORIES, LABELS, SOURCES, UNSAFE
 
