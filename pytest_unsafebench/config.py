@@ -229,10 +229,11 @@ class Settings:
         return frozenset(cov) if cov is not None else None
 
     def outputs(self) -> tuple[tuple[str, Path | None], ...]:
-        """(flag, path) of each file the run writes at its end, in the order they are written."""
-        return ((flag("json"), self.json_path), (flag("save_baseline"), self.save_baseline_path),
-                (flag("html"), self.html_path), (flag("markdown"), self.markdown_path),
-                (flag("predictions"), self.predictions_path))
+        """(option key, path) of each file the run writes at its end, in the order they are
+        written."""
+        return (("json", self.json_path), ("save_baseline", self.save_baseline_path),
+                ("html", self.html_path), ("markdown", self.markdown_path),
+                ("predictions", self.predictions_path))
 
     def public(self) -> dict[str, Any]:
         """The resolved configuration as it goes into the JSON report (no machine paths)."""
@@ -443,9 +444,10 @@ def _check_outputs(s: Settings) -> None:
     cache = (s.cache_dir / "predictions.sqlite").resolve()
     protected = {cache, *(cache.with_name(cache.name + x) for x in ("-wal", "-shm"))}
     seen: dict[Path, str] = {}
-    for option, path in s.outputs():
+    for key, path in s.outputs():
         if path is None:
             continue
+        option = flag(key)
         where = path.resolve()
         if where in protected:
             raise ConfigError(f"{option}: {path} is the prediction cache; "

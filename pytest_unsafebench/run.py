@@ -28,6 +28,7 @@ from . import progress
 from .config import Settings
 from .device import resolve_device
 from .errors import CannotRun, write_failure
+from .options import flag
 from .results import ClassifierState, PredictionTable, RunState
 from .text import printable
 
@@ -457,20 +458,18 @@ class Run:
                         with (self.folder / cs.predictions_file).open() as fh:
                             shutil.copyfileobj(fh, out)
 
+        writers = {"json": json_report, "save_baseline": save_baseline, "html": html,
+                   "markdown": markdown, "predictions": predictions}
         written: list[str] = []
         ok = True
-        for option, path, write in (
-                ("json", s.json_path, json_report),
-                ("save-baseline", s.save_baseline_path, save_baseline),
-                ("html", s.html_path, html), ("markdown", s.markdown_path, markdown),
-                ("predictions", s.predictions_path, predictions)):
+        for key, path in s.outputs():
             if path is None:
                 continue
             try:
-                write(path)
-                written.append(f"wrote {path} (--unsafebench-{option})")
+                writers[key](path)
+                written.append(f"wrote {path} ({flag(key)})")
             except OSError as exc:  # a full disk or an unwritable path: say so, write the rest
-                sys.stderr.write(f"ERROR: --unsafebench-{option}: cannot write {path}: "
+                sys.stderr.write(f"ERROR: {flag(key)}: cannot write {path}: "
                                  f"{write_failure(exc)}\n")
                 ok = False
         return written, ok
