@@ -37,7 +37,7 @@ JSON_DROPPED_KEYS = ("timing",)  # top level: <step>_seconds, wall_seconds, fini
 # written only when the step took at least a second, so such lines come and go with the load;
 # they interrupt pytest's progress dots, which are joined again. pytest pads its "=== 92 passed
 # in 1.90s ===" lines to the width, so the padding follows the duration's digits.
-STEP_LINE = re.compile(r"^unsafebench: .* in \d+(?:\.\d+)? s\b.*\n", re.M)
+STEP_LINE = re.compile(r"^unsafebench: .* in \d+(?:\.\d+)? (?:s|min \d\d s|h \d\d min)\b.*\n", re.M)
 PROGRESS = re.compile(r"\s*\[\s*\d+%\]$")  # "test_gap.py ....   [100%]"
 DOTS = re.compile(r"^[.sFExX]+$")  # the rest of a progress line after an interruption
 FILE_DOTS = re.compile(r"^\S+\.py ?[.sFExX]*$")  # the start of one
