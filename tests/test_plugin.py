@@ -773,7 +773,7 @@ def test_allow_findings_rejects_unknown_kind(bench: Bench) -> None:
 # ---------------------------------------------------------------------------- import lightness
 
 
-HEAVY = ("torch", "transformers", "onnxruntime")
+HEAVY = ("numpy", "torch", "transformers", "onnxruntime")
 PROBE = textwrap.dedent("""
     import json, sys
     import pytest
