@@ -22,6 +22,7 @@ import numpy as np
 from pytest_unsafebench.cells import Bootstrap
 from pytest_unsafebench.metrics import f1
 from pytest_unsafebench.report.baseline import compare, decisions_block
+from pytest_unsafebench.report.schema import Row, make_row
 from pytest_unsafebench.results import PredictionTable
 from pytest_unsafebench.thresholds import GateRule
 
@@ -36,10 +37,9 @@ def _table(y: np.ndarray, pred: np.ndarray) -> PredictionTable:
                                  for i in range(y.size)])
 
 
-def _row(y: np.ndarray, pred: np.ndarray) -> dict:
-    return {"classifier": "c", "suite": "effectiveness", "metric": "f1", "category": "Hate",
-            "source": "Lexica", "condition": None, "outcome": "passed",
-            "value": f1(y, pred, zero_division=0.0)}
+def _row(y: np.ndarray, pred: np.ndarray) -> Row:
+    return make_row(classifier="c", suite="effectiveness", metric="f1", category="Hate",
+                    source="Lexica", outcome="passed", value=f1(y, pred, zero_division=0.0))
 
 
 def _flagged(y: np.ndarray, before: np.ndarray, after: np.ndarray, rule: GateRule,

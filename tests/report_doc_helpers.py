@@ -4,8 +4,9 @@ The base is a real plugin run (the toy classifiers of plugin_helpers.py over its
 folder dataset, in a subprocess, about two seconds), which brings real rows with CIs, gap rows,
 curves, the source shift and the paired comparisons. What that run cannot produce (robustness
 and fuzz rows: the toy classifier has no gradients and those suites take minutes; a baseline
-verdict) is added the way the JSON schema describes it, and ``examples`` are real thumbnails
-made by :func:`pytest_unsafebench.report.thumbnails.make_examples` from the run's predictions.
+verdict) is added the way the report schema describes it (rows by report.schema.make_row), and
+``examples`` are real thumbnails made by
+:func:`pytest_unsafebench.report.thumbnails.make_examples` from the run's predictions.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from plugin_helpers import CLASSIFIER, OTHER, build_dataset, read_json, read_jsonl, write_toyclf
+from pytest_unsafebench.report.schema import make_row
 
 HOSTILE = "<script>alert(1)</script>"
 
@@ -47,38 +49,29 @@ def augment(doc: dict[str, Any], examples: list[dict[str, Any]]) -> dict[str, An
     """Add what the toy run cannot produce (see the module docstring)."""
     doc = copy.deepcopy(doc)
     name = doc["config"]["classifiers"][0]
-    for row in doc["rows"]:
-        row.setdefault("ci_low", None)
-        row.setdefault("ci_high", None)
-        row.setdefault("paper", None)
-    ra = {"classifier": name, "suite": "robustness", "category": None, "n": 40, "paper": None}
+    ra = {"classifier": name, "suite": "robustness", "n": 40}
     for source, shift in (("Laion5B", 0.0), ("Lexica", 0.2), ("all", 0.1)):
         for condition, value, outcome in (("gaussian", 1.0, "passed"), ("pgd", 0.2, "passed"),
                                           ("emoji_sticker", 0.45, "failed")):
             v = min(1.0, value + shift)
-            doc["rows"].append({**ra, "metric": "ra", "source": source, "condition": condition,
-                                "value": v, "threshold": 0.0, "outcome": outcome,
-                                "ci_low": max(0.0, v - 0.05), "ci_high": min(1.0, v + 0.05)})
-        doc["rows"].append({**ra, "metric": "ra", "source": source, "condition": "fgsm",
-                            "value": None, "threshold": None, "outcome": "skipped",
-                            "ci_low": None, "ci_high": None,
-                            "reason": f"not attackable: {name} has no gradient path"})
+            doc["rows"].append(make_row(**ra, metric="ra", source=source, condition=condition,
+                                        value=v, threshold=0.0, outcome=outcome,
+                                        ci_low=max(0.0, v - 0.05), ci_high=min(1.0, v + 0.05)))
+        doc["rows"].append(make_row(**ra, metric="ra", source=source, condition="fgsm",
+                                    outcome="skipped",
+                                    reason=f"not attackable: {name} has no gradient path"))
         for corruption, slope in (("fog", 0.1), ("jpeg_compression", 0.05)):
             for level in range(1, 6):
-                doc["rows"].append({**ra, "metric": "ra", "source": source,
-                                    "condition": f"{corruption}:{level}",
-                                    "value": 1 - level * slope,
-                                    "threshold": None, "outcome": "info", "ci_low": None,
-                                    "ci_high": None})
-        doc["rows"].append({**ra, "metric": "ra_corruption_mean", "source": source,
-                            "condition": "grid", "value": 0.7, "threshold": 0.5,
-                            "outcome": "passed", "n": 10, "ci_low": 0.65, "ci_high": 0.75})
-    fuzz = {"classifier": name, "suite": "fuzz", "category": None, "source": "Lexica",
-            "n": 1, "ci_low": None, "ci_high": None, "paper": None}
-    doc["rows"].append({**fuzz, "metric": "flips", "condition": "gaussian_noise:2:s2023",
-                        "value": 1, "threshold": 0, "outcome": "failed"})
-    doc["rows"].append({**fuzz, "metric": "score_after", "condition": "gaussian_noise:2:s2023",
-                        "value": 0.41, "threshold": None, "outcome": "info"})
+                doc["rows"].append(make_row(**ra, metric="ra", source=source,
+                                            condition=f"{corruption}:{level}",
+                                            value=1 - level * slope, outcome="info"))
+        doc["rows"].append(make_row(**{**ra, "n": 10}, metric="ra_corruption_mean",
+                                    source=source, condition="grid", value=0.7, threshold=0.5,
+                                    outcome="passed", ci_low=0.65, ci_high=0.75))
+    fuzz = {"classifier": name, "suite": "fuzz", "source": "Lexica", "n": 1,
+            "condition": "gaussian_noise:2:s2023"}
+    doc["rows"].append(make_row(**fuzz, metric="flips", value=1, threshold=0, outcome="failed"))
+    doc["rows"].append(make_row(**fuzz, metric="score_after", value=0.41, outcome="info"))
     doc["baseline"] = {"path": "baseline.json", "git_commit": "abc123",
                        "rule": {"tolerance": 0.02, "alpha": 0.05, "hard_limit": 0.1},
                        "paired_tests": False, "baseline_values": 40, "compared": 40,
