@@ -318,7 +318,7 @@ class _Layers:
         if value not in allowed:
             raise self.fail(key, f"{value!r} is not one of {', '.join(allowed)}"
                             f"{suggest(str(value), allowed)}")
-        return value
+        return str(value)
 
     def members(self, key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
         values = self.value[key]
