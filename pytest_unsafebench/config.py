@@ -107,8 +107,8 @@ def _robustness(table: Any) -> RobustnessSettings:
                 raise ConfigError(f"{path}: expected a list from {', '.join(ATTACKS)}, "
                                   f"got {value!r}")
             value = tuple(value)
-        else:  # evasions / corruptions: checked against the perturbation registry at collection
-            # (robustness.evasions / corruptions), which would import numpy and Pillow here
+        else:  # evasions / corruptions: checked against the perturbation registry when the
+            # robustness suite is selected (pytest_configure: robustness.accuracy.corruptions)
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{path}: expected a list of perturbation names, got {value!r}")
             value = tuple(value)
