@@ -56,7 +56,7 @@ class RemoteExecutor(Protocol):
         """Returns how many predictions it added to the cache, per classifier fingerprint."""
 
 
-# Set by the session around its passes (clean and perturbed) when the executor is not local.
+# Set by the run around its passes (clean and perturbed) when the executor is not local.
 REMOTE: ContextVar[RemoteExecutor | None] = ContextVar("unsafebench_remote", default=None)
 
 
