@@ -38,7 +38,7 @@ from ..classifier import Coverage, Prediction
 from ..errors import ClassifierLoadError
 from ..options import DEFAULT_SEED
 from ..taxonomy import CATEGORIES
-from ..weights import WeightsNotFound
+from ..weights import WeightsNotFound, hub_offline_reason
 from .vlm.base import Job
 from .vlm.parsing import Verdict
 from .vlm.prompts import PROJECT_WORDING_NOTE, TEMPLATE_FILE, paper_text_fix, resolve_paper_text
@@ -117,12 +117,12 @@ def resolve_template(template: str | None, cache_dir: Path | None) -> tuple[str,
         return text, "paper" if same else f"file {path}", None
     if template == "project":
         return PROJECT_TEMPLATE, "project", None
-    text = resolve_paper_text(TEMPLATE_FILE, cache_dir)
-    if text is None:
+    paper = resolve_paper_text(TEMPLATE_FILE, cache_dir)
+    if paper is None:
         note = (f"{PROJECT_WORDING_NOTE.replace('category definitions', 'prompt template')} "
                 f"(offline, no copy); to fix: {paper_text_fix(TEMPLATE_FILE, cache_dir)}")
         return PROJECT_TEMPLATE, "project", note
-    return text, "paper", None
+    return paper, "paper", None
 
 
 def resolve_adapter(adapter: str, revision: str | None = None) -> Path:
@@ -135,15 +135,13 @@ def resolve_adapter(adapter: str, revision: str | None = None) -> Path:
                 f"pv-llava: adapter folder {path} lacks {missing}; give the released adapter's "
                 f"folder ({ADAPTER_CONFIG}, {' or '.join(ADAPTER_WEIGHTS)}, {NON_LORA})")
         return path
-    import os
-
     from huggingface_hub import snapshot_download
 
     how = (f"run once with network access, or download it (huggingface-cli download {adapter}) "
            "and set adapter = \"/path/to/folder\" in [tool.unsafebench.classifiers.pv-llava]")
-    missing: list[str] = [ADAPTER_CONFIG, NON_LORA]
+    missing = [ADAPTER_CONFIG, NON_LORA]
     for local_only in (True, False):
-        if not local_only and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        if not local_only and hub_offline_reason():  # the project's one offline rule
             break
         try:
             folder = Path(snapshot_download(
@@ -219,7 +217,8 @@ def apply_lora(model: Any, folder: Path) -> Any:
         why = " ".join(str(exc).split())[:300]
         raise ClassifierLoadError(f"pv-llava: adapter {folder} does not fit the base model: "
                                   f"{type(exc).__name__}: {why}") from exc
-    unused = sorted(result.unexpected_keys)
+    # peft types its result as a bare namedtuple: load_state_dict's (missing, unexpected) keys.
+    unused = sorted(result.unexpected_keys)  # type: ignore[attr-defined]
     if unused:
         raise ClassifierLoadError(
             f"pv-llava: {len(unused)} of {len(state)} tensors of adapter {weights} match no "
