@@ -17,6 +17,7 @@ from .format import (
     not_run,
     number,
     p_value,
+    percent,
     short_interval,
     signed_interval,
 )
@@ -97,7 +98,8 @@ def terminal_lines(doc: dict[str, Any], verdict: bool = True) -> list[str]:
                        *(f"{metric} {src}" for metric in ("F1", "FPR") for src in sources)]
             lines += ["  " + t for t in tabulate(table, headers=headers,
                                                  disable_numparse=True).splitlines()]
-            lines.append(f"  ([low,high] = {cfg.get('confidence', 0.95):.0%} bootstrap interval; "
+            confidence = percent(cfg.get("confidence", 0.95), 0)
+            lines.append(f"  ([low,high] = {confidence} bootstrap interval; "
                          "* = fails its threshold; ! = misses its warn tier; - = not measured"
                          + ("; paper = the published figure" if any(
                              r.get("paper") is not None for r in rows) else "") + ")")
