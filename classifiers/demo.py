@@ -57,7 +57,7 @@ class TrainConfig:
     safe_weight: float = 2.0  # loss weight of Safe images: trade misses for fewer false alarms
 
 
-def _build_model(width: int) -> torch.nn.Module:
+def _build_model(width: int) -> torch.nn.Sequential:
     from torch import nn
 
     def block(cin: int, cout: int, k: int = 3, stride: int = 1) -> list[nn.Module]:
@@ -111,7 +111,7 @@ class DemoClassifier:
     input_size = INPUT_SIZE
     input_std = _STD  # what normalise divides by: paper-mode attacks convert eps with it
 
-    def __init__(self, model: torch.nn.Module, weights_path: Path, weights_sha256: str,
+    def __init__(self, model: torch.nn.Sequential, weights_path: Path, weights_sha256: str,
                  device: str, seed: int, from_cache: bool, train_seconds: float | None,
                  batch_size: int = 128) -> None:
         # Frozen: attacks need gradients w.r.t. the input only, never the weights.
@@ -180,7 +180,8 @@ def _train(seed: int, config: TrainConfig, cache_dir: Path) -> dict[str, Any]:
     pad = config.max_shift
 
     was_deterministic = torch.are_deterministic_algorithms_enabled()
-    was_filling = tud.fill_uninitialized_memory
+    # fill_uninitialized_memory is a property of the module's class, which torch's types miss.
+    was_filling = tud.fill_uninitialized_memory  # type: ignore[attr-defined]
     was_threads = torch.get_num_threads()
     # fork_rng: seeding for init/dropout must not disturb the caller's global torch RNG.
     with torch.random.fork_rng(devices=[]), contextlib.ExitStack() as stack:
@@ -192,10 +193,12 @@ def _train(seed: int, config: TrainConfig, cache_dir: Path) -> dict[str, Any]:
         torch.set_num_threads(1)
         # Deterministic mode NaN-fills every new buffer by default: a third of the step time
         # here, and pointless since every buffer is written before it is read.
-        tud.fill_uninitialized_memory = False
+        tud.fill_uninitialized_memory = False  # type: ignore[attr-defined]
         try:
             # channels_last roughly halves CPU convolution time here.
-            model = _build_model(config.width).to(memory_format=torch.channels_last)
+            # Module.to takes memory_format, which torch's overloads leave out.
+            model = _build_model(config.width)
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             opt = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                     weight_decay=config.weight_decay)
             sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -233,7 +236,7 @@ def _train(seed: int, config: TrainConfig, cache_dir: Path) -> dict[str, Any]:
                     bar.advance()
         finally:
             torch.use_deterministic_algorithms(was_deterministic)
-            tud.fill_uninitialized_memory = was_filling
+            tud.fill_uninitialized_memory = was_filling  # type: ignore[attr-defined]
             torch.set_num_threads(was_threads)
     return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 

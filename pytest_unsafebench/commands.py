@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError, write_failure
 from .options import DEFAULT_TOLERANCE, OPTION, TOLERANCE_RANGE
 from .text import printable
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     show = sub.add_parser("show", help="print a saved JSON report's tables again")
     show.add_argument("report", type=Path, metavar="RUN.json",
                       help="a report written by --unsafebench-json")
@@ -51,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     compare.set_defaults(run=_compare)
 
 
-def _load(path: Path) -> dict:
+def _load(path: Path) -> dict[str, Any]:
     from .report.baseline import load
 
     return load(path)

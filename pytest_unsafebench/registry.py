@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMappin
 from functools import partial
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .classifier import Classifier, Coverage
 from .errors import ClassifierLoadError
@@ -224,7 +224,7 @@ def _import_target(name: str, target: str) -> Callable[..., Classifier]:
             raise ClassifierLoadError(f"classifier {name!r}: {module_name!r} has no {attr!r}")
     if not callable(obj):
         raise ClassifierLoadError(f"classifier {name!r}: {target!r} is not callable")
-    return obj
+    return cast("Callable[..., Classifier]", obj)  # a factory: called, its result checked
 
 
 def load_classifier(name: str, **options: Any) -> Classifier:

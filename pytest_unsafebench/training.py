@@ -379,7 +379,7 @@ def _option(text: str) -> tuple[str, Any]:
     return key.strip(), int(value) if value.strip().lstrip("-").isdigit() else value
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "train", help="train a linear-probe moderator on a dataset's train split",
         description="Train per-category and overall unsafe heads on a frozen backbone's "

@@ -320,7 +320,7 @@ def onevision_feature_count(orig_h: int, orig_w: int, size_h: int, size_w: int,
     The rule of transformers' LlavaOnevisionProcessor._get_number_of_features."""
     from transformers.image_processing_utils import select_best_resolution
 
-    best_h, best_w = select_best_resolution([orig_h, orig_w], [list(p) for p in pinpoints])
+    best_h, best_w = select_best_resolution((orig_h, orig_w), [list(p) for p in pinpoints])
     side = int(math.sqrt(base_tokens))
     cur_h, cur_w = side * (best_h // size_h), side * (best_w // size_w)
     if orig_w / orig_h > cur_w / cur_h:
