@@ -167,10 +167,9 @@ def environment(tree: Path) -> dict[str, str]:
 
 
 def run_side(rev: str, side: Path) -> float:
-    """Check out REV under SIDE, run every command there; returns the seconds it took."""
+    """Run every command on the sources under SIDE/src; returns the seconds it took."""
     start = time.monotonic()
     tree, run_dir, cache = side / "src", side / "run", side / "cache"
-    checkout(rev, tree)
     project = link_packages(tree)
     plugin_ep = project["project"]["entry-points"]["pytest11"]["unsafebench"]
     entries = {"pytest": "pytest:main",
@@ -271,9 +270,11 @@ def main() -> int:
     work = ns.keep or Path(tempfile.mkdtemp(prefix="report_diff-"))
     if ns.keep:
         work.mkdir(parents=True)
+    sides = {"before": ns.before, "after": ns.after}
     try:
-        seconds = {side: run_side(rev, work / side)
-                   for side, rev in (("before", ns.before), ("after", ns.after))}
+        for side, rev in sides.items():  # both first: the working tree as it was at the start
+            checkout(rev, work / side / "src")
+        seconds = {side: run_side(rev, work / side) for side, rev in sides.items()}
         same = compare(work / "before", work / "after")
     finally:
         if not ns.keep:
