@@ -128,8 +128,8 @@ def _render_demo(ref: ImageRef) -> bytes:
     from .dataset.demo import IMAGE_SIZE, DemoRow, encode_image, image_rng, render_image
 
     assert ref.demo is not None
-    seed, *fields = ref.demo
-    row = DemoRow(*fields)  # type: ignore[arg-type]
+    seed, category, source, unsafe, split, index = ref.demo
+    row = DemoRow(category, source, unsafe, split, index)
     rng = image_rng(seed, row)
     image = render_image(row.category, row.source, row.unsafe, rng, IMAGE_SIZE)
     data, _ext = encode_image(image, row.source, rng)
