@@ -45,6 +45,7 @@ DECODED_BYTES_PER_PIXEL = 4       # RGBA, 8 bits a channel (16-bit files need tw
 
 
 def format_bytes(n: float) -> str:
+    """``n`` bytes in the largest unit that keeps it under 1000 (decimal units)."""
     for unit in ("bytes", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
             return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
@@ -133,6 +134,8 @@ TOLERANCE_RANGE = Number(0.0, 1.0, closed_low=True)
 # ------------------------------------------------------------------------------ the table
 @dataclass(frozen=True)
 class Option:
+    """One run option: how the command line and pyproject.toml give it and what it must be."""
+
     key: str
     help: str
     metavar: str | None = None
