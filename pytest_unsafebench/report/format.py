@@ -117,6 +117,11 @@ def _row_key(row: Mapping[str, Any]) -> tuple[Any, ...]:
     return (*cell_order(row), rest)
 
 
+def report_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The rows of a document read back, ignoring anything in the list that is not a row."""
+    return [r for r in doc.get("rows") or [] if isinstance(r, dict)]
+
+
 def sorted_rows(rows: Iterable[Mapping[str, Any]]) -> list[Row]:
     """Rows with every key of the schema, in a canonical order, so that serial and
     pytest-xdist runs give identical reports."""

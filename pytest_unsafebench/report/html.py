@@ -38,6 +38,7 @@ from .format import (
     not_run,
     number,
     p_value,
+    report_rows,
     source_order,
 )
 from .schema import GATE_OUTCOMES
@@ -157,14 +158,10 @@ def _na(what: str) -> str:
     return f'<p class="na">not available: {_e(what)}</p>'
 
 
-def _rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [r for r in doc.get("rows") or [] if isinstance(r, dict)]
-
-
 def _classifiers(doc: Mapping[str, Any]) -> list[str]:
     names = list((doc.get("summary") or {}).keys()) or list((doc.get("classifiers") or {}).keys())
     if not names:  # a document cut down to its rows
-        names = list(dict.fromkeys(r.get("classifier") for r in _rows(doc)
+        names = list(dict.fromkeys(r.get("classifier") for r in report_rows(doc)
                                    if r.get("classifier") not in (None, "-")))
     return [str(n) for n in names]
 
@@ -392,7 +389,8 @@ def _summary(doc: Mapping[str, Any]) -> str:
     if not summary:
         return _na("the document has no summary")
     info = doc.get("classifiers") or {}
-    pooled_f1 = [r for r in _rows(doc) if r.get("metric") == "f1" and r.get("source") == POOLED
+    pooled_f1 = [r for r in report_rows(doc)
+                 if r.get("metric") == "f1" and r.get("source") == POOLED
                  and r.get("outcome") in ("passed", "failed") and r.get("category") != OVERALL]
     body = []
     for name, s in summary.items():
@@ -425,7 +423,7 @@ def _count_cell(outcome: str, count: Any) -> str:
 
 
 def _effectiveness(doc: Mapping[str, Any]) -> str:
-    rows = [r for r in _rows(doc) if r.get("suite") == "effectiveness"
+    rows = [r for r in report_rows(doc) if r.get("suite") == "effectiveness"
             and r.get("metric") in ("f1", "fpr")]
     if not rows:
         return _na("no effectiveness results (run the effectiveness suite)")
@@ -458,7 +456,8 @@ def _effectiveness(doc: Mapping[str, Any]) -> str:
 
 
 def _gap(doc: Mapping[str, Any]) -> str:
-    rows = [r for r in _rows(doc) if r.get("suite") == "gap" and r.get("metric") in GAP_METRICS]
+    rows = [r for r in report_rows(doc)
+            if r.get("suite") == "gap" and r.get("metric") in GAP_METRICS]
     shift = doc.get("source_shift") or {}
     ra_gaps = doc.get("robustness_gap") or []
     if not rows and not shift and not ra_gaps:
@@ -646,7 +645,7 @@ def _grid_condition(condition: Any) -> tuple[str, int] | None:
 
 
 def _robustness(doc: Mapping[str, Any]) -> str:
-    rows = [r for r in _rows(doc) if r.get("suite") == "robustness"]
+    rows = [r for r in report_rows(doc) if r.get("suite") == "robustness"]
     if not rows:
         return _na("no robustness results (run with --unsafebench-suites=robustness)")
     out = []
@@ -698,7 +697,7 @@ def _severity_chart(title: str, series: list[tuple[str, list[int], list[float]]]
 
 
 def _fuzz(doc: Mapping[str, Any], artifacts: Path | None) -> str:
-    rows = [r for r in _rows(doc) if r.get("suite") == "fuzz" and r.get("metric") == "flips"
+    rows = [r for r in report_rows(doc) if r.get("suite") == "fuzz" and r.get("metric") == "flips"
             and r.get("classifier") is not None]
     if not rows:
         return _na("no fuzz results (run with --unsafebench-suites=fuzz)")
@@ -706,7 +705,8 @@ def _fuzz(doc: Mapping[str, Any], artifacts: Path | None) -> str:
     searched = len(rows)
     out = [f"<p>{searched} fuzz test(s), {len(flips)} with a flipping chain.</p>"]
     after = {(r.get("classifier"), r.get("source"), r.get("condition")): r.get("value")
-             for r in _rows(doc) if r.get("suite") == "fuzz" and r.get("metric") == "score_after"}
+             for r in report_rows(doc)
+             if r.get("suite") == "fuzz" and r.get("metric") == "score_after"}
     for r in flips:
         spec = _find_counterexample(artifacts, r) if artifacts else None
         head = (f"<h3>{_e(r.get('classifier'))} on {_e(r.get('source'))}</h3>"

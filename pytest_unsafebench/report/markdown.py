@@ -23,6 +23,7 @@ from .format import (
     judge_line,
     number,
     p_value,
+    report_rows,
 )
 from .schema import GATE_OUTCOMES
 
@@ -72,13 +73,9 @@ def _cell(row: Mapping[str, Any]) -> str:
     return " / ".join(md(p) for p in parts if p)
 
 
-def _rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [r for r in doc.get("rows") or [] if isinstance(r, dict)]
-
-
 def _paper_score(doc: Mapping[str, Any], name: str) -> str:
     """Mean of the paper's pooled F1 over the categories our score averages, if all published."""
-    pooled = [r for r in _rows(doc) if r.get("classifier") == name and r.get("metric") == "f1"
+    pooled = [r for r in report_rows(doc) if r.get("classifier") == name and r.get("metric") == "f1"
               and r.get("source") == POOLED and r.get("outcome") in ("passed", "failed")
               and r.get("category") != OVERALL]
     config = doc.get("config")
@@ -117,7 +114,7 @@ def _summary(doc: Mapping[str, Any]) -> list[str]:
 
 
 def _failed(doc: Mapping[str, Any]) -> list[str]:
-    failed = sorted((r for r in _rows(doc) if r.get("outcome") in ("failed", "error")),
+    failed = sorted((r for r in report_rows(doc) if r.get("outcome") in ("failed", "error")),
                     key=cell_order)
     if not failed:
         return ["", "No failed cells."]
@@ -134,7 +131,7 @@ def _failed(doc: Mapping[str, Any]) -> list[str]:
 
 
 def _gap(doc: Mapping[str, Any]) -> list[str]:
-    rows = [r for r in _rows(doc) if r.get("suite") == "gap" and r.get("metric") == "gap_f1"
+    rows = [r for r in report_rows(doc) if r.get("suite") == "gap" and r.get("metric") == "gap_f1"
             and r.get("value") is not None]
     shift = doc.get("source_shift") or {}
     names = list(dict.fromkeys([*(str(r.get("classifier")) for r in rows), *map(str, shift)]))
@@ -154,7 +151,7 @@ def _gap(doc: Mapping[str, Any]) -> list[str]:
 
 
 def _robustness(doc: Mapping[str, Any]) -> list[str]:
-    gated = [r for r in _rows(doc) if r.get("suite") == "robustness"
+    gated = [r for r in report_rows(doc) if r.get("suite") == "robustness"
              and r.get("outcome") in ("passed", "failed")
              and isinstance(r.get("value"), (int, float))]
     if not gated:
