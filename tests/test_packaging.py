@@ -17,7 +17,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SKIP = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__",
-                              ".pytest_cache", ".hypothesis", "*.pyc", ".whl", ".gl")
+                              ".pytest_cache", ".hypothesis", "*.pyc", ".whl", ".gl",
+                              ".mypy_cache")
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     copy = tmp_path_factory.mktemp("readme") / "repo"
     shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(
         ".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "build", "dist",
-        "*.egg-info"))
+        "*.egg-info", ".mypy_cache"))
     base = Path(sys.base_prefix) / "bin" / "python3"
     subprocess.run([str(base), "-m", "venv", str(copy / ".venv")], check=True, timeout=300)
     site = Path(subprocess.run(
