@@ -473,7 +473,6 @@ def json_schema() -> dict[str, Any]:
     defs: dict[str, Any] = {}
     body = _object_schema(Document, defs)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$id": "https://pypi.org/project/pytest-unsafebench/report.schema.json",
             "title": "pytest-unsafebench JSON report",
             **body, "$defs": dict(sorted(defs.items()))}
 
