@@ -24,23 +24,32 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import progress
+from . import analysis, progress
+from .cache import CacheUnwritable, PredictionCache, check_folder
 from .config import Settings
+from .dataset import Dataset, load_dataset
 from .device import resolve_device
-from .errors import CannotRun, write_failure
+from .engine import REMOTE, Guard, PassResult, run_pass
+from .errors import CannotRun, ConfigError, write_failure
+from .executors import demo_plan
 from .options import flag
+from .ray_executor import ClassifierSpec, RayExecutor  # Ray itself loads only for a Ray pass
+from .registry import load_classifier
+from .report.document import build_json, write_json
+from .report.format import sorted_rows
+from .report.paper import REAL_DATASET_ID, is_real
+from .report.thumbnails import make_examples
 from .results import ClassifierState, PredictionTable, RunState
 from .text import printable
 
+# Imported where used, so that importing this module loads no numpy: report.baseline (a run
+# with a baseline), dataset.demo (the demo dataset), cells (numpy metrics), report.html and
+# report.markdown (only when those files are asked for).
 if TYPE_CHECKING:
-    from .cache import PredictionCache
     from .cells import Bootstrap
     from .classifier import Classifier
-    from .dataset import Dataset
     from .dataset.demo import DemoRow
     from .dataset.records import Record
-    from .engine import PassResult
-    from .ray_executor import ClassifierSpec, RayExecutor
 
 
 def _silent() -> progress.Display:
@@ -88,9 +97,6 @@ class Run:
     def prepare(self) -> None:
         """Load the dataset, run the prediction pass (cached, local or Ray) and write the run
         state to the session folder. Raises UnsafeBenchError for a usage problem."""
-        from .cache import check_folder
-        from .engine import run_pass
-
         s = self.settings
         check_folder(s.cache_dir)  # a file there is a usage error before any work, not after
         if s.baseline_path is not None:
@@ -138,8 +144,6 @@ class Run:
     def open_cache(self) -> PredictionCache:
         """The prediction cache; a read-only one is replaced, with a warning, by a throwaway
         cache in the session folder (as --unsafebench-no-cache), which xdist workers share."""
-        from .cache import CacheUnwritable, PredictionCache
-
         try:
             return PredictionCache(self.cache_path, alpha=self.settings.alpha)
         except CacheUnwritable as exc:
@@ -158,11 +162,7 @@ class Run:
         if self.settings.executor == "local":
             yield
             return
-        from .engine import REMOTE
-
         if self._remote is None:
-            from .ray_executor import RayExecutor
-
             self._remote = RayExecutor(self.settings, self._spec_of, self._demo_plan())
         token = REMOTE.set(self._remote)
         try:
@@ -172,8 +172,6 @@ class Run:
 
     def _spec_of(self, clf: Classifier) -> ClassifierSpec | None:
         """How a Ray worker loads the same classifier: by the name this run loaded it by."""
-        from .ray_executor import ClassifierSpec
-
         for name, loaded in self._classifiers.items():
             if loaded is clf:
                 return ClassifierSpec(name, self._factory_options(name), clf.fingerprint)
@@ -185,7 +183,6 @@ class Run:
         if s.dataset != "demo":
             return None
         from .dataset.demo import demo_folder_name
-        from .executors import demo_plan
 
         return demo_plan((s.cache_dir / "datasets" / demo_folder_name(s.seed)).resolve(), s.seed)
 
@@ -200,10 +197,6 @@ class Run:
     def _refuse_training_data(self) -> None:
         """Stop before scoring a trained classifier (one declaring ``trained_on``) on the split
         of this dataset it was trained on, unless --unsafebench-allow-train-overlap."""
-        from .dataset import load_dataset
-        from .errors import ConfigError
-        from .report.paper import REAL_DATASET_ID, is_real
-
         s = self.settings
         if s.allow_train_overlap or s.split == "test":
             return
@@ -235,9 +228,6 @@ class Run:
     def classifier(self, name: str) -> Classifier:
         """The loaded classifier (once per process)."""
         if name not in self._classifiers:
-            from .engine import Guard
-            from .registry import load_classifier
-
             # Guard: a factory's SystemExit is that classifier's error (an Exception), not the
             # run's.
             self._classifiers[name] = Guard(None)(
@@ -334,8 +324,6 @@ class Run:
         return self._records
 
     def _load_dataset(self) -> Dataset:
-        from .dataset import load_dataset
-
         s = self.settings
         return load_dataset(s.dataset, split=s.split, categories=s.categories, sources=s.sources,
                             limit=s.limit, seed=s.seed, cache_dir=s.cache_dir)
@@ -370,8 +358,6 @@ class Run:
     def report(self, rows: list[dict[str, Any]], rootpath: Path) -> dict[str, Any]:
         """The report document: the tests' rows, the analysis computed from the prediction
         tables (curves, comparisons, baseline gate) and the run's timing."""
-        from .report.document import build_json
-
         extras = self._analysis(rows)
         return build_json(
             self.settings, self.state, rows, rootpath, self.device,
@@ -384,9 +370,6 @@ class Run:
 
     def _analysis(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """The report sections computed from the prediction tables rather than test rows."""
-        from . import analysis
-        from .report.format import sorted_rows
-
         s = self.settings
         tables = self._clean_tables()
         covered = {name: self.state.classifiers[name].covered for name in tables}
@@ -410,8 +393,6 @@ class Run:
             # Curves and thumbnails only go into files; the terminal never shows them.
             out["curves"] = {name: analysis.curves(t, covered[name], s.sources)
                              for name, t in tables.items()}
-            from .report.thumbnails import make_examples
-
             predictions = [r for t in tables.values() for r in t.rows]
             out["examples"] = make_examples(self.records(), predictions,
                                             blur=s.blur_unsafe, seed=s.seed, alpha=s.alpha)
@@ -424,8 +405,6 @@ class Run:
         s = self.settings
 
         def json_report(path: Path) -> None:
-            from .report.document import write_json
-
             # Where the fuzz counterexamples are, relative to the report, so that
             # `unsafebench report RUN.json --html` embeds them without --artifacts.
             extra = ({"artifacts_folder": _relative_folder(s.artifacts_path, path.parent)}
@@ -434,7 +413,6 @@ class Run:
 
         def save_baseline(path: Path) -> None:
             from .report.baseline import decisions_block
-            from .report.document import write_json
 
             write_json(path, {**document, "decisions": decisions_block(self._clean_tables())})
 
