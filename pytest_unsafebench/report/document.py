@@ -13,7 +13,7 @@ import platform
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..taxonomy import GENERATED_SOURCE, OVERALL, POOLED, REAL_SOURCE
 from .format import sorted_rows
-from .schema import GATE_OUTCOMES, SCHEMA_VERSION
+from .schema import GATE_OUTCOMES, SCHEMA_VERSION, Environment, RobustnessGap, Row, Summary
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -34,22 +34,24 @@ _PACKAGES = ("pytest-unsafebench", "pytest", "pytest-xdist", "numpy", "pillow", 
              "transformers", "onnxruntime", "scikit-learn")
 
 
-def summarize(rows: list[dict[str, Any]], classifiers: Iterable[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
+def summarize(rows: list[Row], classifiers: Iterable[str]) -> dict[str, Summary]:
+    out: dict[str, Summary] = {}
     for name in classifiers:
         mine = [r for r in rows if r["classifier"] == name]
         counts = Counter(r["outcome"] for r in mine if r["outcome"] in GATE_OUTCOMES)
-        pooled = [r for r in mine if r["metric"] == "f1" and r["source"] == POOLED
+        pooled = [(r["category"], r["value"]) for r in mine
+                  if r["metric"] == "f1" and r["source"] == POOLED
                   and r["outcome"] in ("passed", "failed") and r["value"] is not None]
         # The Overall cell is its own figure (images pooled), never a term of the macro mean.
-        f1s = [r["value"] for r in pooled if r["category"] != OVERALL]
-        overall = next((r["value"] for r in pooled if r["category"] == OVERALL), None)
+        f1s = [value for category, value in pooled if category != OVERALL]
+        overall = next((value for category, value in pooled if category == OVERALL), None)
         out[name] = {
             "score": round(sum(f1s) / len(f1s), 6) if f1s else None,
             "score_definition": SCORE_DEFINITION,
             "categories_scored": len(f1s),
             "overall_f1": None if overall is None else round(overall, 6),
-            **{o: counts.get(o, 0) for o in GATE_OUTCOMES},
+            "passed": counts["passed"], "failed": counts["failed"],
+            "skipped": counts["skipped"], "error": counts["error"],
         }
     return out
 
@@ -63,7 +65,7 @@ def _git_commit(root: Path) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def environment(settings: Settings, root: Path, device: str) -> dict[str, Any]:
+def environment(settings: Settings, root: Path, device: str) -> Environment:
     packages = {}
     for name in _PACKAGES:
         try:
@@ -85,21 +87,21 @@ def environment(settings: Settings, root: Path, device: str) -> dict[str, Any]:
 NOT_PAPER_TEXT = ("category definitions: this project's", "prompt template: this project's")
 
 
-def build_json(settings: Settings, state: RunState, rows: list[dict[str, Any]],
+def build_json(settings: Settings, state: RunState, rows: Iterable[Mapping[str, Any]],
                root: Path, device: str, timing: dict[str, float],
                extras: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON report; ``extras`` are the sections computed from prediction tables (curves,
     comparisons, source shift, baseline gate, thumbnails: see analysis.py)."""
     from . import paper
 
-    rows = sorted_rows(rows)
+    ordered = sorted_rows(rows)
     config = settings.public()
     paper_reason = paper.mismatch(state.dataset, config)
     if paper_reason is None:
-        for r in rows:
+        for r in ordered:
             # f1 cells, and RA under the paper's attacks with its pool; never beside a
             # classifier run otherwise than the paper ran it (ClassifierInfo.paper_mismatch)
-            cs = state.classifiers.get(r["classifier"])
+            cs = state.classifiers.get(r["classifier"] or "")  # None: a dataset-level row
             r["paper"] = (None if cs is not None and cs.paper_mismatch
                           else paper.published_for_row(r, config))
     findings = [f.to_dict() for f in state.findings]
@@ -135,15 +137,15 @@ def build_json(settings: Settings, state: RunState, rows: list[dict[str, Any]],
             "hits": sum(cs.cache_hits for cs in state.classifiers.values()),
             "misses": sum(cs.cache_misses for cs in state.classifiers.values()),
         },
-        "summary": summarize(rows, settings.classifiers),
-        "robustness_gap": robustness_gaps(rows),
+        "summary": summarize(ordered, settings.classifiers),
+        "robustness_gap": robustness_gaps(ordered),
         "source_shift": extras.pop("source_shift", {}),
         "comparisons": extras.pop("comparisons", []),
         **({"baseline": extras.pop("baseline")} if "baseline" in extras else {}),
         "curves": extras.pop("curves", {}),
         "judges": extras.pop("judges", {}),
         **extras,
-        "rows": rows,
+        "rows": ordered,
         # Everything that may differ between two otherwise identical runs lives below.
         "timing": {**state.timing, **timing,
                    "finished_at": datetime.now(UTC).isoformat(timespec="seconds")},
@@ -155,21 +157,24 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
     path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
 
 
-def ra_gap(gated: dict[tuple[str, str], dict[str, Any]], condition: str) -> float | None:
-    """RA on Laion5B (real) minus RA on Lexica (AI-generated)."""
+def ra_gap(gated: Mapping[tuple[Any, Any], Mapping[str, Any]], condition: Any) -> float | None:
+    """RA on Laion5B (real) minus RA on Lexica (AI-generated); ``gated`` maps (condition,
+    source) to the row."""
     real, generated = gated.get((condition, REAL_SOURCE)), gated.get((condition, GENERATED_SOURCE))
     if not real or not generated or real["value"] is None or generated["value"] is None:
         return None
-    return round(real["value"] - generated["value"], 6)
+    gap: float = real["value"] - generated["value"]
+    return round(gap, 6)
 
 
-def robustness_gaps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def robustness_gaps(rows: list[Row]) -> list[RobustnessGap]:
     """Per classifier and condition: RA real - generated, for the JSON report."""
     gated = {(r["classifier"], r["condition"], r["source"]): r for r in rows
              if r["suite"] == "robustness" and r["outcome"] in GATE_OUTCOMES}
-    out = []
+    out: list[RobustnessGap] = []
     for clf, cond in dict.fromkeys((k, c) for k, c, _ in gated):
         gap = ra_gap({(c, s): r for (k, c, s), r in gated.items() if k == clf}, cond)
-        if gap is not None:
+        # A robustness row always names its classifier and condition.
+        if gap is not None and clf is not None and cond is not None:
             out.append({"classifier": clf, "condition": cond, "ra_real_minus_generated": gap})
     return out

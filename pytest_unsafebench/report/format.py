@@ -11,7 +11,7 @@ here rather than a private copy in each renderer.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..taxonomy import CATEGORIES, CELL_SOURCES
 from .schema import OPTIONAL_ROW_KEYS, ROW_KEYS, Row
@@ -122,12 +122,17 @@ def report_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [r for r in doc.get("rows") or [] if isinstance(r, dict)]
 
 
+def _complete(row: Mapping[str, Any]) -> Row:
+    """The row with every key of :data:`ROW_KEYS` (None where missing), in their order, and
+    the optional keys it has."""
+    return cast(Row, {**{k: row.get(k) for k in ROW_KEYS},
+                      **{k: row[k] for k in OPTIONAL_ROW_KEYS if k in row}})
+
+
 def sorted_rows(rows: Iterable[Mapping[str, Any]]) -> list[Row]:
     """Rows with every key of the schema, in a canonical order, so that serial and
     pytest-xdist runs give identical reports."""
-    return sorted(({**{k: r.get(k) for k in ROW_KEYS},  # type: ignore[misc]
-                    **{k: r[k] for k in OPTIONAL_ROW_KEYS if k in r}} for r in rows),
-                  key=_row_key)
+    return sorted((_complete(r) for r in rows), key=_row_key)
 
 
 # ------------------------------------------------------------------------------------ sentences
