@@ -21,7 +21,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import pytest
 
@@ -75,6 +75,12 @@ def _outcome(compute: Callable[[], T]) -> T:
     failed = pytest.fail.Exception(str(problem), pytrace=False)
     failed.__context__ = problem.__cause__  # what it met (an attack's ImportError) is shown
     raise failed
+
+
+def _fail(message: str) -> NoReturn:
+    """Fail the running test with ``message`` alone (a fault found mid-test, e.g. by the fuzz
+    search)."""
+    pytest.fail(message, pytrace=False)
 
 
 # eq=False keeps identity hashing: pluggy puts registered plugins in sets (a user's conftest.py
@@ -131,7 +137,8 @@ class UnsafeBenchSession:
                     source: str | None, case: dict[str, Any] | None = None
                     ) -> fuzzing.FuzzTarget:
         return _outcome(partial(fuzzing.fuzz_target, self.run, classifier, condition, source,
-                                case, database_key=item.nodeid, sink=partial(record_row, item)))
+                                case, database_key=item.nodeid, sink=partial(record_row, item),
+                                fail=_fail))
 
     def robust_accuracy(self, classifier: str, condition: str, source: str,
                         severity: float | None = None) -> accuracy.RAResult:

@@ -27,7 +27,7 @@ ROOTS = {PACKAGE: REPO / "pytest_unsafebench", f"{PACKAGE}.classifiers": REPO / 
 # benchmarks and the Ray workers import. The pytest glue (plugin, session) imports it, never
 # the other way round.
 RUN_LAYER = ("run", "device", "engine", "executors", "ray_executor", "cells",
-             "robustness.accuracy")
+             "robustness.accuracy", "robustness.fuzzing")
 
 
 # ------------------------------------------------------------------------------ the graph

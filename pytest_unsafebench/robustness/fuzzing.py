@@ -62,9 +62,10 @@ import unittest
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..dataset.images import DEFAULT_ALPHA
+from ..errors import CannotRun, NotApplicable
 from ..options import DEFAULT_SEED
 from ..report.schema import make_row
 from ..taxonomy import CATEGORIES, LABELS, SOURCES, UNSAFE
@@ -232,6 +233,10 @@ class Flip(AssertionError):
         self.cx = cx
 
 
+def _cannot_run(message: str) -> NoReturn:
+    raise CannotRun(message)
+
+
 @dataclass
 class FuzzTarget:
     """One fuzz test: a classifier, the pool of one source, and where flips go."""
@@ -248,6 +253,8 @@ class FuzzTarget:
     database_key: str = ""
     sink: Callable[[dict[str, Any]], None] | None = None
     case: dict[str, Any] | None = None  # a pinned counterexample (the replay test)
+    # How a classifier's fault fails the test (the pytest glue: one line, no traceback).
+    fail: Callable[[str], NoReturn] = field(default=_cannot_run, repr=False)
     examples: int = 0  # (image, chain) pairs the last search classified, shrinking included
     timeout: float | None = None  # seconds per predict call, as in the pass
     fault: str | None = None      # the classifier's first fault: it is not asked again
@@ -327,12 +334,10 @@ class FuzzTarget:
         except unittest.SkipTest:  # hypothesis "told to run no test cases": examples stays 0
             pass
         if self.fault is not None:
-            import pytest
-
             from ..text import printable  # the classifier's error text
 
-            pytest.fail(printable(f"{self.classifier} failed during the fuzz search: "
-                                  f"{self.fault}"), pytrace=False)
+            self.fail(printable(f"{self.classifier} failed during the fuzz search: "
+                                f"{self.fault}"))
         return None
 
     def save(self, cx: Counterexample) -> tuple[Path, Path]:
@@ -369,11 +374,11 @@ class FuzzTarget:
 
 def fuzz_target(run: Run, classifier: str, condition: str | None, source: str | None,
                 case: dict[str, Any] | None = None, *, database_key: str,
-                sink: Callable[[dict[str, Any]], None] | None) -> FuzzTarget:
+                sink: Callable[[dict[str, Any]], None] | None,
+                fail: Callable[[str], NoReturn] = _cannot_run) -> FuzzTarget:
     """The ``unsafebench_fuzz`` fixture's value: NotApplicable when there is nothing to fuzz
     (the glue skips the test); ``database_key`` keys Hypothesis' example database (the test's
-    node id), ``sink`` takes the report rows."""
-    from ..errors import NotApplicable
+    node id), ``sink`` takes the report rows, ``fail`` fails the test on a classifier fault."""
     from . import accuracy
 
     s = run.settings
@@ -406,7 +411,7 @@ def fuzz_target(run: Run, classifier: str, condition: str | None, source: str | 
                       clf=run.classifier(classifier), pool=pool, records=records,
                       artifacts_dir=s.artifacts_path, blur_unsafe=s.blur_unsafe,
                       max_pixels=s.max_image_pixels, alpha=s.alpha, database_key=database_key,
-                      sink=sink, case=case, timeout=s.timeout)
+                      sink=sink, case=case, timeout=s.timeout, fail=fail)
 
 
 def _parse(chain: str) -> Chain:
