@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
-from ..taxonomy import CATEGORIES, CELL_SOURCES
+from ..taxonomy import CATEGORIES, CELL_SOURCES, SHORT_NAMES
 from .schema import OPTIONAL_ROW_KEYS, ROW_KEYS, Row
 
 Text = Callable[[Any], str]
@@ -90,6 +90,12 @@ def position(value: Any, order: Sequence[Any]) -> tuple[int, str]:
 def category_order(category: Any) -> tuple[int, str]:
     """The taxonomy's category order (Overall after the eleven)."""
     return position(category, CATEGORIES)
+
+
+def short_name(category: Any) -> Any:
+    """A category's short name for narrow tables (taxonomy.SHORT_NAMES); anything else (a
+    name from a file, None) as it is."""
+    return SHORT_NAMES.get(category, category) if isinstance(category, str) else category
 
 
 def source_order(source: Any) -> tuple[int, str]:

@@ -39,6 +39,7 @@ from .format import (
     number,
     p_value,
     report_rows,
+    short_name,
     source_order,
 )
 from .schema import GATE_OUTCOMES
@@ -225,7 +226,7 @@ def _heatmap(name: str, cells: Mapping[tuple[str, str], Mapping[str, Any]],
                       aspect="auto")
     ax.set_xticks(range(len(sources)), [s if s != POOLED else "pooled" for s in sources],
                   fontsize=11)
-    ax.set_yticks(range(len(categories)), [SHORT_NAMES.get(c, c) for c in categories],
+    ax.set_yticks(range(len(categories)), [short_name(c) for c in categories],
                   fontsize=11)
     for i, cat in enumerate(categories):
         for j, src in enumerate(sources):

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..taxonomy import CELL_SOURCES, OVERALL, POOLED, SHORT_NAMES
+from ..taxonomy import CELL_SOURCES, OVERALL, POOLED
 from ..text import printable
 from . import paper
 from .format import (
@@ -24,6 +24,7 @@ from .format import (
     number,
     p_value,
     report_rows,
+    short_name,
 )
 from .schema import GATE_OUTCOMES
 
@@ -68,7 +69,7 @@ def _with_ci(row: Mapping[str, Any]) -> str:
 
 
 def _cell(row: Mapping[str, Any]) -> str:
-    parts = [SHORT_NAMES.get(row.get("category"), row.get("category") or ""),
+    parts = [short_name(row.get("category")) or "",
              row.get("source") or "", row.get("condition") or ""]
     return " / ".join(md(p) for p in parts if p)
 
@@ -79,13 +80,14 @@ def _paper_score(doc: Mapping[str, Any], name: str) -> str:
               and r.get("source") == POOLED and r.get("outcome") in ("passed", "failed")
               and r.get("category") != OVERALL]
     config = doc.get("config")
-    if not paper.applies(doc.get("dataset") or {}, config):
+    if not isinstance(config, Mapping) or not paper.applies(doc.get("dataset") or {}, config):
         return ""
     refs = [r.get("paper") if "paper" in r else paper.published_for_row(r, config)
             for r in pooled]
-    if not refs or any(not isinstance(v, (int, float)) for v in refs):
+    numbers = [v for v in refs if isinstance(v, (int, float))]
+    if not refs or len(numbers) < len(refs):
         return ""
-    return f"{sum(refs) / len(refs):.3f}"
+    return f"{sum(numbers) / len(numbers):.3f}"
 
 
 def _summary(doc: Mapping[str, Any]) -> list[str]:
@@ -141,7 +143,8 @@ def _gap(doc: Mapping[str, Any]) -> list[str]:
     for name in names:
         mine = [r for r in rows if str(r.get("classifier")) == name]
         significant = [r for r in mine if excludes_zero(r.get("ci_low"), r.get("ci_high"))]
-        s = shift.get(name) if isinstance(shift.get(name), Mapping) else {}
+        entry = shift.get(name)
+        s = entry if isinstance(entry, Mapping) else {}
         failed = sum(1 for r in mine if r.get("outcome") == "failed")
         out.append(f"**Gap F1 (Laion5B - Lexica), {md(name)}**: mean |gap| "
                    f"{_num(s.get('mean_abs_gap_f1'))}, direction {md(s.get('direction') or '-')}; "

@@ -19,6 +19,7 @@ from .format import (
     p_value,
     percent,
     short_interval,
+    short_name,
     signed_interval,
 )
 from .schema import GATE_OUTCOMES
@@ -89,7 +90,7 @@ def terminal_lines(doc: dict[str, Any], verdict: bool = True) -> list[str]:
         values = {(r["metric"], r["category"], r["source"]): r for r in rows
                   if r["classifier"] == name and r["metric"] in ("f1", "fpr")
                   and r["suite"] == "effectiveness"}
-        table = [[SHORT_NAMES.get(cat, cat), *(_cell_text(values.get((metric, cat, src)))
+        table = [[short_name(cat), *(_cell_text(values.get((metric, cat, src)))
                                                for metric in ("f1", "fpr") for src in sources)]
                  for cat in (*categories, OVERALL) if cat in cs["covered"]
                  or (cat == OVERALL and any(k[1] == OVERALL for k in values))]
@@ -169,7 +170,7 @@ def _comparison_lines(comparisons: list[dict[str, Any]], resamples: int | None) 
 
     if not comparisons:
         return []
-    table = [[f"{c['b']} - {c['a']}", SHORT_NAMES.get(c["category"], c["category"]),
+    table = [[f"{c['b']} - {c['a']}", short_name(c["category"]),
               number(c["diff"]), "-" if c["ci_low"] is None else
               signed_interval(c["ci_low"], c["ci_high"]), p_value(c["p_value"], resamples),
               p_value(c["mcnemar"]["p_value"])] for c in comparisons]
