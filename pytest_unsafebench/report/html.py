@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from html import escape
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ..errors import UnsafeBenchError
 from ..taxonomy import OVERALL, POOLED, SHORT_NAMES
@@ -131,8 +131,8 @@ def _paper_value(row: Mapping[str, Any], doc: Mapping[str, Any]) -> float | None
         value = row["paper"]
         return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
     config = doc.get("config")
-    return (paper.published_for_row(row, config)
-            if paper.applies(doc.get("dataset") or {}, config) else None)
+    return (paper.published_for_row(row, config) if isinstance(config, Mapping)
+            and paper.applies(doc.get("dataset") or {}, config) else None)
 
 
 def _value_cell(row: Mapping[str, Any] | None, doc: Mapping[str, Any]) -> str:
@@ -146,7 +146,7 @@ def _value_cell(row: Mapping[str, Any] | None, doc: Mapping[str, Any]) -> str:
     return (f'<td class="num {_e(outcome)}">{_num(row["value"])}{mark}{_ci(row)}{ref}</td>')
 
 
-def _table(headers: Sequence[str], body: Iterable[Sequence[str]], raw: bool = False) -> str:
+def _table(headers: Sequence[Any], body: Iterable[Sequence[Any]], raw: bool = False) -> str:
     """A table; cells are escaped unless ``raw`` (then each must already be a <td>)."""
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     lines = []
@@ -244,8 +244,9 @@ def _heatmap(name: str, cells: Mapping[tuple[str, str], Mapping[str, Any]],
     return _img(fig, f"F1 heatmap of {name}")
 
 
-def _ink(rgba: Sequence[float]) -> str:
-    """Black text on light cells, white on dark ones (relative luminance, WCAG weights)."""
+def _ink(rgba: Any) -> str:
+    """Black text on light cells, white on dark ones (relative luminance, WCAG weights);
+    ``rgba`` is the colour map's colour (a tuple or an array)."""
     r, g, b = rgba[:3]
     return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "white"
 
@@ -271,7 +272,12 @@ def _gap_chart(name: str, gaps: list[dict[str, Any]]) -> str:
     return _img(fig, f"gap chart of {name}")
 
 
-def _style(index: int) -> dict[str, str]:
+class _LineStyle(TypedDict):
+    color: str
+    linestyle: str
+
+
+def _style(index: int) -> _LineStyle:
     """11 categories or 13 corruptions outnumber the colour cycle: vary the line style too."""
     return {"color": f"C{index % 10}", "linestyle": ("-", "--", ":")[index // 10 % 3]}
 
@@ -841,7 +847,8 @@ def _comparisons(doc: Mapping[str, Any]) -> str:
                "p (bootstrap)", "McNemar b / c / n", "p (McNemar)"]
     body = []
     for c in comps:
-        m = c.get("mcnemar") if isinstance(c.get("mcnemar"), Mapping) else {}
+        mcnemar = c.get("mcnemar")
+        m = mcnemar if isinstance(mcnemar, Mapping) else {}
         ci = (interval(c.get("ci_low"), c.get("ci_high"), text=_e)
               if c.get("ci_low") is not None else "-")
         body.append([c.get("a"), c.get("b"), _cat_name(c.get("category")), c.get("source"),
