@@ -226,7 +226,8 @@ def compare(baseline: Mapping[str, Any], rows: Iterable[Mapping[str, Any]],
                                  "ci_low": test["better_low"], "ci_high": test["better_high"]})
             continue
         regressions.append(Regression(
-            *key, baseline=old, current=value, diff=round(better, 6), tolerance=tol,
+            **dict(zip(KEY_FIELDS, key)), baseline=old, current=value, diff=round(better, 6),
+            tolerance=tol,
             p_value=test["p_value"] if test else None, reason=reason,
             ci_low=test["better_low"] if test else None,
             ci_high=test["better_high"] if test else None))
@@ -386,17 +387,17 @@ def _paired(baseline: Mapping[str, Any], tables: Mapping[str, PredictionTable],
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             return (cols["y_true"][m], codes[m] == DECISION_CODES["unsafe"], cols["y_pred"][m])
 
-        options = {"n_resamples": bootstrap.resamples, "confidence": 1 - alpha,
-                   "seed": bootstrap.seed}
+        resamples, confidence, seed = bootstrap.resamples, 1 - alpha, bootstrap.seed
         if suite == "gap":
             res = paired_gap_bootstrap(metric.removeprefix("gap_"),
                                        side(mask & (cols["source"] == REAL_SOURCE)),
                                        side(mask & (cols["source"] == GENERATED_SOURCE)),
-                                       **options)
+                                       n_resamples=resamples, confidence=confidence, seed=seed)
         else:
             if source != POOLED:
                 mask &= cols["source"] == source
-            res = paired_bootstrap(metric, *side(mask), **options)
+            res = paired_bootstrap(metric, *side(mask), n_resamples=resamples,
+                                   confidence=confidence, seed=seed)
         if res.diff is None:
             continue
         y, before, after = side(mask)

@@ -93,9 +93,9 @@ def _table() -> dict[tuple[str, str, str, str], float]:
         for source, value in zip(_SOURCES, values):
             table[(clf, "f1", ALL_CATEGORIES, source)] = value
     for clf, ras in _RA.items():
-        for attack, value in zip(RA_ATTACKS, ras):
-            if value is not None:
-                table[(clf, f"ra_{attack}", ALL_CATEGORIES, REAL_SOURCE)] = value
+        for attack, ra in zip(RA_ATTACKS, ras):
+            if ra is not None:
+                table[(clf, f"ra_{attack}", ALL_CATEGORIES, REAL_SOURCE)] = ra
     return table
 
 
@@ -151,7 +151,8 @@ def row_mismatch(row: Mapping[str, Any], config: Mapping[str, Any]) -> str | Non
     if row.get("category") == OVERALL and list(cfg.get("categories") or []) != list(CATEGORIES):
         return "the Overall figure pools all 11 categories: this run selects fewer"
     if row.get("suite") == "robustness":
-        rs = cfg.get("robustness") if isinstance(cfg.get("robustness"), Mapping) else {}
+        robustness = cfg.get("robustness")
+        rs = robustness if isinstance(robustness, Mapping) else {}
         if rs.get("mode") != "paper":
             return 'robust accuracy figures need [tool.unsafebench.robustness] mode = "paper"'
         if rs.get("pool_size") != PAPER_POOL_SIZE:
