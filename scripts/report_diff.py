@@ -1,4 +1,4 @@
-"""Before/after check of a behaviour-preserving change (issue 15).
+"""Before/after check of a behaviour-preserving change (a refactoring).
 
 Runs the same demo benchmark runs (effectiveness, gap, robustness, fuzz with a fixed seed,
 baseline gating, the ``unsafebench`` console script) on two source trees with the repository's

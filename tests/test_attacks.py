@@ -624,7 +624,7 @@ def test_paper_mode_attacks_the_demo_classifier_through_the_plugin(
     assert 0.0 < linf["pgd"] <= 0.01 * 0.25 + 1e-6
 
 
-# ------------------------------------------------ paper mode as foolbox ran it (issue 17)
+# ---------------------------------------------------------- paper mode as foolbox ran it
 def test_paper_box_lets_pixels_leave_0_1_as_foolboxs_bounds_did() -> None:
     """Paper mode clips to foolbox's (-3, 3) in normalised space (paper_box), not [0, 1]: a
     black image pushed darker goes below 0 by eps * std; the default box keeps it at 0."""

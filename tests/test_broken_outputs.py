@@ -1,5 +1,5 @@
-"""Broken caches and outputs are usage errors or warnings, never INTERNALERROR (issue 13,
-item 4): a cache folder that is a file, a read-only cache, a report path that is the cache,
+"""Broken caches and outputs are usage errors or warnings, never INTERNALERROR: a
+cache folder that is a file, a read-only cache, a report path that is the cache,
 an unwritable report path; and cached rows are checked like fresh predictions."""
 
 from __future__ import annotations

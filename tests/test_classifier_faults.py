@@ -1,4 +1,4 @@
-"""Classifier faults are contained (issue 13, item 6): a classifier that hangs, raises
+"""Classifier faults are contained: a classifier that hangs, raises
 SystemExit or a KeyboardInterrupt of its own, or has no usable fingerprint errors its own tests
 with the reason; the other classifiers are scored and the report is written. A real Ctrl-C
 still stops the run."""

@@ -243,7 +243,7 @@ def test_training_is_deterministic(demo_clf_module: Any, folder: Path,
     deterministic = torch.are_deterministic_algorithms_enabled()
     prints = []
     lines: list[str] = []
-    display = progress.Display(lines.append)  # training reports its steps (issue 14)
+    display = progress.Display(lines.append)  # training reports its steps
     for name in ("a", "b"):
         # Fresh cache folders, sharing a copy of the generated images to save time.
         shutil.copytree(folder, tmp_path / name / "datasets" / folder.name)

@@ -1,4 +1,4 @@
-"""Issue 13 items 2, 3 and 5: classifiers cannot change each other's inputs, no file takes the
+"""Classifiers cannot change each other's inputs, no file takes the
 run down or its memory past the budget, and a run that measured nothing never passes."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Limits on what a user or a file can ask for (issue 13, item 9): typed pyproject values,
+"""Limits on what a user or a file can ask for: typed pyproject values,
 bounded counts, threshold/tolerance tables that name what exists, and manifests or reports that
 nest too deeply or hold numbers too long to parse. Each is a one-line usage error (exit 4)."""
 

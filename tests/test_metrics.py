@@ -265,7 +265,7 @@ def test_cell_metrics_consistent(data: tuple[np.ndarray, np.ndarray, np.ndarray]
         assert auroc(y_true, -scores) == approx(1.0 - out["auroc"])
 
 
-# ------------------------------------------------------------------ the Overall cell (issue 17)
+# ----------------------------------------------------------------------------- the Overall cell
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["Hate", "Sexual", "Spam"]),
                           st.sampled_from(["Laion5B", "Lexica"]), st.booleans(), st.booleans()),

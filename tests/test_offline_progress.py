@@ -1,4 +1,4 @@
-"""Issue 14: an offline run with missing weights fails fast and plainly, and long steps show
+"""An offline run with missing weights fails fast and plainly, and long steps show
 progress (live on a terminal, one line each in logs and under -q) with their time in the JSON.
 """
 

@@ -1,4 +1,4 @@
-"""Parametrization from the ``unsafebench`` marker, never from a test's name (issue 15).
+"""Parametrization from the ``unsafebench`` marker, never from a test's name.
 
 Copies of the packaged suite tests, each renamed to another suite test's name (the names the
 plugin used to compare), must get exactly the parameters, ids and skip reasons of the test whose

@@ -123,7 +123,7 @@ def collected_ids(result: pytest.RunResult) -> list[str]:
 
 
 def suite_ids(classifiers, categories=ALL_CATEGORIES, sources=CELL_SOURCES) -> set[str]:
-    # test_f1 also gets each classifier's Overall cell per source (issue 17).
+    # test_f1 also gets each classifier's Overall cell per source.
     return ({f"test_{t}[{k}-{c}-{s}]" for t in ("f1", "fpr") for k in classifiers
              for c in categories for s in sources}
             | {f"test_f1[{k}-Overall-{s}]" for k in classifiers for s in sources}
@@ -669,7 +669,7 @@ def test_broken_classifier_errors_only_its_own_tests(bench: Bench, bad: str, pro
         f"*classifier {bad}: ERROR {problem}*",
         f"*classifier {CLASSIFIER} [toy-v1] score 0.806*",
     )])
-    # one line per errored test, no traceback (issue 14: 88 identical tracebacks before)
+    # one line per errored test, no traceback (not 88 identical tracebacks)
     assert "ClassifierFailed" not in result.stdout.str()
     assert "Traceback" not in result.stdout.str() and "session.py:" not in result.stdout.str()
     doc = bench.json()

@@ -1,4 +1,4 @@
-"""The README's commands, run as printed (issue 14).
+"""The README's commands, run as printed.
 
 Every command in a ``bash`` block of README.md is either run here, in a copy of the repository,
 exactly as printed, or matched by one entry of ``CANNOT_RUN_HERE``, which says why not (the

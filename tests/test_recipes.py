@@ -1,4 +1,4 @@
-"""The README's recipes as a new user runs them (issue 14): a ``module:callable`` classifier
+"""The README's recipes as a new user runs them: a ``module:callable`` classifier
 beside the test run, one "wrote" line per written file, a marker or -k that names a suite the
 run did not enable, the suite's per-test time limit, and the small things a first run shows
 (source shift, the score under -k, the RA-gap placeholder, one-line failures, node ids).

@@ -1,4 +1,4 @@
-"""The normalisation of scripts/report_diff.py (issue 15's before/after check): it hides timing
+"""The normalisation of scripts/report_diff.py (the before/after check): it hides timing
 and the temporary folder, and nothing else."""
 
 from __future__ import annotations

@@ -251,7 +251,7 @@ def test_any_rows_render_without_error_or_markup_leaks(rows, name):
     render_markdown(doc)
 
 
-# ---------------------------------------------------------------------------- issue 14: legibility
+# ------------------------------------------------------------------------------------- legibility
 
 
 def _summary_cells(html: str) -> list[str]:

@@ -473,7 +473,7 @@ def test_nonzero_thresholds_gate_each_kind_with_its_own_key(bench: Bench) -> Non
     assert any(r["value"] != 0 for r in gaps)  # a sign error would show
 
 
-# ------------------------------------------------------------ the paper's pool draw (issue 17)
+# ---------------------------------------------------------------------- the paper's pool draw
 def _official_draw(rows: list[dict], classifier: str, source: str, k: int, seed: int) -> list[str]:
     """A reimplementation of UnsafeBench unsafe_datasets.py ``random_draw_testing_adv_samples``
     on a prediction table: per source, the classifier's categories in its alignment's order,
@@ -569,7 +569,7 @@ def test_unsure_votes_never_enter_a_pool() -> None:
     assert [r["id"] for r in pool] == ["sure"]
 
 
-# ------------------------------------------------ the attack as the paper ran it (issue 17)
+# ---------------------------------------------------------- the attack as the paper ran it
 class _Pixels:
     """Unsafe iff mean brightness > 0.5, differentiable; its own preprocessing is a 4 x 4
     average-pool of the image (what attack_input returns and forward_pixels sees)."""

@@ -1,4 +1,4 @@
-"""Text from files never drives the terminal or the Markdown (issue 13, item 7): control
+"""Text from files never drives the terminal or the Markdown: control
 characters in file names, ids, classifier names and error texts are escaped in the terminal
 report, in test messages, in ``unsafebench show`` and in the Markdown report, and Markdown
 special characters from data cannot add a link or break a table."""

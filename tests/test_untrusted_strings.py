@@ -1,5 +1,5 @@
-"""Strings read from files never become code, a path outside the run's folders, or a shell word
-(issue 13, item 1's audit). Probe files have their own tests (test_probe.py); these cover the
+"""Strings read from files never become code, a path outside the run's folders, or a shell word.
+Probe files have their own tests (test_probe.py); these cover the
 other readers: hub datasets, fuzz pin files and saved counterexamples read back by the HTML
 report."""
 
