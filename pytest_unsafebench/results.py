@@ -37,6 +37,9 @@ class ClassifierState:
     base: str | None = None           # the classifier a trained one was built on
     notes: list[str] = field(default_factory=list)  # how it ran (ClassifierInfo.notes)
     paper_mismatch: str | None = None  # why no published figure stands beside it
+    # A trained classifier scored under another alpha rule than its training images decoded
+    # under (run.py); None otherwise, and then absent from the report.
+    alpha_mismatch: str | None = None
 
 
 @dataclass

@@ -72,6 +72,7 @@ class Run:
     _records: dict[str, Record] | None = None
     _baseline: dict[str, Any] | None = None
     _baseline_notes: list[str] = field(default_factory=list)  # allowed dataset/split mismatch
+    _alpha_notes: dict[str, str] = field(default_factory=dict)  # classifier -> alpha mismatch
     _started: float = field(default_factory=time.perf_counter)
     _remote: RayExecutor | None = None
     _cache_warned: bool = False
@@ -118,6 +119,9 @@ class Run:
         self._records = {r.id: r for r in dataset.records}
         self.device = resolve_device(s.device)
         self._refuse_training_data()
+        self._alpha_notes = self._alpha_mismatches()
+        for name, note in self._alpha_notes.items():  # said now, and in its report section
+            warnings.warn(printable(f"classifier {name!r} was {note}"), stacklevel=2)
         cache = self.open_cache()
         try:
             with self.executor(), progress.step("pass", self._pass_label(), unit="images") as bar:
@@ -225,6 +229,27 @@ class Run:
                     "Use --unsafebench-split=test, or pass --unsafebench-allow-train-overlap "
                     "to score it anyway")
 
+    def _alpha_mismatches(self) -> dict[str, str]:
+        """Per trained classifier whose ``trained_on`` names another ``alpha`` rule than this
+        run's, why its images are not those it was trained on. A file naming none (a probe
+        trained before the rule was recorded) says nothing."""
+        alpha = self.settings.alpha
+        out: dict[str, str] = {}
+        for name in self.settings.classifiers:
+            try:
+                trained_on = getattr(self.classifier(name), "trained_on", None)
+            except Exception:  # the pass reports a failed load on its own tests
+                continue
+            trained = trained_on.get("alpha") if isinstance(trained_on, dict) else None
+            if trained is not None and trained != alpha:
+                # printable: the rule is quoted from the classifier's (a probe file's) data
+                out[name] = printable(
+                    f'trained under alpha = "{trained}" but scored under alpha = "{alpha}" '
+                    "(this run's rule): its transparent images decode otherwise than its "
+                    f'training images did; set [tool.unsafebench] alpha = "{trained}" to score '
+                    "it as trained")
+        return out
+
     def classifier(self, name: str) -> Classifier:
         """The loaded classifier (once per process)."""
         if name not in self._classifiers:
@@ -251,6 +276,7 @@ class Run:
                 error=outcome.error, cache_hits=outcome.hits, cache_misses=outcome.misses,
                 inference_seconds=round(outcome.inference_seconds, 3), base=info.base,
                 notes=list(info.notes), paper_mismatch=info.paper_mismatch,
+                alpha_mismatch=self._alpha_notes.get(name),
             )
             if not outcome.error:
                 cs.predictions_file = f"predictions-{index}.jsonl"

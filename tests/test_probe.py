@@ -8,6 +8,7 @@ plugin_helpers.py and pytester runs need no torch.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import sys
@@ -32,6 +33,8 @@ import pytest_unsafebench.session  # noqa: F401
 from plugin_helpers import COVERED, build_dataset, write_manifest
 from pytest_unsafebench.errors import ClassifierLoadError
 from pytest_unsafebench.registry import CONTEXT_KEYS, load_classifier
+from pytest_unsafebench.report.html import render_html
+from pytest_unsafebench.report.markdown import md, render_markdown
 from pytest_unsafebench.training import train_probe
 
 TOYEMBED = '''
@@ -299,6 +302,45 @@ def test_other_data_is_not_refused(bench, world: Path, tmp_path: Path) -> None:
     (other / "metadata.csv").write_text("\n".join(rows) + "\n")
     result = bench("--unsafebench-split=all", "--unsafebench-profile=smoke", dataset=other)
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+
+
+def test_a_probe_scored_under_another_alpha_rule_says_so(bench, world: Path, tmp_path: Path,
+                                                         pytester: pytest.Pytester) -> None:
+    """A probe trained under alpha = "drop", scored in a run decoding with the default "white":
+    one warning as the pass starts and a note in its report section; the run still passes.
+    The fixture's probe (trained under "white") and one whose file names no rule (older
+    files) say nothing."""
+    drop = tmp_path / "drop.safetensors"
+    train_probe(str(world / "ds"), BACKBONE, drop, cache_dir=world / "cache", batch_size=8,
+                alpha="drop")
+    older = _rewrite(world / "toy.safetensors", tmp_path / "older.safetensors",
+                     lambda meta: meta["trained_on"].pop("alpha"))
+    # The rule is quoted from the file: a terminal escape in it stays inert.
+    hostile = _rewrite(world / "toy.safetensors", tmp_path / "hostile.safetensors",
+                       lambda meta: meta["trained_on"].update(alpha="\x1b[2J"))
+    note = ('trained under alpha = "drop" but scored under alpha = "white" (this run\'s rule): '
+            "its transparent images decode otherwise than its training images did; set "
+            '[tool.unsafebench] alpha = "drop" to score it as trained')
+    # In-process, the run's warning reaches this test's warning capture.
+    with pytest.warns(UserWarning) as record:
+        result = bench(f"--unsafebench-classifier=probe:{drop}",
+                       f"--unsafebench-classifier=probe:{older}",
+                       f"--unsafebench-classifier=probe:{hostile}", "--unsafebench-split=test",
+                       "--unsafebench-profile=smoke", "--unsafebench-json=out.json")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    said = [str(w.message) for w in record if "alpha" in str(w.message)]
+    assert said[0] == f"classifier 'probe:{drop}' was {note}" and len(said) == 2
+    assert 'trained under alpha = "\\x1b[2J"' in said[1] and "\x1b" not in said[1]
+    assert "\x1b" not in result.stdout.str()
+    doc = json.loads((pytester.path / "out.json").read_text())
+    classifiers = doc["classifiers"]
+    assert classifiers[f"probe:{drop}"]["alpha_mismatch"] == note
+    assert "alpha_mismatch" not in classifiers[f"probe:{world / 'toy.safetensors'}"]
+    assert "alpha_mismatch" not in classifiers[f"probe:{older}"]
+    # Once in each report, in that probe's section.
+    assert result.stdout.str().count(note) == 1
+    assert render_html(doc).count(html.escape(note)) == 1
+    assert render_markdown(doc).count(md(note)) == 1
 
 
 def test_training_needs_a_train_split_with_both_labels(world: Path, tmp_path: Path) -> None:

@@ -129,8 +129,10 @@ def build_json(settings: Settings, state: RunState, rows: Iterable[Mapping[str, 
             "items": findings,
         }},
         "classifiers": {
+            # alpha_mismatch only where there is one: other reports keep their keys
             name: {k: v for k, v in vars(cs).items()
-                   if k not in ("predictions_file", "inference_seconds")}
+                   if k not in ("predictions_file", "inference_seconds")
+                   and not (k == "alpha_mismatch" and v is None)}
             for name, cs in state.classifiers.items()
         },
         "cache": {

@@ -159,6 +159,16 @@ def judge_line(judge: Mapping[str, Any] | None) -> str | None:
                f"; converter agreed with the rule parser on {percent(agree)} of answers"))
 
 
+def classifier_notes(info: Any) -> list[str]:
+    """A classifier section's notes as the reports list them: an alpha mismatch (trained under
+    another rule than the run's) first, then how it ran. ``info`` may come from a report read
+    back: anything but the expected shapes says nothing."""
+    if not isinstance(info, Mapping):
+        return []
+    mismatch = info.get("alpha_mismatch")
+    return [*([mismatch] if mismatch else []), *(info.get("notes") or [])]
+
+
 def alpha_line(cfg: Any) -> str | None:
     """How transparent images were decoded, when that is not the default or not the paper's.
     ``cfg`` may come from a report read back: anything but the expected shapes says nothing."""

@@ -31,6 +31,7 @@ from .format import (
     alpha_line,
     attack_units,
     category_order,
+    classifier_notes,
     condition_order,
     excludes_zero,
     interval,
@@ -444,7 +445,7 @@ def _effectiveness(doc: Mapping[str, Any]) -> str:
         categories = sorted({r["category"] for r in mine}, key=category_order)
         sources = sorted({r["source"] for r in mine}, key=source_order)
         out.append(f"<h3>{_e(name)}</h3>")
-        notes = ((doc.get("classifiers") or {}).get(name) or {}).get("notes") or []
+        notes = classifier_notes((doc.get("classifiers") or {}).get(name))
         judge = judge_line((doc.get("judges") or {}).get(name))
         notes = [*notes, judge] if judge else notes
         if notes:   # how it ran (a VLM judge's setup); the definitions warning comes first

@@ -18,6 +18,7 @@ from .format import (
     alpha_line,
     attack_units,
     cell_order,
+    classifier_notes,
     excludes_zero,
     interval,
     judge_line,
@@ -106,7 +107,7 @@ def _summary(doc: Mapping[str, Any]) -> list[str]:
             headers.insert(1, "paper")
             cells.insert(1, ref)
         out += _table(headers, [cells])
-        notes = (info.get(name) or {}).get("notes") or []   # how it ran (a VLM judge's setup)
+        notes = classifier_notes(info.get(name))   # how it ran (a VLM judge's setup)
         judge = judge_line((doc.get("judges") or {}).get(name))
         notes = [*notes, judge] if judge else notes
         out += ["", *(f"- {md(n)}" for n in notes)] if notes else []

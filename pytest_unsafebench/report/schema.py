@@ -223,6 +223,10 @@ class ClassifierInfo(TypedDict):
     notes: Annotated[list[str], "how it ran (a VLM judge's definitions, template, converter)"]
     paper_mismatch: Annotated[str | None, "why no published figure stands beside it; None when "
                               "it ran as the paper ran it"]
+    # Only present when there is a mismatch, so reports without one are unchanged.
+    alpha_mismatch: NotRequired[Annotated[str, "a trained classifier (trained_on names its alpha "
+                                          "rule) scored under another alpha rule than its "
+                                          "training images decoded under: why and what to set"]]
 
 
 class Cache(TypedDict):

@@ -11,6 +11,7 @@ from .document import ra_gap
 from .format import (
     alpha_line,
     attack_units,
+    classifier_notes,
     condition_order,
     excludes_zero,
     judge_line,
@@ -86,7 +87,7 @@ def terminal_lines(doc: dict[str, Any], verdict: bool = True) -> list[str]:
         lines.append(f"  tests: {s['passed']} passed, {s['failed']} failed, "
                      f"{s['skipped']} skipped, {s['error']} errors; cache {cs['cache_hits']} hits, "
                      f"{cs['cache_misses']} misses")
-        lines += [f"  {note}" for note in cs.get("notes") or []]
+        lines += [f"  {note}" for note in classifier_notes(cs)]
         values = {(r["metric"], r["category"], r["source"]): r for r in rows
                   if r["classifier"] == name and r["metric"] in ("f1", "fpr")
                   and r["suite"] == "effectiveness"}
