@@ -29,7 +29,7 @@ from . import cells, progress
 from .config import Settings
 from .errors import CannotRun, NotApplicable, UnsafeBenchError
 from .hookspec import call_report_hook
-from .report.schema import Row, make_row
+from .report.schema import Outcome, Row, make_row
 from .robustness import accuracy, fuzzing
 from .run import Run, gate_failed
 from .text import printable
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .results import ClassifierState, PredictionTable, RunState
 
 SESSION_KEY = pytest.StashKey["UnsafeBenchSession"]()
-ROWS_KEY = pytest.StashKey[list]()
+ROWS_KEY = pytest.StashKey[list[Row]]()
 WORKER_INPUT_KEY = "unsafebench_session_dir"
 T = TypeVar("T")
 
@@ -159,7 +159,7 @@ class UnsafeBenchSession:
             items[:] = [i for i in items if not gap_over_conditions(i)]
 
     @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo) -> Any:
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
         report = yield
         marker = item.get_closest_marker("unsafebench")
         if marker is None or "metric" not in marker.kwargs or report.when == "teardown":
@@ -169,7 +169,7 @@ class UnsafeBenchSession:
         if report.when == "call" and report.failed and call.excinfo is not None:
             _one_line_failure(report, call.excinfo, marker.kwargs.get("suite"))
         rows = item.stash.get(ROWS_KEY, [])
-        outcome = "error" if report.when == "setup" and report.failed else report.outcome
+        outcome: Outcome = "error" if report.when == "setup" and report.failed else report.outcome
         gate = [r for r in rows if r["outcome"] is None]
         if not gate:
             gate = [_placeholder_row(item, marker.kwargs)]
@@ -254,8 +254,9 @@ class Controller:
                 return
         elif self._markexpr_selects_none(config):
             reporter = config.pluginmanager.get_plugin("terminalreporter")
-            for line in self._suite_hints(config) if reporter else ():
-                reporter.write_line(line)
+            if reporter is not None:
+                for line in self._suite_hints(config):
+                    reporter.write_line(line)
             return
         if session.testsfailed and not session.config.option.continue_on_collection_errors:
             return
@@ -333,10 +334,11 @@ class Worker:
         progress.activate(self.run.display)  # silent: it only keeps the steps' times
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        self.run.save_steps(session.config.workerinput["workerid"])
+        # xdist sets workerinput on its workers' config; pytest's Config does not declare it.
+        self.run.save_steps(session.config.workerinput["workerid"])  # type: ignore[attr-defined]
 
 
-def record_row(item: pytest.Item, row: Mapping[str, Any]) -> None:
+def record_row(item: pytest.Item, row: Row) -> None:
     item.stash.setdefault(ROWS_KEY, []).append(row)
     if isinstance(row.get("value"), (int, float)):
         # Also visible to --junitxml as <property name="unsafebench.f1" value="..."/>.
@@ -435,7 +437,7 @@ def _skip_reason(report: pytest.TestReport) -> str | None:
     return None
 
 
-def _placeholder_row(item: pytest.Item, marker: dict[str, Any]) -> Row:
+def _placeholder_row(item: pytest.Item, marker: Mapping[str, Any]) -> Row:
     """The row of a test that never recorded its value (skipped, or errored first)."""
     params = getattr(item, "callspec", None)
     values = params.params if params else {}

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..classifier import Prediction
+from ..classifier import Decision, Prediction
 from ..config import RobustnessSettings
 from ..taxonomy import CATEGORIES, POOLED, SOURCES, SPLITS, UNSAFE
 
@@ -133,7 +133,8 @@ class RAResult:
                 "clean_accuracy": self.clean_accuracy, **extra, **self.distances}
 
 
-def eligible(table: PredictionTable, covered: Sequence[str], source: str) -> list[dict[str, Any]]:
+def eligible(table: PredictionTable, covered: Sequence[str],
+             source: str | None) -> list[dict[str, Any]]:
     """Images of covered categories in the source (both sources for pooled)."""
     return [r for r in table.rows if r["category"] in covered
             and (source == POOLED or r["source"] == source)]
@@ -155,13 +156,15 @@ def answer(decision: str, label_scores: Mapping[str, Any] | None) -> str | None:
     return None if is_unsure({"decision": decision, "label_scores": label_scores}) else decision
 
 
-def _right(table: PredictionTable, covered: Sequence[str], source: str) -> list[dict[str, Any]]:
+def _right(table: PredictionTable, covered: Sequence[str],
+           source: str | None) -> list[dict[str, Any]]:
     return [r for r in eligible(table, covered, source)
             if answer(r["decision"], r.get("label_scores")) == (
                 "unsafe" if r["label"] == UNSAFE else "safe")]
 
 
-def pool(table: PredictionTable, covered: Sequence[str], source: str) -> list[dict[str, Any]]:
+def pool(table: PredictionTable, covered: Sequence[str],
+         source: str | None) -> list[dict[str, Any]]:
     """The correctly classified :func:`eligible` images, in a stable (id) order."""
     return sorted(_right(table, covered, source), key=lambda r: r["id"])
 
@@ -292,8 +295,9 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
 
     size = int(getattr(clf, "input_size", None) or DEFAULT_INPUT_SIZE)
     std = getattr(clf, "input_std", None)
-    if getattr(clf, "forward_pixels", None) is not None:
-        forward = clf.forward_pixels
+    pixels_forward = getattr(clf, "forward_pixels", None)  # not part of every Classifier
+    if pixels_forward is not None:
+        forward = pixels_forward
     else:
         def forward(x: torch.Tensor) -> torch.Tensor:
             preds = clf.predict(_to_images(x))
@@ -332,7 +336,7 @@ def attack_ra(clf: Classifier, samples: dict[int, list[dict[str, Any]]],
             raw = json.dumps({"linf": float(res.linf[j]), "l2": float(res.l2[j]),
                               "clean_correct": bool(clean_pred[j] == y[j]),
                               "queries": int(res.queries[j])})
-            decision = "unsafe" if int(res.pred[j]) == 1 else "safe"
+            decision: Decision = "unsafe" if int(res.pred[j]) == 1 else "safe"
             items.append((r["hash"], Prediction(float(probs[j].clamp(0, 1)), decision, raw=raw)))
         cache.put_predictions(clf.fingerprint, key, items)
         cached.update(items)

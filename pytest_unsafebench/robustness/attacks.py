@@ -281,10 +281,10 @@ def _parse_value(field: str, raw: str) -> Any:
 def _check_float(name: str, v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
         raise ValueError(f"{name} must be a number, got {v!r}")
-    v = float(v)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v!r}")
-    return v + 0.0
+    number = float(v)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {number!r}")
+    return number + 0.0
 
 
 def _check_int(name: str, v: Any, minimum: int) -> int:
@@ -423,12 +423,12 @@ def _check_images(x: Any) -> torch.Tensor:
     if not x.is_floating_point():
         raise ValueError(f"x must hold floats in [0, 1], got {x.dtype}")
     # Tensors made under inference_mode cannot join an autograd graph: work on a copy.
-    x = x.detach().clone() if x.is_inference() else x.detach()
-    if x.numel() and (not bool(torch.isfinite(x).all()) or float(x.min()) < 0
-                      or float(x.max()) > 1):
+    pixels = x.detach().clone() if x.is_inference() else x.detach()
+    if pixels.numel() and (not bool(torch.isfinite(pixels).all()) or float(pixels.min()) < 0
+                           or float(pixels.max()) > 1):
         raise ValueError("x must hold finite pixel values in [0, 1] (normalisation belongs "
                          "inside forward)")
-    return x
+    return pixels
 
 
 def paper_box(mean: Sequence[float], std: Sequence[float],
@@ -442,6 +442,8 @@ def paper_box(mean: Sequence[float], std: Sequence[float],
 
 
 def _check_box(box: tuple[Sequence[float], Sequence[float]] | None, x: torch.Tensor) -> Box:
+    lo_v: tuple[float, ...]
+    hi_v: tuple[float, ...]
     if box is None:
         lo_v, hi_v = (0.0,) * 3, (1.0,) * 3
     else:
@@ -600,7 +602,7 @@ def deepfool(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpe
                 # L-inf DeepFool: distance to the linearised boundary is |f| / ||grad||_1,
                 # measured in the mode's units (paper mode: normalised space, grad * std).
                 dist = f.detach().abs() / ((g * scale).abs().flatten(1).sum(1) + 1e-8)
-                if best_dist is None:
+                if best_dist is None or best_g is None:  # the first candidate (both unset)
                     best_dist, best_g = dist, g
                 else:
                     better = dist < best_dist
@@ -626,7 +628,7 @@ def _p_selection(it: int, n_iters: int) -> float:
     """Square Attack's schedule for the square's share of pixels (rescaled to 10k queries)."""
     i = int(it / max(n_iters, 1) * 10000)
     halvings = sum(i > t for t in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))
-    return SQUARE_P_INIT / 2 ** halvings
+    return float(SQUARE_P_INIT / 2 ** halvings)  # (int ** int is typed Any)
 
 
 def square(forward: Forward, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,

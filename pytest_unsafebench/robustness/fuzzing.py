@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from ..dataset.images import DEFAULT_ALPHA
 from ..errors import CannotRun, NotApplicable
 from ..options import DEFAULT_SEED
-from ..report.schema import make_row
+from ..report.schema import Row, make_row
 from ..taxonomy import CATEGORIES, LABELS, SOURCES, UNSAFE
 
 if TYPE_CHECKING:
@@ -251,7 +251,7 @@ class FuzzTarget:
     max_pixels: int | None = None
     alpha: str = DEFAULT_ALPHA          # the run's decoding rule, as the pool's predictions saw
     database_key: str = ""
-    sink: Callable[[dict[str, Any]], None] | None = None
+    sink: Callable[[Row], None] | None = None
     case: dict[str, Any] | None = None  # a pinned counterexample (the replay test)
     # How a classifier's fault fails the test (the pytest glue: one line, no traceback).
     fail: Callable[[str], NoReturn] = field(default=_cannot_run, repr=False)
@@ -358,7 +358,7 @@ class FuzzTarget:
         and, when saved, its PNG and spec relative to the artifacts folder."""
         if self.sink is None:
             return
-        found: dict[str, str | None] = {}
+        found: dict[str, Any] = {}  # the counterexample's keys of make_row
         if image_id is not None:
             png, spec = (self.relative(p) for p in files) if files else (None, None)
             found = {"image_id": image_id, "artifact_image": png, "artifact_spec": spec}
@@ -374,7 +374,7 @@ class FuzzTarget:
 
 def fuzz_target(run: Run, classifier: str, condition: str | None, source: str | None,
                 case: dict[str, Any] | None = None, *, database_key: str,
-                sink: Callable[[dict[str, Any]], None] | None,
+                sink: Callable[[Row], None] | None,
                 fail: Callable[[str], NoReturn] = _cannot_run) -> FuzzTarget:
     """The ``unsafebench_fuzz`` fixture's value: NotApplicable when there is nothing to fuzz
     (the glue skips the test); ``database_key`` keys Hypothesis' example database (the test's

@@ -55,10 +55,11 @@ import hashlib
 import io
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from difflib import get_close_matches
 from functools import cache, lru_cache
+from types import ModuleType
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -304,7 +305,7 @@ def _scale(img: Image.Image) -> float:
     return max(1.0, min(img.size) / REFERENCE_SIDE)
 
 
-def _level(table: list[float], severity: float) -> float:
+def _level(table: Sequence[float], severity: float) -> float:
     """The tabled value at an integer severity, linearly interpolated in between."""
     lo = min(int(math.floor(severity)), len(table))
     frac = severity - lo
@@ -340,7 +341,8 @@ def _from_rgbx(arr: np.ndarray) -> Image.Image:
 def _rgb(img: Image.Image) -> np.ndarray:
     """The pixels as a writable, contiguous (h, w, 3) uint8 array."""
     cv2 = _cv2()
-    return cv2.cvtColor(_rgbx(img), cv2.COLOR_RGBA2RGB)
+    rgb: np.ndarray = cv2.cvtColor(_rgbx(img), cv2.COLOR_RGBA2RGB)
+    return rgb
 
 
 def _from_rgb(arr: np.ndarray) -> Image.Image:
@@ -348,7 +350,7 @@ def _from_rgb(arr: np.ndarray) -> Image.Image:
     return _from_rgbx(cv2.cvtColor(arr, cv2.COLOR_RGB2RGBA))
 
 
-def _cv2():  # the cv2 module
+def _cv2() -> ModuleType:
     # Imported on first use: the plugin must not pay for OpenCV unless perturbations run.
     import cv2
 
@@ -453,7 +455,8 @@ def _gaussian_kernel(sigma: float) -> np.ndarray:
     radius = max(1, math.ceil(3 * sigma))
     i = np.arange(-radius, radius + 1, dtype=np.float64)
     k = np.exp(-(i * i) / (2 * sigma * sigma))
-    return (k / k.sum()).astype(np.float32).reshape(-1, 1)
+    kernel: np.ndarray = (k / k.sum()).astype(np.float32).reshape(-1, 1)  # sum() is typed Any
+    return kernel
 
 
 def gaussian_blur(img: Image.Image, severity: float,
