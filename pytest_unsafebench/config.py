@@ -205,7 +205,7 @@ class Settings:
     unsure: str = _reported()              # VLM judges' unsure policy
     # archived VLM responses to score instead of querying; the report says only whether
     import_responses: Path | None = _reported(lambda path: path is not None)
-    timeout: float | None = _reported()    # seconds per classifier batch; None: no limit
+    timeout: float | None = _reported()    # seconds per classifier load or batch; None: none
     alpha: str = _reported()               # how transparent images decode (images.ALPHA_RULES)
 
     def tolerance_for(self, metric: str) -> float:

@@ -393,11 +393,13 @@ class ClassifierFault(Exception):
 
 
 class Guard:
-    """Runs one batch's classifier calls: within ``timeout`` seconds in all (None: no limit),
-    with everything they raise contained, BaseExceptions too, except a real Ctrl-C."""
+    """Runs one batch's classifier calls, or with ``loading`` its factory call: within
+    ``timeout`` seconds in all (None: no limit), with everything they raise contained,
+    BaseExceptions too, except a real Ctrl-C."""
 
-    def __init__(self, timeout: float | None) -> None:
+    def __init__(self, timeout: float | None, *, loading: bool = False) -> None:
         self.timeout = timeout
+        self.loading = loading
         self.deadline = None if timeout is None else time.monotonic() + timeout
 
     def __call__(self, fn: Callable[[], T]) -> T:
@@ -423,11 +425,15 @@ class Guard:
                 box.append((False, exc))
 
         thread = threading.Thread(target=copy_context().run, args=(target,), daemon=True,
-                                  name="unsafebench-predict")
+                                  name="unsafebench-load" if self.loading
+                                  else "unsafebench-predict")
         thread.start()
         assert self.deadline is not None
         thread.join(max(0.0, self.deadline - time.monotonic()))
         if not box:
+            if self.loading:
+                raise ClassifierFault(f"no answer within the {self.timeout:g} s timeout while "
+                                      "loading (timeout / --unsafebench-timeout)")
             raise ClassifierFault(
                 f"no answer within the {self.timeout:g} s timeout per batch (timeout / "
                 "--unsafebench-timeout); the rest of its images were not scored")

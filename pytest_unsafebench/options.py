@@ -258,8 +258,8 @@ OPTIONS: tuple[Option, ...] = (
            help="score VLM judges from archived responses in the layout of "
                 "yiting/unsafebench_vlm_responses instead of querying them"),
     Option("timeout", metavar="SECONDS", check=Number(0.0, float("inf"), optional=True),
-           help="time a classifier gets per batch; one that takes longer errors its own tests "
-                "and the run goes on (default: no limit)"),
+           help="time a classifier gets to load, and per batch; one that takes longer errors "
+                "its own tests and the run goes on (default: no limit)"),
     Option("baseline_classifier", action="append", metavar="OLD=NEW",
            field="baseline_classifiers",
            help="compare the baseline's classifier OLD as this run's NEW (repeatable), "

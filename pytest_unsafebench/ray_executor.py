@@ -21,7 +21,9 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +50,9 @@ if TYPE_CHECKING:
 _PER_CALL = 4
 _RECORD_FIELDS = ("id", "safety_label", "category", "source", "split", "content_hash",
                   "locator", "text", "archive_key")
+# Seconds each ray.init (connecting to a cluster, or starting a local Ray) may take: generous,
+# since a local start on a loaded 2-core machine takes tens of seconds.
+RAY_INIT_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class RayExecutor:
         self.start_seconds = 0.0        # connecting to or starting Ray
         self.seconds = 0.0              # submitting and collecting
         self._started_ray = False
+        self._release = threading.Event()  # ends the thread that ran ray.init (see bounded_init)
 
     def warm(self, records: Sequence[Record], loaders: Mapping[str, Callable[[], Classifier]],
              cache: PredictionCache, *, condition: str, batch_size: int,
@@ -178,18 +184,27 @@ class RayExecutor:
             common = {"log_to_driver": False, "logging_level": logging.WARNING}
             address = self.settings.ray_address
             if address:
-                ray.init(address=address, **common)
+                self._init(partial(ray.init, address=address, **common),
+                           f"no answer from the Ray cluster at {address} (ray_address / "
+                           "--unsafebench-ray-address)", "check that the cluster is running "
+                           "(`ray status` on its head node) and reachable from this machine, or "
+                           "leave ray_address unset to start a local Ray")
             else:
                 try:
-                    ray.init(address="auto", **common)
+                    self._init(partial(ray.init, address="auto", **common),
+                               "no answer from the running Ray cluster (auto)",
+                               "stop a stale one with `ray stop`, or name the cluster with "
+                               "--unsafebench-ray-address")
                 except ConnectionError:  # no cluster running: one for this run, on this machine
                     actors = self.settings.ray_actors
-                    ray.init(num_cpus=max(actors, min(os.cpu_count() or 1, actors + 1)),
-                             include_dashboard=False,
-                             # so that module:callable classifiers import as on the driver
-                             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
-                                 p for p in sys.path if p and os.path.isdir(p))}},
-                             **common)
+                    self._init(partial(
+                        ray.init, num_cpus=max(actors, min(os.cpu_count() or 1, actors + 1)),
+                        include_dashboard=False,
+                        # so that module:callable classifiers import as on the driver
+                        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+                            p for p in sys.path if p and os.path.isdir(p))}},
+                        **common), "a local Ray did not start",
+                        "see Ray's logs under /tmp/ray/session_latest/logs")
                     self._started_ray = True
         # The pytest terminal is the run's progress report; Ray Data's would interleave.
         context = ray.data.DataContext.get_current()
@@ -200,6 +215,20 @@ class RayExecutor:
         self.start_seconds += time.perf_counter() - started
         return ray
 
+    def _init(self, init: Callable[[], object], problem: str, fix: str) -> None:
+        """``init`` (a ray.init) within :data:`RAY_INIT_SECONDS`; a usage error, saying
+        ``problem`` and ``fix``, when it takes longer or cannot connect to a named address."""
+        try:
+            bounded_init(init, RAY_INIT_SECONDS, self._release)
+        except TimeoutError:
+            raise UnsafeBenchError(f"the ray executor cannot run: {problem} within "
+                                   f"{RAY_INIT_SECONDS:g} s; {fix}") from None
+        except ConnectionError as exc:
+            if self.settings.ray_address is None:
+                raise  # "auto" found no cluster: the caller starts a local Ray
+            raise UnsafeBenchError(f"the ray executor cannot run: {problem}: {exc}; "
+                                   f"{fix}") from None
+
     def close(self) -> None:
         """Shut Ray down if this executor started it; leave a cluster or a caller's Ray be."""
         if self._started_ray:
@@ -207,6 +236,49 @@ class RayExecutor:
 
             ray.shutdown()
             self._started_ray = False
+        self._release.set()
+
+
+def bounded_init(init: Callable[[], object], seconds: float, release: threading.Event) -> None:
+    """Run ``init`` (a ray.init) and wait for it at most ``seconds``: TimeoutError after that,
+    and what it raises is raised here. It runs in a daemon thread, since it can block inside
+    Ray's C++ core, which no signal interrupts; one that never returns is left there and does not
+    hold up exit. Once ``init`` returned, its thread waits for ``release`` before it ends: the
+    processes a local Ray start spawns are killed when the thread that started them ends
+    (Linux's parent-death signal)."""
+    done = threading.Event()
+    raised: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            init()
+        except BaseException as exc:  # handed to the caller
+            raised.append(exc)
+            done.set()
+            return
+        done.set()
+        release.wait()
+
+    if threading.current_thread() is threading.main_thread():
+        # What ray.init does in the main thread, and not in another: SIGTERM exits through
+        # atexit, which shuts Ray down.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+    worker = logging.getLogger("ray._private.worker")
+    worker.addFilter(_not_main_thread_note)
+    try:
+        threading.Thread(target=target, daemon=True, name="unsafebench-ray-init").start()
+        if not done.wait(seconds):
+            raise TimeoutError
+    finally:
+        worker.removeFilter(_not_main_thread_note)
+    if raised:
+        raise raised[0]
+
+
+def _not_main_thread_note(record: logging.LogRecord) -> bool:
+    """Drops ray.init's note that it set no SIGTERM handler outside the main thread
+    (bounded_init sets one)."""
+    return "not the main thread" not in record.getMessage()
 
 
 def _store(result: BatchResult, cache: PredictionCache, condition: str, pixel_limit: int,
@@ -280,9 +352,9 @@ class _Predictor:
         self.models: dict[str, tuple[Classifier, Any]] = {}
         self.errors: dict[str, str] = {}
         for spec in specs:
-            try:  # Guard: a SystemExit from a factory is that classifier's error, as locally
-                clf = Guard(None)(partial(load_classifier, spec.name,
-                                          **{**spec.options, "device": device}))
+            try:  # Guard: a SystemExit from a factory, or a hang, is that classifier's error
+                clf = Guard(timeout, loading=True)(partial(load_classifier, spec.name,
+                                                           **{**spec.options, "device": device}))
                 if clf.fingerprint != spec.fingerprint:
                     raise UnsafeBenchError(
                         f"loads as fingerprint {clf.fingerprint!r} on the worker but "

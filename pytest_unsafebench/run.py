@@ -69,6 +69,7 @@ class Run:
     _state: RunState | None = None
     _tables: dict[str, PredictionTable] = field(default_factory=dict)
     _classifiers: dict[str, Classifier] = field(default_factory=dict)
+    _load_errors: dict[str, Exception] = field(default_factory=dict)
     _records: dict[str, Record] | None = None
     _baseline: dict[str, Any] | None = None
     _baseline_notes: list[str] = field(default_factory=list)  # allowed dataset/split mismatch
@@ -251,12 +252,19 @@ class Run:
         return out
 
     def classifier(self, name: str) -> Classifier:
-        """The loaded classifier (once per process)."""
+        """The loaded classifier (once per process; a failed load is not retried either: one
+        that timed out would wait the timeout again, its abandoned load still running)."""
+        if name in self._load_errors:
+            raise self._load_errors[name].with_traceback(None)
         if name not in self._classifiers:
             # Guard: a factory's SystemExit is that classifier's error (an Exception), not the
-            # run's.
-            self._classifiers[name] = Guard(None)(
-                partial(load_classifier, name, **self._factory_options(name)))
+            # run's; a factory that does not return within the timeout, too.
+            try:
+                self._classifiers[name] = Guard(self.settings.timeout, loading=True)(
+                    partial(load_classifier, name, **self._factory_options(name)))
+            except Exception as exc:
+                self._load_errors[name] = exc
+                raise
         return self._classifiers[name]
 
     def _write_state(self, dataset: Dataset, result: PassResult,

@@ -87,6 +87,12 @@ def load(mode="ok", fingerprint="faulty-v1"):
 
 def load_exit():
     raise SystemExit("the factory called sys.exit")
+
+
+def load_slow():  # a model load that never ends; each call leaves a line in slow-loads.txt
+    with open("slow-loads.txt", "a") as calls:
+        calls.write("called\\n")
+    time.sleep(600)
 '''
 
 
@@ -172,6 +178,36 @@ def test_a_hanging_classifier_times_out_and_the_run_goes_on(
     assert time.monotonic() - started < 60
     _contained(result, folder, "no answer within the 0.5 s timeout per batch")
     assert read_json(folder / "out.json")["config"]["timeout"] == 0.5
+
+
+def test_a_factory_that_does_not_return_in_time_errors_that_classifier(
+        pytester: pytest.Pytester, folder: Path) -> None:
+    started = time.monotonic()
+    result = pytester.runpytest(*_args(folder, "faultyclf:load_slow", "--unsafebench-timeout=1"))
+    out = result.stdout.str()
+    assert time.monotonic() - started < 60
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, out
+    assert "INTERNALERROR" not in out
+    problem = "no answer within the 1 s timeout while loading (timeout / --unsafebench-timeout)"
+    assert (f"classifier 'faultyclf:load_slow' failed, so its tests cannot run: {problem}"
+            in out)
+    doc = read_json(folder / "out.json")
+    assert doc["classifiers"]["faultyclf:load_slow"]["error"] == problem
+    assert doc["summary"]["faultyclf:load_slow"]["passed"] == 0
+    assert doc["classifiers"][CLASSIFIER]["error"] is None
+    assert doc["summary"][CLASSIFIER]["passed"] > 0
+    # Loaded once: a load that timed out is not retried (it would wait the timeout again).
+    assert (folder / "slow-loads.txt").read_text() == "called\n"
+
+
+def test_a_factory_that_does_not_return_in_time_on_a_ray_worker_is_that_classifiers_error(
+        folder: Path) -> None:
+    from pytest_unsafebench.ray_executor import ClassifierSpec, _Predictor
+
+    actor = _Predictor([ClassifierSpec("faultyclf:load_slow", {}, "faulty-v1")], "clean", None,
+                       0, "cpu", 0.0, timeout=0.5)
+    assert actor.errors == {"faulty-v1": "no answer within the 0.5 s timeout while loading "
+                                         "(timeout / --unsafebench-timeout)"}
 
 
 @pytest.mark.parametrize(("value", "message"), [

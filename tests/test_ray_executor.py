@@ -21,7 +21,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,142 @@ def test_executor_settings_are_validated(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
             resolve_settings({"classifiers": ["demo"], **cli_values}, table, tmp_path)
+
+
+class BlockingRay:
+    """Stands in for the ray module in RayExecutor._connect: each ``init`` blocks until the
+    test ends, raises ConnectionError, or returns, as scripted."""
+
+    def __init__(self, *behaviours: str) -> None:
+        self.behaviours = list(behaviours)
+        self.calls: list[dict[str, Any]] = []
+        self.unblock = threading.Event()
+        self.data = types.SimpleNamespace(DataContext=types.SimpleNamespace(
+            get_current=lambda: types.SimpleNamespace()))
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **kwargs: Any) -> None:
+        self.calls.append(kwargs)
+        behaviour = self.behaviours.pop(0)
+        if behaviour == "block":  # an address that never answers
+            self.unblock.wait()
+        elif behaviour == "refuse":
+            raise ConnectionError("Could not find any running Ray instance")
+
+    def shutdown(self) -> None:
+        self.behaviours.append("shut down")
+
+
+@pytest.fixture
+def sigterm_kept() -> Iterator[None]:
+    """bounded_init sets a SIGTERM handler, as ray.init does: not for the rest of this session."""
+    previous = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture
+def blocking_ray(monkeypatch: pytest.MonkeyPatch,
+                 sigterm_kept: None) -> Iterator[Callable[..., BlockingRay]]:
+    """A BlockingRay as ``ray`` (and ``ray.data``), ray.init bounded to 0.3 s."""
+    from pytest_unsafebench import ray_executor
+
+    made: list[BlockingRay] = []
+
+    def install(*behaviours: str) -> BlockingRay:
+        fake = BlockingRay(*behaviours)
+        monkeypatch.setitem(sys.modules, "ray", fake)
+        monkeypatch.setitem(sys.modules, "ray.data", fake.data)
+        made.append(fake)
+        return fake
+
+    monkeypatch.setattr(ray_executor, "RAY_INIT_SECONDS", 0.3)
+    yield install
+    for fake in made:
+        fake.unblock.set()  # the abandoned init threads end with the test
+
+
+def test_bounded_init_gives_up_on_an_init_that_never_returns(sigterm_kept: None) -> None:
+    from pytest_unsafebench.ray_executor import bounded_init
+
+    unblock, release = threading.Event(), threading.Event()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(TimeoutError):
+            bounded_init(unblock.wait, 0.3, release)
+        assert time.perf_counter() - started < 5
+        abandoned = [t for t in threading.enumerate() if t.name == "unsafebench-ray-init"]
+        assert abandoned and all(t.daemon for t in abandoned)  # it does not hold up exit
+    finally:
+        unblock.set()
+
+
+def test_bounded_init_raises_what_init_raises_and_keeps_its_thread_until_released(
+        sigterm_kept: None) -> None:
+    from pytest_unsafebench.ray_executor import bounded_init
+
+    def refuse() -> None:
+        raise ConnectionError("no cluster")
+
+    release = threading.Event()
+    with pytest.raises(ConnectionError, match="no cluster"):
+        bounded_init(refuse, 5, release)
+    threads = set(threading.enumerate())
+    bounded_init(lambda: None, 5, release)
+    parked = [t for t in set(threading.enumerate()) - threads if t.name == "unsafebench-ray-init"]
+    # The thread that started a local Ray must outlive the start: its processes die with it.
+    assert len(parked) == 1 and parked[0].is_alive()
+    release.set()
+    parked[0].join(5)
+    assert not parked[0].is_alive()
+
+
+@pytest.mark.parametrize(("behaviours", "message"), [
+    (["block"], "the ray executor cannot run: no answer from the Ray cluster at 10.0.0.1:6379 "
+                "(ray_address / --unsafebench-ray-address) within 0.3 s; check that the cluster "
+                "is running (`ray status` on its head node) and reachable from this machine, or "
+                "leave ray_address unset to start a local Ray"),
+    (["refuse"], "the ray executor cannot run: no answer from the Ray cluster at 10.0.0.1:6379 "
+                 "(ray_address / --unsafebench-ray-address): Could not find any running Ray "
+                 "instance; check that the cluster is running"),
+], ids=["hangs", "refuses"])
+def test_a_ray_address_that_does_not_answer_is_a_usage_error(
+        tmp_path: Path, blocking_ray: Callable[..., BlockingRay], behaviours: list[str],
+        message: str) -> None:
+    from pytest_unsafebench.errors import UnsafeBenchError
+    from pytest_unsafebench.ray_executor import RayExecutor
+
+    fake = blocking_ray(*behaviours)
+    settings = resolve_settings({"classifiers": ["demo"], "executor": "ray",
+                                 "ray_address": "10.0.0.1:6379"}, {}, tmp_path)
+    with pytest.raises(UnsafeBenchError) as caught:
+        RayExecutor(settings, lambda clf: None)._connect()
+    assert str(caught.value).startswith(message), caught.value
+    assert [c["address"] for c in fake.calls] == ["10.0.0.1:6379"]
+
+
+def test_without_an_address_the_connect_and_the_local_start_are_bounded(
+        tmp_path: Path, blocking_ray: Callable[..., BlockingRay]) -> None:
+    from pytest_unsafebench.errors import UnsafeBenchError
+    from pytest_unsafebench.ray_executor import RayExecutor
+
+    settings = resolve_settings({"classifiers": ["demo"], "executor": "ray"}, {}, tmp_path)
+    blocking_ray("block")  # a running cluster (auto) that does not answer
+    with pytest.raises(UnsafeBenchError, match=r"no answer from the running Ray cluster \(auto\) "
+                                               r"within 0\.3 s; stop a stale one with `ray stop`"):
+        RayExecutor(settings, lambda clf: None)._connect()
+    fake = blocking_ray("refuse", "block")  # no cluster, and a local start that hangs
+    with pytest.raises(UnsafeBenchError, match=r"a local Ray did not start within 0\.3 s; see "
+                                               "Ray's logs"):
+        RayExecutor(settings, lambda clf: None)._connect()
+    assert [c.get("address") for c in fake.calls] == ["auto", None]
+    fake = blocking_ray("refuse", "ok")
+    executor = RayExecutor(settings, lambda clf: None)
+    assert executor._connect() is fake and executor._started_ray
+    executor.close()
+    assert fake.behaviours == ["shut down"]
 
 
 # ----------------------------------------------------------------------------- references
