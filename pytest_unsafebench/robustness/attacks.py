@@ -456,8 +456,9 @@ def _check_box(box: tuple[Sequence[float], Sequence[float]] | None, x: torch.Ten
                            for a, b in zip(lo_v, hi_v))):
             raise ValueError(f"box must be (low, high) with three finite numbers each, low <= 0 "
                              f"and high >= 1 (the clean images must lie inside), got {box!r}")
-    return tuple(torch.tensor(v, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-                 for v in (lo_v, hi_v))  # type: ignore[return-value]
+    low, high = (torch.tensor(v, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+                 for v in (lo_v, hi_v))
+    return low, high
 
 
 def _unit_scale(spec: AttackSpec, pixel_std: Sequence[float] | None) -> tuple[float, ...]:
