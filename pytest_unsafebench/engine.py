@@ -16,13 +16,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar, copy_context
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from .cache import PredictionCache
 from .classifier import Backbone, Classifier, ClassifierInfo, HeadClassifier, Prediction
 from .dataset.images import (
     DEFAULT_ALPHA,
-    DEFAULT_MAX_PIXELS,
     ImageProblem,
     finish_decode,
     max_file_bytes,
@@ -30,6 +29,7 @@ from .dataset.images import (
     readonly_view,
 )
 from .dataset.records import EXCLUDING_KINDS, Finding, Record
+from .options import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -126,7 +126,7 @@ def run_pass(
         outcomes[name] = outcome
         models[name] = clf
 
-    first_record = {}
+    first_record: dict[str, Record] = {}
     for r in records:
         first_record.setdefault(r.content_hash, r)
     todo = [first_record[h] for h in hashes
@@ -227,7 +227,8 @@ def _infer(clf: Classifier, wanted: list[tuple[Record, Image]],
                                  [img for _, img in wanted], guard)
         return guard(lambda: list(clf.predict_embeddings(vectors)))
     if getattr(clf, "needs_records", False):  # e.g. VLM judges: the prompt names the category
-        return guard(lambda: list(clf.predict([img for _, img in wanted],
+        # Such a classifier's predict also takes the records, beyond the Classifier protocol.
+        return guard(lambda: list(clf.predict([img for _, img in wanted],  # type: ignore[call-arg]
                                               records=[r for r, _ in wanted])))
     return guard(lambda: list(clf.predict([img for _, img in wanted])))
 
@@ -366,8 +367,9 @@ def decoded_batches(todo: Sequence[Record], batch_size: int, max_pixels: int, wo
             return time.perf_counter(), [pool.submit(_finish, opened, alpha)
                                          for _, opened in plan]
 
-        plan: Plan | None = next(plans)
-        pending = submit(plan)
+        first = next(plans)  # todo is not empty: at least one batch
+        pending = submit(first)
+        plan: Plan | None = first
         while plan is not None:
             started, futures = pending
             decoded = [f.result() for f in futures]
@@ -439,7 +441,7 @@ class Guard:
                 "--unsafebench-timeout); the rest of its images were not scored")
         ok, value = box[0]
         if ok:
-            return value
+            return cast(T, value)  # fn's result
         raise value
 
 

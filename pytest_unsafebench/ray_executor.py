@@ -181,7 +181,7 @@ class RayExecutor:
 
         started = time.perf_counter()
         if not ray.is_initialized():
-            common = {"log_to_driver": False, "logging_level": logging.WARNING}
+            common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
             address = self.settings.ray_address
             if address:
                 self._init(partial(ray.init, address=address, **common),
