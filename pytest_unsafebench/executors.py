@@ -68,9 +68,9 @@ def image_ref(record: Record, demo_plan: dict[str, tuple[int, DemoRow]] | None =
     lazy = getattr(reader.func, "__self__", None) if isinstance(reader, partial) else None
     if isinstance(reader, partial) and isinstance(lazy, RowGroupReader):
         file_index, group, row = reader.args
-        # The reader keeps its files and per-file image columns privately; it is ours.
-        return ImageRef("parquet", path=str(Path(lazy._files[file_index]).resolve()),
-                        columns=tuple(lazy._columns[file_index]), group=group, row=row)
+        path, columns = lazy.source(file_index)
+        return ImageRef("parquet", path=str(path.resolve()), columns=columns, group=group,
+                        row=row)
     return ImageRef("bytes", data=record.read_bytes())
 
 

@@ -201,6 +201,11 @@ class RowGroupReader:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["_files"], state["_columns"])  # type: ignore[misc]
 
+    def source(self, file_index: int) -> tuple[Path, tuple[str, ...]]:
+        """The file behind ``file_index`` and the image columns read from it: what a worker in
+        another process needs to read the same bytes itself (executors.ImageRef)."""
+        return self._files[file_index], tuple(self._columns[file_index])
+
     def read(self, file_index: int, group: int, row: int) -> bytes:
         key = (file_index, group)
         with self._lock:
