@@ -69,45 +69,16 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"{flag(given[0])} needs --unsafebench-classifier=NAME "
                 "to choose what to benchmark")
         return
-    from .config import read_pyproject, resolve_settings
     from .errors import UnsafeBenchError
     from .hookspec import hook_classifiers
-    from .registry import (
-        PREFIXES,
-        add_import_folders,
-        check_name,
-        hooked_names,
-        installed,
-        is_module_spec,
-        set_hook_classifiers,
-    )
+    from .registry import PREFIXES, installed, set_hook_classifiers
+    from .run import settings_for
     from .session import start
 
     set_hook_classifiers(hook_classifiers(config, installed(), PREFIXES))
     config.add_cleanup(lambda: set_hook_classifiers({}))  # this run's only
     try:
-        for name in names:
-            check_name(name)
-        if any(is_module_spec(n) for n in names):  # typed by the user: theirs to import
-            add_import_folders([config.rootpath, config.invocation_params.dir])
-        pyproject = read_pyproject(config.rootpath / "pyproject.toml")
-        settings = resolve_settings({**cli, "classifiers": list(dict.fromkeys(names))},
-                                    pyproject, config.rootpath)
-        if settings.executor == "ray":
-            from .executors import require_ray
-
-            hooked = [n for n in settings.classifiers if n in hooked_names()]
-            if hooked:  # an actor is a fresh process that never runs the conftest.py
-                raise pytest.UsageError(
-                    f"classifier {hooked[0]!r} is registered by a pytest_unsafebench_classifiers "
-                    "hook, which Ray workers do not run; with --unsafebench-executor=ray name "
-                    "its factory as module:callable")
-            require_ray()
-        if "robustness" in settings.suites:  # a misspelt perturbation fails here, not mid-run
-            from .robustness.accuracy import condition_names, corruptions
-
-            condition_names(settings.robustness)
-            corruptions(settings.robustness)
+        settings = settings_for(cli, names, config.rootpath, config.invocation_params.dir)
     except UnsafeBenchError as exc:
         from .text import printable  # the message may quote a file's text
 

@@ -17,7 +17,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 from . import analysis, progress
 from .cache import CacheUnwritable, PredictionCache, check_folder
-from .config import Settings
+from .config import Settings, read_pyproject, resolve_settings
 from .dataset import Dataset, load_dataset
 from .device import resolve_device
 from .engine import REMOTE, Guard, PassResult, run_pass
 from .errors import CannotRun, ConfigError, write_failure
-from .executors import demo_plan
+from .executors import demo_plan, require_ray
 from .options import flag
 from .ray_executor import ClassifierSpec, RayExecutor  # Ray itself loads only for a Ray pass
-from .registry import load_classifier
+from .registry import add_import_folders, check_name, hooked_names, is_module_spec, load_classifier
 from .report.document import build_json, write_json
 from .report.format import sorted_rows
 from .report.paper import REAL_DATASET_ID, is_real
@@ -50,6 +50,34 @@ if TYPE_CHECKING:
     from .classifier import Classifier
     from .dataset.demo import DemoRow
     from .dataset.records import Record
+
+
+def settings_for(cli: Mapping[str, Any], names: Sequence[str], rootpath: Path,
+                 invocation_dir: Path) -> Settings:
+    """The run's settings: command line over ``rootpath/pyproject.toml`` over defaults, with
+    every classifier name and what the chosen executor and suites need checked before any work
+    (a ConfigError naming the problem otherwise). ``names``: the classifiers asked for."""
+    for name in names:
+        check_name(name)
+    if any(is_module_spec(n) for n in names):  # typed by the user: theirs to import
+        add_import_folders([rootpath, invocation_dir])
+    pyproject = read_pyproject(rootpath / "pyproject.toml")
+    settings = resolve_settings({**cli, "classifiers": list(dict.fromkeys(names))}, pyproject,
+                                rootpath)
+    if settings.executor == "ray":
+        hooked = [n for n in settings.classifiers if n in hooked_names()]
+        if hooked:  # an actor is a fresh process that never runs the conftest.py
+            raise ConfigError(
+                f"classifier {hooked[0]!r} is registered by a pytest_unsafebench_classifiers "
+                "hook, which Ray workers do not run; with --unsafebench-executor=ray name its "
+                "factory as module:callable")
+        require_ray()
+    if "robustness" in settings.suites:  # a misspelt perturbation fails here, not mid-run
+        from .robustness.accuracy import condition_names, corruptions
+
+        condition_names(settings.robustness)
+        corruptions(settings.robustness)
+    return settings
 
 
 def _silent() -> progress.Display:
