@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,18 @@ def folder(pytester: pytest.Pytester) -> pytest.Pytester:
     write_toyclf(pytester.path)
     pytester.syspathinsert()
     return pytester
+
+
+@pytest.fixture
+def hypothesis_state() -> Iterator[None]:
+    """In-process runs of the fuzz suite load hypothesis profiles and --hypothesis-seed into
+    this process's hypothesis: put them back afterwards."""
+    from hypothesis import core, settings
+
+    profile, seed = settings.get_current_profile_name(), core.global_force_seed
+    yield
+    settings.load_profile(profile)
+    core.global_force_seed = seed
 
 
 def pytest_configure(config: pytest.Config) -> None:

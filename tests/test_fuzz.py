@@ -13,7 +13,7 @@ import hypothesis.internal.observability  # noqa: F401 - its pytest plugin impor
 # sys.modules after each run, and C extensions must not be imported twice.
 import numpy as np
 import pytest
-from hypothesis import core, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -25,10 +25,8 @@ import pytest_unsafebench.session  # noqa: F401
 from plugin_helpers import (
     CLASSIFIER,
     SOURCES,
-    build_dataset,
     read_json,
     read_jsonl,
-    write_toyclf,
 )
 from pytest_unsafebench.classifier import Prediction
 from pytest_unsafebench.cli import main as cli_main
@@ -328,12 +326,9 @@ def test_profiles_are_registered() -> None:
 
 # --------------------------------------------------------------------------- the plugin
 class Bench:
-    def __init__(self, pytester: pytest.Pytester) -> None:
-        self.pytester = pytester
-        self.path = pytester.path
-        build_dataset(self.path / "ds")
-        write_toyclf(self.path)
-        pytester.syspathinsert()
+    def __init__(self, folder: pytest.Pytester) -> None:
+        self.pytester = folder
+        self.path = folder.path
 
     def run(self, *extra: str, json_name: str = "out.json") -> pytest.RunResult:
         return self.pytester.runpytest(
@@ -349,13 +344,8 @@ class Bench:
 
 
 @pytest.fixture
-def bench(pytester: pytest.Pytester) -> Bench:
-    # In-process runs load hypothesis profiles and --hypothesis-seed into this process's
-    # hypothesis: put them back afterwards.
-    profile, seed = settings.get_current_profile_name(), core.global_force_seed
-    yield Bench(pytester)
-    settings.load_profile(profile)
-    core.global_force_seed = seed
+def bench(folder: pytest.Pytester, hypothesis_state: None) -> Bench:
+    return Bench(folder)
 
 
 def collected(result: pytest.RunResult) -> list[str]:

@@ -20,11 +20,10 @@ from typing import Any
 import hypothesis.internal.observability  # noqa: F401 - its pytest plugin imports it late
 import numpy  # noqa: F401
 import pytest
-from hypothesis import core, settings
 
 import pytest_unsafebench.robustness.accuracy
 import pytest_unsafebench.session  # noqa: F401
-from plugin_helpers import CLASSIFIER, build_dataset, write_toyclf
+from plugin_helpers import CLASSIFIER
 from pytest_unsafebench import suites
 from pytest_unsafebench.marker import GRIDS, HELP, KEYWORDS
 from pytest_unsafebench.robustness import fuzzing
@@ -81,12 +80,9 @@ class Dump:
 class Bench:
     """A pytester folder with the toy classifier, a tiny dataset and renamed suite copies."""
 
-    def __init__(self, pytester: pytest.Pytester) -> None:
-        self.pytester = pytester
-        self.path = pytester.path
-        build_dataset(self.path / "ds")
-        write_toyclf(self.path)
-        pytester.syspathinsert()
+    def __init__(self, folder: pytest.Pytester) -> None:
+        self.pytester = folder
+        self.path = folder.path
         self.copies = write_renamed_copies(self.path)
 
     def collect(self, *extra: str, active: bool = True) -> tuple[pytest.RunResult, Dump]:
@@ -107,12 +103,8 @@ class Bench:
 
 
 @pytest.fixture
-def bench(pytester: pytest.Pytester) -> Any:
-    # In-process runs with the fuzz suite load hypothesis profiles: put them back afterwards.
-    profile, seed = settings.get_current_profile_name(), core.global_force_seed
-    yield Bench(pytester)
-    settings.load_profile(profile)
-    core.global_force_seed = seed
+def bench(folder: pytest.Pytester, hypothesis_state: None) -> Bench:
+    return Bench(folder)
 
 
 def pinned_cases(path: Path) -> Path:
