@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
+from ..robustness.registries import ATTACKS
 from ..taxonomy import CATEGORIES, CELL_SOURCES, SHORT_NAMES
 from .schema import OPTIONAL_ROW_KEYS, ROW_KEYS, Row
 
@@ -75,8 +76,9 @@ def percent(x: float, digits: int = 1) -> str:
 
 # ------------------------------------------------------------------------------------ orders
 
-# Attacks, then evasion edits, then the corruption grid: the order the suite runs them.
-ATTACK_ORDER = ("gaussian", "fgsm", "pgd", "deepfool", "square", "spsa")
+# Attacks (in their registry's order), then evasion edits, then the corruption grid: the order
+# the suite runs them.
+ATTACK_ORDER: tuple[str, ...] = tuple(ATTACKS)
 # The HTML robustness table's order names no spsa: it sorts spsa among the evasion edits by
 # name, where the terminal puts it after square.
 HTML_ATTACK_ORDER = ATTACK_ORDER[:5]
