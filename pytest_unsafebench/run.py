@@ -435,8 +435,9 @@ class Run:
         s = self.settings
         tables = self._clean_tables()
         covered = {name: self.state.classifiers[name].covered for name in tables}
+        ordered = sorted_rows(rows)
         out: dict[str, Any] = {
-            "source_shift": analysis.source_shift(sorted_rows(rows)),
+            "source_shift": analysis.source_shift(ordered),
             "comparisons": analysis.comparisons(
                 tables, covered, self.bootstrap,
                 bases={n: self.state.classifiers[n].base for n in tables}),
@@ -446,7 +447,7 @@ class Run:
             from .report.baseline import compare
 
             out["baseline"] = compare(
-                self._baseline, sorted_rows(rows), s.tolerance_for, rule=s.gate,
+                self._baseline, ordered, s.tolerance_for, rule=s.gate,
                 path=str(s.baseline_path), renames=s.baseline_classifiers,
                 current={"config": s.public(), "dataset": self.state.dataset},
                 notes=self._baseline_notes, tables=tables, covered=covered,
