@@ -77,13 +77,11 @@ __all__ = [
 
 MODES: tuple[str, ...] = ("pixel", "paper")
 GRADIENT_FREE = frozenset({"gaussian", "square", "spsa"})  # run on models without gradients
-BLACK_BOX = frozenset({"square", "spsa"})  # use a query budget
 
 PAPER_EPS = 0.01  # the paper's eps, in each model's normalised input units
 SQUARE_P_INIT = 0.05  # Square Attack's initial fraction of pixels per square (its L-inf default)
 SPSA_DELTA = 0.01  # SPSA finite-difference step (Uesato et al.), in the mode's units
 _ADAM_BETAS = (0.9, 0.999)
-_CHECK_TOL = 1e-6
 
 Forward = Callable[[torch.Tensor], Any]  # tensor in, (N, K) scores out (torch or numpy)
 Box = tuple[torch.Tensor, torch.Tensor]  # per-channel (low, high) pixel bounds, (1, 3, 1, 1)
