@@ -235,11 +235,7 @@ class Run:
             return
         full_fingerprint = None
         real = False
-        for name in s.classifiers:
-            try:
-                trained_on = getattr(self.classifier(name), "trained_on", None)
-            except Exception:  # the pass reports a failed load on its own tests
-                continue
+        for name, trained_on in self._trained_on():
             if not trained_on or trained_on.get("split") not in ("train", "all"):
                 continue
             if full_fingerprint is None:  # the whole dataset, as the trainer fingerprinted it
@@ -264,11 +260,7 @@ class Run:
         trained before the rule was recorded) says nothing."""
         alpha = self.settings.alpha
         out: dict[str, str] = {}
-        for name in self.settings.classifiers:
-            try:
-                trained_on = getattr(self.classifier(name), "trained_on", None)
-            except Exception:  # the pass reports a failed load on its own tests
-                continue
+        for name, trained_on in self._trained_on():
             trained = trained_on.get("alpha") if isinstance(trained_on, dict) else None
             if trained is not None and trained != alpha:
                 # printable: the rule is quoted from the classifier's (a probe file's) data
@@ -278,6 +270,16 @@ class Run:
                     f'training images did; set [tool.unsafebench] alpha = "{trained}" to score '
                     "it as trained")
         return out
+
+    def _trained_on(self) -> Iterator[tuple[str, Any]]:
+        """(name, its ``trained_on``) of each classifier of the run that loads; a failed load
+        is left out (the pass reports it on the classifier's own tests)."""
+        for name in self.settings.classifiers:
+            try:
+                trained_on = getattr(self.classifier(name), "trained_on", None)
+            except Exception:
+                continue
+            yield name, trained_on
 
     def classifier(self, name: str) -> Classifier:
         """The loaded classifier (once per process; a failed load is not retried either: one
