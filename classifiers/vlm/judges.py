@@ -199,8 +199,11 @@ class TransformersJudge(VLMJudge):
                                      pad_token_id=tok.pad_token_id)
             new = gen.sequences[:, inputs["input_ids"].shape[1]:]
             texts = tok.batch_decode(new, skip_special_tokens=True)
+            steps = torch.stack(gen.logits, dim=0)  # (steps, rows or rows x beams, vocab): once
+            beams = getattr(gen, "beam_indices", None)
             for row, text in enumerate(texts):
-                out.append(Answer(text.strip(), self._p_unsafe(new[row], _answer_logits(gen, row))))
+                logits = _answer_logits(steps, beams, row)
+                out.append(Answer(text.strip(), self._p_unsafe(new[row], logits)))
         return out
 
     def _generate_kwargs(self) -> dict[str, Any]:
@@ -255,14 +258,14 @@ class TransformersJudge(VLMJudge):
                             torch.logsumexp(last[:, unsafe], 1)], 1)
         return torch.log_softmax(pair, dim=1)
 
-def _answer_logits(gen: Any, row: int) -> torch.Tensor:
-    """The raw logits behind answer ``row``'s tokens, step by step: under beam search the
-    logits are per beam, so each step's row is the beam that answer came from
-    (``beam_indices``; -1 once it ended)."""
+
+def _answer_logits(steps: torch.Tensor, beams: torch.Tensor | None, row: int) -> torch.Tensor:
+    """The raw logits behind answer ``row``'s tokens, step by step, from the generation's
+    stacked ``steps`` (steps, rows or rows x beams, vocab): under beam search the logits are
+    per beam, so each step's row is the beam that answer came from (``beams``, the
+    generation's ``beam_indices``; -1 once it ended)."""
     import torch
 
-    steps = torch.stack(gen.logits, dim=0)            # (steps, rows or rows x beams, vocab)
-    beams = getattr(gen, "beam_indices", None)
     if beams is None:
         return steps[:, row].float()
     path = beams[row, :steps.shape[0]]
