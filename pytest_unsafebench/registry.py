@@ -198,11 +198,11 @@ def resolve_factory(name: str) -> Callable[..., Classifier]:
 
 
 def _import_target(name: str, target: str) -> Callable[..., Classifier]:
-    module_name, sep, attr = target.partition(":")
+    module_name, sep, _ = target.partition(":")
     if not sep:
         check_name(name)
     try:
-        module = importlib.import_module(module_name)
+        importlib.import_module(module_name)
     except ImportError as exc:
         missing = getattr(exc, "name", None) or ""
         if name == target and missing and (
@@ -217,11 +217,10 @@ def _import_target(name: str, target: str) -> Callable[..., Classifier]:
             f"classifier {name!r}: cannot import {module_name!r} ({exc}); install the extra it "
             "needs (for example pip install 'pytest-unsafebench[torch]')"
         ) from exc
-    obj: Any = module
-    for part in attr.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise ClassifierLoadError(f"classifier {name!r}: {module_name!r} has no {attr!r}")
+    try:
+        obj = load_target(target)  # the module is imported: this only walks its attributes
+    except AttributeError as exc:
+        raise ClassifierLoadError(f"classifier {name!r}: {exc}") from None
     if not callable(obj):
         raise ClassifierLoadError(f"classifier {name!r}: {target!r} is not callable")
     return cast("Callable[..., Classifier]", obj)  # a factory: called, its result checked
