@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 CI_METRICS = ("f1", "precision", "recall", "fpr", "auroc")
 # The largest share of a cell's images that may lack a verdict before its tests fail.
 EXCLUDED_MAX = 0.05
+# Where a cell's report rows go (the glue records them on the test item).
+Sink = Callable[[Row], None]
 
 
 class TierWarning(UserWarning):
@@ -73,7 +75,7 @@ class _Gated:
     settings, and the sink its report rows go to."""
 
     thresholds: dict[str, float] = field(repr=False)
-    sink: Callable[[Row], None] = field(repr=False)
+    sink: Sink = field(repr=False)
     warn_thresholds: dict[str, float] = field(default_factory=dict, repr=False)
     bootstrap: Bootstrap = field(default_factory=Bootstrap, repr=False)
 
@@ -248,8 +250,6 @@ class GapCell(_Gated):
 
 
 # ------------------------------------------------------------------ building cells from a run
-Sink = Callable[[Row], None]
-
 
 def cell(run: Run, classifier: str, category: str, source: str, suite: str,
          sink: Sink) -> Cell:
