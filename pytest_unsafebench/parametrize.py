@@ -96,20 +96,20 @@ def _grid(spec: MarkerSpec, s: Settings | None, config: pytest.Config,
         return classifiers, classifiers
     if s is None:  # unsafebench_cell: the other fixtures' tests were skipped above
         return [], []
+    sources = (*s.sources, POOLED)  # each source, and all pooled
     if spec.fixture == "unsafebench_cell":
         # overall: the Overall cell too (all covered categories pooled), the paper's column
         categories = (*s.categories, *([OVERALL] if spec.overall else []))
-        cells = [(k, c, src) for k in classifiers for c in categories
-                 for src in (*s.sources, POOLED)]
+        cells = [(k, c, src) for k in classifiers for c in categories for src in sources]
         return cells, ["-".join(cell) for cell in cells]
     if spec.fixture == "unsafebench_robustness":
         if spec.grid == "corruptions":  # one cell per classifier x source: the whole grid
-            cells = [(k, "grid", src) for k in classifiers for src in (*s.sources, POOLED)]
+            cells = [(k, "grid", src) for k in classifiers for src in sources]
             return cells, [f"{k}-{src}" for k, _, src in cells]
         from .robustness.accuracy import condition_names
 
         cells = [(k, c, src) for k in classifiers for c in condition_names(s.robustness)
-                 for src in (*s.sources, POOLED)]
+                 for src in sources]
         return cells, [f"{k}-{c}-{src}" for k, c, src in cells]
     if spec.fixture == "unsafebench_gap":
         if spec.grid == "conditions":
