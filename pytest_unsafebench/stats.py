@@ -214,6 +214,18 @@ def _percentile_ci(values: np.ndarray, confidence: float) -> tuple[float | None,
     return _round(low), _round(high)
 
 
+def _paired_ci_p(diffs: np.ndarray, confidence: float
+                 ) -> tuple[float | None, float | None, float | None]:
+    """The percentile interval of resampled paired differences and their two-sided bootstrap
+    p-value (twice the smaller share on either side of 0); all None when undefined."""
+    low, high = _percentile_ci(diffs, confidence)
+    if low is None:
+        return None, None, None
+    defined = diffs[~np.isnan(diffs)]
+    share = min(np.mean(defined <= 0), np.mean(defined >= 0))
+    return low, high, _round(min(1.0, 2.0 * float(share)))
+
+
 # --------------------------------------------------------------------------- bootstrap
 
 
@@ -336,12 +348,7 @@ def paired_bootstrap(
     low = high = p_value = None
     if diff is not None and n_resamples > 0:
         values_a, values_b = _resampled(sides, n_resamples, np.random.default_rng(seed))
-        diffs = values_b - values_a
-        low, high = _percentile_ci(diffs, confidence)
-        if low is not None:
-            defined = diffs[~np.isnan(diffs)]
-            share = min(np.mean(defined <= 0), np.mean(defined >= 0))
-            p_value = _round(min(1.0, 2.0 * float(share)))
+        low, high, p_value = _paired_ci_p(values_b - values_a, confidence)
     return PairedResult(
         metric=metric,
         a=_round(point_a),
@@ -386,11 +393,7 @@ def paired_gap_bootstrap(
         rng = np.random.default_rng(seed)
         on_real, on_generated = (_resampled(pair, n_resamples, rng) for pair in pairs)
         diffs = np.abs(on_real[1] - on_generated[1]) - np.abs(on_real[0] - on_generated[0])
-        low, high = _percentile_ci(diffs, confidence)
-        if low is not None:
-            defined = diffs[~np.isnan(diffs)]
-            share = min(np.mean(defined <= 0), np.mean(defined >= 0))
-            p_value = _round(min(1.0, 2.0 * float(share)))
+        low, high, p_value = _paired_ci_p(diffs, confidence)
     return PairedResult(metric=metric, a=_round(gap_a), b=_round(gap_b), diff=_round(diff),
                         ci_low=low, ci_high=high, p_value=p_value,
                         n=pairs[0][0].n + pairs[1][0].n)
