@@ -89,7 +89,8 @@ def _from_hub(spec: WeightFile, repo_id: str) -> Path | None:
         return None
 
 
-def _truthy(name: str) -> bool:
+def env_flag(name: str) -> bool:
+    """Whether the environment variable ``name`` is set to a true value (1, true, yes, on)."""
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -106,7 +107,7 @@ def hub_offline_reason() -> str | None:
     huggingface_hub would otherwise retry each file for many seconds on a machine without network.
     """
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if _truthy(name):
+        if env_flag(name):
             return f"{name} is set"
     endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     with _PROBE_LOCK:

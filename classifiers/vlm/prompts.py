@@ -16,7 +16,6 @@ the path or http(s) URL of a ``combined_instruction.txt``-style file of your own
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import urllib.request
 from collections.abc import Mapping
@@ -127,7 +126,9 @@ def paper_text_fix(spec: PaperText, cache_dir: Path | None) -> str:
 
 
 def _download(url: str, timeout: float) -> bytes:
-    if os.environ.get("UNSAFEBENCH_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    from ...weights import env_flag
+
+    if env_flag("UNSAFEBENCH_OFFLINE"):
         raise OSError("UNSAFEBENCH_OFFLINE is set")
     with urllib.request.urlopen(url, timeout=timeout) as resp:  # pinned https URL
         return resp.read(1 << 20)
