@@ -365,6 +365,7 @@ def _paired(baseline: Mapping[str, Any], tables: Mapping[str, PredictionTable],
     out: dict[Key, dict[str, Any]] = {}
     saved = baseline.get("decisions") or {}
     old_name = {new: old for old, new in renames.items()}
+    codes_of: dict[str, np.ndarray] = {}   # per classifier: each table row's baseline decision
     for key in keys:
         name, suite, metric, category, source, condition = key
         table = tables.get(name)
@@ -372,8 +373,10 @@ def _paired(baseline: Mapping[str, Any], tables: Mapping[str, PredictionTable],
         if table is None or suite not in ("effectiveness", "gap") or condition is not None \
                 or block is None:   # blocks were checked by load()
             continue
-        old = dict(zip(block["ids"], block["decisions"]))
-        codes = np.array([old.get(r["id"], "") for r in table.rows])
+        if name not in codes_of:
+            old = dict(zip(block["ids"], block["decisions"]))
+            codes_of[name] = np.array([old.get(r["id"], "") for r in table.rows])
+        codes = codes_of[name]
         cols = table.columns   # the same label and decision columns the effectiveness cells use
         mask = codes != ""
         if "failed" in cols:       # no verdict: left out of the cells, so out of the test too
