@@ -29,6 +29,8 @@ MARKERS = (
     "gap: real (Laion5B) minus AI-generated (Lexica) F1, FPR and RA (pytest-unsafebench)",
     "slow: long-running test",
 )
+
+
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     from . import hookspec
 
