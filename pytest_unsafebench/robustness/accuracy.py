@@ -140,20 +140,17 @@ def eligible(table: PredictionTable, covered: Sequence[str],
             and (source == POOLED or r["source"] == source)]
 
 
-def is_unsure(row: Mapping[str, Any]) -> bool:
-    """An unsure answer: the decision itself, or a VLM vote that was unsure before the unsure
-    policy turned it into a label (kept in ``label_scores``). Never part of a pool."""
-    return row["decision"] == "unsure" or bool((row.get("label_scores") or {}).get("unsure"))
-
-
 def answer(decision: str, label_scores: Mapping[str, Any] | None) -> str | None:
     """The answer robustness judges: a VLM judge's prompt-0 verdict (``prompt0``: 1 unsafe,
     0 safe, 0.5 unsure; UnsafeBench unsafe_datasets.py uses ``detailed_predictions[0]``), else
-    the decision; None when unsure (never right)."""
-    p0 = (label_scores or {}).get("prompt0")
+    the decision; None when unsure (never right, so never part of a pool): the decision itself,
+    or a VLM vote that was unsure before the unsure policy turned it into a label (kept in
+    ``label_scores``)."""
+    scores = label_scores or {}
+    p0 = scores.get("prompt0")
     if p0 is not None:
         return {1.0: "unsafe", 0.0: "safe"}.get(float(p0))
-    return None if is_unsure({"decision": decision, "label_scores": label_scores}) else decision
+    return None if decision == "unsure" or scores.get("unsure") else decision
 
 
 def _right(table: PredictionTable, covered: Sequence[str],
@@ -433,6 +430,7 @@ def robust_accuracy(run: Run, classifier: str, condition: str, source: str,
         raise CannotRun(printable(fault))
     result.pool_size, result.eligible, result.pool_draw = len(rows), n_eligible, pool_draw
     return result
+
 
 def _guarded(forward: Callable[[Any], Any], timeout: float | None,
              what: str) -> Callable[[Any], Any]:
