@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from ..errors import UnsafeBenchError
-from ..taxonomy import OVERALL, POOLED, SHORT_NAMES
+from ..taxonomy import OVERALL, POOLED
 from . import paper
 from .format import (
     HTML_ATTACK_ORDER,
@@ -171,7 +171,7 @@ def _classifiers(doc: Mapping[str, Any]) -> list[str]:
 def _cat_name(category: Any) -> str:
     if category in (None, "all"):
         return "all categories"
-    return SHORT_NAMES.get(category, str(category))
+    return str(short_name(category))
 
 
 # ------------------------------------------------------------------------------------ charts
