@@ -80,7 +80,9 @@ def settings_for(cli: Mapping[str, Any], names: Sequence[str], rootpath: Path,
     return settings
 
 
-def _silent() -> progress.Display:
+def silent_display() -> progress.Display:
+    """A display that shows nothing and only keeps the steps' seconds (an xdist worker's, or
+    a run without pytest's terminal)."""
     return progress.Display(lambda _text: None)
 
 
@@ -93,7 +95,7 @@ class Run:
     device: str = "cpu"
     # Where long steps report (progress.step) and whose seconds go into the report's timing;
     # the pytest glue points it at the terminal.
-    display: progress.Display = field(default_factory=_silent)
+    display: progress.Display = field(default_factory=silent_display)
     _state: RunState | None = None
     _tables: dict[str, PredictionTable] = field(default_factory=dict)
     _classifiers: dict[str, Classifier] = field(default_factory=dict)

@@ -31,7 +31,7 @@ from .errors import CannotRun, NotApplicable, UnsafeBenchError
 from .hookspec import call_report_hook
 from .report.schema import Outcome, Row, make_row
 from .robustness import accuracy, fuzzing
-from .run import Run, gate_failed
+from .run import Run, gate_failed, silent_display
 from .text import printable
 
 if TYPE_CHECKING:
@@ -374,7 +374,7 @@ def _terminal_display(config: pytest.Config) -> progress.Display:
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     tw = getattr(reporter, "_tw", None)
     if reporter is None or tw is None:
-        return progress.Display(lambda _text: None)
+        return silent_display()
     live = reporter.isatty() and config.get_verbosity() >= 0
     drawing = [False]  # the terminal's current line is our live line
     capture = config.pluginmanager.get_plugin("capturemanager")
