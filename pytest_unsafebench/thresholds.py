@@ -14,7 +14,7 @@ and marked in the report, and the test still passes).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .errors import ConfigError
@@ -55,7 +55,6 @@ BUILTIN_PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-
 @dataclass(frozen=True)
 class GateRule:
     """How ``--unsafebench-baseline`` decides that a value regressed (baseline.py): a drop
@@ -68,10 +67,10 @@ class GateRule:
     hard_limit: float = 0.10
 
     def public(self) -> dict[str, float]:
-        return {"tolerance": self.tolerance, "alpha": self.alpha, "hard_limit": self.hard_limit}
+        return asdict(self)
 
 
-GATE_KEYS = ("tolerance", "alpha", "hard_limit")
+GATE_KEYS = tuple(f.name for f in fields(GateRule))
 # Per profile; a profile table's ``baseline`` sub-table (and [tool.unsafebench.thresholds.
 # baseline]) overrides these. smoke gates like default: a baseline is asked for explicitly.
 BUILTIN_GATES: dict[str, GateRule] = {
