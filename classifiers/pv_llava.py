@@ -38,7 +38,7 @@ from ..classifier import Coverage, Prediction
 from ..errors import ClassifierLoadError
 from ..options import DEFAULT_SEED
 from ..taxonomy import CATEGORIES
-from ..weights import WeightsNotFound, hub_offline_reason
+from ..weights import WeightsNotFound, file_digest, hub_offline_reason
 from .vlm.base import Job
 from .vlm.parsing import Verdict
 from .vlm.prompts import PROJECT_WORDING_NOTE, TEMPLATE_FILE, paper_text_fix, resolve_paper_text
@@ -238,8 +238,6 @@ class PerspectiveVision:
 
     def __init__(self, judge: Any, adapter: str, adapter_folder: Path,
                  cache_dir: Path | None, template: str | None = None) -> None:
-        from ..weights import file_digest
-
         self.judge = judge
         self.adapter_id = adapter
         self.adapter_folder = adapter_folder
