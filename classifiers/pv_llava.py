@@ -156,6 +156,12 @@ def resolve_adapter(adapter: str, revision: str | None = None) -> Path:
                           f"(https://huggingface.co/{adapter}); {how}")
 
 
+def _lora_weights(folder: Path) -> Path:
+    """The LoRA weights file of an adapter folder that resolve_adapter accepted (the first of
+    ADAPTER_WEIGHTS present)."""
+    return next(folder / f for f in ADAPTER_WEIGHTS if (folder / f).is_file())
+
+
 def _missing_files(folder: Path) -> list[str]:
     missing = [f for f in (ADAPTER_CONFIG, NON_LORA) if not (folder / f).is_file()]
     if not any((folder / f).is_file() for f in ADAPTER_WEIGHTS):
@@ -204,7 +210,7 @@ def apply_lora(model: Any, folder: Path) -> Any:
             f"pv-llava: {len(wrong)} of {len(extra)} tensors of {folder / NON_LORA} match no "
             f"parameter of the base model by name and shape (e.g. {wrong[0]!r})")
     model.load_state_dict(extra, strict=False)
-    weights = next(folder / f for f in ADAPTER_WEIGHTS if (folder / f).is_file())
+    weights = _lora_weights(folder)
     state = {(_PEFT_PREFIX + to_transformers_key(k.removeprefix(_PEFT_PREFIX))
               if k.startswith(_PEFT_PREFIX) else k): v
              for k, v in _load_tensors(weights).items()}
@@ -242,8 +248,7 @@ class PerspectiveVision:
         self.adapter_id = adapter
         self.adapter_folder = adapter_folder
         files = [adapter_folder / ADAPTER_CONFIG, adapter_folder / NON_LORA,
-                 next(adapter_folder / f for f in ADAPTER_WEIGHTS
-                      if (adapter_folder / f).is_file())]
+                 _lora_weights(adapter_folder)]
         self.adapter_digest = hashlib.sha256(
             "".join(file_digest(f, cache_dir) for f in files).encode()).hexdigest()[:20]
         text, self.template_kind, template_note = resolve_template(template, cache_dir)
