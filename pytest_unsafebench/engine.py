@@ -115,7 +115,7 @@ def run_pass(
             clf = Guard(None)(loader)
             info = Guard(None)(partial(ClassifierInfo.of, name, clf))
         except Exception as exc:  # a broken classifier errors its own tests, no one else's
-            outcomes[name] = ClassifierOutcome(ClassifierInfo(name), error=_describe(exc))
+            outcomes[name] = ClassifierOutcome(ClassifierInfo(name), error=describe(exc))
             continue
         outcome = ClassifierOutcome(info)
         usable = [h for h in hashes if h not in bad]
@@ -256,7 +256,7 @@ def predict_batch(clf: Classifier, wanted: list[tuple[Record, Image]],
                 raise ValueError(f"invalid prediction for image {record.id} "
                                  f"({record.locator}): {exc}") from None
     except Exception as exc:  # a reader that fails otherwise: that file's finding
-        outcome.error = _describe(exc)
+        outcome.error = describe(exc)
         return
     finally:
         outcome.inference_seconds += time.perf_counter() - started
@@ -279,7 +279,7 @@ def _open(record: Record, max_pixels: int) -> Decoded:
     except OSError as exc:
         return None, "missing-file", f"cannot read: {exc}"
     except Exception as exc:
-        return None, "unreadable", f"reading failed: {_describe(exc)}"
+        return None, "unreadable", f"reading failed: {describe(exc)}"
 
 
 def _finish(opened: Decoded, alpha: str = DEFAULT_ALPHA) -> Decoded:
@@ -413,7 +413,7 @@ class Guard:
             except BaseException as exc:  # handed to the caller below
                 if isinstance(exc, KeyboardInterrupt) and interrupted():
                     raise  # the user pressed Ctrl-C: stop the run as pytest does
-                raise ClassifierFault(f"{_describe(exc)} (raised by the classifier)") from None
+                raise ClassifierFault(f"{describe(exc)} (raised by the classifier)") from None
 
     def _before_deadline(self, fn: Callable[[], T]) -> T:
         # A thread, not a process: the model stays loaded. A call that never returns cannot
@@ -469,7 +469,9 @@ def _sigint_watch() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """A classifier's error in one line, as its outcome and its tests report it: a
+    ClassifierFault's own words, anything else prefixed with its type."""
     if isinstance(exc, ClassifierFault):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"

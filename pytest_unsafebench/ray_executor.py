@@ -338,7 +338,7 @@ class _Predictor:
                  gpus: float, timeout: float | None = None, alpha: str = DEFAULT_ALPHA) -> None:
         from .classifier import ClassifierInfo
         from .device import resolve_device
-        from .engine import ClassifierFault, ClassifierOutcome, Guard
+        from .engine import ClassifierOutcome, Guard, describe
         from .registry import load_classifier
 
         self.condition = condition
@@ -361,8 +361,7 @@ class _Predictor:
                         f"{spec.fingerprint!r} on the driver; install the same weights and "
                         "package versions on both")
             except Exception as exc:  # reported per classifier
-                self.errors[spec.fingerprint] = (str(exc) if isinstance(exc, ClassifierFault)
-                                                 else f"{type(exc).__name__}: {exc}")
+                self.errors[spec.fingerprint] = describe(exc)
                 continue
             self.models[spec.fingerprint] = (clf, ClassifierOutcome(
                 ClassifierInfo.of(spec.name, clf)))
