@@ -14,13 +14,16 @@ reads the controller's session folder. So no image is inferred twice, and a seri
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import pytest
@@ -29,9 +32,12 @@ from . import cells, progress
 from .config import Settings
 from .errors import CannotRun, NotApplicable, UnsafeBenchError
 from .hookspec import call_report_hook
+from .marker import gap_over_conditions
+from .packaged import SUITE_MODULES
 from .report.schema import Outcome, Row, make_row
 from .robustness import accuracy, fuzzing
 from .run import Run, gate_failed, silent_display
+from .selection import disabled_suite_hints, markexpr_selects_none
 from .text import printable
 
 if TYPE_CHECKING:
@@ -152,8 +158,6 @@ class UnsafeBenchSession:
         """A gap test over robustness conditions (test_gap_ra) needs robustness results:
         without that suite it is left out, rather than skipped as a placeholder in every
         default run."""
-        from .marker import gap_over_conditions
-
         s = self.settings
         if "gap" in s.suites and "robustness" not in s.suites:
             items[:] = [i for i in items if not gap_over_conditions(i)]
@@ -218,8 +222,6 @@ class Controller:
 
     def _suite_hints(self, config: pytest.Config) -> list[str]:
         from . import suites
-        from .packaged import SUITE_MODULES
-        from .selection import disabled_suite_hints
 
         s = self.run.settings
         extra: dict[str, set[str]] = {}
@@ -233,8 +235,6 @@ class Controller:
 
     def _markexpr_selects_none(self, config: pytest.Config) -> bool:
         """-m selects none of the packaged tests this run collects (and nothing else runs)."""
-        from .selection import markexpr_selects_none
-
         packaged = config.pluginmanager.get_plugin("unsafebench-packaged-suites")
         markexpr = config.getoption("markexpr", "") or ""
         if not markexpr or packaged is None or packaged.ids \
@@ -304,8 +304,6 @@ class Controller:
         if gate and not gate["passed"]:
             # pytest's closing "N passed" line must not read like a pass either; other plugins
             # read every entry of ``stats`` as a report object, so this is one in shape.
-            from types import SimpleNamespace
-
             terminalreporter.stats.setdefault("baseline gate failed", []).append(
                 SimpleNamespace(nodeid="unsafebench-baseline-gate", when="session",
                                 outcome="failed", longrepr=verdict_line(gate)))
@@ -349,9 +347,6 @@ def _timeout_method_note(config: pytest.Config) -> str | None:
     """A warning for a run under pytest-timeout's thread method, which ends the process at a
     test's timeout (os._exit): the report would never be written. The signal method fails only
     that test and the run goes on to its report."""
-    import os
-    import signal
-
     if not config.pluginmanager.has_plugin("timeout"):
         return None
     method = (config.getoption("timeout_method", None) or config.getini("timeout_method")
