@@ -171,6 +171,14 @@ def classifier_notes(info: Any) -> list[str]:
     return [*([mismatch] if mismatch else []), *(info.get("notes") or [])]
 
 
+def section_notes(doc: Mapping[str, Any], name: str) -> list[str]:
+    """What the HTML and Markdown list under a classifier: its :func:`classifier_notes`, then
+    its :func:`judge_line` when it is a VLM judge."""
+    notes = classifier_notes((doc.get("classifiers") or {}).get(name))
+    judge = judge_line((doc.get("judges") or {}).get(name))
+    return [*notes, judge] if judge else notes
+
+
 def alpha_line(cfg: Any) -> str | None:
     """How transparent images were decoded, when that is not the default or not the paper's.
     ``cfg`` may come from a report read back: anything but the expected shapes says nothing."""

@@ -31,15 +31,14 @@ from .format import (
     alpha_line,
     attack_units,
     category_order,
-    classifier_notes,
     condition_order,
     excludes_zero,
     interval,
-    judge_line,
     not_run,
     number,
     p_value,
     report_rows,
+    section_notes,
     short_name,
     source_order,
 )
@@ -445,9 +444,7 @@ def _effectiveness(doc: Mapping[str, Any]) -> str:
         categories = sorted({r["category"] for r in mine}, key=category_order)
         sources = sorted({r["source"] for r in mine}, key=source_order)
         out.append(f"<h3>{_e(name)}</h3>")
-        notes = classifier_notes((doc.get("classifiers") or {}).get(name))
-        judge = judge_line((doc.get("judges") or {}).get(name))
-        notes = [*notes, judge] if judge else notes
+        notes = section_notes(doc, name)
         if notes:   # how it ran (a VLM judge's setup); the definitions warning comes first
             out.append("<ul class=\"notes\">" + "".join(f"<li>{_e(n)}</li>" for n in notes)
                        + "</ul>")

@@ -18,13 +18,12 @@ from .format import (
     alpha_line,
     attack_units,
     cell_order,
-    classifier_notes,
     excludes_zero,
     interval,
-    judge_line,
     number,
     p_value,
     report_rows,
+    section_notes,
     short_name,
 )
 from .schema import GATE_OUTCOMES
@@ -107,9 +106,7 @@ def _summary(doc: Mapping[str, Any]) -> list[str]:
             headers.insert(1, "paper")
             cells.insert(1, ref)
         out += _table(headers, [cells])
-        notes = classifier_notes(info.get(name))   # how it ran (a VLM judge's setup)
-        judge = judge_line((doc.get("judges") or {}).get(name))
-        notes = [*notes, judge] if judge else notes
+        notes = section_notes(doc, name)   # how it ran (a VLM judge's setup)
         out += ["", *(f"- {md(n)}" for n in notes)] if notes else []
         if error:
             out += ["", f"**error**: {md(error)}"]
