@@ -440,7 +440,7 @@ def _guarded(forward: Callable[[Any], Any], timeout: float | None,
     another thread, so it gets the caller's grad mode (thread-local)."""
     import torch
 
-    from ..engine import ClassifierFault, Guard
+    from ..engine import ClassifierFault, Guard, describe
 
     def call(x: Any) -> Any:
         enabled = torch.is_grad_enabled()
@@ -451,9 +451,7 @@ def _guarded(forward: Callable[[Any], Any], timeout: float | None,
         try:
             return Guard(timeout)(run)
         except Exception as exc:  # the model's code: its error, whatever it raised
-            reason = (str(exc) if isinstance(exc, ClassifierFault)
-                      else f"{type(exc).__name__}: {exc}")
-            fault = ClassifierFault(f"{what}: {reason}")
+            fault = ClassifierFault(f"{what}: {describe(exc)}")
         raise fault  # outside the except: no chained traceback of the model's frames
     return call
 

@@ -270,7 +270,7 @@ class FuzzTarget:
         from functools import partial
 
         from ..dataset.images import readonly_view
-        from ..engine import ClassifierFault, Guard
+        from ..engine import ClassifierFault, Guard, describe
 
         record = self.records[row["id"]]
         # Read-only views: neither the chain nor the classifier can change the decoded image
@@ -282,8 +282,7 @@ class FuzzTarget:
             try:
                 pred = Guard(self.timeout)(partial(self.clf.predict, [readonly_view(perturbed)]))
             except Exception as exc:
-                self.fault = (str(exc) if isinstance(exc, ClassifierFault)
-                              else f"{type(exc).__name__}: {exc}")
+                self.fault = describe(exc)
             else:
                 return pred[0], perturbed
         # One raise site with no chained exception: hypothesis sees every replay fail alike.
