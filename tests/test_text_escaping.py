@@ -142,6 +142,25 @@ def test_show_and_markdown_of_a_saved_report_escape_file_text(
     assert "RuntimeError: \\\\x1b\\]0;pwned\\\\x07\\\\x1b\\[31mred\\\\x9b2J" in text
 
 
+@pytest.mark.invalid_report  # odd.json breaks the schema on purpose
+def test_show_prints_categories_it_does_not_know_escaped_instead_of_failing(
+        hostile_run: tuple[pytest.RunResult, Path], capsys: pytest.CaptureFixture) -> None:
+    """A saved report is read back as hostile: a category name the taxonomy does not know (or
+    no string at all) in its config is shown as it is, escaped, not a KeyError traceback."""
+    import json
+
+    _, folder = hostile_run
+    doc = read_json(folder / "out.json")
+    doc["config"]["categories"] = [*doc["config"]["categories"], f"Bogus{HOSTILE}", ["x"]]
+    (folder / "odd.json").write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert cli_main(["show", str(folder / "odd.json")]) == 0
+    shown = capsys.readouterr().out
+    assert not RAW.search(shown)
+    uncovered = next(line for line in shown.splitlines() if "not covered under" in line)
+    assert uncovered.endswith(f", Bogus{ESCAPED}, ['x']")
+
+
 def test_compare_escapes_file_text_in_its_table_notes_and_errors(
         hostile_run: tuple[pytest.RunResult, Path], capsys: pytest.CaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..taxonomy import CATEGORIES, OVERALL, POOLED, SHORT_NAMES
+from ..taxonomy import CATEGORIES, OVERALL, POOLED
 from ..text import printable
 from .document import ra_gap
 from .format import (
@@ -105,10 +105,10 @@ def terminal_lines(doc: dict[str, Any], verdict: bool = True) -> list[str]:
                          "* = fails its threshold; ! = misses its warn tier; - = not measured"
                          + ("; paper = the published figure" if any(
                              r.get("paper") is not None for r in rows) else "") + ")")
-        uncovered = [SHORT_NAMES[c] for c in categories if c not in cs["covered"]]
+        uncovered = [short_name(c) for c in categories if c not in cs["covered"]]
         if uncovered:
             lines.append(f"  not covered under the {cfg['alignment']} alignment: "
-                         f"{', '.join(uncovered)}")
+                         f"{', '.join(map(str, uncovered))}")
         lines += _robustness_lines(name, rows, sources, cfg.get("robustness") or {})
         lines += _gap_lines(name, rows, doc.get("source_shift", {}).get(name))
         judge = judge_line(doc.get("judges", {}).get(name))
@@ -142,7 +142,7 @@ def _gap_lines(name: str, rows: list[dict[str, Any]], shift: dict[str, Any] | No
         return []
     cats = [c for c in CATEGORIES if any(gaps.get((m, c), {}).get("value") is not None
                                          for m in ("gap_f1", "gap_fpr"))]
-    table = [[SHORT_NAMES[c], *(_gap_text(gaps.get((m, c))) for m in ("gap_f1", "gap_fpr"))]
+    table = [[short_name(c), *(_gap_text(gaps.get((m, c))) for m in ("gap_f1", "gap_fpr"))]
              for c in cats]
     out = ["  real (Laion5B) - generated (Lexica) gap (s = interval excludes 0):",
            *("  " + t for t in tabulate(table, headers=["category", "F1 gap", "FPR gap"],
